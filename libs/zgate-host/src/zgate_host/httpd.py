@@ -1,0 +1,81 @@
+"""A small HTTP endpoint for a daemon: Prometheus ``/metrics`` and a JSON ``/status``.
+
+It runs in a thread (prometheus-client's exposition is synchronous), so a slow scraper
+never stalls the packet loop. ``status`` is called from that thread: it must only read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["StatusServer", "serve_status"]
+
+
+class StatusServer(ThreadingHTTPServer):
+    """The HTTP server; ``close()`` stops it and its thread."""
+
+    daemon_threads = True
+    thread: threading.Thread
+
+    def close(self) -> None:
+        """Stop serving and release the socket."""
+        self.shutdown()
+        self.server_close()
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. http://127.0.0.1:9101."""
+        host, port = self.server_address[:2]
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        if ":" in host_text:
+            host_text = f"[{host_text}]"
+        return f"http://{host_text}:{port}"
+
+
+def serve_status(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    status: Callable[[], dict[str, Any]] | None = None,
+) -> StatusServer:
+    """Serve /metrics (and /status when given) on host:port in a background thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/status" and status is not None:
+                body = json.dumps(status(), default=str, indent=2).encode() + b"\n"
+                self._send(200, "application/json", body)
+            elif path in ("/", "/healthz"):
+                self._send(200, "text/plain; charset=utf-8", b"ok\n")
+            else:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            return  # scrapes are not worth a log line each
+
+    family_host = host.strip("[]")
+    server_cls = StatusServer
+    if ":" in family_host:
+        import socket
+
+        server_cls = type("StatusServer6", (StatusServer,), {"address_family": socket.AF_INET6})
+    server = server_cls((family_host, port), Handler)
+    server.thread = threading.Thread(target=server.serve_forever, name="zgate-http", daemon=True)
+    server.thread.start()
+    return server

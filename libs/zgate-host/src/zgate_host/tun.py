@@ -1,0 +1,243 @@
+"""Layer-3 TUN devices: open one, drain it per wake-up, write packets into the kernel."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from zgate_host.errors import HostError, InvalidArgument, PermissionRequired
+from zgate_host.netns import run_in_netns
+
+__all__ = ["MAX_PACKET", "PacketDevice", "TunDevice", "validate_ifname"]
+
+# Largest IP packet a TUN read can return (IPv4 total length is 16 bits; without GSO the
+# kernel never hands out more than the interface MTU, which is at most this).
+MAX_PACKET = 65535
+
+_TUN_PATH = "/dev/net/tun"
+_TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_SIOCSIFMTU = 0x8922
+_IFNAMSIZ = 16
+# struct ifreq is 40 bytes: the name, then a union (flags: short; mtu: int).
+_IFREQ_FLAGS = struct.Struct("16sH22x")
+_IFREQ_MTU = struct.Struct("16si20x")
+_MIN_MTU = 68
+
+
+def validate_ifname(name: str, *, template: bool = False) -> str:
+    """Return `name` if the kernel would accept it as an interface name, else InvalidArgument.
+
+    With `template`, one `%d` (the kernel picks the number) is allowed.
+    """
+    bad = (
+        not name
+        or not name.isascii()
+        or len(name) >= _IFNAMSIZ
+        or name in (".", "..")
+        or any(c in name for c in "/:")
+        or any(c.isspace() or not c.isprintable() for c in name)
+        or (not template and "%" in name)
+        or (template and name.count("%") > 1)
+        or (template and "%" in name and "%d" not in name)
+    )
+    if bad:
+        raise InvalidArgument(f"bad interface name {name!r} (at most 15 ASCII characters)")
+    return name
+
+
+@runtime_checkable
+class PacketDevice(Protocol):
+    """A source and sink of IP packets with a pollable fd: a TUN device or a test stand-in."""
+
+    @property
+    def name(self) -> str:
+        """The interface name."""
+        ...
+
+    @property
+    def mtu(self) -> int:
+        """The MTU the device was opened with."""
+        ...
+
+    def fileno(self) -> int:
+        """The fd to register with the event loop (readable when packets wait)."""
+        ...
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Read the packets waiting now, at most `max_packets`; never blocks."""
+        ...
+
+    def write(self, packet: bytes) -> None:
+        """Hand one IP packet to the other side; drops (and counts) what cannot be sent."""
+        ...
+
+    def close(self) -> None:
+        """Release the device; idempotent."""
+        ...
+
+
+class TunDevice:
+    """An open TUN device (IFF_TUN | IFF_NO_PI): raw IP packets, non-blocking fd.
+
+    The interface lives as long as the fd: close() (or process exit) removes it.
+    """
+
+    def __init__(self, fd: int, name: str, mtu: int) -> None:
+        self._fd = fd
+        self.name = name
+        self.mtu = mtu
+        self.write_errors = 0
+        self.last_write_errno: int | None = None
+        self._buf = bytearray(MAX_PACKET)
+        self._view = memoryview(self._buf)
+
+    @classmethod
+    def open(cls, name: str = "zgate%d", *, mtu: int = 1400, netns: str | None = None) -> TunDevice:
+        """Create a TUN interface (down, no addresses) and return it with its real name.
+
+        `name` may hold `%d` for the kernel to number it. With `netns` the interface is
+        created in that network namespace (tests, labs).
+        """
+        validate_ifname(name, template=True)
+        if not _MIN_MTU <= mtu <= MAX_PACKET:
+            raise InvalidArgument(f"MTU {mtu} out of range {_MIN_MTU}..{MAX_PACKET}")
+        if netns is None:
+            return _open_tun(name, mtu)
+        return run_in_netns(netns, lambda: _open_tun(name, mtu))
+
+    @property
+    def fd(self) -> int:
+        """The device's file descriptor (-1 once closed)."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has run."""
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """The fd to register with the event loop."""
+        return self._check_open()
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Read packets until the kernel has no more (EAGAIN) or `max_packets` were read.
+
+        One call per readiness event drains the device. A read error other than EAGAIN
+        raises HostError unless packets were already read (they are returned first; the
+        error comes back on the next call).
+        """
+        fd = self._check_open()
+        packets: list[bytes] = []
+        buffers = (self._buf,)
+        view = self._view
+        while len(packets) < max_packets:
+            try:
+                size = os.readv(fd, buffers)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if packets:
+                    break
+                raise HostError(f"reading TUN {self.name}: {exc.strerror}", code=exc.errno) from exc
+            if size == 0:
+                break
+            packets.append(bytes(view[:size]))
+        return packets
+
+    def write(self, packet: bytes) -> None:
+        """Write one IP packet to the kernel; a packet it refuses is counted and dropped.
+
+        EINVAL (not an IPv4/IPv6 packet), EAGAIN (queue full) and any other write error
+        increment `write_errors` and set `last_write_errno`; nothing is raised, so one bad
+        packet from a peer can never stop the pump.
+        """
+        fd = self._check_open()
+        try:
+            os.write(fd, packet)
+        except OSError as exc:
+            self.write_errors += 1
+            self.last_write_errno = exc.errno
+
+    def close(self) -> None:
+        """Close the fd (the kernel removes the interface); idempotent."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TunDevice(name={self.name!r}, fd={self._fd}, mtu={self.mtu})"
+
+    def _check_open(self) -> int:
+        if self._fd < 0:
+            raise HostError(f"TUN device {self.name} is closed", code=errno.EBADF)
+        return self._fd
+
+
+def _open_tun(name: str, mtu: int) -> TunDevice:
+    try:
+        fd = os.open(_TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PermissionRequired(
+            f"{_TUN_PATH} is missing: load the tun module (modprobe tun) or give the "
+            "container the device (--device /dev/net/tun)"
+        ) from None
+    except PermissionError:
+        raise PermissionRequired(
+            f"opening {_TUN_PATH} needs root or CAP_NET_ADMIN and read/write access to it"
+        ) from None
+    try:
+        request = _IFREQ_FLAGS.pack(name.encode("ascii"), _IFF_TUN | _IFF_NO_PI)
+        try:
+            reply = fcntl.ioctl(fd, _TUNSETIFF, request)
+        except OSError as exc:
+            raise _tunsetiff_error(name, exc) from exc
+        real_name = reply[:_IFNAMSIZ].split(b"\0", 1)[0].decode("ascii")
+        _set_mtu(real_name, mtu)
+    except BaseException:
+        os.close(fd)
+        raise
+    return TunDevice(fd, real_name, mtu)
+
+
+def _tunsetiff_error(name: str, exc: OSError) -> HostError:
+    if exc.errno == errno.EPERM:
+        return PermissionRequired(f"creating TUN {name!r} needs root or CAP_NET_ADMIN")
+    if exc.errno in (errno.EBUSY, errno.EINVAL):
+        return HostError(
+            f"cannot create TUN {name!r}: the name is taken by another device ({exc.strerror})",
+            code=exc.errno,
+        )
+    return HostError(f"cannot create TUN {name!r}: {exc.strerror}", code=exc.errno)
+
+
+def _set_mtu(name: str, mtu: int) -> None:
+    # SIOCSIFMTU works on any socket of the device's namespace; no netlink round trip needed.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, _SIOCSIFMTU, _IFREQ_MTU.pack(name.encode("ascii"), mtu))
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                raise PermissionRequired(
+                    f"setting the MTU of {name} needs root or CAP_NET_ADMIN"
+                ) from exc
+            raise HostError(
+                f"cannot set MTU {mtu} on {name}: {exc.strerror}", code=exc.errno
+            ) from exc

@@ -1,0 +1,39 @@
+"""zgate PKI: a small CA for relay, client and connector certificates, CRLs and identities.
+
+The library the ``zgate pki`` CLI and the relay share. A PKI directory holds ``ca.pem``/
+``ca.key``, ``relay.pem``/``relay.key``, ``crl.pem``, ``index.json`` and the leaf certificates
+in ``clients/`` and ``connectors/`` (see `PkiPaths`).
+"""
+
+from ._authority import (
+    IssuedCertificate,
+    init_pki,
+    issue_certificate,
+    list_certificates,
+    revoke_certificate,
+)
+from ._errors import REFUSAL_REASONS, CertificateRefused, PkiError, RefusalReason
+from ._identity import Identity, identity_from_certificate
+from ._layout import PkiPaths
+from ._names import KINDS, Kind, validate_group, validate_ident
+from ._verifier import ChainVerifier
+
+__all__ = [
+    "KINDS",
+    "REFUSAL_REASONS",
+    "CertificateRefused",
+    "ChainVerifier",
+    "Identity",
+    "IssuedCertificate",
+    "Kind",
+    "PkiError",
+    "PkiPaths",
+    "RefusalReason",
+    "identity_from_certificate",
+    "init_pki",
+    "issue_certificate",
+    "list_certificates",
+    "revoke_certificate",
+    "validate_group",
+    "validate_ident",
+]

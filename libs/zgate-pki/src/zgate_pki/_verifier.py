@@ -1,0 +1,200 @@
+"""Verifying a peer's certificate chain against the CA and its CRL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509 import verification
+
+from ._errors import CertificateRefused, PkiError
+from ._files import read_file
+from ._identity import Identity, identity_from_certificate
+from ._names import validate_ident
+from ._x509 import load_certificate, load_crl
+
+__all__ = ["ChainVerifier"]
+
+_IssuerKey = (
+    ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+)
+# (mtime, size, inode) per file: a cheap way to notice an edited or replaced file.
+_Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Trust:
+    """Everything loaded from disk, swapped as one piece on reload."""
+
+    ca: x509.Certificate
+    store: verification.Store
+    trust_domain: str | None
+    revoked: frozenset[int]
+
+
+def _stat(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _issuer_key(ca: x509.Certificate, where: Path) -> _IssuerKey:
+    key = ca.public_key()
+    if not isinstance(key, _IssuerKey):
+        raise PkiError(f"{where}: the CA key type cannot sign")
+    return key
+
+
+def _ca_trust_domain(ca: x509.Certificate) -> str | None:
+    try:
+        san = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.lower().startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
+            return uri[len("spiffe://") :].lower()
+    return None
+
+
+def _load_trust(ca_path: Path, crl_path: Path | None) -> _Trust:
+    ca = load_certificate(read_file(ca_path, "CA certificate"), str(ca_path))
+    try:
+        store = verification.Store([ca])
+    except ValueError as exc:
+        raise PkiError(f"{ca_path}: unusable as a trust anchor ({exc})") from None
+    revoked: frozenset[int] = frozenset()
+    if crl_path is not None:
+        crl = load_crl(read_file(crl_path, "CRL"), str(crl_path))
+        # A CRL nobody can vouch for must not be able to un-revoke anything: refuse it.
+        if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
+            raise PkiError(f"{crl_path} is not signed by the CA in {ca_path}")
+        revoked = frozenset(entry.serial_number for entry in crl)
+    return _Trust(ca, store, _ca_trust_domain(ca), revoked)
+
+
+def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _within_validity(cert: x509.Certificate, when: datetime) -> bool:
+    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
+
+
+class ChainVerifier:
+    """Verifies client certificates against a CA file and (optionally) a CRL file.
+
+    Path building and the X.509 profile checks are cryptography's ``x509.verification`` client
+    verifier; revocation is checked against the CRL, whose signature must verify with the CA.
+    `reload_if_changed` re-reads both files when they change; a broken new file raises PkiError
+    and leaves the previous trust in force.
+    """
+
+    def __init__(self, ca_path: Path, crl_path: Path | None = None) -> None:
+        self._ca_path = ca_path
+        self._crl_path = crl_path
+        self._stamp: _Stamp = (_stat(ca_path), _stat(crl_path))
+        self._trust = _load_trust(ca_path, crl_path)
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        """The CA certificate currently trusted."""
+        return self._trust.ca
+
+    @property
+    def trust_domain(self) -> str | None:
+        """The CA's SPIFFE trust domain (from its URI SAN), if it names one."""
+        return self._trust.trust_domain
+
+    def revoked_serials(self) -> frozenset[int]:
+        """Serial numbers listed in the current CRL (to end live sessions of revoked peers)."""
+        return self._trust.revoked
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the CA and CRL if either file changed since the last load; True if reloaded.
+
+        Cheap enough to call on every handshake (two ``stat`` calls). A new file that does not
+        load raises PkiError once and the previous trust stays in force.
+        """
+        stamp = (_stat(self._ca_path), _stat(self._crl_path))
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp  # remembered even on failure: report a bad file once, not per call
+        self._trust = _load_trust(self._ca_path, self._crl_path)
+        return True
+
+    def verify(
+        self,
+        leaf: x509.Certificate | None,
+        intermediates: Sequence[x509.Certificate],
+        now: datetime,
+    ) -> Identity:
+        """Verify `leaf` (with `intermediates`) at wall-clock time `now` and return its identity.
+
+        Raises CertificateRefused whose ``reason`` says why.
+        """
+        if leaf is None:
+            raise CertificateRefused("no_certificate", "the peer sent no certificate")
+        trust = self._trust
+        when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        verifier = (
+            verification.PolicyBuilder().store(trust.store).time(when).build_client_verifier()
+        )
+        try:
+            verified = verifier.verify(leaf, list(intermediates))
+        except (verification.VerificationError, ValueError) as exc:
+            raise self._classify(trust, [leaf, *intermediates], when, str(exc)) from None
+        for cert in verified.chain:
+            if cert != trust.ca and cert.serial_number in trust.revoked:
+                raise CertificateRefused(
+                    "revoked", f"certificate serial {cert.serial_number:x} is revoked"
+                )
+        return self._identity(trust, leaf)
+
+    @staticmethod
+    def _classify(
+        trust: _Trust, chain: list[x509.Certificate], when: datetime, detail: str
+    ) -> CertificateRefused:
+        """Name the failure after the fact: cryptography reports only a message."""
+        if not any(_directly_issued_by(cert, trust.ca) for cert in chain):
+            subject = chain[0].issuer.rfc4514_string()
+            return CertificateRefused("unknown_ca", f"issuer {subject!r} is not the trusted CA")
+        for cert in [*chain, trust.ca]:
+            if not _within_validity(cert, when):
+                return CertificateRefused(
+                    "expired",
+                    f"{cert.subject.rfc4514_string()!r} is valid from "
+                    f"{cert.not_valid_before_utc.isoformat()} to "
+                    f"{cert.not_valid_after_utc.isoformat()}",
+                )
+        return CertificateRefused("bad_certificate", detail)
+
+    @staticmethod
+    def _identity(trust: _Trust, leaf: x509.Certificate) -> Identity:
+        try:
+            identity = identity_from_certificate(leaf)
+            validate_ident(identity.ident)
+        except PkiError as exc:
+            raise CertificateRefused("bad_certificate", str(exc)) from None
+        if trust.trust_domain is not None and identity.trust_domain not in (
+            None,
+            trust.trust_domain,
+        ):
+            raise CertificateRefused(
+                "bad_certificate",
+                f"trust domain {identity.trust_domain!r} is not {trust.trust_domain!r}",
+            )
+        return identity

@@ -1,0 +1,152 @@
+"""`zgate-agent up|status`: flags -> AgentSettings -> run; or ask a running agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zgate_host.errors import HostError
+from zgate_host.httpd import serve_status
+from zgate_host.logs import configure_logging
+from zgate_host.privileges import require_net_admin
+from zgate_host.settings import SettingsError, load_settings
+from zgate_host.tun import TunDevice
+
+from zgate_agent.app import Agent
+from zgate_agent.metrics import AgentMetrics
+from zgate_agent.settings import AgentSettings, parse_hostport
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+zgate agent: puts this machine's traffic through a zgate relay. It connects to the relay
+over QUIC with its client certificate (mTLS), opens a MASQUE CONNECT-IP tunnel (RFC 9484),
+creates a TUN device with the address the relay assigns, routes traffic into it (keeping
+the route to the relay itself outside), and reconnects by itself when the path breaks.
+
+  zgate-agent up --relay relay.example:4433 --ca ca.pem --cert me.pem --key me.key
+  zgate-agent status
+
+Settings come from, in rising order: defaults, the YAML --config file, ZGATE_AGENT_*
+environment variables (e.g. ZGATE_AGENT_MODE=stream) and flags. `up` needs root or
+CAP_NET_ADMIN (TUN device and routes)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="zgate-agent",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="connect and run the tunnel until stopped (SIGTERM/SIGINT)")
+    up.add_argument("--config", type=Path, help="YAML settings file (keys as the long flags)")
+    up.add_argument("--relay", metavar="HOST:PORT", help="relay address [127.0.0.1:4433]")
+    up.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the relay")
+    up.add_argument("--cert", type=Path, metavar="FILE", help="this agent's certificate")
+    up.add_argument("--key", type=Path, metavar="FILE", help="this agent's private key")
+    up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
+    up.add_argument("--mode", choices=["datagram", "stream"],
+                    help="datagram: QUIC DATAGRAM frames (default); stream: capsules on the "
+                         "CONNECT stream (reliable)")
+    up.add_argument("--no-fallback", dest="fallback", action="store_const", const=False,
+                    help="fail instead of falling back to stream mode")
+    up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-agent0]")
+    up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
+    up.add_argument("--split-tunnel", dest="full_tunnel", action="store_const", const=False,
+                    help="route only what the relay advertises (default: everything)")
+    up.add_argument("--metrics", metavar="HOST:PORT",
+                    help="serve /metrics and /status here; 'off' disables [127.0.0.1:9102]")
+    up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    up.add_argument("--log-format", choices=["json", "text"])
+    st = sub.add_parser("status", help="show the state of a running agent's tunnel")
+    st.add_argument("--metrics", metavar="HOST:PORT", default="127.0.0.1:9102",
+                    help="the agent's /status address [127.0.0.1:9102]")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `zgate-agent`."""
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args.metrics, as_json=args.json)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
+    if flags.get("metrics") == "off":
+        flags["metrics"] = ""
+    try:
+        settings = load_settings(AgentSettings, args.config, flags)
+    except SettingsError as exc:
+        print(f"zgate-agent: {exc}", file=sys.stderr)
+        return 2
+    for what, path in (("--ca", settings.ca), ("--cert", settings.cert), ("--key", settings.key)):
+        if not path.is_file():
+            print(f"zgate-agent: {what} file {path} does not exist", file=sys.stderr)
+            return 2
+    configure_logging("zgate-agent", level=settings.log_level, json=settings.log_format == "json")
+    try:
+        require_net_admin("the agent's TUN device and routes")
+        return asyncio.run(_up(settings))
+    except HostError as exc:
+        print(f"zgate-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _up(settings: AgentSettings) -> int:
+    metrics = AgentMetrics()
+    with TunDevice.open(settings.tun_name, mtu=settings.tun_mtu) as device:
+        agent = Agent(settings, device, metrics)
+        http = None
+        if settings.metrics_address is not None:
+            http = serve_status(*settings.metrics_address, metrics.registry, agent.status)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.stop)
+        try:
+            await agent.run()
+        finally:
+            if http is not None:
+                http.close()
+    return 0
+
+
+def _status(address: str, *, as_json: bool) -> int:
+    host, port = parse_hostport(address, 9102)
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            status: dict[str, Any] = json.load(response)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"zgate-agent: no agent answers at {url} ({exc}); is `zgate-agent up` running?",
+              file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+    else:
+        age = time.time() - float(status.get("since") or time.time())
+        print(f"state:     {status['state']} (for {age:.0f}s)")
+        print(f"relay:     {status['relay']}")
+        print(f"device:    {status['device']}")
+        print(f"mode:      {status.get('mode') or '-'}")
+        print(f"addresses: {', '.join(status.get('addresses') or []) or '-'}")
+        print(f"routes:    {', '.join(status.get('routes') or []) or '-'}")
+        if status.get("last_error"):
+            print(f"last error: {status['last_error']}")
+    return 0 if status.get("state") == "connected" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The agent's settings: one typed model, defaults < YAML < ZGATE_AGENT_* env < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+from zgate_host.settings import LayeredSettings
+from zgate_proto.h3 import PacketMode
+
+__all__ = ["AgentSettings", "parse_hostport"]
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port" or "host" into (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    port = int(port_text) if port_text else default_port
+    if not 0 < port <= 65535 or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, port
+
+
+class AgentSettings(LayeredSettings):
+    """Everything the agent can be told (YAML keys = field names; env ZGATE_AGENT_<FIELD>)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZGATE_AGENT_", extra="forbid")
+
+    relay: str = Field("127.0.0.1:4433", description="relay HOST:PORT")
+    ca: Path = Field(Path(".zgate/pki/ca.pem"), description="CA certificate to trust")
+    cert: Path = Field(Path(".zgate/pki/clients/agent.pem"), description="client certificate")
+    key: Path = Field(Path(".zgate/pki/clients/agent.key"), description="client private key")
+    server_name: str | None = Field(None, description="TLS name of the relay [relay host]")
+    mode: PacketMode = Field(PacketMode.DATAGRAM, description="datagram or stream")
+    fallback: bool = Field(True, description="use stream mode if the relay has no datagrams")
+    tun_name: str = Field("zgate-agent0", description="TUN device name")
+    tun_mtu: int = Field(1400, ge=1280, le=65535, description="TUN device MTU")
+    full_tunnel: bool = Field(
+        True, description="route everything the relay advertises (default: all) into the tunnel"
+    )
+    max_datagram_size: int = Field(1452, ge=1350, le=65527, description="largest QUIC UDP payload")
+    datagram_queue: int = Field(512, ge=8)
+    metrics: str | None = Field("127.0.0.1:9102", description="/metrics and /status address")
+    connect_timeout: float = Field(10.0, gt=0)
+    keepalive: float = Field(10.0, gt=0, description="seconds between QUIC pings")
+    idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
+    backoff_initial: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
+    backoff_max: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("relay")
+    @classmethod
+    def _check_relay(cls, value: str) -> str:
+        parse_hostport(value, 4433)
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_metrics(cls, value: str | None) -> str | None:
+        if value in (None, "", "off"):
+            return None
+        parse_hostport(value, 9102)
+        return value
+
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        """(host, port) of the relay."""
+        return parse_hostport(self.relay, 4433)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of /metrics and /status, or None."""
+        return None if self.metrics is None else parse_hostport(self.metrics, 9102)

@@ -1,0 +1,179 @@
+"""One tunnel attempt: a QUIC connection to the relay carrying one CONNECT-IP session.
+
+:class:`TunnelProtocol` is aioquic's asyncio protocol plus the HTTP/3 and CONNECT-IP layer;
+it opens the session, then hands every IP packet from the relay to ``on_packet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
+from zgate_proto.errors import DecodeError, ProtoError
+from zgate_proto.h3 import MODE_HEADER, ConnectIpH3Connection, ConnectIpStream, PacketMode
+from zgate_proto.request import build_connect_ip_request, validate_connect_ip_response
+
+__all__ = ["TunnelError", "TunnelInfo", "TunnelProtocol"]
+
+log = logging.getLogger("zgate.agent")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TunnelError(Exception):
+    """The tunnel could not be opened or was lost; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelInfo:
+    """What the relay told us when the session opened."""
+
+    addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    routes: tuple[IPAddressRange, ...]
+    mode: PacketMode
+
+
+class TunnelProtocol(QuicConnectionProtocol):
+    """aioquic connection protocol speaking CONNECT-IP as the client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = ConnectIpH3Connection(self._quic)
+        self.stream: ConnectIpStream | None = None
+        self.on_packet: Callable[[bytes], None] = lambda packet: None
+        self.on_unknown_context: Callable[[], None] = lambda: None
+        self.terminated = asyncio.Event()
+        self.close_reason = ""
+        self._settings = asyncio.Event()
+        self._response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
+        self._assigned: asyncio.Future[AddressAssign] | None = None
+        self._routes: asyncio.Future[RouteAdvertisement] | None = None
+        self.addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self.routes: tuple[IPAddressRange, ...] = ()
+
+    # ------------------------------------------------------------------ opening
+
+    async def open_session(
+        self, authority: str, mode: PacketMode, *, fallback: bool, max_queued: int, timeout: float
+    ) -> TunnelInfo:
+        """Send the extended CONNECT and wait for 2xx, ADDRESS_ASSIGN and ROUTE_ADVERTISEMENT."""
+        loop = asyncio.get_running_loop()
+        await self._wait(self._settings.wait(), timeout, "the relay's HTTP/3 SETTINGS")
+        if not self.h3.peer_supports_extended_connect():
+            raise TunnelError("the relay does not offer extended CONNECT (RFC 9220)")
+        if mode is PacketMode.DATAGRAM and not self.h3.peer_supports_datagrams():
+            if not fallback:
+                raise TunnelError("the relay does not offer HTTP datagrams and fallback is off")
+            log.warning("relay offers no HTTP datagrams: falling back to stream mode")
+            mode = PacketMode.STREAM
+        stream_id = self._quic.get_next_available_stream_id()
+        self._response = loop.create_future()
+        self._assigned = loop.create_future()
+        self._routes = loop.create_future()
+        self.stream = ConnectIpStream(self.h3, stream_id, mode, max_queued=max_queued)
+        headers = build_connect_ip_request(
+            authority, extra_headers=[(MODE_HEADER, mode.value.encode())]
+        )
+        self.h3.send_headers(stream_id, headers, end_stream=False)
+        self.transmit()
+        response = await self._wait(self._response, timeout, "the relay's answer")
+        try:
+            validate_connect_ip_response(response)
+        except ProtoError as exc:
+            raise TunnelError(f"the relay refused the CONNECT-IP request: {exc}") from exc
+        assign = await self._wait(self._assigned, timeout, "ADDRESS_ASSIGN")
+        routes = await self._wait(self._routes, timeout, "ROUTE_ADVERTISEMENT")
+        self.addresses = tuple(a.prefix for a in assign.addresses)
+        self.routes = routes.ranges
+        return TunnelInfo(self.addresses, self.routes, mode)
+
+    async def _wait(self, awaitable: Any, timeout: float, what: str) -> Any:
+        waiter = asyncio.ensure_future(awaitable)
+        closed = asyncio.ensure_future(self.terminated.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+        if waiter in done:
+            return waiter.result()
+        waiter.cancel()
+        if self.terminated.is_set():
+            raise TunnelError(f"connection closed while waiting for {what}: {self.close_reason}")
+        raise TunnelError(f"timed out after {timeout:g}s waiting for {what}")
+
+    # ------------------------------------------------------------------- events
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        """Dispatch QUIC events (called by aioquic for every event)."""
+        if isinstance(event, ConnectionTerminated):
+            self.close_reason = event.reason_phrase or f"error 0x{event.error_code:x}"
+            self.terminated.set()
+            return
+        for h3_event in self.h3.handle_event(event):
+            self._h3_event(h3_event)
+        if not self._settings.is_set() and self.h3.peer_settings_received:
+            self._settings.set()
+
+    def _h3_event(self, event: H3Event) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        if isinstance(event, DatagramReceived):
+            if event.stream_id == stream.stream_id and event.data:
+                packet = ConnectIpStream.ip_packet_from_datagram(event.data)
+                if packet is None:
+                    self.on_unknown_context()
+                else:
+                    self.on_packet(packet)
+        elif event.stream_id != stream.stream_id:
+            return
+        elif isinstance(event, HeadersReceived):
+            if self._response is not None and not self._response.done():
+                self._response.set_result(event.headers)
+            if event.stream_ended:
+                self._lost("the relay ended the CONNECT-IP stream")
+        elif isinstance(event, DataReceived):
+            self._stream_data(stream, event)
+
+    def _stream_data(self, stream: ConnectIpStream, event: DataReceived) -> None:
+        try:
+            received = stream.receive_data(event.data, event.stream_ended)
+        except DecodeError as exc:
+            self._lost(f"malformed capsule from the relay: {exc}")
+            return
+        for capsule in received.capsules:
+            if isinstance(capsule, DatagramCapsule):
+                packet = ConnectIpStream.ip_packet_from_capsule(capsule)
+                if packet is None:
+                    self.on_unknown_context()
+                else:
+                    self.on_packet(packet)
+            elif isinstance(capsule, AddressAssign):
+                if self._assigned is not None and not self._assigned.done():
+                    self._assigned.set_result(capsule)
+                else:
+                    self.addresses = tuple(a.prefix for a in capsule.addresses)
+            elif isinstance(capsule, RouteAdvertisement):
+                if self._routes is not None and not self._routes.done():
+                    self._routes.set_result(capsule)
+                else:
+                    self.routes = capsule.ranges
+        if received.ended:
+            self._lost("the relay ended the CONNECT-IP stream")
+
+    def _lost(self, reason: str) -> None:
+        log.warning("tunnel lost", extra={"reason": reason})
+        self.close_reason = reason
+        self._quic.close(error_code=0x10C, reason_phrase=reason)
+        self.transmit()
+        self.terminated.set()

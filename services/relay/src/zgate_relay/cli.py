@@ -1,0 +1,86 @@
+"""`serve` / `zgate-relay`: command-line flags -> RelaySettings -> run. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zgate_host.errors import HostError
+from zgate_host.logs import configure_logging
+from zgate_host.settings import SettingsError, load_settings
+
+from zgate_relay.app import run_relay
+from zgate_relay.settings import RelaySettings
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+zgate relay: the hub of a zgate network. Accepts agents and connectors over QUIC
+(HTTP/3, MASQUE CONNECT-IP, RFC 9484), authenticates each by its client certificate,
+hands out tunnel addresses and forwards their packets (to each other, or to the
+internet through its TUN device and NAT).
+
+With no flags it listens on UDP 0.0.0.0:4433, serves metrics on 127.0.0.1:9101 and uses
+the PKI in ./.zgate/pki (creating a development PKI there if none exists).
+Settings come from, in rising order: defaults, the YAML --config file, ZGATE_RELAY_*
+environment variables (e.g. ZGATE_RELAY_POOL=10.9.0.0/16), and these flags.
+Needs root or CAP_NET_ADMIN for its TUN device and NAT (or --no-egress)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The relay's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="serve", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", type=Path, help="YAML file with settings (keys as the long flags)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="QUIC/UDP listen address [0.0.0.0:4433]")
+    p.add_argument("--pki", type=Path, metavar="DIR", help="PKI directory [.zgate/pki]")
+    p.add_argument("--pool", metavar="CIDR", help="IPv4 tunnel address pool [10.100.0.0/16]")
+    p.add_argument("--pool6", metavar="CIDR", help="IPv6 tunnel address pool [fd7a:7a67::/64]")
+    p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve /metrics here; 'off' disables [127.0.0.1:9101]"
+    )
+    p.add_argument("--tun-name", metavar="NAME", help="egress TUN device name [zgate0]")
+    p.add_argument("--tun-mtu", type=int, metavar="BYTES", help="egress TUN MTU [1400]")
+    p.add_argument(
+        "--no-egress", dest="egress", action="store_const", const=False,
+        help="no TUN device or NAT: agents only reach each other (no root needed)",
+    )
+    p.add_argument("--no-nat", dest="nat", action="store_const", const=False,
+                   help="do not install the nftables masquerade")
+    p.add_argument("--no-dev-pki", dest="dev_pki", action="store_const", const=False,
+                   help="fail instead of creating a development PKI when none exists")
+    p.add_argument("--max-datagram-size", type=int, metavar="BYTES",
+                   help="largest UDP payload QUIC sends [1452]")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "text"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `serve` and `zgate-relay`."""
+    args = build_parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    if flags.get("metrics") == "off":
+        flags["metrics"] = ""
+    try:
+        settings = load_settings(RelaySettings, args.config, flags)
+    except SettingsError as exc:
+        print(f"zgate-relay: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("zgate-relay", level=settings.log_level, json=settings.log_format == "json")
+    try:
+        asyncio.run(run_relay(settings))
+    except HostError as exc:
+        print(f"zgate-relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Where each packet goes (sans-IO). The one place that decides: session to session,
+session to egress, egress to session, or dropped (with a reason from a fixed set)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from zgate_relay.session import RelaySession
+
+__all__ = ["EGRESS", "Drop", "Egress", "Router"]
+
+
+class Egress:
+    """The relay's TUN device: the kernel routes and NATs from there."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EGRESS"
+
+
+EGRESS: Final = Egress()
+
+
+class Drop:
+    """A dropped packet, with the reason it is counted under."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Drop({self.reason!r})"
+
+
+# Pre-built so that routing a packet allocates nothing.
+_MALFORMED: Final = Drop("malformed_packet")
+_SPOOFED: Final = Drop("spoofed_source")
+_NO_SESSION: Final = Drop("no_session")
+
+
+class Router:
+    """Maps tunnel addresses (raw 4/16-byte keys) to sessions and routes packets."""
+
+    def __init__(self) -> None:
+        self._by_address: dict[bytes, RelaySession] = {}
+
+    def attach(self, session: RelaySession) -> None:
+        """Make the session reachable at its addresses."""
+        for raw in session.raw_addresses:
+            self._by_address[raw] = session
+
+    def detach(self, session: RelaySession) -> None:
+        """Forget every address that points at the session."""
+        for raw in [k for k, s in self._by_address.items() if s is session]:
+            del self._by_address[raw]
+
+    def session_for(self, raw_address: bytes) -> RelaySession | None:
+        """The session holding an address, if any."""
+        return self._by_address.get(raw_address)
+
+    def __len__(self) -> int:
+        return len(self._by_address)
+
+    def from_session(self, session: RelaySession, packet: bytes) -> RelaySession | Egress | Drop:
+        """Route a packet an agent sent: its source must be the agent's own address."""
+        n = len(packet)
+        if n < 20:
+            return _MALFORMED
+        version = packet[0] >> 4
+        if version == 4:
+            src, dst = packet[12:16], packet[16:20]
+        elif version == 6 and n >= 40:
+            src, dst = packet[8:24], packet[24:40]
+        else:
+            return _MALFORMED
+        if src not in session.raw_addresses:
+            return _SPOOFED
+        target = self._by_address.get(dst)
+        return EGRESS if target is None else target
+
+    def from_egress(self, packet: bytes) -> RelaySession | Drop:
+        """Route a packet the kernel sent into the TUN device, by destination."""
+        n = len(packet)
+        if n < 20:
+            return _MALFORMED
+        version = packet[0] >> 4
+        if version == 4:
+            dst = packet[16:20]
+        elif version == 6 and n >= 40:
+            dst = packet[24:40]
+        else:
+            return _MALFORMED
+        target = self._by_address.get(dst)
+        return _NO_SESSION if target is None else target

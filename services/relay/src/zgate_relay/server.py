@@ -1,0 +1,584 @@
+"""The relay's asyncio pump: UDP socket <-> aioquic connections, the egress device, timers.
+
+It moves bytes and hands every packet to the router; it makes no routing decision itself.
+A packet's way: UDP datagram -> QUIC/H3 event -> session -> router -> stream or egress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from aioquic.buffer import Buffer
+from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+)
+from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+from zgate_pki import ChainVerifier, Identity
+from zgate_proto.capsules import AddressRequest, DatagramCapsule
+from zgate_proto.errors import DecodeError, RequestError
+from zgate_proto.h3 import (
+    MODE_HEADER,
+    ConnectIpH3Connection,
+    ConnectIpStream,
+    PacketMode,
+    SendStatus,
+)
+from zgate_proto.icmp import packet_too_big
+from zgate_proto.ip import decrement_ttl
+from zgate_proto.request import parse_connect_ip_request, response_headers
+
+from zgate_relay.metrics import RelayMetrics
+from zgate_relay.mtls import MtlsServerConnection
+from zgate_relay.pool import AddressPool, PoolExhausted
+from zgate_relay.router import EGRESS, Drop, Router
+from zgate_relay.session import RelaySession
+
+__all__ = ["H3_MESSAGE_ERROR", "PacketDevice", "RelayServer"]
+
+log = logging.getLogger("zgate.relay")
+
+H3_MESSAGE_ERROR = 0x10E  # RFC 9114 §8.1: malformed message (RFC 9297 §3.3 for capsules)
+H3_REQUEST_CANCELLED = 0x10C
+QUIC_MIN_INITIAL_SIZE = 1200
+
+
+class PacketDevice:
+    """What the pump needs of the egress device (a TUN device or an in-memory one)."""
+
+    name: str
+    mtu: int
+
+    def fileno(self) -> int:
+        """File descriptor to wait on for readability."""
+        raise NotImplementedError
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Packets the kernel sent into the device, until it would block."""
+        raise NotImplementedError
+
+    def write(self, packet: bytes) -> None:
+        """Hand a packet to the kernel."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One QUIC connection and the CONNECT-IP sessions on it."""
+
+    quic: QuicConnection
+    h3: ConnectIpH3Connection
+    addr: NetworkAddress
+    cids: set[bytes] = field(default_factory=set)
+    sessions: dict[int, RelaySession] = field(default_factory=dict)
+    identity: Identity | None = None
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    closed: bool = False
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: RelayServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.server.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self.server.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error", extra={"error": str(exc)})
+
+
+class RelayServer:
+    """Accepts QUIC connections, runs CONNECT-IP sessions and moves their packets."""
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        verifier: ChainVerifier,
+        pool: AddressPool,
+        metrics: RelayMetrics,
+        egress: PacketDevice | None,
+        routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        datagram_queue: int = 512,
+        max_capsule_size: int = 65536 + 64,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.configuration = configuration
+        self.verifier = verifier
+        self.pool = pool
+        self.metrics = metrics
+        self.egress = egress
+        self.routes = routes
+        self.datagram_queue = datagram_queue
+        self.max_capsule_size = max_capsule_size
+        self.router = Router()
+        self.transport: asyncio.DatagramTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._now = clock or self._loop.time
+        self._by_cid: dict[bytes, _Connection] = {}
+        self._by_quic: dict[QuicConnection, _Connection] = {}
+        self._dirty: set[_Connection] = set()
+        self._flush_scheduled = False
+        self._closed = asyncio.Event()
+        metrics.watch_queue_depth(self._queue_depth)
+        self._gateway4 = pool.gateway4
+        self._gateway6 = pool.gateway6
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on UDP host:port; returns the bound address (port 0 picks one)."""
+        await self._loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), local_addr=(host, port)
+        )
+        assert self.transport is not None
+        if self.egress is not None:
+            self._loop.add_reader(self.egress.fileno(), self._egress_readable)
+        sockname = self.transport.get_extra_info("sockname")
+        log.info("relay listening", extra={"address": f"{sockname[0]}:{sockname[1]}"})
+        return sockname[0], sockname[1]
+
+    async def close(self) -> None:
+        """Close every connection (telling peers), stop listening, stop reading egress."""
+        for conn in list(self._by_quic.values()):
+            conn.quic.close(error_code=0, reason_phrase="relay shutting down")
+            self._dirty.add(conn)
+        self._flush()
+        for conn in list(self._by_quic.values()):
+            self._forget(conn)
+        if self.egress is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self.egress.fileno())
+        if self.transport is not None:
+            self.transport.close()
+        self._closed.set()
+
+    @property
+    def sessions(self) -> list[RelaySession]:
+        """All live sessions."""
+        return [s for c in self._by_quic.values() for s in c.sessions.values()]
+
+    def status(self) -> dict[str, object]:
+        """A snapshot of the live sessions (read from the HTTP thread: copy, don't mutate)."""
+        sessions = [
+            {
+                "session": s.session_id,
+                "client": str(s.identity),
+                "peer": s.peer,
+                "addresses": [str(a) for a in s.addresses],
+                "mode": s.stream.mode.value,
+                "opened_at": s.opened_at,
+                "packets_in": s.packets_in,
+                "packets_out": s.packets_out,
+            }
+            for s in list(self.sessions)
+        ]
+        return {"sessions": sessions, "count": len(sessions)}
+
+    def check_revocations(self) -> int:
+        """Re-read the CA/CRL if they changed and end sessions of revoked identities.
+
+        Returns how many connections were closed.
+        """
+        if self.verifier.reload_if_changed():
+            self.metrics.crl_reloads.inc()
+            log.info("CA/CRL reloaded")
+        revoked = self.verifier.revoked_serials()
+        closed = 0
+        for conn in list(self._by_quic.values()):
+            if conn.identity is not None and conn.identity.serial in revoked and not conn.closed:
+                log.warning(
+                    "certificate revoked: ending its sessions",
+                    extra={"client": str(conn.identity), "serial": conn.identity.serial},
+                )
+                self.metrics.refusals["revoked"].inc()
+                conn.quic.close(error_code=0x0, reason_phrase="certificate revoked")
+                conn.closed = True
+                self._dirty.add(conn)
+                closed += 1
+        self._schedule_flush()
+        return closed
+
+    # ------------------------------------------------------------------ UDP side
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """One UDP datagram from the network."""
+        buf = Buffer(data=data)
+        try:
+            header = pull_quic_header(buf, host_cid_length=self.configuration.connection_id_length)
+        except ValueError:
+            return
+        conn = self._by_cid.get(header.destination_cid)
+        if conn is None:
+            if (
+                header.version is not None
+                and header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+                and header.version not in self.configuration.supported_versions
+            ):
+                assert self.transport is not None
+                self.transport.sendto(
+                    encode_quic_version_negotiation(
+                        source_cid=header.destination_cid,
+                        destination_cid=header.source_cid,
+                        supported_versions=self.configuration.supported_versions,
+                    ),
+                    addr,
+                )
+                return
+            if header.packet_type != QuicPacketType.INITIAL or len(data) < QUIC_MIN_INITIAL_SIZE:
+                return
+            conn = self._accept(header.destination_cid, addr)
+        conn.quic.receive_datagram(data, addr, now=self._now())
+        self._process_events(conn)
+        self._dirty.add(conn)
+        self._schedule_flush()
+
+    def _accept(self, original_cid: bytes, addr: NetworkAddress) -> _Connection:
+        quic = MtlsServerConnection(
+            configuration=self.configuration,
+            original_destination_connection_id=original_cid,
+            verifier=self.verifier,
+            on_refused=lambda reason, detail: self._refused(addr, reason, detail),
+        )
+        conn = _Connection(quic=quic, h3=ConnectIpH3Connection(quic), addr=addr)
+        conn.cids.update({original_cid, quic.host_cid})
+        for cid in conn.cids:
+            self._by_cid[cid] = conn
+        self._by_quic[quic] = conn
+        return conn
+
+    def _refused(self, addr: NetworkAddress, reason: str, detail: str) -> None:
+        self.metrics.refusals.get(reason, self.metrics.refusals["handshake_failed"]).inc()
+        log.warning(
+            "handshake refused",
+            extra={"peer": f"{addr[0]}:{addr[1]}", "reason": reason, "detail": detail},
+        )
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what every touched connection has to send, and re-arm its timer."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        transport = self.transport
+        now = self._now()
+        for conn in dirty:
+            if transport is not None:
+                for data, addr in conn.quic.datagrams_to_send(now=now):
+                    transport.sendto(data, addr)
+            self._arm_timer(conn)
+
+    def _arm_timer(self, conn: _Connection) -> None:
+        timer_at = conn.quic.get_timer()
+        if timer_at == conn.timer_at:
+            return
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        conn.timer_at = timer_at
+        if timer_at is not None:
+            conn.timer = self._loop.call_at(timer_at, self._on_timer, conn)
+
+    def _on_timer(self, conn: _Connection) -> None:
+        conn.timer = None
+        conn.timer_at = None
+        conn.quic.handle_timer(now=self._now())
+        self._process_events(conn)
+        self._dirty.add(conn)
+        self._flush()
+
+    # ---------------------------------------------------------------- QUIC events
+
+    def _process_events(self, conn: _Connection) -> None:
+        quic = conn.quic
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, ConnectionIdIssued):
+                conn.cids.add(event.connection_id)
+                self._by_cid[event.connection_id] = conn
+            elif isinstance(event, ConnectionIdRetired):
+                conn.cids.discard(event.connection_id)
+                self._by_cid.pop(event.connection_id, None)
+            elif isinstance(event, HandshakeCompleted):
+                self._handshake_completed(conn)
+            elif isinstance(event, ConnectionTerminated):
+                self._terminated(conn, event)
+                return
+            else:
+                self._h3_events(conn, event)
+
+    def _handshake_completed(self, conn: _Connection) -> None:
+        quic = cast(MtlsServerConnection, conn.quic)
+        conn.identity = quic.peer_identity
+        log.info(
+            "client authenticated",
+            extra={
+                "peer": f"{conn.addr[0]}:{conn.addr[1]}",
+                "client": str(conn.identity),
+                "serial": conn.identity.serial if conn.identity else None,
+            },
+        )
+
+    def _terminated(self, conn: _Connection, event: ConnectionTerminated) -> None:
+        for session in list(conn.sessions.values()):
+            self._close_session(conn, session, reason=event.reason_phrase or "connection closed")
+        self._forget(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        for cid in conn.cids:
+            self._by_cid.pop(cid, None)
+        self._by_quic.pop(conn.quic, None)
+        self._dirty.discard(conn)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+
+    def _h3_events(self, conn: _Connection, event: QuicEvent) -> None:
+        h3_events: list[H3Event] = conn.h3.handle_event(event)
+        for h3_event in h3_events:
+            if isinstance(h3_event, DatagramReceived):
+                session = conn.sessions.get(h3_event.stream_id)
+                if session is None:
+                    self.metrics.drops["unknown_stream"].inc()
+                    continue
+                packet = (
+                    ConnectIpStream.ip_packet_from_datagram(h3_event.data)
+                    if h3_event.data
+                    else None
+                )
+                if packet is None:
+                    self.metrics.drops["unknown_context"].inc()
+                    continue
+                self._from_agent(session, packet)
+            elif isinstance(h3_event, DataReceived):
+                self._stream_data(conn, h3_event)
+            elif isinstance(h3_event, HeadersReceived):
+                self._headers(conn, h3_event)
+
+    def _stream_data(self, conn: _Connection, event: DataReceived) -> None:
+        session = conn.sessions.get(event.stream_id)
+        if session is None:
+            return
+        try:
+            received = session.stream.receive_data(event.data, event.stream_ended)
+        except DecodeError as exc:
+            self.metrics.session_errors.inc()
+            log.warning(
+                "malformed capsule: ending session",
+                extra={"session": session.session_id, "client": str(session.identity),
+                       "error": str(exc)},
+            )
+            conn.quic.reset_stream(event.stream_id, H3_MESSAGE_ERROR)
+            with contextlib.suppress(Exception):
+                conn.quic.stop_stream(event.stream_id, H3_MESSAGE_ERROR)
+            self._close_session(conn, session, reason="malformed capsule", send_fin=False)
+            return
+        for capsule in received.capsules:
+            if isinstance(capsule, DatagramCapsule):
+                packet = ConnectIpStream.ip_packet_from_capsule(capsule)
+                if packet is None:
+                    self.metrics.drops["unknown_context"].inc()
+                else:
+                    self._from_agent(session, packet)
+            elif isinstance(capsule, AddressRequest):
+                self.router.detach(session)
+                reply = session.answer_address_request(capsule, self.pool)
+                self.router.attach(session)
+                session.stream.send_capsules([reply])
+        if received.ended:
+            self._close_session(conn, session, reason="agent ended the stream")
+
+    # ------------------------------------------------------------------ requests
+
+    def _headers(self, conn: _Connection, event: HeadersReceived) -> None:
+        if event.stream_id in conn.sessions:
+            return  # trailers: nothing to do
+        stream_id = event.stream_id
+        try:
+            parse_connect_ip_request(event.headers)
+        except RequestError as exc:
+            self._reject(conn, stream_id, exc.status, "bad_request", str(exc))
+            return
+        if conn.identity is None:
+            self._reject(conn, stream_id, 403, "no_certificate", "no client identity")
+            return
+        mode = self._mode_for(conn, event.headers)
+        stream = ConnectIpStream(
+            conn.h3,
+            stream_id,
+            mode,
+            max_queued=self.datagram_queue,
+            max_capsule_size=self.max_capsule_size,
+        )
+        session = RelaySession(
+            identity=conn.identity,
+            stream=stream,
+            peer=f"{conn.addr[0]}:{conn.addr[1]}",
+            opened_at=time.time(),
+        )
+        try:
+            session.assign(self.pool)
+        except PoolExhausted as exc:
+            self._reject(conn, stream_id, 503, "pool_exhausted", str(exc))
+            return
+        conn.sessions[stream_id] = session
+        self.router.attach(session)
+        headers = response_headers(200) + [(MODE_HEADER, mode.value.encode())]
+        conn.h3.send_headers(stream_id, headers, end_stream=False)
+        stream.send_capsules(
+            [session.address_assign(), RelaySession.route_advertisement(self.routes)]
+        )
+        self.metrics.sessions.inc()
+        self.metrics.sessions_total.inc()
+        log.info(
+            "session open",
+            extra={
+                "session": session.session_id,
+                "client": str(session.identity),
+                "serial": session.identity.serial,
+                "peer": session.peer,
+                "addresses": [str(a) for a in session.addresses],
+                "mode": mode.value,
+            },
+        )
+
+    def _mode_for(self, conn: _Connection, headers: list[tuple[bytes, bytes]]) -> PacketMode:
+        asked = dict(headers).get(MODE_HEADER, b"").decode("ascii", "replace")
+        if asked == PacketMode.STREAM.value or not conn.h3.peer_supports_datagrams():
+            return PacketMode.STREAM
+        return PacketMode.DATAGRAM
+
+    def _reject(self, conn: _Connection, stream_id: int, status: int, reason: str, detail: str) -> None:
+        self.metrics.refusals[reason].inc()
+        log.warning(
+            "request refused",
+            extra={"client": str(conn.identity), "status": status, "reason": reason,
+                   "detail": detail},
+        )
+        conn.h3.send_headers(stream_id, response_headers(status), end_stream=True)
+
+    def _close_session(
+        self, conn: _Connection, session: RelaySession, *, reason: str, send_fin: bool = True
+    ) -> None:
+        if conn.sessions.pop(session.stream.stream_id, None) is None:
+            return
+        self.router.detach(session)
+        session.release(self.pool)
+        if send_fin:
+            session.stream.close()
+        else:
+            session.stream.closed = True
+        self.metrics.sessions.dec()
+        log.info(
+            "session closed",
+            extra={
+                "session": session.session_id,
+                "client": str(session.identity),
+                "reason": reason,
+                "packets_in": session.packets_in,
+                "bytes_in": session.bytes_in,
+                "packets_out": session.packets_out,
+                "bytes_out": session.bytes_out,
+                "duration_s": round(time.time() - session.opened_at, 3),
+            },
+        )
+
+    # --------------------------------------------------------------- packet path
+
+    def _from_agent(self, session: RelaySession, packet: bytes) -> None:
+        m = self.metrics
+        size = len(packet)
+        session.packets_in += 1
+        session.bytes_in += size
+        m.packets["from_agent"].inc()
+        m.bytes["from_agent"].inc(size)
+        target = self.router.from_session(session, packet)
+        if target is EGRESS:
+            if self.egress is None:
+                m.drops["no_session"].inc()
+                return
+            self.egress.write(packet)
+            m.packets["to_egress"].inc()
+            m.bytes["to_egress"].inc(size)
+        elif isinstance(target, Drop):
+            m.drops[target.reason].inc()
+        else:
+            forwarded = bytearray(packet)
+            if not decrement_ttl(forwarded):
+                m.drops["ttl_expired"].inc()
+                return
+            self._to_agent(cast(RelaySession, target), bytes(forwarded), from_session=session)
+
+    def _egress_readable(self) -> None:
+        assert self.egress is not None
+        route = self.router.from_egress
+        drops = self.metrics.drops
+        packets = self.egress.read_batch(64)
+        from_egress_packets = self.metrics.packets["from_egress"]
+        from_egress_bytes = self.metrics.bytes["from_egress"]
+        for packet in packets:
+            from_egress_packets.inc()
+            from_egress_bytes.inc(len(packet))
+            target = route(packet)
+            if isinstance(target, Drop):
+                drops[target.reason].inc()
+            else:
+                self._to_agent(target, packet, from_session=None)
+        if packets:
+            self._schedule_flush()
+
+    def _to_agent(
+        self, session: RelaySession, packet: bytes, *, from_session: RelaySession | None
+    ) -> None:
+        status = session.stream.send_packet(packet)
+        m = self.metrics
+        if status is SendStatus.SENT:
+            session.packets_out += 1
+            session.bytes_out += len(packet)
+            m.packets["to_agent"].inc()
+            m.bytes["to_agent"].inc(len(packet))
+            self._dirty.add(self._by_quic[session.stream.quic])
+        elif status is SendStatus.TOO_BIG:
+            m.drops["too_big"].inc()
+            self._send_too_big(packet, session.stream.max_datagram_packet, from_session)
+        elif status is SendStatus.QUEUE_FULL:
+            m.drops["queue_full"].inc()
+        else:
+            m.drops["session_closed"].inc()
+
+    def _send_too_big(
+        self, packet: bytes, mtu: int, from_session: RelaySession | None
+    ) -> None:
+        gateway = self._gateway4 if packet[0] >> 4 == 4 else self._gateway6
+        if gateway is None:
+            return
+        icmp = packet_too_big(packet, gateway, mtu)
+        if icmp is None:
+            return
+        if from_session is None:
+            if self.egress is not None:
+                self.egress.write(icmp)
+        else:
+            self._to_agent(from_session, icmp, from_session=None)
+
+    def _queue_depth(self) -> float:
+        return float(sum(len(c.quic._datagrams_pending) for c in self._by_quic.values()))

@@ -1,0 +1,91 @@
+"""The relay's settings: one typed model, defaults < YAML < ZGATE_RELAY_* env < flags."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+from zgate_host.settings import LayeredSettings
+
+__all__ = ["RelaySettings", "parse_hostport"]
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """Split "host:port", "[v6]:port", "host" or ":port" into (host, port)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif text.count(":") > 1:
+        host, port_text = text, ""
+    else:
+        host, port_text = text, ""
+    port = int(port_text) if port_text else default_port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return host or "0.0.0.0", port
+
+
+class RelaySettings(LayeredSettings):
+    """Everything the relay can be told. Every field can be set in the YAML file, as
+    ZGATE_RELAY_<FIELD> in the environment, or by the matching flag."""
+
+    model_config = SettingsConfigDict(env_prefix="ZGATE_RELAY_", extra="forbid")
+
+    listen: str = Field("0.0.0.0:4433", description="UDP address the QUIC server listens on")
+    pki: Path = Field(Path(".zgate/pki"), description="PKI directory (ca.pem, relay.pem, ...)")
+    dev_pki: bool = Field(
+        True, description="create a development PKI in `pki` when none exists (loud warning)"
+    )
+    pool: ipaddress.IPv4Network = Field(
+        ipaddress.IPv4Network("10.100.0.0/16"), description="IPv4 tunnel address pool"
+    )
+    pool6: ipaddress.IPv6Network | None = Field(
+        ipaddress.IPv6Network("fd7a:7a67::/64"), description="IPv6 tunnel pool (ULA); null: none"
+    )
+    metrics: str | None = Field("127.0.0.1:9101", description="where /metrics is served")
+    tun_name: str = Field("zgate0", description="egress TUN device name")
+    tun_mtu: int = Field(1400, ge=1280, le=65535, description="egress TUN device MTU")
+    egress: bool = Field(True, description="create the TUN device + NAT (needs CAP_NET_ADMIN)")
+    nat: bool = Field(True, description="install the nftables masquerade for the pool")
+    max_datagram_size: int = Field(
+        1452, ge=1350, le=65527, description="largest UDP payload QUIC sends (>= 1350)"
+    )
+    datagram_queue: int = Field(512, ge=8, description="per-connection datagram send queue bound")
+    max_capsule_size: int = Field(65536 + 64, ge=2048, description="largest capsule accepted")
+    idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
+    crl_check_interval: float = Field(2.0, gt=0, description="seconds between CA/CRL file checks")
+    routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = Field(
+        None, description="prefixes advertised to agents; null: everything"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value, 4433)
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_metrics(cls, value: str | None) -> str | None:
+        if value not in (None, "", "off"):
+            parse_hostport(value, 9101)
+            return value
+        return None
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """(host, port) of the QUIC listener."""
+        return parse_hostport(self.listen, 4433)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics endpoint, or None when disabled."""
+        return None if self.metrics is None else parse_hostport(self.metrics, 9101)

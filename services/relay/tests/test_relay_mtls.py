@@ -1,0 +1,342 @@
+"""The mTLS shim: an aioquic client and an MtlsServerConnection, in memory, with a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aioquic import tls
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from zgate_pki import (
+    ChainVerifier,
+    Identity,
+    PkiError,
+    PkiPaths,
+    init_pki,
+    issue_certificate,
+    revoke_certificate,
+)
+from zgate_relay import mtls
+from zgate_relay.mtls import MtlsServerConnection, build_server_configuration
+
+CLIENT_ADDR = ("198.51.100.7", 40000)
+SERVER_ADDR = ("203.0.113.1", 443)
+CRYPTO_ERROR = 0x100
+
+
+# ---- a reusable in-memory pair ------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    """A client and a server connection joined by an in-memory "network" and a fake clock."""
+
+    client: QuicConnection
+    server: MtlsServerConnection
+    now: float = 1.0
+    client_events: list[QuicEvent] = field(default_factory=list)
+    server_events: list[QuicEvent] = field(default_factory=list)
+
+    def client_saw(self, kind: type[QuicEvent]) -> bool:
+        return any(isinstance(e, kind) for e in self.client_events)
+
+    def server_saw(self, kind: type[QuicEvent]) -> bool:
+        return any(isinstance(e, kind) for e in self.server_events)
+
+    def client_termination(self) -> ConnectionTerminated:
+        return next(e for e in self.client_events if isinstance(e, ConnectionTerminated))
+
+    def _deliver(self) -> bool:
+        moved = False
+        for data, _ in self.client.datagrams_to_send(now=self.now):
+            self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
+            moved = True
+        for data, _ in self.server.datagrams_to_send(now=self.now):
+            self.client.receive_datagram(data, SERVER_ADDR, now=self.now)
+            moved = True
+        return moved
+
+    def _collect(self) -> None:
+        while (event := self.client.next_event()) is not None:
+            self.client_events.append(event)
+        while (event := self.server.next_event()) is not None:
+            self.server_events.append(event)
+
+    def _fire_next_timer(self) -> bool:
+        timers = [
+            (at, conn)
+            for conn in (self.client, self.server)
+            if (at := conn.get_timer()) is not None
+        ]
+        if not timers:
+            return False
+        at, conn = min(timers, key=lambda item: item[0])
+        self.now = max(self.now, at)
+        conn.handle_timer(now=self.now)
+        return True
+
+    def run(self, until: Callable[[Pair], bool], max_steps: int = 500) -> None:
+        """Exchange datagrams, firing timers when the network is idle, until `until` holds."""
+        for _ in range(max_steps):
+            moved = self._deliver()
+            self._collect()
+            if until(self):
+                return
+            if not moved and not self._fire_next_timer():
+                break
+        raise AssertionError(f"condition not reached; client events: {self.client_events}")
+
+    def handshake(self) -> None:
+        """Run until both ends completed the handshake or the client saw the connection end."""
+        self.client.connect(SERVER_ADDR, now=self.now)
+        self.run(
+            lambda p: (
+                p.client_saw(ConnectionTerminated)
+                or (p.client_saw(HandshakeCompleted) and p.server_saw(HandshakeCompleted))
+            )
+        )
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PkiPaths:
+    paths = init_pki(tmp_path / "pki")
+    issue_certificate(paths.directory, "client", "alice", groups=["eng", "ops"])
+    issue_certificate(paths.directory, "connector", "site-a")
+    return paths
+
+
+@pytest.fixture
+def verifier(pki: PkiPaths) -> ChainVerifier:
+    return ChainVerifier(pki.ca_cert, pki.crl)
+
+
+def client_config(
+    pki: PkiPaths, cert: Path | None = None, key: Path | None = None, alpn: str = "h3"
+) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=True, alpn_protocols=[alpn], server_name="localhost")
+    config.load_verify_locations(cafile=str(pki.ca_cert))
+    if cert is not None:
+        config.load_cert_chain(cert, key)
+    return config
+
+
+def make_pair(
+    pki: PkiPaths,
+    verifier: ChainVerifier,
+    client_configuration: QuicConfiguration,
+    *,
+    client_class: type[QuicConnection] = QuicConnection,
+    wall_clock: Callable[[], datetime] | None = None,
+    refusals: list[tuple[str, str]] | None = None,
+) -> Pair:
+    client = client_class(configuration=client_configuration)
+    server = MtlsServerConnection(
+        configuration=build_server_configuration(pki.relay_cert, pki.relay_key),
+        original_destination_connection_id=client.original_destination_connection_id,
+        verifier=verifier,
+        on_refused=(lambda r, d: refusals.append((r, d))) if refusals is not None else None,
+        **({"wall_clock": wall_clock} if wall_clock is not None else {}),
+    )
+    return Pair(client, server)
+
+
+def alice(pki: PkiPaths) -> QuicConfiguration:
+    return client_config(pki, pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice"))
+
+
+def assert_refused(pair: Pair, reason: str, alert: tls.AlertDescription) -> None:
+    assert pair.server.refusal_reason == reason
+    assert pair.server.peer_identity is None
+    assert pair.client_saw(ConnectionTerminated)
+    assert pair.client_termination().error_code == CRYPTO_ERROR + alert
+
+
+# ---- handshakes that succeed -----------------------------------------------------------------
+
+
+def test_valid_client_certificate_yields_identity(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    refusals: list[tuple[str, str]] = []
+    pair = make_pair(pki, verifier, alice(pki), refusals=refusals)
+    pair.handshake()
+
+    assert pair.server_saw(HandshakeCompleted)
+    assert not pair.client_saw(ConnectionTerminated)
+    identity = pair.server.peer_identity
+    assert identity is not None
+    assert str(identity) == "client/alice"
+    assert identity.groups == ("eng", "ops")
+    assert identity.trust_domain == "zgate.local"
+    assert pair.server.refusal_reason is None
+    assert refusals == []
+
+
+def test_connector_certificate_yields_connector_kind(
+    pki: PkiPaths, verifier: ChainVerifier
+) -> None:
+    config = client_config(
+        pki, pki.leaf_cert("connector", "site-a"), pki.leaf_key("connector", "site-a")
+    )
+    pair = make_pair(pki, verifier, config)
+    pair.handshake()
+
+    identity = pair.server.peer_identity
+    assert identity is not None
+    assert (identity.kind, identity.ident, identity.groups) == ("connector", "site-a", ())
+    assert str(identity) == "connector/site-a"
+
+
+# ---- handshakes that are refused -------------------------------------------------------------
+
+
+def test_no_client_certificate_is_refused(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    refusals: list[tuple[str, str]] = []
+    pair = make_pair(pki, verifier, client_config(pki), refusals=refusals)
+    pair.handshake()
+
+    assert_refused(pair, "no_certificate", tls.AlertDescription.certificate_required)
+    assert [r for r, _ in refusals] == ["no_certificate"]
+
+
+def test_certificate_from_another_ca_is_refused(
+    pki: PkiPaths, verifier: ChainVerifier, tmp_path: Path
+) -> None:
+    other = init_pki(tmp_path / "other")
+    mallory = issue_certificate(other.directory, "client", "mallory")
+    pair = make_pair(pki, verifier, client_config(pki, mallory.cert_path, mallory.key_path))
+    pair.handshake()
+
+    assert_refused(pair, "unknown_ca", tls.AlertDescription.unknown_ca)
+
+
+def test_revoked_certificate_is_refused_after_crl_reload(
+    pki: PkiPaths, verifier: ChainVerifier
+) -> None:
+    first = make_pair(pki, verifier, alice(pki))
+    first.handshake()
+    assert first.server.peer_identity is not None
+
+    revoke_certificate(pki.directory, "alice")
+    refusals: list[tuple[str, str]] = []
+    second = make_pair(pki, verifier, alice(pki), refusals=refusals)  # same verifier object
+    second.handshake()
+
+    assert_refused(second, "revoked", tls.AlertDescription.certificate_revoked)
+    assert first.server.peer_identity.serial in verifier.revoked_serials()
+    assert len(refusals) == 1
+
+
+def test_expired_certificate_is_refused(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    short = issue_certificate(pki.directory, "client", "brief", days=1)
+    config = client_config(pki, short.cert_path, short.key_path)
+    later = datetime.now(UTC) + timedelta(days=2)
+    pair = make_pair(pki, verifier, config, wall_clock=lambda: later)
+    pair.handshake()
+
+    assert_refused(pair, "expired", tls.AlertDescription.certificate_expired)
+
+
+class Tls12OnlyClient(QuicConnection):
+    """A client whose ClientHello offers TLS 1.2 only."""
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        self.tls._supported_versions = [tls.TLS_VERSION_1_2]
+
+
+def test_client_without_tls13_is_refused(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    refusals: list[tuple[str, str]] = []
+    pair = make_pair(pki, verifier, alice(pki), client_class=Tls12OnlyClient, refusals=refusals)
+    pair.handshake()
+
+    assert_refused(pair, "tls_version", tls.AlertDescription.protocol_version)
+    assert [r for r, _ in refusals] == ["tls_version"]
+
+
+def test_other_handshake_failure_is_recorded(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    config = client_config(
+        pki, pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice"), alpn="hq-29"
+    )
+    pair = make_pair(pki, verifier, config)
+    pair.handshake()
+
+    assert_refused(pair, "handshake_failed", tls.AlertDescription.no_application_protocol)
+
+
+def test_client_alert_is_recorded_when_the_server_terminates(
+    pki: PkiPaths, verifier: ChainVerifier, tmp_path: Path
+) -> None:
+    # The client trusts another CA, so it rejects the relay's certificate.
+    other = init_pki(tmp_path / "other")
+    config = client_config(other, pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice"))
+    pair = make_pair(pki, verifier, config)
+    pair.client.connect(SERVER_ADDR, now=pair.now)
+    pair.run(lambda p: p.server_saw(ConnectionTerminated))
+
+    assert pair.server.refusal_reason == "handshake_failed"
+    assert pair.server.peer_identity is None
+    assert pair.server.refusal_detail is not None
+
+
+def test_failing_refusal_callback_does_not_break_the_refusal(
+    pki: PkiPaths, verifier: ChainVerifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(reason: str, detail: str) -> None:
+        raise RuntimeError("metrics backend down")
+
+    client = QuicConnection(configuration=client_config(pki))
+    server = MtlsServerConnection(
+        configuration=build_server_configuration(pki.relay_cert, pki.relay_key),
+        original_destination_connection_id=client.original_destination_connection_id,
+        verifier=verifier,
+        on_refused=broken,
+    )
+    pair = Pair(client, server)
+    pair.handshake()
+
+    assert_refused(pair, "no_certificate", tls.AlertDescription.certificate_required)
+    assert "on_refused callback failed" in caplog.text
+
+
+# ---- guards ----------------------------------------------------------------------------------
+
+
+def test_other_aioquic_versions_are_rejected() -> None:
+    mtls.check_aioquic_version(mtls.SUPPORTED_AIOQUIC_VERSION)
+    with pytest.raises(ImportError, match=r"aioquic 1\.8\.0 is installed"):
+        mtls.check_aioquic_version("1.8.0")
+
+
+def test_server_configuration_rejects_a_mismatched_key(pki: PkiPaths) -> None:
+    config = build_server_configuration(pki.relay_cert, pki.relay_key)
+    assert config.is_client is False
+    assert config.alpn_protocols == ["h3"]
+    assert config.max_datagram_frame_size == 65536
+    with pytest.raises(PkiError, match="does not match"):
+        build_server_configuration(pki.relay_cert, pki.ca_key)
+    with pytest.raises(PkiError, match="cannot load"):
+        build_server_configuration(pki.directory / "missing.pem", pki.relay_key)
+
+
+def test_client_configuration_is_refused(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    with pytest.raises(ValueError, match="server configuration"):
+        MtlsServerConnection(configuration=client_config(pki), verifier=verifier)
+
+
+def test_every_refusal_reason_is_listed() -> None:
+    assert set(mtls.HANDSHAKE_REFUSAL_REASONS) == {
+        "no_certificate",
+        "unknown_ca",
+        "expired",
+        "revoked",
+        "bad_certificate",
+        "tls_version",
+        "handshake_failed",
+    }

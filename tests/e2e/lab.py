@@ -1,0 +1,288 @@
+"""A throw-away lab of network namespaces for end-to-end tests, benchmarks and the demo.
+
+Topology (all names carry a unique suffix; nothing is routed to the machine's real
+interfaces):
+
+    agentN ns  198.51.100.1N/24 --- br (relay ns) 198.51.100.1/24      "the LAN"
+    relay ns   203.0.113.1/24 + 2001:db8:113::1/64 --- inet ns        "the internet"
+    inet ns    203.0.113.10/24 + 2001:db8:113::10/64 (HTTP, UDP echo)
+
+Agents have no route to the internet except through the tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+RELAY_LAN_IP = "198.51.100.1"
+RELAY_INET_IP = "203.0.113.1"
+RELAY_INET_IP6 = "2001:db8:113::1"
+INET_IP = "203.0.113.10"
+INET_IP6 = "2001:db8:113::10"
+HTTP_PORT = 8080
+UDP_ECHO_PORT = 7007
+
+
+def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing text output; raise with its output on failure."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll a condition until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    """A process running in a namespace, its log in a file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def json_log(self) -> list[dict[str, object]]:
+        """The JSON log lines it wrote so far."""
+        records = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal the process and wait for it; kill it if it does not end."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+@dataclass
+class Lab:
+    """The namespaces, the PKI and the daemons of one test session."""
+
+    tag: str
+    workdir: Path
+    namespaces: list[str] = field(default_factory=list)
+    daemons: list[Daemon] = field(default_factory=list)
+    agents: int = 0
+
+    @property
+    def relay_ns(self) -> str:
+        return f"zr-{self.tag}"
+
+    @property
+    def inet_ns(self) -> str:
+        return f"zi-{self.tag}"
+
+    def agent_ns(self, n: int) -> str:
+        return f"za{n}-{self.tag}"
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    # ---------------------------------------------------------------- building
+
+    def ns(self, ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a namespace."""
+        return run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout)
+
+    def add_ns(self, name: str) -> None:
+        run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self.ns(name, "ip", "link", "set", "lo", "up")
+
+    def build(self, agents: int = 2) -> None:
+        """Create the namespaces, links, addresses and the internet host's services."""
+        self.add_ns(self.relay_ns)
+        self.add_ns(self.inet_ns)
+        r, i = self.relay_ns, self.inet_ns
+        # relay <-> internet
+        run(["ip", "link", "add", f"ri{self.tag}", "netns", r, "type", "veth",
+             "peer", "name", f"ir{self.tag}", "netns", i])
+        self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP}/24", "dev", f"ri{self.tag}")
+        self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP6}/64", "dev", f"ri{self.tag}", "nodad")
+        self.ns(r, "ip", "link", "set", f"ri{self.tag}", "up")
+        self.ns(i, "ip", "addr", "add", f"{INET_IP}/24", "dev", f"ir{self.tag}")
+        self.ns(i, "ip", "addr", "add", f"{INET_IP6}/64", "dev", f"ir{self.tag}", "nodad")
+        self.ns(i, "ip", "link", "set", f"ir{self.tag}", "up")
+        # the LAN: a bridge in the relay namespace
+        self.ns(r, "ip", "link", "add", "br0", "type", "bridge")
+        self.ns(r, "ip", "addr", "add", f"{RELAY_LAN_IP}/24", "dev", "br0")
+        self.ns(r, "ip", "link", "set", "br0", "up")
+        for n in range(1, agents + 1):
+            self.add_agent_ns(n)
+
+    def add_agent_ns(self, n: int) -> str:
+        """One more agent namespace on the LAN (no route anywhere else)."""
+        a, r = self.agent_ns(n), self.relay_ns
+        self.add_ns(a)
+        run(["ip", "link", "add", f"a{n}{self.tag}", "netns", a, "type", "veth",
+             "peer", "name", f"b{n}{self.tag}", "netns", r])
+        self.ns(r, "ip", "link", "set", f"b{n}{self.tag}", "master", "br0", "up")
+        self.ns(a, "ip", "addr", "add", f"198.51.100.{10 + n}/24", "dev", f"a{n}{self.tag}")
+        self.ns(a, "ip", "link", "set", f"a{n}{self.tag}", "up")
+        self.agents = max(self.agents, n)
+        return a
+
+    def make_pki(self, clients: Sequence[str] = ("agent1", "agent2")) -> None:
+        """A PKI with the relay reachable as "relay" / 198.51.100.1, and client certs."""
+        zgate = str(VENV_BIN / "zgate")
+        run([zgate, "pki", "init", "--dir", str(self.pki), "--relay-name", "relay",
+             "--relay-ip", RELAY_LAN_IP])
+        for client in clients:
+            run([zgate, "pki", "issue", "client", client, "--dir", str(self.pki)])
+
+    def start_inet_services(self, blob_size: int = 20 * 1024 * 1024) -> Path:
+        """HTTP server (a random blob of ``blob_size`` bytes) and UDP echo on the internet host."""
+        www = self.workdir / "www"
+        www.mkdir(exist_ok=True)
+        blob = www / "blob.bin"
+        with blob.open("wb") as f:
+            f.write(os.urandom(blob_size))
+        self.spawn("http", self.inet_ns, [sys.executable, "-m", "http.server", "--bind", "::",
+                                          str(HTTP_PORT), "--directory", str(www)])
+        self.spawn("udpecho", self.inet_ns, [sys.executable, str(Path(__file__).parent / "udp_echo.py"),
+                                             str(UDP_ECHO_PORT)])
+        wait_until(lambda: self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout.count(f":{HTTP_PORT}") > 0,
+                   10, "the internet host's HTTP server")
+        return blob
+
+    # ---------------------------------------------------------------- daemons
+
+    def spawn(self, name: str, ns: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> Daemon:
+        """Start a process in a namespace, logging to a file."""
+        log_path = self.workdir / f"{name}.log"
+        log_file = log_path.open("ab")
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log_file,
+                                stderr=subprocess.STDOUT, env=full_env)
+        daemon = Daemon(name, proc, log_path)
+        self.daemons.append(daemon)
+        return daemon
+
+    def start_relay(self, *extra: str) -> Daemon:
+        """Start the relay and wait until it listens."""
+        relay = self.spawn("relay", self.relay_ns, [
+            str(VENV_BIN / "serve"), "--pki", str(self.pki), "--listen", f"{RELAY_LAN_IP}:4433",
+            "--metrics", "127.0.0.1:9101", "--tun-name", "zgate0", *extra,
+        ])
+        wait_until(lambda: self.relay_metrics_text() != "" or relay.proc.poll() is not None,
+                   20, "the relay's metrics endpoint")
+        if relay.proc.poll() is not None:
+            raise AssertionError(f"relay exited early:\n{relay.log()}")
+        return relay
+
+    def start_agent(self, n: int, *, client: str | None = None, mode: str = "datagram",
+                    wait: bool = True, extra: Sequence[str] = ()) -> Daemon:
+        """Start agent n with client certificate ``client`` (default agentN)."""
+        client = client or f"agent{n}"
+        agent = self.spawn(f"agent{n}", self.agent_ns(n), [
+            str(VENV_BIN / "zgate-agent"), "up", "--relay", f"{RELAY_LAN_IP}:4433",
+            "--ca", str(self.pki / "ca.pem"), "--cert", str(self.pki / "clients" / f"{client}.pem"),
+            "--key", str(self.pki / "clients" / f"{client}.key"), "--server-name", "relay",
+            "--mode", mode, "--metrics", "127.0.0.1:9102", "--tun-name", "ztun0", *extra,
+        ], env={"ZGATE_AGENT_BACKOFF_MAX": "2"})
+        if wait:
+            self.wait_agent_connected(n, agent)
+        return agent
+
+    def agent_status(self, n: int) -> dict[str, object] | None:
+        """The agent's /status, or None if it does not answer."""
+        proc = self.ns(self.agent_ns(n), "curl", "-s", "--max-time", "2",
+                       "http://127.0.0.1:9102/status", check=False)
+        if proc.returncode != 0 or not proc.stdout:
+            return None
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+    def wait_agent_connected(self, n: int, agent: Daemon | None = None, timeout: float = 30) -> dict[str, object]:
+        """Wait until agent n reports a connected tunnel; returns its status."""
+        def connected() -> bool:
+            if agent is not None and agent.proc.poll() is not None:
+                raise AssertionError(f"agent{n} exited:\n{agent.log()}")
+            status = self.agent_status(n)
+            return status is not None and status.get("state") == "connected"
+        wait_until(connected, timeout, f"agent{n} to connect")
+        status = self.agent_status(n)
+        assert status is not None
+        return status
+
+    def relay_metrics_text(self) -> str:
+        proc = self.ns(self.relay_ns, "curl", "-s", "--max-time", "2",
+                       "http://127.0.0.1:9101/metrics", check=False)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def relay_metric(self, name: str, **labels: str) -> float:
+        """One sample of the relay's metrics (0 if absent)."""
+        return metric_value(self.relay_metrics_text(), name, **labels)
+
+    # ---------------------------------------------------------------- teardown
+
+    def teardown(self) -> None:
+        """Stop every daemon and delete every namespace, whatever state they are in."""
+        for daemon in reversed(self.daemons):
+            with contextlib.suppress(Exception):
+                daemon.stop(timeout=10)
+        for ns in reversed(self.namespaces):
+            run(["ip", "netns", "del", ns], check=False)
+        self.namespaces.clear()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Find ``name{labels}`` in Prometheus text format; 0 if absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        key, _, value = line.rpartition(" ")
+        if "{" in key:
+            metric, _, rest = key.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest.rstrip("}") else ""
+        else:
+            metric, got = key, ""
+        if metric == name and got == want:
+            return float(value)
+    return 0.0
+
+
+def have_tools() -> str | None:
+    """Why e2e tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, TUN devices, nftables)"
+    for tool in ("ip", "nft", "ping", "curl", "ss"):
+        if shutil.which(tool) is None:
+            return f"needs the {tool!r} command"
+    return None
+
