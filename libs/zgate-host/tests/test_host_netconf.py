@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IP
 from typing import Any
 
 import pytest
-
+from pyroute2.netlink.exceptions import NetlinkError
 from zgate_host import (
     HostError,
     LinkNotFound,
@@ -30,9 +30,7 @@ from zgate_host import (
 )
 from zgate_host import netconf as netconf_module
 
-skip_unless_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root for network namespaces"
-)
+skip_unless_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 _names = itertools.count()
 
 RELAY = IPv4Address("198.51.100.10")
@@ -103,7 +101,7 @@ def test_netlink_permission_errors_become_permission_required(
             return None
 
         def link_lookup(self, **kwargs: object) -> list[int]:
-            raise netconf_module.NetlinkError(errno.EPERM)
+            raise NetlinkError(errno.EPERM)
 
     monkeypatch.setattr(netconf_module, "IPRoute", Refusing)
     with pytest.raises(PermissionRequired, match="CAP_NET_ADMIN"):
@@ -117,7 +115,10 @@ def test_netlink_permission_errors_become_permission_required(
 @skip_unless_root
 def test_configure_interface_sets_addresses_mtu_and_state(netns: str) -> None:
     with TunDevice.open("zc0", netns=netns) as tun:
-        addresses = [IPv4Interface("10.100.0.5/16"), IPv6Interface("fd7a:7a67::5/64")]
+        addresses: list[IPv4Interface | IPv6Interface] = [
+            IPv4Interface("10.100.0.5/16"),
+            IPv6Interface("fd7a:7a67::5/64"),
+        ]
         configure_interface(tun.name, addresses, mtu=1280, netns=netns)
         configure_interface(tun.name, addresses, mtu=1280, netns=netns)  # idempotent
         assert _addresses(netns, tun.name) == {"10.100.0.5/16", "fd7a:7a67::5/64"}
@@ -147,9 +148,7 @@ def test_add_route_replaces_and_delete_route_tolerates_absence(netns: str) -> No
     prefix = IPv4Network("203.0.113.0/24")
     add_route(prefix, dev="v0", netns=netns)
     add_route(prefix, dev="v0", netns=netns)
-    assert [r["dst"] for r in _routes(netns) if r["dst"] == "203.0.113.0/24"] == [
-        "203.0.113.0/24"
-    ]
+    assert [r["dst"] for r in _routes(netns) if r["dst"] == "203.0.113.0/24"] == ["203.0.113.0/24"]
     add_route(prefix, dev="v0", metric=77, table=100, netns=netns)
     (in_table,) = _routes(netns, "table", "100")
     assert (in_table["dst"], in_table["dev"], in_table["metric"]) == ("203.0.113.0/24", "v0", 77)

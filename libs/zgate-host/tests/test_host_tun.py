@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from zgate_host import (
     HostError,
     InvalidArgument,
@@ -27,7 +26,6 @@ from zgate_host import (
     configure_interface,
     link_exists,
 )
-from zgate_host import tun as tun_module
 from zgate_host.netns import run_in_netns
 from zgate_host.sysctl import write_sysctl
 from zgate_host.tun import validate_ifname
@@ -53,7 +51,7 @@ def netns() -> Iterator[str]:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -115,7 +113,7 @@ def test_missing_permission_names_what_is_needed(monkeypatch: pytest.MonkeyPatch
     def refuse(*args: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tun_module.os, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionRequired, match=r"/dev/net/tun.*CAP_NET_ADMIN"):
         TunDevice.open()
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic import tls
@@ -14,7 +15,6 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 from zgate_pki import (
     ChainVerifier,
-    Identity,
     PkiError,
     PkiPaths,
     init_pki,
@@ -134,7 +134,7 @@ def make_pair(
     client_configuration: QuicConfiguration,
     *,
     client_class: type[QuicConnection] = QuicConnection,
-    wall_clock: Callable[[], datetime] | None = None,
+    wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     refusals: list[tuple[str, str]] | None = None,
 ) -> Pair:
     client = client_class(configuration=client_configuration)
@@ -143,7 +143,7 @@ def make_pair(
         original_destination_connection_id=client.original_destination_connection_id,
         verifier=verifier,
         on_refused=(lambda r, d: refusals.append((r, d))) if refusals is not None else None,
-        **({"wall_clock": wall_clock} if wall_clock is not None else {}),
+        wall_clock=wall_clock,
     )
     return Pair(client, server)
 
@@ -191,6 +191,19 @@ def test_connector_certificate_yields_connector_kind(
     assert identity is not None
     assert (identity.kind, identity.ident, identity.groups) == ("connector", "site-a", ())
     assert str(identity) == "connector/site-a"
+
+
+def test_certificate_without_its_key_yields_no_identity(
+    pki: PkiPaths, verifier: ChainVerifier
+) -> None:
+    # alice's (valid) certificate with another key: the chain verifies, CertificateVerify fails.
+    config = client_config(
+        pki, pki.leaf_cert("client", "alice"), pki.leaf_key("connector", "site-a")
+    )
+    pair = make_pair(pki, verifier, config)
+    pair.handshake()
+
+    assert_refused(pair, "handshake_failed", tls.AlertDescription.decrypt_error)
 
 
 # ---- handshakes that are refused -------------------------------------------------------------
@@ -305,6 +318,17 @@ def test_failing_refusal_callback_does_not_break_the_refusal(
     assert "on_refused callback failed" in caplog.text
 
 
+def test_broken_crl_on_disk_keeps_the_previous_trust(
+    pki: PkiPaths, verifier: ChainVerifier, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki.crl.write_text("not a CRL")
+    pair = make_pair(pki, verifier, alice(pki))
+    pair.handshake()
+
+    assert pair.server.peer_identity is not None
+    assert "keeping the previous CA certificate and CRL" in caplog.text
+
+
 # ---- guards ----------------------------------------------------------------------------------
 
 
@@ -314,11 +338,31 @@ def test_other_aioquic_versions_are_rejected() -> None:
         mtls.check_aioquic_version("1.8.0")
 
 
+def test_a_context_offering_more_than_tls13_is_refused(
+    pki: PkiPaths, verifier: ChainVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original_init = tls.Context.__init__
+
+    def init_with_tls12(context: tls.Context, *args: Any, **kwargs: Any) -> None:
+        original_init(context, *args, **kwargs)
+        context._supported_versions = [tls.TLS_VERSION_1_3, tls.TLS_VERSION_1_2]
+
+    pair = make_pair(pki, verifier, alice(pki))
+    monkeypatch.setattr(tls.Context, "__init__", init_with_tls12)
+    with pytest.raises(RuntimeError, match=r"TLS 1\.3 only"):
+        pair.handshake()
+
+
 def test_server_configuration_rejects_a_mismatched_key(pki: PkiPaths) -> None:
     config = build_server_configuration(pki.relay_cert, pki.relay_key)
     assert config.is_client is False
     assert config.alpn_protocols == ["h3"]
     assert config.max_datagram_frame_size == 65536
+    assert config.max_datagram_size == 1200
+    tuned = build_server_configuration(
+        pki.relay_cert, pki.relay_key, max_datagram_size=1350, idle_timeout=5.0
+    )
+    assert (tuned.max_datagram_size, tuned.idle_timeout) == (1350, 5.0)
     with pytest.raises(PkiError, match="does not match"):
         build_server_configuration(pki.relay_cert, pki.ca_key)
     with pytest.raises(PkiError, match="cannot load"):

@@ -7,6 +7,7 @@ never stalls the packet loop. ``status`` is called from that thread: it must onl
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,10 @@ class StatusServer(ThreadingHTTPServer):
         if ":" in host_text:
             host_text = f"[{host_text}]"
         return f"http://{host_text}:{port}"
+
+
+class _StatusServer6(StatusServer):
+    address_family = socket.AF_INET6
 
 
 def serve_status(
@@ -69,13 +74,9 @@ def serve_status(
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
             return  # scrapes are not worth a log line each
 
-    family_host = host.strip("[]")
-    server_cls = StatusServer
-    if ":" in family_host:
-        import socket
-
-        server_cls = type("StatusServer6", (StatusServer,), {"address_family": socket.AF_INET6})
-    server = server_cls((family_host, port), Handler)
+    bare_host = host.strip("[]")
+    server_cls = _StatusServer6 if ":" in bare_host else StatusServer
+    server = server_cls((bare_host, port), Handler)
     server.thread = threading.Thread(target=server.serve_forever, name="zgate-http", daemon=True)
     server.thread.start()
     return server

@@ -48,7 +48,7 @@ def _safe_str(value: object) -> str:
 
 def _jsonable(value: object) -> object:
     try:
-        json.dumps(value, default=_safe_str)
+        json.dumps(value, default=_safe_str, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return _safe_str(value)
     return value
@@ -80,11 +80,11 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             doc["stack"] = self.formatStack(record.stack_info)
         try:
-            return json.dumps(doc, default=_safe_str, ensure_ascii=False)
+            return json.dumps(doc, default=_safe_str, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError):
-            # Non-string dict keys or reference cycles: fall back value by value.
+            # Non-string dict keys, cycles, NaN (not JSON): fall back value by value.
             safe = {key: _jsonable(value) for key, value in doc.items()}
-            return json.dumps(safe, default=_safe_str, ensure_ascii=False)
+            return json.dumps(safe, default=_safe_str, ensure_ascii=False, allow_nan=False)
 
 
 class HumanFormatter(logging.Formatter):

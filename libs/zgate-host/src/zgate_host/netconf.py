@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 
 from zgate_host.errors import HostError, LinkNotFound, PermissionRequired
 from zgate_host.netns import run_in_netns
@@ -324,6 +324,8 @@ def _netlink(netns: str | None, what: str, work: Callable[[Any], T]) -> T:
             if code in (errno.EPERM, errno.EACCES):
                 raise PermissionRequired(f"{what} needs root or CAP_NET_ADMIN") from exc
             raise HostError(f"{what}: {exc.args[-1]} (errno {code})", code=code) from exc
+        except NetlinkDecodeError as exc:
+            raise HostError(f"{what}: undecodable netlink reply ({exc})") from exc
         except OSError as exc:
             raise HostError(f"{what}: {exc}", code=exc.errno) from exc
 

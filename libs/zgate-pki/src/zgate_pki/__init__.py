@@ -15,7 +15,15 @@ from ._authority import (
 from ._errors import REFUSAL_REASONS, CertificateRefused, PkiError, RefusalReason
 from ._identity import Identity, identity_from_certificate
 from ._layout import PkiPaths
-from ._names import KINDS, Kind, validate_group, validate_ident
+from ._names import (
+    KINDS,
+    Kind,
+    validate_dns_name,
+    validate_group,
+    validate_ident,
+    validate_ip,
+    validate_trust_domain,
+)
 from ._verifier import ChainVerifier
 
 __all__ = [
@@ -34,6 +42,9 @@ __all__ = [
     "issue_certificate",
     "list_certificates",
     "revoke_certificate",
+    "validate_dns_name",
     "validate_group",
     "validate_ident",
+    "validate_ip",
+    "validate_trust_domain",
 ]

@@ -140,16 +140,14 @@ def init_pki(
     relay_lifetime = _positive_days(days, "relay certificate lifetime")
     ca_lifetime = _positive_days(ca_days, "CA lifetime")
     paths = PkiPaths(directory)
+    ensure_private_dir(directory)
     with pki_lock(directory):
-        if paths.ca_cert.exists() or paths.ca_key.exists():
-            if not force:
-                raise PkiError(
-                    f"a CA already exists in {directory}; refusing to overwrite it "
-                    "(use --force to start over and invalidate every issued certificate)"
-                )
-            _remove_leaves(paths)
-        for kind in ("client", "connector"):
-            ensure_private_dir(paths.kind_dir(kind))
+        replacing = paths.ca_cert.exists() or paths.ca_key.exists()
+        if replacing and not force:
+            raise PkiError(
+                f"a CA already exists in {directory}; refusing to overwrite it "
+                "(use --force to start over and invalidate every issued certificate)"
+            )
         now = _now()
         start = now - _x509.CLOCK_SKEW
         ca_key = _x509.new_private_key()
@@ -160,6 +158,10 @@ def init_pki(
             ca_cert, ca_key, relay_key, names, ips, start, relay_not_after
         )
         index = PkiIndex(trust_domain=trust_domain, crl_number=1)
+        if replacing:
+            _remove_leaves(paths)
+        for kind in ("client", "connector"):
+            ensure_private_dir(paths.kind_dir(kind))
         write_private(paths.ca_key, _x509.private_key_pem(ca_key))
         write_public(paths.ca_cert, _x509.certificate_pem(ca_cert))
         write_private(paths.relay_key, _x509.private_key_pem(relay_key))

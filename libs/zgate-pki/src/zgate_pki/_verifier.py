@@ -100,7 +100,9 @@ class ChainVerifier:
     Path building and the X.509 profile checks are cryptography's ``x509.verification`` client
     verifier; revocation is checked against the CRL, whose signature must verify with the CA.
     `reload_if_changed` re-reads both files when they change; a broken new file raises PkiError
-    and leaves the previous trust in force.
+    and leaves the previous trust in force. A CRL past its ``next_update`` is still applied:
+    refusing every client because nobody re-signed the CRL would turn a stale file into an
+    outage (``zgate pki revoke`` re-signs it; it is announced fresh for a year).
     """
 
     def __init__(self, ca_path: Path, crl_path: Path | None = None) -> None:

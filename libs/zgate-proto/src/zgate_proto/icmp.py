@@ -205,9 +205,9 @@ def _eligible_v4(info: PacketInfo) -> PacketInfo | None:
 def _eligible_v6(info: PacketInfo, *, too_big: bool) -> PacketInfo | None:
     if info.fragment_offset and not too_big:
         return None
-    if info.proto == 58 and info.icmp_type is not None:
-        if info.icmp_type < 128 or info.icmp_type == ICMPv6Type.REDIRECT:
-            return None
+    icmp_type = info.icmp_type
+    if info.proto == 58 and icmp_type is not None and (icmp_type < 128 or icmp_type == 137):
+        return None  # an ICMPv6 error or a Redirect
     if info.src == bytes(16) or info.src[0] == 0xFF:
         return None
     if info.dst[0] == 0xFF and not too_big:

@@ -59,7 +59,7 @@ _PREFIX_LENGTH = {4: re.compile(r"[0-9]{1,2}"), 6: re.compile(r"[0-9]{1,3}")}
 _PSEUDO_HEADERS = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 _CONTENT_HEADERS = frozenset((b"content-length", b"content-type", b"transfer-encoding"))
 _SF_PARAMETERS = re.compile(
-    r'(?:;[ ]*[a-z*][a-z0-9_\-.*]*(?:=(?:[A-Za-z*][!#$%&\'*+\-.^_`|~:/A-Za-z0-9]*'
+    r"(?:;[ ]*[a-z*][a-z0-9_\-.*]*(?:=(?:[A-Za-z*][!#$%&\'*+\-.^_`|~:/A-Za-z0-9]*"
     r'|-?[0-9]{1,15}(?:\.[0-9]{1,3})?|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"'
     r"|:[A-Za-z0-9+/=]*:|\?[01]))?)*"
 )
@@ -93,9 +93,8 @@ class ConnectIpTarget:
     def network(self) -> Network | None:
         """The target as a prefix (a bare address is a /32 or /128), None if it is "*" or a
         DNS name."""
-        if self.target == "*" or _parse_ip_target(self.target) is None:
-            return None
-        return ipaddress.ip_network(self.target)
+        parsed = None if self.target == "*" else _parse_ip_target(self.target)
+        return parsed if isinstance(parsed, ipaddress.IPv4Network | ipaddress.IPv6Network) else None
 
     @property
     def hostname(self) -> str | None:
@@ -105,7 +104,7 @@ class ConnectIpTarget:
         return self.target
 
 
-def _parse_ip_target(text: str) -> Network | None | str:
+def _parse_ip_target(text: str) -> Network | str | None:
     """The prefix ``text`` denotes; None if it is not an IP literal; a problem string if it
     is one but invalid."""
     address, slash, length = text.partition("/")

@@ -18,8 +18,11 @@ from zgate_pki import (
     issue_certificate,
     list_certificates,
     revoke_certificate,
+    validate_dns_name,
     validate_group,
     validate_ident,
+    validate_ip,
+    validate_trust_domain,
 )
 
 __all__ = ["DEFAULT_DIR", "register"]
@@ -63,12 +66,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _checked(validate: Callable[[str], str]) -> Callable[[str], str]:
-    """An argparse ``type`` that turns a PkiError into a usage error (exit status 2)."""
+def _checked(validate: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse ``type`` that turns a PkiError into a usage error (exit status 2).
+
+    The value is kept as the (normalised, for names) text the library expects.
+    """
 
     def check(text: str) -> str:
         try:
-            return validate(text)
+            normalised = validate(text)
+            return normalised if isinstance(normalised, str) else text
         except PkiError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -186,6 +193,7 @@ def _register_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument(
         "--trust-domain",
         default="zgate.local",
+        type=_checked(validate_trust_domain),
         metavar="TD",
         help="SPIFFE trust domain named in every certificate (default: zgate.local)",
     )
@@ -193,6 +201,7 @@ def _register_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--relay-name",
         dest="relay_names",
         action="append",
+        type=_checked(validate_dns_name),
         metavar="DNS",
         help="DNS name agents use to reach the relay; repeatable (default: localhost)",
     )
@@ -200,6 +209,7 @@ def _register_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--relay-ip",
         dest="relay_ips",
         action="append",
+        type=_checked(validate_ip),
         metavar="IP",
         help="IP address agents use to reach the relay; repeatable (default: 127.0.0.1 and ::1)",
     )

@@ -16,10 +16,11 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
+from zgate_host.tun import PacketDevice
 from zgate_proto.h3 import PacketMode, SendStatus
 from zgate_proto.icmp import packet_too_big
 
@@ -28,19 +29,9 @@ from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
 from zgate_agent.tunnel import TunnelError, TunnelInfo, TunnelProtocol
 
-__all__ = ["Agent", "PacketDevice", "backoff_delays"]
+__all__ = ["Agent", "backoff_delays"]
 
 log = logging.getLogger("zgate.agent")
-
-
-class PacketDevice(Protocol):
-    """What the agent needs of its TUN device (or an in-memory stand-in)."""
-
-    name: str
-
-    def fileno(self) -> int: ...
-    def read_batch(self, max_packets: int = 64) -> list[bytes]: ...
-    def write(self, packet: bytes) -> None: ...
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:

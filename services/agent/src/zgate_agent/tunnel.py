@@ -15,7 +15,7 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
 from zgate_proto.errors import DecodeError, ProtoError
 from zgate_proto.h3 import MODE_HEADER, ConnectIpH3Connection, ConnectIpStream, PacketMode
@@ -119,6 +119,10 @@ class TunnelProtocol(QuicConnectionProtocol):
             self.close_reason = event.reason_phrase or f"error 0x{event.error_code:x}"
             self.terminated.set()
             return
+        if isinstance(event, StreamReset) and self.stream is not None:
+            if event.stream_id == self.stream.stream_id:
+                self._lost(f"the relay reset the CONNECT-IP stream (error 0x{event.error_code:x})")
+                return
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
         if not self._settings.is_set() and self.h3.peer_settings_received:

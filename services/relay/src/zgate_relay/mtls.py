@@ -33,7 +33,7 @@ from typing import Final, Literal
 import aioquic
 from aioquic import tls
 from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without __all__
-from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionError
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
@@ -273,17 +273,20 @@ def build_server_configuration(
     *,
     alpn: Sequence[str] = ("h3",),
     max_datagram_frame_size: int = 65536,
+    max_datagram_size: int = SMALLEST_MAX_DATAGRAM_SIZE,
     idle_timeout: float = 60.0,
 ) -> QuicConfiguration:
     """A server QuicConfiguration with the relay's certificate chain and key loaded.
 
-    `max_datagram_frame_size` enables QUIC DATAGRAM frames (needed for HTTP Datagrams).
+    `max_datagram_frame_size` enables QUIC DATAGRAM frames (needed for HTTP Datagrams);
+    `max_datagram_size` is the largest UDP payload sent (aioquic's default: 1200).
     Raises PkiError if the files cannot be read or the key does not match the certificate.
     """
     configuration = QuicConfiguration(
         is_client=False,
         alpn_protocols=list(alpn),
         max_datagram_frame_size=max_datagram_frame_size,
+        max_datagram_size=max_datagram_size,
         idle_timeout=idle_timeout,
     )
     try:

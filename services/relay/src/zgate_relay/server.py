@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from aioquic.buffer import Buffer
+from aioquic._buffer import Buffer
 from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
@@ -27,7 +27,8 @@ from aioquic.quic.events import (
     QuicEvent,
 )
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
-from zgate_pki import ChainVerifier, Identity
+from zgate_host.tun import PacketDevice
+from zgate_pki import ChainVerifier, Identity, PkiError
 from zgate_proto.capsules import AddressRequest, DatagramCapsule
 from zgate_proto.errors import DecodeError, RequestError
 from zgate_proto.h3 import (
@@ -47,32 +48,13 @@ from zgate_relay.pool import AddressPool, PoolExhausted
 from zgate_relay.router import EGRESS, Drop, Router
 from zgate_relay.session import RelaySession
 
-__all__ = ["H3_MESSAGE_ERROR", "PacketDevice", "RelayServer"]
+__all__ = ["H3_MESSAGE_ERROR", "RelayServer"]
 
 log = logging.getLogger("zgate.relay")
 
 H3_MESSAGE_ERROR = 0x10E  # RFC 9114 §8.1: malformed message (RFC 9297 §3.3 for capsules)
 H3_REQUEST_CANCELLED = 0x10C
 QUIC_MIN_INITIAL_SIZE = 1200
-
-
-class PacketDevice:
-    """What the pump needs of the egress device (a TUN device or an in-memory one)."""
-
-    name: str
-    mtu: int
-
-    def fileno(self) -> int:
-        """File descriptor to wait on for readability."""
-        raise NotImplementedError
-
-    def read_batch(self, max_packets: int = 64) -> list[bytes]:
-        """Packets the kernel sent into the device, until it would block."""
-        raise NotImplementedError
-
-    def write(self, packet: bytes) -> None:
-        """Hand a packet to the kernel."""
-        raise NotImplementedError
 
 
 @dataclass(eq=False)
@@ -99,6 +81,9 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         self.server.datagram_received(data, addr)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.socket_closed.set()
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error", extra={"error": str(exc)})
@@ -136,7 +121,7 @@ class RelayServer:
         self._by_quic: dict[QuicConnection, _Connection] = {}
         self._dirty: set[_Connection] = set()
         self._flush_scheduled = False
-        self._closed = asyncio.Event()
+        self.socket_closed = asyncio.Event()
         metrics.watch_queue_depth(self._queue_depth)
         self._gateway4 = pool.gateway4
         self._gateway6 = pool.gateway6
@@ -168,7 +153,7 @@ class RelayServer:
                 self._loop.remove_reader(self.egress.fileno())
         if self.transport is not None:
             self.transport.close()
-        self._closed.set()
+            await self.socket_closed.wait()
 
     @property
     def sessions(self) -> list[RelaySession]:
@@ -197,9 +182,12 @@ class RelayServer:
 
         Returns how many connections were closed.
         """
-        if self.verifier.reload_if_changed():
-            self.metrics.crl_reloads.inc()
-            log.info("CA/CRL reloaded")
+        try:
+            if self.verifier.reload_if_changed():
+                self.metrics.crl_reloads.inc()
+                log.info("CA/CRL reloaded")
+        except PkiError as exc:
+            log.error("CA/CRL file is invalid; keeping the previous one", extra={"error": str(exc)})
         revoked = self.verifier.revoked_serials()
         closed = 0
         for conn in list(self._by_quic.values()):

@@ -1,0 +1,108 @@
+"""The tunnel end to end: real TUN devices, real nftables NAT, real ping/curl, in namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import INET_IP, INET_IP6, HTTP_PORT, UDP_ECHO_PORT, Lab, wait_until
+
+UDP_CLIENT = str(Path(__file__).parent / "udp_client.py")
+
+
+def ping_loss(lab: Lab, n: int, dest: str, count: int = 20, *extra: str) -> float:
+    """Packet loss (%) of `ping -c count` from agent n's namespace."""
+    proc = lab.ns(lab.agent_ns(n), "ping", "-c", str(count), "-i", "0.05", "-W", "2", *extra, dest,
+                  check=False, timeout=60)
+    match = re.search(r"([\d.]+)% packet loss", proc.stdout)
+    assert match, f"ping printed no summary:\n{proc.stdout}\n{proc.stderr}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def agent1(lab: Lab):  # type: ignore[no-untyped-def]
+    agent = lab.start_agent(1, mode="datagram")
+    yield agent
+    agent.stop()
+
+
+@pytest.mark.parametrize("mode", ["datagram", "stream"])
+def test_ping_through_the_tunnel_in_both_modes(lab: Lab, mode: str) -> None:
+    agent = lab.start_agent(3, mode=mode)
+    try:
+        status = lab.agent_status(3)
+        assert status is not None and status["mode"] == mode
+        before = lab.relay_metric("zgate_relay_packets_total", direction="to_egress")
+        assert ping_loss(lab, 3, INET_IP) == 0.0
+        after = lab.relay_metric("zgate_relay_packets_total", direction="to_egress")
+        assert after - before >= 20, "the pings did not cross the relay's egress"
+    finally:
+        assert agent.stop() == 0
+    # The agent removed its device and routes on exit.
+    links = lab.ns(lab.agent_ns(3), "ip", "-o", "link").stdout
+    assert "ztun0" not in links
+    assert "0.0.0.0/1" not in lab.ns(lab.agent_ns(3), "ip", "route").stdout
+
+
+def test_agent_has_no_way_out_but_the_tunnel(lab: Lab) -> None:
+    # Without an agent running, the internet host is unreachable from agent 2's namespace.
+    assert ping_loss(lab, 2, INET_IP, 3) == 100.0
+
+
+def test_http_download_of_20_mb_is_intact(lab: Lab, agent1: object) -> None:
+    blob: Path = lab.blob  # type: ignore[attr-defined]
+    out = lab.workdir / "download.bin"
+    proc = lab.ns(lab.agent_ns(1), "curl", "-sS", "--max-time", "120", "-o", str(out),
+                  f"http://{INET_IP}:{HTTP_PORT}/blob.bin", timeout=150)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size == blob.stat().st_size
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(blob.read_bytes()).hexdigest()
+
+
+def test_udp_request_response(lab: Lab, agent1: object) -> None:
+    proc = lab.ns(lab.agent_ns(1), sys.executable, UDP_CLIENT, INET_IP, str(UDP_ECHO_PORT), "50")
+    result = json.loads(proc.stdout)
+    assert result == {"sent": 50, "echoed": 50}
+
+
+def test_ipv6_through_the_tunnel(lab: Lab, agent1: object) -> None:
+    status = lab.agent_status(1)
+    assert status is not None
+    assert any(":" in a for a in status["addresses"]), status  # type: ignore[union-attr]
+    assert ping_loss(lab, 1, INET_IP6, 10) == 0.0
+    proc = lab.ns(lab.agent_ns(1), "curl", "-sS", "-g", "--max-time", "30", "-o", "/dev/null",
+                  "-w", "%{http_code}", f"http://[{INET_IP6}]:{HTTP_PORT}/blob.bin", timeout=60)
+    assert proc.stdout == "200"
+    proc = lab.ns(lab.agent_ns(1), sys.executable, UDP_CLIENT, INET_IP6, str(UDP_ECHO_PORT), "10")
+    assert json.loads(proc.stdout)["echoed"] == 10
+
+
+def test_two_agents_reach_each_other_only_through_the_relay(lab: Lab, agent1: object) -> None:
+    agent2 = lab.start_agent(2, mode="stream")
+    try:
+        s1, s2 = lab.agent_status(1), lab.agent_status(2)
+        assert s1 is not None and s2 is not None
+        a1 = next(a for a in s1["addresses"] if "." in a).split("/")[0]  # type: ignore[union-attr]
+        a2 = next(a for a in s2["addresses"] if "." in a).split("/")[0]  # type: ignore[union-attr]
+        assert a1 != a2
+        before = lab.relay_metric("zgate_relay_packets_total", direction="to_agent")
+        assert ping_loss(lab, 1, a2, 10) == 0.0
+        after = lab.relay_metric("zgate_relay_packets_total", direction="to_agent")
+        assert after - before >= 20, "agent-to-agent pings did not go through the relay"
+        # A spoofed source from agent 1 is dropped by the relay (BCP 38).
+        spoofed_before = lab.relay_metric("zgate_relay_drops_total", reason="spoofed_source")
+        lab.ns(lab.agent_ns(1), "ip", "addr", "add", "10.100.250.250/32", "dev", "ztun0")
+        try:
+            assert ping_loss(lab, 1, INET_IP, 5, "-I", "10.100.250.250") == 100.0
+        finally:
+            lab.ns(lab.agent_ns(1), "ip", "addr", "del", "10.100.250.250/32", "dev", "ztun0")
+        wait_until(
+            lambda: lab.relay_metric("zgate_relay_drops_total", reason="spoofed_source")
+            >= spoofed_before + 5, 5, "the spoofed packets to be counted")
+    finally:
+        agent2.stop()
