@@ -22,8 +22,7 @@ from zgate_proto.capsules import (
     encode_capsule,
     encode_datagram_capsule,
 )
-from zgate_proto.datagram import CONTEXT_ID_IP
-from zgate_proto.errors import DecodeError
+from zgate_proto.datagram import CONTEXT_ID_IP, decode_ip_datagram
 
 __all__ = [
     "DATAGRAM_OVERHEAD",
@@ -168,19 +167,17 @@ class ConnectIpStream:
     def receive_data(self, data: bytes, stream_ended: bool) -> StreamInput:
         """Decode capsules from CONNECT stream data. Raises DecodeError on malformed input."""
         capsules = self._decoder.feed(data) if data else []
+        if stream_ended:
+            self._decoder.eof()  # a capsule cut short by FIN is malformed (RFC 9297 §3.3)
         return StreamInput(capsules=capsules, ended=stream_ended)
 
     @staticmethod
     def ip_packet_from_datagram(payload: bytes) -> bytes | None:
         """The IP packet in an HTTP datagram payload, or None if its context ID is not 0.
 
-        Raises DecodeError if the payload is empty.
+        Raises DecodeError if the context ID is malformed (e.g. an empty payload).
         """
-        if not payload:
-            raise DecodeError("empty HTTP datagram")
-        if payload[0] == CONTEXT_ID_IP:
-            return payload[1:]
-        return None
+        return decode_ip_datagram(payload)
 
     @staticmethod
     def ip_packet_from_capsule(capsule: DatagramCapsule) -> bytes | None:

@@ -133,8 +133,11 @@ class TunnelProtocol(QuicConnectionProtocol):
         if stream is None:
             return
         if isinstance(event, DatagramReceived):
-            if event.stream_id == stream.stream_id and event.data:
-                packet = ConnectIpStream.ip_packet_from_datagram(event.data)
+            if event.stream_id == stream.stream_id:
+                try:
+                    packet = ConnectIpStream.ip_packet_from_datagram(event.data)
+                except DecodeError:
+                    packet = None
                 if packet is None:
                     self.on_unknown_context()
                 else:

@@ -348,11 +348,10 @@ class RelayServer:
                 if session is None:
                     self.metrics.drops["unknown_stream"].inc()
                     continue
-                packet = (
-                    ConnectIpStream.ip_packet_from_datagram(h3_event.data)
-                    if h3_event.data
-                    else None
-                )
+                try:
+                    packet = ConnectIpStream.ip_packet_from_datagram(h3_event.data)
+                except DecodeError:
+                    packet = None
                 if packet is None:
                     self.metrics.drops["unknown_context"].inc()
                     continue

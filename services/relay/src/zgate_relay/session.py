@@ -17,6 +17,7 @@ from zgate_proto.capsules import (
     Capsule,
     IPAddressRange,
     RouteAdvertisement,
+    normalize_ranges,
 )
 from zgate_proto.h3 import ConnectIpStream
 
@@ -36,9 +37,7 @@ FULL_ROUTES = (
 
 def routes_for(prefixes: Sequence[Network]) -> tuple[IPAddressRange, ...]:
     """ROUTE_ADVERTISEMENT ranges for prefixes, in the order RFC 9484 §4.7.3 requires."""
-    ranges = [IPAddressRange(p.network_address, p.broadcast_address, 0) for p in prefixes]
-    ranges.sort(key=lambda r: (r.start.version, r.ip_protocol, int(r.start)))
-    return tuple(ranges)
+    return normalize_ranges(IPAddressRange.from_network(p) for p in prefixes)
 
 
 @dataclass(eq=False)

@@ -1,4 +1,5 @@
-"""A throw-away lab of network namespaces for end-to-end tests, benchmarks and the demo.
+"""A throw-away lab of network namespaces: for the end-to-end tests, the benchmarks and
+`zgate lab demo`.
 
 Topology (all names carry a unique suffix; nothing is routed to the machine's real
 interfaces):
@@ -24,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
 RELAY_LAN_IP = "198.51.100.1"
@@ -174,8 +174,8 @@ class Lab:
             f.write(os.urandom(blob_size))
         self.spawn("http", self.inet_ns, [sys.executable, "-m", "http.server", "--bind", "::",
                                           str(HTTP_PORT), "--directory", str(www)])
-        self.spawn("udpecho", self.inet_ns, [sys.executable, str(Path(__file__).parent / "udp_echo.py"),
-                                             str(UDP_ECHO_PORT)])
+        self.spawn("udpecho", self.inet_ns,
+                   [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)])
         wait_until(lambda: self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout.count(f":{HTTP_PORT}") > 0,
                    10, "the internet host's HTTP server")
         return blob
@@ -185,10 +185,10 @@ class Lab:
     def spawn(self, name: str, ns: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> Daemon:
         """Start a process in a namespace, logging to a file."""
         log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("ab")
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log_file,
-                                stderr=subprocess.STDOUT, env=full_env)
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log_file,
+                                    stderr=subprocess.STDOUT, env=full_env)
         daemon = Daemon(name, proc, log_path)
         self.daemons.append(daemon)
         return daemon
