@@ -9,16 +9,27 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from zgate_cli.lab import INET_IP, INET_IP6, HTTP_PORT, UDP_ECHO_PORT, Lab, wait_until
+from zgate_cli.lab import HTTP_PORT, INET_IP, INET_IP6, UDP_ECHO_PORT, Lab, wait_until
 
 UDP_CLIENT = ["-m", "zgate_cli.lab_udp", "client"]
 
 
 def ping_loss(lab: Lab, n: int, dest: str, count: int = 20, *extra: str) -> float:
     """Packet loss (%) of `ping -c count` from agent n's namespace."""
-    proc = lab.ns(lab.agent_ns(n), "ping", "-c", str(count), "-i", "0.05", "-W", "2", *extra, dest,
-                  check=False, timeout=60)
+    proc = lab.ns(
+        lab.agent_ns(n),
+        "ping",
+        "-c",
+        str(count),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        *extra,
+        dest,
+        check=False,
+        timeout=60,
+    )
     if "Network is unreachable" in proc.stderr:
         return 100.0
     match = re.search(r"([\d.]+)% packet loss", proc.stdout)
@@ -59,11 +70,23 @@ def test_agent_has_no_way_out_but_the_tunnel(lab: Lab) -> None:
 def test_http_download_of_20_mb_is_intact(lab: Lab, agent1: object) -> None:
     blob: Path = lab.blob  # type: ignore[attr-defined]
     out = lab.workdir / "download.bin"
-    proc = lab.ns(lab.agent_ns(1), "curl", "-sS", "--max-time", "120", "-o", str(out),
-                  f"http://{INET_IP}:{HTTP_PORT}/blob.bin", timeout=150)
+    proc = lab.ns(
+        lab.agent_ns(1),
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        str(out),
+        f"http://{INET_IP}:{HTTP_PORT}/blob.bin",
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size == blob.stat().st_size
-    assert hashlib.sha256(out.read_bytes()).hexdigest() == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(out.read_bytes()).hexdigest()
+        == hashlib.sha256(blob.read_bytes()).hexdigest()
+    )
 
 
 def test_udp_request_response(lab: Lab, agent1: object) -> None:
@@ -77,8 +100,20 @@ def test_ipv6_through_the_tunnel(lab: Lab, agent1: object) -> None:
     assert status is not None
     assert any(":" in a for a in status["addresses"]), status  # type: ignore[union-attr]
     assert ping_loss(lab, 1, INET_IP6, 10) == 0.0
-    proc = lab.ns(lab.agent_ns(1), "curl", "-sS", "-g", "--max-time", "30", "-o", "/dev/null",
-                  "-w", "%{http_code}", f"http://[{INET_IP6}]:{HTTP_PORT}/blob.bin", timeout=60)
+    proc = lab.ns(
+        lab.agent_ns(1),
+        "curl",
+        "-sS",
+        "-g",
+        "--max-time",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://[{INET_IP6}]:{HTTP_PORT}/blob.bin",
+        timeout=60,
+    )
     assert proc.stdout == "200"
     proc = lab.ns(lab.agent_ns(1), sys.executable, *UDP_CLIENT, INET_IP6, str(UDP_ECHO_PORT), "10")
     assert json.loads(proc.stdout)["echoed"] == 10
@@ -104,7 +139,12 @@ def test_two_agents_reach_each_other_only_through_the_relay(lab: Lab, agent1: ob
         finally:
             lab.ns(lab.agent_ns(1), "ip", "addr", "del", "10.100.250.250/32", "dev", "ztun0")
         wait_until(
-            lambda: lab.relay_metric("zgate_relay_drops_total", reason="spoofed_source")
-            >= spoofed_before + 5, 5, "the spoofed packets to be counted")
+            lambda: (
+                lab.relay_metric("zgate_relay_drops_total", reason="spoofed_source")
+                >= spoofed_before + 5
+            ),
+            5,
+            "the spoofed packets to be counted",
+        )
     finally:
         agent2.stop()

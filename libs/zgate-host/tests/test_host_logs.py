@@ -121,7 +121,7 @@ def test_bind_adds_fixed_fields_and_call_extras_win(stream: io.StringIO) -> None
 _extra_keys = st.text(min_size=1, max_size=10).filter(
     lambda k: (
         k not in logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-        and k not in {"message", "asctime"}
+        and k not in {"message", "asctime", "taskName"}
     )
 )
 _values = st.recursive(

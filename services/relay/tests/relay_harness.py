@@ -18,7 +18,6 @@ from zgate_host.memdev import MemoryPacketDevice
 from zgate_pki import ChainVerifier, init_pki, issue_certificate
 from zgate_proto.h3 import PacketMode
 from zgate_proto.ip import ipv4_checksum
-
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import build_server_configuration
 from zgate_relay.pool import AddressPool
@@ -39,8 +38,17 @@ def udp4(src: str, dst: str, payload: bytes, sport: int = 40000, dport: int = 7)
     """A well-formed IPv4/UDP packet (UDP checksum 0 = none, valid for IPv4)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        17,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
     )
     header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
     return header + udp
@@ -64,7 +72,9 @@ class RelayUnderTest:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(pki: Path, port: int = 0, **kwargs: object) -> AsyncIterator[RelayUnderTest]:
+async def running_relay(
+    pki: Path, port: int = 0, **kwargs: object
+) -> AsyncIterator[RelayUnderTest]:
     """A relay on 127.0.0.1 (random port) with an in-memory egress device."""
     egress = MemoryPacketDevice("egress-mem")
     metrics = RelayMetrics()
@@ -73,8 +83,9 @@ async def running_relay(pki: Path, port: int = 0, **kwargs: object) -> AsyncIter
             pki / "relay.pem", pki / "relay.key", max_datagram_size=1452
         ),
         verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
-        pool=AddressPool(ipaddress.IPv4Network("10.100.0.0/16"),
-                         ipaddress.IPv6Network("fd7a:7a67::/64")),
+        pool=AddressPool(
+            ipaddress.IPv4Network("10.100.0.0/16"), ipaddress.IPv6Network("fd7a:7a67::/64")
+        ),
         metrics=metrics,
         egress=egress,
         **kwargs,  # type: ignore[arg-type]
@@ -105,7 +116,9 @@ class AgentUnderTest:
         self.device.close()
 
 
-def agent_settings(relay: RelayUnderTest, client: str, mode: PacketMode, **kw: object) -> AgentSettings:
+def agent_settings(
+    relay: RelayUnderTest, client: str, mode: PacketMode, **kw: object
+) -> AgentSettings:
     values: dict[str, object] = {
         "relay": f"127.0.0.1:{relay.port}",
         "ca": relay.pki / "ca.pem",
@@ -122,8 +135,12 @@ def agent_settings(relay: RelayUnderTest, client: str, mode: PacketMode, **kw: o
 
 
 async def start_agent(
-    relay: RelayUnderTest, client: str, mode: PacketMode = PacketMode.DATAGRAM,
-    *, wait: bool = True, **kw: object,
+    relay: RelayUnderTest,
+    client: str,
+    mode: PacketMode = PacketMode.DATAGRAM,
+    *,
+    wait: bool = True,
+    **kw: object,
 ) -> AgentUnderTest:
     """An agent on an in-memory device, connected to the relay (awaited)."""
     device = MemoryPacketDevice(f"mem-{client}")

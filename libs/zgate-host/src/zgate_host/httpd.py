@@ -71,7 +71,7 @@ def serve_status(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        def log_message(self, format: str, *args: Any) -> None:
             return  # scrapes are not worth a log line each
 
     bare_host = host.strip("[]")

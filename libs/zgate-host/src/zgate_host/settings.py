@@ -21,7 +21,7 @@ S = TypeVar("S", bound="LayeredSettings")
 
 # The YAML layer of the settings being built (a context variable, not a class attribute,
 # so that concurrent loads of different files cannot mix).
-_yaml_layer: ContextVar[Mapping[str, Any]] = ContextVar("_yaml_layer", default={})
+_yaml_layer: ContextVar[Mapping[str, Any] | None] = ContextVar("_yaml_layer", default=None)
 
 
 class SettingsError(Exception):
@@ -52,7 +52,7 @@ class LayeredSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_layer.get()))
+        return (init_settings, env_settings, _YamlSource(settings_cls, _yaml_layer.get() or {}))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

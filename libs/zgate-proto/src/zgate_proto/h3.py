@@ -7,6 +7,7 @@ Still sans-IO: nothing here owns a socket or a clock. The caller feeds QUIC even
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -188,7 +189,6 @@ class ConnectIpStream:
         """End our side of the stream (FIN); further packets are refused."""
         if not self.closed:
             self.closed = True
-            try:
+            # The stream may already be gone; closing is best effort.
+            with contextlib.suppress(Exception):
                 self.h3.send_data(self.stream_id, b"", end_stream=True)
-            except Exception:  # noqa: BLE001 - the stream may already be gone; closing is best effort
-                pass

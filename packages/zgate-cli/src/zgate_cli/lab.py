@@ -34,9 +34,16 @@ INET_IP = "203.0.113.10"
 INET_IP6 = "2001:db8:113::10"
 HTTP_PORT = 8080
 UDP_ECHO_PORT = 7007
+# A direct agent <-> internet-host link that bypasses the tunnel (benchmark baseline);
+# TEST-NET-1 addresses, which exist only inside the lab's namespaces.
+PLAIN_AGENT_IP = "192.0.2.1"
+PLAIN_INET_IP = "192.0.2.10"
+IPERF_PORT = 5201
 
 
-def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing text output; raise with its output on failure."""
     proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
@@ -46,7 +53,9 @@ def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 60, **kw: ob
     return proc  # type: ignore[no-any-return]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
     """Poll a condition until it holds; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,7 +124,9 @@ class Lab:
 
     # ---------------------------------------------------------------- building
 
-    def ns(self, ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ns(
+        self, ns: str, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside a namespace."""
         return run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout)
 
@@ -130,8 +141,23 @@ class Lab:
         self.add_ns(self.inet_ns)
         r, i = self.relay_ns, self.inet_ns
         # relay <-> internet
-        run(["ip", "link", "add", f"ri{self.tag}", "netns", r, "type", "veth",
-             "peer", "name", f"ir{self.tag}", "netns", i])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                f"ri{self.tag}",
+                "netns",
+                r,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"ir{self.tag}",
+                "netns",
+                i,
+            ]
+        )
         self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP}/24", "dev", f"ri{self.tag}")
         self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP6}/64", "dev", f"ri{self.tag}", "nodad")
         self.ns(r, "ip", "link", "set", f"ri{self.tag}", "up")
@@ -149,8 +175,23 @@ class Lab:
         """One more agent namespace on the LAN (no route anywhere else)."""
         a, r = self.agent_ns(n), self.relay_ns
         self.add_ns(a)
-        run(["ip", "link", "add", f"a{n}{self.tag}", "netns", a, "type", "veth",
-             "peer", "name", f"b{n}{self.tag}", "netns", r])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                f"a{n}{self.tag}",
+                "netns",
+                a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"b{n}{self.tag}",
+                "netns",
+                r,
+            ]
+        )
         self.ns(r, "ip", "link", "set", f"b{n}{self.tag}", "master", "br0", "up")
         self.ns(a, "ip", "addr", "add", f"198.51.100.{10 + n}/24", "dev", f"a{n}{self.tag}")
         self.ns(a, "ip", "link", "set", f"a{n}{self.tag}", "up")
@@ -160,8 +201,19 @@ class Lab:
     def make_pki(self, clients: Sequence[str] = ("agent1", "agent2")) -> None:
         """A PKI with the relay reachable as "relay" / 198.51.100.1, and client certs."""
         zgate = str(VENV_BIN / "zgate")
-        run([zgate, "pki", "init", "--dir", str(self.pki), "--relay-name", "relay",
-             "--relay-ip", RELAY_LAN_IP])
+        run(
+            [
+                zgate,
+                "pki",
+                "init",
+                "--dir",
+                str(self.pki),
+                "--relay-name",
+                "relay",
+                "--relay-ip",
+                RELAY_LAN_IP,
+            ]
+        )
         for client in clients:
             run([zgate, "pki", "issue", "client", client, "--dir", str(self.pki)])
 
@@ -172,76 +224,202 @@ class Lab:
         blob = www / "blob.bin"
         with blob.open("wb") as f:
             f.write(os.urandom(blob_size))
-        self.spawn("http", self.inet_ns, [sys.executable, "-m", "http.server", "--bind", "::",
-                                          str(HTTP_PORT), "--directory", str(www)])
-        self.spawn("udpecho", self.inet_ns,
-                   [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)])
-        wait_until(lambda: self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout.count(f":{HTTP_PORT}") > 0,
-                   10, "the internet host's HTTP server")
+        self.spawn(
+            "http",
+            self.inet_ns,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "::",
+                str(HTTP_PORT),
+                "--directory",
+                str(www),
+            ],
+        )
+        self.spawn(
+            "udpecho",
+            self.inet_ns,
+            [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)],
+        )
+        wait_until(
+            lambda: (
+                self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout.count(f":{HTTP_PORT}") > 0
+            ),
+            10,
+            "the internet host's HTTP server",
+        )
         return blob
+
+    def add_plain_link(self, n: int = 1) -> str:
+        """Join agent n straight to the internet host by a veth in 192.0.2.0/24, no tunnel.
+
+        The benchmark's baseline path; it is more specific than the agent's tunnel routes,
+        so it keeps working while an agent runs. Returns the internet host's address on it.
+        """
+        a, i = self.agent_ns(n), self.inet_ns
+        near, far = f"p{n}{self.tag}", f"q{n}{self.tag}"
+        run(
+            ["ip", "link", "add", near, "netns", a, "type", "veth", "peer", "name", far, "netns", i]
+        )
+        self.ns(a, "ip", "addr", "add", f"{PLAIN_AGENT_IP}/24", "dev", near)
+        self.ns(a, "ip", "link", "set", near, "up")
+        self.ns(i, "ip", "addr", "add", f"{PLAIN_INET_IP}/24", "dev", far)
+        self.ns(i, "ip", "link", "set", far, "up")
+        return PLAIN_INET_IP
+
+    def start_iperf_server(self, port: int = IPERF_PORT) -> Daemon:
+        """An iperf3 server on the internet host (a child process, stopped by teardown)."""
+        server = self.spawn(
+            "iperf3", self.inet_ns, ["iperf3", "-s", "-p", str(port), "--idle-timeout", "30"]
+        )
+        wait_until(
+            lambda: (
+                f":{port} " in self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout
+                or server.proc.poll() is not None
+            ),
+            10,
+            "the iperf3 server",
+        )
+        if server.proc.poll() is not None:
+            raise AssertionError(f"iperf3 server exited early:\n{server.log()}")
+        return server
 
     # ---------------------------------------------------------------- daemons
 
-    def spawn(self, name: str, ns: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> Daemon:
+    def spawn(
+        self, name: str, ns: str, cmd: Sequence[str], env: dict[str, str] | None = None
+    ) -> Daemon:
         """Start a process in a namespace, logging to a file."""
         log_path = self.workdir / f"{name}.log"
         full_env = {**os.environ, **(env or {})}
         with log_path.open("ab") as log_file:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log_file,
-                                    stderr=subprocess.STDOUT, env=full_env)
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *cmd],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
         daemon = Daemon(name, proc, log_path)
         self.daemons.append(daemon)
         return daemon
 
     def start_relay(self, *extra: str) -> Daemon:
         """Start the relay and wait until it listens."""
-        relay = self.spawn("relay", self.relay_ns, [
-            str(VENV_BIN / "serve"), "--pki", str(self.pki), "--listen", f"{RELAY_LAN_IP}:4433",
-            "--metrics", "127.0.0.1:9101", "--tun-name", "zgate0", *extra,
-        ])
-        wait_until(lambda: self.relay_metrics_text() != "" or relay.proc.poll() is not None,
-                   20, "the relay's metrics endpoint")
+        relay = self.spawn(
+            "relay",
+            self.relay_ns,
+            [
+                str(VENV_BIN / "serve"),
+                "--pki",
+                str(self.pki),
+                "--listen",
+                f"{RELAY_LAN_IP}:4433",
+                "--metrics",
+                "127.0.0.1:9101",
+                "--tun-name",
+                "zgate0",
+                *extra,
+            ],
+        )
+        wait_until(
+            lambda: self.relay_metrics_text() != "" or relay.proc.poll() is not None,
+            20,
+            "the relay's metrics endpoint",
+        )
         if relay.proc.poll() is not None:
             raise AssertionError(f"relay exited early:\n{relay.log()}")
         return relay
 
-    def start_agent(self, n: int, *, client: str | None = None, mode: str = "datagram",
-                    wait: bool = True, extra: Sequence[str] = ()) -> Daemon:
+    def start_agent(
+        self,
+        n: int,
+        *,
+        client: str | None = None,
+        mode: str = "datagram",
+        wait: bool = True,
+        extra: Sequence[str] = (),
+    ) -> Daemon:
         """Start agent n with client certificate ``client`` (default agentN)."""
         client = client or f"agent{n}"
-        agent = self.spawn(f"agent{n}", self.agent_ns(n), [
-            str(VENV_BIN / "zgate-agent"), "up", "--relay", f"{RELAY_LAN_IP}:4433",
-            "--ca", str(self.pki / "ca.pem"), "--cert", str(self.pki / "clients" / f"{client}.pem"),
-            "--key", str(self.pki / "clients" / f"{client}.key"), "--server-name", "relay",
-            "--mode", mode, "--metrics", "127.0.0.1:9102", "--tun-name", "ztun0", *extra,
-        ], env={"ZGATE_AGENT_BACKOFF_MAX": "2"})
+        agent = self.spawn(
+            f"agent{n}",
+            self.agent_ns(n),
+            [
+                str(VENV_BIN / "zgate-agent"),
+                "up",
+                "--relay",
+                f"{RELAY_LAN_IP}:4433",
+                "--ca",
+                str(self.pki / "ca.pem"),
+                "--cert",
+                str(self.pki / "clients" / f"{client}.pem"),
+                "--key",
+                str(self.pki / "clients" / f"{client}.key"),
+                "--server-name",
+                "relay",
+                "--mode",
+                mode,
+                "--metrics",
+                "127.0.0.1:9102",
+                "--tun-name",
+                "ztun0",
+                *extra,
+            ],
+            env={"ZGATE_AGENT_BACKOFF_MAX": "2"},
+        )
         if wait:
             self.wait_agent_connected(n, agent)
         return agent
 
     def agent_status(self, n: int) -> dict[str, object] | None:
         """The agent's /status, or None if it does not answer."""
-        proc = self.ns(self.agent_ns(n), "curl", "-s", "--max-time", "2",
-                       "http://127.0.0.1:9102/status", check=False)
+        proc = self.ns(
+            self.agent_ns(n),
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9102/status",
+            check=False,
+        )
         if proc.returncode != 0 or not proc.stdout:
             return None
         return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
-    def wait_agent_connected(self, n: int, agent: Daemon | None = None, timeout: float = 30) -> dict[str, object]:
+    def wait_agent_connected(
+        self, n: int, agent: Daemon | None = None, timeout: float = 30
+    ) -> dict[str, object]:
         """Wait until agent n reports a connected tunnel; returns its status."""
+
         def connected() -> bool:
             if agent is not None and agent.proc.poll() is not None:
                 raise AssertionError(f"agent{n} exited:\n{agent.log()}")
             status = self.agent_status(n)
             return status is not None and status.get("state") == "connected"
+
         wait_until(connected, timeout, f"agent{n} to connect")
         status = self.agent_status(n)
         assert status is not None
         return status
 
     def relay_metrics_text(self) -> str:
-        proc = self.ns(self.relay_ns, "curl", "-s", "--max-time", "2",
-                       "http://127.0.0.1:9101/metrics", check=False)
+        proc = self.ns(
+            self.relay_ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "2",
+            "http://127.0.0.1:9101/metrics",
+            check=False,
+        )
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def agent_metrics_text(self, n: int) -> str:
+        """Agent n's Prometheus metrics text, or "" if it does not answer."""
+        url = "http://127.0.0.1:9102/metrics"
+        proc = self.ns(self.agent_ns(n), "curl", "-s", "--max-time", "2", url, check=False)
         return proc.stdout if proc.returncode == 0 else ""
 
     def relay_metric(self, name: str, **labels: str) -> float:
@@ -285,4 +463,3 @@ def have_tools() -> str | None:
         if shutil.which(tool) is None:
             return f"needs the {tool!r} command"
     return None
-

@@ -161,7 +161,10 @@ class Agent:
             await manager.__aexit__(None, None, None)
 
     async def _session(
-        self, protocol: TunnelProtocol, host: str, port: int,
+        self,
+        protocol: TunnelProtocol,
+        host: str,
+        port: int,
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     ) -> None:
         protocol.on_packet = self._packet_from_relay
@@ -185,8 +188,11 @@ class Agent:
         self.connected.set()
         log.info(
             "tunnel up",
-            extra={"relay": f"{host}:{port}", "mode": info.mode.value,
-                   "addresses": [str(a) for a in info.addresses]},
+            extra={
+                "relay": f"{host}:{port}",
+                "mode": info.mode.value,
+                "addresses": [str(a) for a in info.addresses],
+            },
         )
         keepalive = asyncio.create_task(self._keepalive(protocol))
         try:
@@ -233,9 +239,7 @@ class Agent:
             return ipaddress.ip_address(host)
         except ValueError:
             pass
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_DGRAM
-        )
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         if not infos:
             raise TunnelError(f"cannot resolve relay host {host!r}")
         return ipaddress.ip_address(infos[0][4][0])

@@ -56,22 +56,42 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cert", type=Path, metavar="FILE", help="this agent's certificate")
     up.add_argument("--key", type=Path, metavar="FILE", help="this agent's private key")
     up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
-    up.add_argument("--mode", choices=["datagram", "stream"],
-                    help="datagram: QUIC DATAGRAM frames (default); stream: capsules on the "
-                         "CONNECT stream (reliable)")
-    up.add_argument("--no-fallback", dest="fallback", action="store_const", const=False,
-                    help="fail instead of falling back to stream mode")
+    up.add_argument(
+        "--mode",
+        choices=["datagram", "stream"],
+        help="datagram: QUIC DATAGRAM frames (default); stream: capsules on the "
+        "CONNECT stream (reliable)",
+    )
+    up.add_argument(
+        "--no-fallback",
+        dest="fallback",
+        action="store_const",
+        const=False,
+        help="fail instead of falling back to stream mode",
+    )
     up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-agent0]")
     up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
-    up.add_argument("--split-tunnel", dest="full_tunnel", action="store_const", const=False,
-                    help="route only what the relay advertises (default: everything)")
-    up.add_argument("--metrics", metavar="HOST:PORT",
-                    help="serve /metrics and /status here; 'off' disables [127.0.0.1:9102]")
+    up.add_argument(
+        "--split-tunnel",
+        dest="full_tunnel",
+        action="store_const",
+        const=False,
+        help="route only what the relay advertises (default: everything)",
+    )
+    up.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics and /status here; 'off' disables [127.0.0.1:9102]",
+    )
     up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     up.add_argument("--log-format", choices=["json", "text"])
     st = sub.add_parser("status", help="show the state of a running agent's tunnel")
-    st.add_argument("--metrics", metavar="HOST:PORT", default="127.0.0.1:9102",
-                    help="the agent's /status address [127.0.0.1:9102]")
+    st.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default="127.0.0.1:9102",
+        help="the agent's /status address [127.0.0.1:9102]",
+    )
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     return p
 
@@ -130,8 +150,10 @@ def _status(address: str, *, as_json: bool) -> int:
         with urllib.request.urlopen(url, timeout=3) as response:
             status: dict[str, Any] = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"zgate-agent: no agent answers at {url} ({exc}); is `zgate-agent up` running?",
-              file=sys.stderr)
+        print(
+            f"zgate-agent: no agent answers at {url} ({exc}); is `zgate-agent up` running?",
+            file=sys.stderr,
+        )
         return 1
     if as_json:
         print(json.dumps(status, indent=2))

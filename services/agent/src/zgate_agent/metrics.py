@@ -20,8 +20,9 @@ class AgentMetrics:
         self.reconnects = Counter(
             "zgate_agent_reconnects", "Connection attempts after the first.", registry=r
         )
-        packets = Counter("zgate_agent_packets", "IP packets, by direction.", ["direction"],
-                          registry=r)
+        packets = Counter(
+            "zgate_agent_packets", "IP packets, by direction.", ["direction"], registry=r
+        )
         bytes_ = Counter("zgate_agent_bytes", "IP bytes, by direction.", ["direction"], registry=r)
         self.packets = {d: packets.labels(d) for d in DIRECTIONS}
         self.bytes = {d: bytes_.labels(d) for d in DIRECTIONS}

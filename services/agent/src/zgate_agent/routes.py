@@ -25,7 +25,9 @@ log = logging.getLogger("zgate.agent.routes")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def prefixes_for(ranges: Sequence[IPAddressRange], *, full_tunnel: bool, ipv6: bool) -> list[Network]:
+def prefixes_for(
+    ranges: Sequence[IPAddressRange], *, full_tunnel: bool, ipv6: bool
+) -> list[Network]:
     """The prefixes to route into the tunnel.
 
     A whole address family becomes two half routes (0.0.0.0/1 + 128.0.0.0/1, ::/1 + 8000::/1),
@@ -37,7 +39,7 @@ def prefixes_for(ranges: Sequence[IPAddressRange], *, full_tunnel: bool, ipv6: b
     for r in ranges:
         if r.start.version == 6 and not ipv6:
             continue
-        for net in ipaddress.summarize_address_range(r.start, r.end):  # type: ignore[type-var]
+        for net in ipaddress.summarize_address_range(r.start, r.end):
             if net.prefixlen == 0:
                 prefixes.extend(full_tunnel_prefixes(ipv6=net.version == 6, ipv4=net.version == 4))
             else:
@@ -57,14 +59,18 @@ class HostRoutes:
 
     def apply(self, addresses: Sequence[Network], ranges: Sequence[IPAddressRange]) -> None:
         """Give the device the assigned addresses and route the tunnel's prefixes to it."""
-        interfaces = [ipaddress.ip_interface(f"{a.network_address}/{a.max_prefixlen}") for a in addresses]
+        interfaces = [
+            ipaddress.ip_interface(f"{a.network_address}/{a.max_prefixlen}") for a in addresses
+        ]
         configure_interface(self.device, interfaces, up=True, exclusive=True)
         has_v6 = any(a.version == 6 for a in addresses)
         wanted = prefixes_for(ranges, full_tunnel=self.full_tunnel, ipv6=has_v6)
         if self.pinned is None and any(self.relay_ip in p for p in wanted):
             self.pinned = pin_host_route(self.relay_ip)
-            log.info("pinned the route to the relay outside the tunnel",
-                     extra={"relay": str(self.relay_ip), "dev": self.pinned.dev})
+            log.info(
+                "pinned the route to the relay outside the tunnel",
+                extra={"relay": str(self.relay_ip), "dev": self.pinned.dev},
+            )
         for stale in [p for p in self.routes if p not in wanted]:
             delete_route(stale, dev=self.device)
         for prefix in wanted:
@@ -72,8 +78,11 @@ class HostRoutes:
         self.routes = wanted
         log.info(
             "tunnel configured",
-            extra={"device": self.device, "addresses": [str(i) for i in interfaces],
-                   "routes": [str(p) for p in wanted]},
+            extra={
+                "device": self.device,
+                "addresses": [str(i) for i in interfaces],
+                "routes": [str(p) for p in wanted],
+            },
         )
 
     def remove(self) -> None:
@@ -81,7 +90,7 @@ class HostRoutes:
         for prefix in self.routes:
             try:
                 delete_route(prefix, dev=self.device)
-            except Exception as exc:  # noqa: BLE001 - the device may be gone already
+            except Exception as exc:
                 log.debug("route removal failed", extra={"route": str(prefix), "error": str(exc)})
         self.routes = []
         if self.pinned is not None:

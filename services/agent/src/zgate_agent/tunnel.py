@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
 from zgate_proto.errors import DecodeError, ProtoError
@@ -119,10 +119,14 @@ class TunnelProtocol(QuicConnectionProtocol):
             self.close_reason = event.reason_phrase or f"error 0x{event.error_code:x}"
             self.terminated.set()
             return
-        if isinstance(event, StreamReset) and self.stream is not None:
-            if event.stream_id == self.stream.stream_id:
-                self._lost(f"the relay reset the CONNECT-IP stream (error 0x{event.error_code:x})")
-                return
+        stream = self.stream
+        if (
+            isinstance(event, StreamReset)
+            and stream is not None
+            and event.stream_id == stream.stream_id
+        ):
+            self._lost(f"the relay reset the CONNECT-IP stream (error 0x{event.error_code:x})")
+            return
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
         if not self._settings.is_set() and self.h3.peer_settings_received:
@@ -142,14 +146,12 @@ class TunnelProtocol(QuicConnectionProtocol):
                     self.on_unknown_context()
                 else:
                     self.on_packet(packet)
-        elif event.stream_id != stream.stream_id:
-            return
-        elif isinstance(event, HeadersReceived):
+        elif isinstance(event, HeadersReceived) and event.stream_id == stream.stream_id:
             if self._response is not None and not self._response.done():
                 self._response.set_result(event.headers)
             if event.stream_ended:
                 self._lost("the relay ended the CONNECT-IP stream")
-        elif isinstance(event, DataReceived):
+        elif isinstance(event, DataReceived) and event.stream_id == stream.stream_id:
             self._stream_data(stream, event)
 
     def _stream_data(self, stream: ConnectIpStream, event: DataReceived) -> None:

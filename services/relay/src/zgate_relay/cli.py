@@ -41,20 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", metavar="CIDR", help="IPv4 tunnel address pool [10.100.0.0/16]")
     p.add_argument("--pool6", metavar="CIDR", help="IPv6 tunnel address pool [fd7a:7a67::/64]")
     p.add_argument(
-        "--metrics", metavar="HOST:PORT", help="serve /metrics here; 'off' disables [127.0.0.1:9101]"
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics here; 'off' disables [127.0.0.1:9101]",
     )
     p.add_argument("--tun-name", metavar="NAME", help="egress TUN device name [zgate0]")
     p.add_argument("--tun-mtu", type=int, metavar="BYTES", help="egress TUN MTU [1400]")
     p.add_argument(
-        "--no-egress", dest="egress", action="store_const", const=False,
+        "--no-egress",
+        dest="egress",
+        action="store_const",
+        const=False,
         help="no TUN device or NAT: agents only reach each other (no root needed)",
     )
-    p.add_argument("--no-nat", dest="nat", action="store_const", const=False,
-                   help="do not install the nftables masquerade")
-    p.add_argument("--no-dev-pki", dest="dev_pki", action="store_const", const=False,
-                   help="fail instead of creating a development PKI when none exists")
-    p.add_argument("--max-datagram-size", type=int, metavar="BYTES",
-                   help="largest UDP payload QUIC sends [1452]")
+    p.add_argument(
+        "--no-nat",
+        dest="nat",
+        action="store_const",
+        const=False,
+        help="do not install the nftables masquerade",
+    )
+    p.add_argument(
+        "--no-dev-pki",
+        dest="dev_pki",
+        action="store_const",
+        const=False,
+        help="fail instead of creating a development PKI when none exists",
+    )
+    p.add_argument(
+        "--max-datagram-size",
+        type=int,
+        metavar="BYTES",
+        help="largest UDP payload QUIC sends [1452]",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
     return p

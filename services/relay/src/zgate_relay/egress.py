@@ -12,7 +12,7 @@ from zgate_host.nft import NatTable
 from zgate_host.sysctl import ForwardingState, enable_forwarding
 from zgate_host.tun import TunDevice
 
-__all__ = ["Egress", "NAT_TABLE"]
+__all__ = ["NAT_TABLE", "Egress"]
 
 #: The relay's own nftables table; a stale one left by a crash is replaced at start.
 NAT_TABLE = "zgate_relay"
@@ -63,7 +63,7 @@ class Egress:
         if self.table is not None:
             try:
                 self.table.remove()
-            except Exception as exc:  # noqa: BLE001 - keep tearing down the rest
+            except Exception as exc:
                 log.error("could not remove nftables table", extra={"error": str(exc)})
         self.forwarding.restore()
         self.device.close()

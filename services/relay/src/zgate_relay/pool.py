@@ -84,7 +84,9 @@ class AddressPool:
         """The pool prefixes."""
         return [self._v4.network] + ([self._v6.network] if self._v6 else [])
 
-    def allocate(self, wanted4: IPv4 | None = None, wanted6: IPv6 | None = None) -> list[IPv4 | IPv6]:
+    def allocate(
+        self, wanted4: IPv4 | None = None, wanted6: IPv6 | None = None
+    ) -> list[IPv4 | IPv6]:
         """One address per family; a wanted address is honoured when it is free."""
         first = self._v4.allocate(wanted4)
         if self._v6 is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from aioquic._buffer import Buffer
-from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.events import (
@@ -371,8 +371,11 @@ class RelayServer:
             self.metrics.session_errors.inc()
             log.warning(
                 "malformed capsule: ending session",
-                extra={"session": session.session_id, "client": str(session.identity),
-                       "error": str(exc)},
+                extra={
+                    "session": session.session_id,
+                    "client": str(session.identity),
+                    "error": str(exc),
+                },
             )
             conn.quic.reset_stream(event.stream_id, H3_MESSAGE_ERROR)
             with contextlib.suppress(Exception):
@@ -429,7 +432,7 @@ class RelayServer:
             return
         conn.sessions[stream_id] = session
         self.router.attach(session)
-        headers = response_headers(200) + [(MODE_HEADER, mode.value.encode())]
+        headers = [*response_headers(200), (MODE_HEADER, mode.value.encode())]
         conn.h3.send_headers(stream_id, headers, end_stream=False)
         stream.send_capsules(
             [session.address_assign(), RelaySession.route_advertisement(self.routes)]
@@ -454,12 +457,18 @@ class RelayServer:
             return PacketMode.STREAM
         return PacketMode.DATAGRAM
 
-    def _reject(self, conn: _Connection, stream_id: int, status: int, reason: str, detail: str) -> None:
+    def _reject(
+        self, conn: _Connection, stream_id: int, status: int, reason: str, detail: str
+    ) -> None:
         self.metrics.refusals[reason].inc()
         log.warning(
             "request refused",
-            extra={"client": str(conn.identity), "status": status, "reason": reason,
-                   "detail": detail},
+            extra={
+                "client": str(conn.identity),
+                "status": status,
+                "reason": reason,
+                "detail": detail,
+            },
         )
         conn.h3.send_headers(stream_id, response_headers(status), end_stream=True)
 
@@ -552,9 +561,7 @@ class RelayServer:
         else:
             m.drops["session_closed"].inc()
 
-    def _send_too_big(
-        self, packet: bytes, mtu: int, from_session: RelaySession | None
-    ) -> None:
+    def _send_too_big(self, packet: bytes, mtu: int, from_session: RelaySession | None) -> None:
         gateway = self._gateway4 if packet[0] >> 4 == 4 else self._gateway6
         if gateway is None:
             return

@@ -1,0 +1,162 @@
+"""Who may not connect, and what bad input does: refusals, revocation, malformed capsules."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from zgate_cli.lab import INET_IP, RELAY_LAN_IP, VENV_BIN, Lab, run, wait_until
+
+PROBE = str(Path(__file__).parent / "probe.py")
+
+
+def probe(lab: Lab, n: int, *args: str) -> dict[str, object]:
+    proc = lab.ns(
+        lab.agent_ns(n),
+        sys.executable,
+        PROBE,
+        *args,
+        "--relay",
+        f"{RELAY_LAN_IP}:4433",
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def refusal_logged(lab: Lab, reason: str) -> bool:
+    relay = lab.relay  # type: ignore[attr-defined]
+    return any(
+        r.get("msg") == "handshake refused" and r.get("reason") == reason for r in relay.json_log()
+    )
+
+
+def client_files(lab: Lab, pki: Path, name: str) -> list[str]:
+    return [
+        "--ca",
+        str(lab.pki / "ca.pem"),
+        "--cert",
+        str(pki / "clients" / f"{name}.pem"),
+        "--key",
+        str(pki / "clients" / f"{name}.key"),
+    ]
+
+
+def test_a_valid_client_gets_a_session(lab: Lab) -> None:
+    result = probe(lab, 1, "handshake", *client_files(lab, lab.pki, "agent1"))
+    assert result["connected"] is True, result
+
+
+def test_client_without_certificate_is_refused(lab: Lab) -> None:
+    before = lab.relay_metric("zgate_relay_handshake_refusals_total", reason="no_certificate")
+    result = probe(lab, 1, "handshake", "--ca", str(lab.pki / "ca.pem"))
+    assert result["connected"] is False
+    assert result["error_code"] == 0x100 + 116, result  # TLS alert certificate_required
+    wait_until(
+        lambda: (
+            lab.relay_metric("zgate_relay_handshake_refusals_total", reason="no_certificate")
+            == before + 1
+        ),
+        5,
+        "the metric",
+    )
+    assert refusal_logged(lab, "no_certificate")
+
+
+def test_certificate_from_another_ca_is_refused(lab: Lab) -> None:
+    other = lab.workdir / "other-pki"
+    zgate = str(VENV_BIN / "zgate")
+    run([zgate, "pki", "init", "--dir", str(other)])
+    run([zgate, "pki", "issue", "client", "agent1", "--dir", str(other)])
+    before = lab.relay_metric("zgate_relay_handshake_refusals_total", reason="unknown_ca")
+    result = probe(lab, 1, "handshake", *client_files(lab, other, "agent1"))
+    assert result["connected"] is False
+    assert result["error_code"] == 0x100 + 48, result  # unknown_ca
+    wait_until(
+        lambda: (
+            lab.relay_metric("zgate_relay_handshake_refusals_total", reason="unknown_ca")
+            == before + 1
+        ),
+        5,
+        "the metric",
+    )
+    assert refusal_logged(lab, "unknown_ca")
+
+
+def test_client_offering_only_tls_1_2_is_refused(lab: Lab) -> None:
+    before = lab.relay_metric("zgate_relay_handshake_refusals_total", reason="tls_version")
+    result = probe(lab, 1, "handshake", "--tls12", *client_files(lab, lab.pki, "agent1"))
+    assert result["connected"] is False
+    assert result["error_code"] == 0x100 + 70, result  # protocol_version
+    wait_until(
+        lambda: (
+            lab.relay_metric("zgate_relay_handshake_refusals_total", reason="tls_version")
+            == before + 1
+        ),
+        5,
+        "the metric",
+    )
+    assert refusal_logged(lab, "tls_version")
+
+
+@pytest.mark.parametrize("what", ["garbage-datagrams", "truncated-capsule", "oversized-capsule"])
+def test_malformed_input_on_a_live_session_harms_no_one_else(lab: Lab, what: str) -> None:
+    agent = lab.start_agent(1)
+    try:
+        errors_before = lab.relay_metric("zgate_relay_session_errors_total")
+        result = probe(lab, 2, "malformed", "--what", what, *client_files(lab, lab.pki, "agent2"))
+        if what == "garbage-datagrams":
+            # Dropped and counted; the session itself stays up.
+            assert result["session_alive"] is True, result
+            drops = sum(
+                lab.relay_metric("zgate_relay_drops_total", reason=r)
+                for r in ("unknown_context", "unknown_stream", "malformed_packet", "spoofed_source")
+            )
+            assert drops >= 50
+        else:
+            assert result["session_alive"] is False, result
+            assert re.search(r"reset|ended", str(result["reason"])), result
+            wait_until(
+                lambda: lab.relay_metric("zgate_relay_session_errors_total") == errors_before + 1,
+                5,
+                "the session error to be counted",
+            )
+        # The relay and the other session keep working.
+        proc = lab.ns(
+            lab.agent_ns(1), "ping", "-c", "5", "-i", "0.05", "-W", "2", INET_IP, check=False
+        )
+        assert " 0% packet loss" in proc.stdout, proc.stdout
+        assert lab.relay.proc.poll() is None  # type: ignore[attr-defined]
+    finally:
+        agent.stop()
+
+
+def test_revoked_while_connected_ends_the_session(lab: Lab) -> None:
+    victim = lab.start_agent(3, client="victim")
+    try:
+        run([str(VENV_BIN / "zgate"), "pki", "revoke", "victim", "--dir", str(lab.pki)])
+        wait_until(
+            lambda: (lab.agent_status(3) or {}).get("state") != "connected",
+            15,
+            "the revoked agent's session to end",
+        )
+        relay = lab.relay  # type: ignore[attr-defined]
+        wait_until(
+            lambda: any(
+                r.get("msg") == "certificate revoked: ending its sessions"
+                and r.get("client") == "client/victim"
+                for r in relay.json_log()
+            ),
+            5,
+            "the revocation to be logged",
+        )
+        # It stays out: its reconnection attempts are refused as revoked.
+        wait_until(lambda: refusal_logged(lab, "revoked"), 15, "a refused reconnection")
+        assert lab.relay_metric("zgate_relay_handshake_refusals_total", reason="revoked") >= 2
+        assert (lab.agent_status(3) or {}).get("state") != "connected"
+    finally:
+        victim.stop()
