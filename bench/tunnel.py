@@ -55,6 +55,7 @@ AGENT = 1  # the lab's agent number used for every zgate path
 SLACK = 30.0  # seconds a bounded command may run beyond its nominal duration
 
 Figures = dict[str, float | None]
+Drops = dict[str, dict[str, float]]  # test -> "relay:<reason>" / "agent:<reason>" -> packets
 
 
 class BenchError(Exception):
@@ -125,9 +126,19 @@ def udp_mbps_and_loss(lab: Lab, host: str, seconds: int, rate: str) -> tuple[flo
 def ping_times(lab: Lab, host: str, count: int) -> tuple[list[float], float]:
     """Per-packet RTTs (ms) of ``count`` pings 20 ms apart, and the loss %."""
     proc = lab.ns(
-        lab.agent_ns(AGENT), "ping", "-n", "-c", str(count), "-i", "0.02", "-W", "2", host,
-        check=False, timeout=count * 0.02 + SLACK,
-    )  # fmt: skip
+        lab.agent_ns(AGENT),
+        "ping",
+        "-n",
+        "-c",
+        str(count),
+        "-i",
+        "0.02",
+        "-W",
+        "2",
+        host,
+        check=False,
+        timeout=count * 0.02 + SLACK,
+    )
     times = [float(t) for t in re.findall(r"time=([\d.]+) ms", proc.stdout)]
     if not times:
         raise BenchError(f"ping {host}: no reply\n{proc.stdout}{proc.stderr}")
@@ -162,19 +173,23 @@ def python_pid(daemon: Daemon) -> int:
     return daemon.proc.pid
 
 
-def measure(lab: Lab, target: Target, seconds: int, rate: str) -> Sample:
-    """One repetition of every test on one path."""
+def measure(lab: Lab, target: Target, seconds: int, rate: str, drops: Drops) -> Sample:
+    """One repetition of every test on one path; zgate's drops are added to ``drops``."""
     sample = Sample()
-    relay0, agent0 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
-    sample.tcp_mbps = tcp_mbps(lab, target.host, seconds)
-    relay1, agent1 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
+    with counted(lab, drops, "tcp_up"):
+        relay0, agent0 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
+        sample.tcp_mbps = tcp_mbps(lab, target.host, seconds)
+        relay1, agent1 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
     if relay0 is not None and relay1 is not None:
         sample.cpu_relay_s = relay1 - relay0
     if agent0 is not None and agent1 is not None:
         sample.cpu_agent_s = agent1 - agent0
-    sample.tcp_down_mbps = tcp_mbps(lab, target.host, seconds, reverse=True)
-    sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(lab, target.host, seconds, rate)
-    times, sample.ping_loss_pct = ping_times(lab, target.host, 50)
+    with counted(lab, drops, "tcp_down"):
+        sample.tcp_down_mbps = tcp_mbps(lab, target.host, seconds, reverse=True)
+    with counted(lab, drops, "udp"):
+        sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(lab, target.host, seconds, rate)
+    with counted(lab, drops, "ping"):
+        times, sample.ping_loss_pct = ping_times(lab, target.host, 50)
     sample.rtt_ms = statistics.fmean(times)
     sample.rtt_p99_ms = percentile(times, 99)
     return sample
@@ -215,6 +230,18 @@ def increase(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
 
 
+@contextmanager
+def counted(lab: Lab, into: Drops, test: str) -> Iterator[None]:
+    """Add the drops zgate counts while the block runs to ``into[test]``."""
+    before = drop_counters(lab)
+    try:
+        yield
+    finally:
+        for key, value in increase(before, drop_counters(lab)).items():
+            into.setdefault(test, {})
+            into[test][key] = into[test].get(key, 0.0) + value
+
+
 # ------------------------------------------------------------------- the run
 
 
@@ -224,7 +251,7 @@ class PathResult:
 
     samples: list[Sample]
     errors: list[str]
-    drops: dict[str, float]
+    drops: Drops
 
 
 def run_path(
@@ -232,15 +259,13 @@ def run_path(
 ) -> PathResult:
     """--repeat repetitions on one path; a failed repetition is recorded, not fatal."""
     result = PathResult(samples=[], errors=[], drops={})
-    before = drop_counters(lab)
     for i in range(args.repeat):
         progress(f"{name}: run {i + 1}/{args.repeat}")
         try:
-            result.samples.append(measure(lab, target, args.seconds, args.udp_rate))
+            result.samples.append(measure(lab, target, args.seconds, args.udp_rate, result.drops))
         except (BenchError, subprocess.TimeoutExpired) as exc:
             result.errors.append(str(exc).splitlines()[0])
             progress(f"{name}: run {i + 1} failed: {exc}")
-    result.drops = increase(before, drop_counters(lab))
     return result
 
 
@@ -301,8 +326,32 @@ def command_version(*cmd: str) -> str:
     return (proc.stdout or proc.stderr).splitlines()[0] if proc.stdout or proc.stderr else ""
 
 
-def machine() -> dict[str, object]:
-    """What the figures were measured on."""
+def competing_processes() -> list[str]:
+    """Other zgate, iperf3 or pytest processes on the machine: they would skew the figures."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(a.decode(errors="replace") for a in argv if a)
+        if re.search(r"zgate-agent|/serve\b|iperf3|pytest", text):
+            found.append(text[:160])
+    return found
+
+
+def wait_quiet(timeout: float) -> list[str]:
+    """Wait up to ``timeout`` seconds for no competing process; those still running."""
+    deadline = time.monotonic() + timeout
+    while (competing := competing_processes()) and time.monotonic() < deadline:
+        time.sleep(2)
+    return competing
+
+
+def machine(competing: list[str]) -> dict[str, object]:
+    """What the figures were measured on, and how busy it was."""
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     meminfo = Path("/proc/meminfo").read_text()
@@ -316,6 +365,8 @@ def machine() -> dict[str, object]:
         "aioquic": metadata.version("aioquic"),
         "iperf3": command_version("iperf3", "--version"),
         "network": "Linux network namespaces joined by veth pairs (and a bridge); no NIC",
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        "competing_processes_at_start": competing,
     }
 
 
@@ -327,11 +378,15 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
     """The human-readable summary."""
     columns = [
-        ("TCP up Mbit/s", "tcp_mbps", 1), ("TCP down Mbit/s", "tcp_down_mbps", 1),
-        ("UDP Mbit/s", "udp_mbps", 1), ("UDP loss %", "udp_loss_pct", 2),
-        ("RTT ms", "rtt_ms", 3), ("RTT p99 ms", "rtt_p99_ms", 3),
-        ("relay CPU s", "cpu_relay_s", 2), ("agent CPU s", "cpu_agent_s", 2),
-    ]  # fmt: skip
+        ("TCP up Mbit/s", "tcp_mbps", 1),
+        ("TCP down Mbit/s", "tcp_down_mbps", 1),
+        ("UDP Mbit/s", "udp_mbps", 1),
+        ("UDP loss %", "udp_loss_pct", 2),
+        ("RTT ms", "rtt_ms", 3),
+        ("RTT p99 ms", "rtt_p99_ms", 3),
+        ("relay CPU s", "cpu_relay_s", 2),
+        ("agent CPU s", "cpu_agent_s", 2),
+    ]
     width = max(len(c[0]) for c in columns)
     lines = [f"{'':<{width}}" + "".join(f"{p:>16}" for p in PATHS)]
     for title, key, digits in columns:
@@ -344,13 +399,15 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
     return "\n".join(lines)
 
 
-def report(results: dict[str, PathResult], args: argparse.Namespace) -> dict[str, object]:
+def report(
+    results: dict[str, PathResult], args: argparse.Namespace, competing: list[str]
+) -> dict[str, object]:
     """The JSON document written to --json."""
     paths = {name: median_of(r.samples) for name, r in results.items()}
     return {
         "paths": paths,
         "ratios": ratios(paths),
-        "machine": machine(),
+        "machine": machine(competing),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"seconds": args.seconds, "repeat": args.repeat, "udp_rate": args.udp_rate},
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
@@ -396,6 +453,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--udp-rate", default="50M", help="offered UDP rate (iperf3 -b)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--keep", action="store_true", help="keep the lab's logs and PKI")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for competing zgate/iperf3/pytest processes to end",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 60 or not 1 <= args.repeat <= 10:
         parser.error("--seconds must be 1..60 and --repeat 1..10")
@@ -414,6 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    competing = wait_quiet(args.wait_quiet)
+    if competing:
+        print(
+            f"warning: {len(competing)} competing processes; figures will be low:",
+            *competing,
+            sep="\n  ",
+            file=sys.stderr,
+        )
     try:
         with lab_session(args.keep) as lab:
             results = run_benchmark(lab, args)
@@ -423,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, RuntimeError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    doc = report(results, args)
+    doc = report(results, args, competing)
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
     if doc["errors"]:
         print(f"\nerrors: {json.dumps(doc['errors'], indent=1)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,12 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     daemons: list[Daemon] = field(default_factory=list)
     agents: int = 0
+
+    def __post_init__(self) -> None:
+        # The tag names veths too (15 characters at most), and `zgate lab down` finds a
+        # crashed lab's namespaces by their names alone (see is_lab_namespace).
+        if not _TAG.fullmatch(self.tag):
+            raise ValueError(f"lab tag must be 1-12 lowercase letters or digits, got {self.tag!r}")
 
     @property
     def relay_ns(self) -> str:
@@ -453,6 +460,15 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if metric == name and got == want:
             return float(value)
     return 0.0
+
+
+_TAG = re.compile(r"[0-9a-z]{1,12}")
+_NAMESPACE = re.compile(r"(?:zr|zi|za[1-9][0-9]?)-[0-9a-z]{1,12}")
+
+
+def is_lab_namespace(name: str) -> bool:
+    """Whether ``name`` is one Lab gives its namespaces: zr-TAG, zi-TAG or zaN-TAG."""
+    return _NAMESPACE.fullmatch(name) is not None
 
 
 def have_tools() -> str | None:

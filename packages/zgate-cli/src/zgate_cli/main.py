@@ -7,21 +7,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import pki_cmd
+from . import lab_cmd, pki_cmd
 
 __all__ = ["build_parser", "main"]
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: One entry per command group; a new group (e.g. ``policy``) adds its module's ``register``.
-COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (pki_cmd.register,)
+COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (pki_cmd.register, lab_cmd.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command group registered."""
     parser = argparse.ArgumentParser(
         prog="zgate",
-        description="zgate operator CLI: manage the PKI (and, later, policies and labs).",
+        description="zgate operator CLI: manage the PKI, run a demo lab (later: policies).",
     )
     groups = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for register in COMMAND_GROUPS:

@@ -1,0 +1,108 @@
+"""The agent's pure parts: backoff, route computation, settings, and the status command."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+import socket
+
+import pytest
+from prometheus_client import CollectorRegistry
+from zgate_agent.app import backoff_delays
+from zgate_agent.cli import main
+from zgate_agent.routes import prefixes_for
+from zgate_agent.settings import AgentSettings
+from zgate_host.httpd import serve_status
+from zgate_proto.capsules import IPAddressRange
+
+ALL4 = IPAddressRange(ipaddress.IPv4Address(0), ipaddress.IPv4Address(2**32 - 1), 0)
+ALL6 = IPAddressRange(ipaddress.IPv6Address(0), ipaddress.IPv6Address(2**128 - 1), 0)
+
+
+def test_backoff_doubles_with_jitter_up_to_the_maximum() -> None:
+    delays = list(itertools.islice(backoff_delays(0.5, 8.0, random.Random(1)), 10))
+    bounds = [0.5, 1, 2, 4, 8, 8, 8, 8, 8, 8]
+    for delay, bound in zip(delays, bounds, strict=True):
+        assert bound / 2 <= delay <= bound
+    # Jitter: two agents with different random states do not retry in lockstep.
+    other = list(itertools.islice(backoff_delays(0.5, 8.0, random.Random(2)), 10))
+    assert other != delays
+
+
+def test_full_tunnel_uses_half_routes() -> None:
+    got = prefixes_for([], full_tunnel=True, ipv6=True)
+    assert [str(p) for p in got] == ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+    assert [str(p) for p in prefixes_for([], full_tunnel=True, ipv6=False)] == [
+        "0.0.0.0/1",
+        "128.0.0.0/1",
+    ]
+
+
+def test_split_tunnel_routes_exactly_the_advertised_ranges() -> None:
+    ranges = [
+        IPAddressRange(ipaddress.IPv4Address("10.1.0.0"), ipaddress.IPv4Address("10.1.255.255"), 0),
+        IPAddressRange(
+            ipaddress.IPv4Address("192.168.50.0"), ipaddress.IPv4Address("192.168.50.9"), 0
+        ),
+        ALL6,
+    ]
+    got = [str(p) for p in prefixes_for(ranges, full_tunnel=False, ipv6=True)]
+    assert got == ["10.1.0.0/16", "192.168.50.0/29", "192.168.50.8/31", "::/1", "8000::/1"]
+    assert "::/1" not in [str(p) for p in prefixes_for(ranges, full_tunnel=False, ipv6=False)]
+    assert [str(p) for p in prefixes_for([ALL4], full_tunnel=False, ipv6=False)] == [
+        "0.0.0.0/1",
+        "128.0.0.0/1",
+    ]
+
+
+def test_settings_reject_a_bad_relay_address() -> None:
+    with pytest.raises(ValueError, match="relay"):
+        AgentSettings(relay="relay.example:notaport")
+    assert AgentSettings(relay="[2001:db8::1]:4443").relay_address == ("2001:db8::1", 4443)
+    assert AgentSettings(relay="relay.example").relay_address == ("relay.example", 4433)
+
+
+def test_up_refuses_missing_certificate_files(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["up", "--ca", "/nonexistent/ca.pem"]) == 2
+    assert "--ca file /nonexistent/ca.pem does not exist" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_status_without_an_agent_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--metrics", f"127.0.0.1:{free_port()}"]) == 1
+    assert "is `zgate-agent up` running?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("state", "code"), [("connected", 0), ("reconnecting", 3)])
+def test_status_reports_the_tunnel(
+    state: str, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = {
+        "state": state,
+        "since": 0,
+        "relay": "relay:4433",
+        "device": "zgate-agent0",
+        "mode": "datagram",
+        "addresses": ["10.100.0.2/32"],
+        "routes": ["0.0.0.0/1"],
+        "attempts": 2,
+        "last_error": "timed out" if state != "connected" else None,
+    }
+    server = serve_status("127.0.0.1", 0, CollectorRegistry(), lambda: status)
+    try:
+        port = server.server_address[1]
+        assert main(["status", "--metrics", f"127.0.0.1:{port}"]) == code
+    finally:
+        server.close()
+    out = capsys.readouterr().out
+    assert f"state:     {state}" in out
+    assert "10.100.0.2/32" in out
+    assert ("timed out" in out) == (state != "connected")
