@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -211,6 +212,7 @@ def _open_tun(name: str, mtu: int) -> TunDevice:
             raise _tunsetiff_error(name, exc) from exc
         real_name = reply[:_IFNAMSIZ].split(b"\0", 1)[0].decode("ascii")
         _set_mtu(real_name, mtu)
+        _no_link_local(real_name)
     except BaseException:
         os.close(fd)
         raise
@@ -226,6 +228,16 @@ def _tunsetiff_error(name: str, exc: OSError) -> HostError:
             code=exc.errno,
         )
     return HostError(f"cannot create TUN {name!r}: {exc.strerror}", code=exc.errno)
+
+
+def _no_link_local(name: str) -> None:
+    # A tunnel gets its addresses from the relay. Without this the kernel gives the device
+    # an fe80:: address and sends router solicitations and MLD reports from it, which the
+    # relay can only drop (they come from no address it assigned).
+    path = f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode"
+    # No IPv6 in this kernel: nothing to turn off.
+    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as f:
+        f.write("1\n")
 
 
 def _set_mtu(name: str, mtu: int) -> None:

@@ -276,6 +276,26 @@ class Lab:
         self.ns(i, "ip", "link", "set", far, "up")
         return PLAIN_INET_IP
 
+    def add_underlay_loss(self, percent: float, n: int = 1) -> None:
+        """Drop ``percent`` % of the packets each way on the tunnel's underlay (UDP 4433 at
+        the relay) and on agent n's plain link: a lossy network for benchmarks.
+
+        Done with nftables' random numbers, since the netem qdisc is not in every kernel.
+        """
+        threshold = round(percent * 100)  # out of 10000
+        drop = f"numgen random mod 10000 < {threshold} counter drop"
+        relay_rules = f"""table inet zgate_lab_loss {{
+            chain input {{ type filter hook input priority -10; udp dport 4433 {drop}; }}
+            chain output {{ type filter hook output priority -10; udp sport 4433 {drop}; }}
+        }}"""
+        far = f"q{n}{self.tag}"
+        inet_rules = f"""table inet zgate_lab_loss {{
+            chain input {{ type filter hook input priority -10; iifname "{far}" {drop}; }}
+            chain output {{ type filter hook output priority -10; oifname "{far}" {drop}; }}
+        }}"""
+        for ns, rules in ((self.relay_ns, relay_rules), (self.inet_ns, inet_rules)):
+            run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules)
+
     def start_iperf_server(self, port: int = IPERF_PORT) -> Daemon:
         """An iperf3 server on the internet host (a child process, stopped by teardown)."""
         server = self.spawn(

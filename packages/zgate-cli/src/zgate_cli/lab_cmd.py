@@ -55,6 +55,14 @@ _TOOLS: Final = {
     "ss": "iproute2",
 }
 
+#: The relay's packet directions (zgate_relay_packets_total), in the order a packet takes.
+_DIRECTION_WORDS: Final = {
+    "from_agent": "from the agent",
+    "to_egress": "out to the internet",
+    "from_egress": "back from the internet",
+    "to_agent": "to the agent",
+}
+
 _PING_LOSS: Final = re.compile(r"(\d+(?:\.\d+)?)% packet loss")
 _INDENT: Final = "      "
 
@@ -136,6 +144,10 @@ def _stop_processes(pids: Sequence[int], grace: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def _cmd_down(args: argparse.Namespace) -> int:
     if problem := _missing_prerequisite("down"):
         print(problem, file=sys.stderr)
@@ -152,11 +164,11 @@ def _cmd_down(args: argparse.Namespace) -> int:
         if pids and not args.dry_run:
             _stop_processes(pids)
         if args.dry_run:
-            print(f"would remove {name} ({len(pids)} processes in it)")
+            print(f"would remove {name} ({_processes(len(pids))} in it)")
             continue
         proc = run(["ip", "netns", "del", name], check=False)
         if proc.returncode == 0:
-            print(f"removed {name} (stopped {len(pids)} processes)")
+            print(f"removed {name} (stopped {_processes(len(pids))})")
         else:
             failed += 1
             print(f"could not remove {name}: {proc.stderr.strip()}", file=sys.stderr)
@@ -247,7 +259,7 @@ class _Demo:
     def pki(self) -> list[str]:
         self.lab.make_pki(clients=("agent1",))
         return [
-            f"in {self.lab.pki}; the relay admits only agents with a certificate from this CA",
+            f"in {self.lab.pki}: only agents with a certificate from this CA get in",
         ]
 
     def web_server(self) -> list[str]:
@@ -261,8 +273,8 @@ class _Demo:
     def relay(self) -> list[str]:
         self.lab.start_relay()
         return [
-            f"MASQUE CONNECT-IP over QUIC on {RELAY_LAN_IP}:4433 (mTLS); it forwards the "
-            f"agents' packets out through NAT on {RELAY_INET_IP}",
+            f"MASQUE CONNECT-IP over QUIC on {RELAY_LAN_IP}:4433, client certificates "
+            f"required; NAT out through {RELAY_INET_IP}",
         ]
 
     def agent(self) -> list[str]:
@@ -346,8 +358,8 @@ class _Demo:
             f"sessions: {sessions:.0f} live, {opened:.0f} opened since the relay started",
             "packets: "
             + ", ".join(
-                f"{direction.replace('_', ' ')} {packets.get(direction, 0):.0f}"
-                for direction in ("from_agent", "to_egress", "from_egress", "to_agent")
+                f"{words} {packets.get(direction, 0):.0f}"
+                for direction, words in _DIRECTION_WORDS.items()
             ),
             f"dropped: {sum(drops.values()):.0f}" + (f" ({dropped})" if dropped else ""),
         ]
@@ -366,7 +378,9 @@ def _run_steps(demo: _Demo) -> tuple[int, str, str] | None:
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             for line in lines[:20]:
                 _say(_INDENT + line)
-            return number, title, lines[0]
+            # "relay exited early:" says little without the line after it.
+            reason = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+            return number, title, reason
         except subprocess.TimeoutExpired as exc:
             _say(f"FAILED ({time.monotonic() - started:.1f} s)")
             return number, title, f"timed out: {' '.join(map(str, exc.cmd))}"
@@ -455,7 +469,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _say("zgate lab demo: an agent, a relay and an internet host, each in its own network")
     _say("namespace on this machine. The agent reaches the internet host only through its")
     _say("MASQUE CONNECT-IP tunnel (HTTP/3 over QUIC, client certificates) to the relay.")
-    _say(f"Work directory (PKI, logs): {lab.workdir}")
+    _say(f"Work directory (PKI, logs; kept only if something fails): {lab.workdir}")
     _say("")
     failure: tuple[int, str, str] | None = None
     left: list[str] = []
@@ -475,11 +489,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if failure is not None:
         number, title, reason = failure
         _say(f"demo FAILED at step {number} ({title}): {reason}")
-        _say(f"logs: {lab.workdir} (relay.log, agent1.log, http.log)")
+        logs = ", ".join(sorted(path.name for path in lab.workdir.glob("*.log")))
+        _say(f"logs: {lab.workdir} ({logs or 'none written yet'})")
         return 1
     if left:
         _say(f"demo FAILED: clean-up left namespaces behind: {', '.join(left)}")
-        _say("remove them with: zgate lab down")
+        _say(f"remove them with: zgate lab down --tag {lab.tag}")
         return 1
     shutil.rmtree(lab.workdir, ignore_errors=True)
     _say("demo passed: ping, IPv4 and IPv6 downloads through the tunnel, checksums OK")
@@ -522,7 +537,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "down",
         help="remove the namespaces a crashed lab left behind",
         description="Stop the processes in, and delete, every network namespace named like a "
-        "zgate lab's (zr-TAG, zi-TAG, zaN-TAG). Other namespaces are left alone.",
+        "zgate lab's (zr-TAG, zi-TAG, zaN-TAG), including those of labs still running "
+        "(a demo, the e2e tests, a benchmark): use --tag or --dry-run when one might be. "
+        "Other namespaces are left alone.",
     )
     down.add_argument("--tag", help="only the lab with this tag (the part after the dash)")
     down.add_argument(

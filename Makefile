@@ -1,0 +1,93 @@
+# zgate: thin wrappers over uv. `make` (or `make help`) lists the targets.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+UV ?= uv
+RUN := $(UV) run --frozen
+PKI_DIR ?= .zgate/pki
+DIST ?= dist
+# Extra flags for `make demo`, e.g. DEMO_ARGS="--mode stream --keep".
+DEMO_ARGS ?=
+
+# The wheels each service needs: the service and the workspace libraries it imports.
+RELAY_PACKAGES := zgate-proto zgate-policy zgate-pki zgate-host zgate-relay
+AGENT_PACKAGES := zgate-proto zgate-host zgate-agent
+
+.PHONY: help bootstrap sync certs clean-certs demo test e2e bench lint fmt \
+	all relay agent clean docker up down
+
+help: ## list the targets (the default)
+	@echo "usage: make TARGET   (targets marked [root] need root: sudo make TARGET)"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+bootstrap: ## install what is missing: host tools (as root), uv, the locked dependencies
+	scripts/bootstrap
+
+sync: ## install the locked dependencies into .venv (uv sync --frozen)
+	$(UV) sync --frozen
+
+certs: ## a dev PKI in .zgate/pki: CA, relay cert (compose's 172.28.0.10), client "agent"
+	@if [ -f $(PKI_DIR)/ca.pem ]; then \
+		echo "$(PKI_DIR)/ca.pem exists: keeping this CA (make clean-certs to start over)"; \
+	else \
+		$(RUN) zgate pki init --dir $(PKI_DIR) --relay-name relay --relay-name localhost \
+			--relay-ip 172.28.0.10 --relay-ip 127.0.0.1; \
+	fi
+	@if [ -f $(PKI_DIR)/clients/agent.pem ]; then \
+		echo "$(PKI_DIR)/clients/agent.pem exists: keeping it"; \
+	else \
+		$(RUN) zgate pki issue client agent --dir $(PKI_DIR); \
+	fi
+
+clean-certs: ## delete .zgate/ (the dev PKI and its CA key)
+	rm -rf .zgate
+
+demo: bootstrap ## [root] the one-machine demo in network namespaces (DEMO_ARGS=--keep ...)
+	$(RUN) zgate lab demo $(DEMO_ARGS)
+
+test: bootstrap ## the whole suite; [root] for the end-to-end part (skipped otherwise)
+	$(RUN) pytest
+
+e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
+	$(RUN) pytest tests/e2e
+
+bench: ## [root] the tunnel benchmark against the bare link (bench/tunnel.py)
+	$(RUN) python bench/tunnel.py
+
+lint: ## ruff check, ruff format --check, mypy --strict
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+fmt: ## fix what ruff can fix, then format
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+all: ## wheels of every workspace package into dist/
+	$(UV) build --all-packages --wheel --out-dir $(DIST)
+
+relay: ## wheels of the relay and the libraries it needs into dist/
+	@for package in $(RELAY_PACKAGES); do \
+		$(UV) build --package $$package --wheel --out-dir $(DIST); \
+	done
+
+agent: ## wheels of the agent and the libraries it needs into dist/
+	@for package in $(AGENT_PACKAGES); do \
+		$(UV) build --package $$package --wheel --out-dir $(DIST); \
+	done
+
+clean: ## remove dist/, build/ and the tool caches (not .zgate: see clean-certs)
+	rm -rf $(DIST) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+docker: ## build the relay and agent images (docker compose build)
+	docker compose build
+
+up: certs ## start relay, agent, Prometheus and Grafana (docker compose up -d)
+	docker compose up -d
+
+down: ## stop and remove the compose services (docker compose down)
+	docker compose down
