@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from zgate_cli.lab import Lab, have_tools
 
 _counter = itertools.count()

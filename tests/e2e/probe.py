@@ -22,6 +22,7 @@ from aioquic import tls
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+
 from zgate_agent.tunnel import TunnelError, TunnelProtocol
 from zgate_proto.capsules import CapsuleType
 from zgate_proto.h3 import PacketMode

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from zgate_cli.lab import INET_IP, RELAY_LAN_IP, VENV_BIN, Lab, run, wait_until
 
 PROBE = str(Path(__file__).parent / "probe.py")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from zgate_cli.lab import HTTP_PORT, INET_IP, INET_IP6, UDP_ECHO_PORT, Lab, wait_until
 
 UDP_CLIENT = ["-m", "zgate_cli.lab_udp", "client"]

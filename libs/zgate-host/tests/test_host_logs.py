@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_host import InvalidArgument, bind, configure_logging
 from zgate_host.logs import JsonFormatter
 

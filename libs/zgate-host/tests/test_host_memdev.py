@@ -6,6 +6,7 @@ import asyncio
 import errno
 
 import pytest
+
 from zgate_host import HostError, MemoryPacketDevice, PacketDevice
 
 PACKET = (

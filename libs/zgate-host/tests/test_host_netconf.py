@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
+
 from zgate_host import (
     HostError,
     LinkNotFound,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network, ip_network
 
 import pytest
+
 from zgate_host import CommandFailed, HostError, InvalidArgument, NatTable, run_nft
 
 skip_unless_root = pytest.mark.skipif(

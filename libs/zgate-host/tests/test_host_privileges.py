@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_host import HostError, InvalidArgument, PermissionRequired, privileges
 from zgate_host.netns import run_in_netns
 from zgate_host.privileges import CAP_NET_ADMIN, has_net_admin, parse_cap_eff, require_net_admin

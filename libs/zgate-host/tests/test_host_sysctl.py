@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from zgate_host import HostError, enable_forwarding
 from zgate_host.sysctl import IPV4_FORWARDING, IPV6_FORWARDING, read_sysctl, write_sysctl
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zgate_pki import Identity, PkiError, identity_from_certificate, validate_group, validate_ident
 
 _KEY = ec.generate_private_key(ec.SECP256R1())

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zgate_pki import PkiError
 from zgate_pki._index import IndexRecord, PkiIndex, dump_index, parse_index
 

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zgate_proto.capsules import (
     AddressAssign,
     AddressRequest,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aioquic.h3.connection import H3Connection, Setting
-from aioquic.h3.events import DataReceived, DatagramReceived, H3Event, HeadersReceived
+from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_proto.errors import ProtoError
 from zgate_proto.icmp import (
     ICMPV4_QUOTE_LIMIT,

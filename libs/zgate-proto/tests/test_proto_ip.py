@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_proto.errors import PacketError
 from zgate_proto.ip import (
     IPProto,

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_proto.errors import H3ErrorCode, ProtoError, RequestError
 from zgate_proto.request import (
     DEFAULT_TEMPLATE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_proto.errors import DecodeError, ProtoError
 from zgate_proto.varint import MAX_VARINT, decode_varint, encode_varint, varint_size
 

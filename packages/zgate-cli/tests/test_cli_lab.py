@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from zgate_cli import lab_cmd
 from zgate_cli.lab import VENV_BIN, Lab, have_tools, is_lab_namespace, wait_until
 from zgate_cli.main import build_parser, main

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 from prometheus_client import CollectorRegistry
+
 from zgate_agent.app import backoff_delays
 from zgate_agent.cli import main
 from zgate_agent.routes import prefixes_for

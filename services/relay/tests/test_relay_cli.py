@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from zgate_relay.cli import main
 
 SERVE = str(Path(sys.executable).parent / "serve")

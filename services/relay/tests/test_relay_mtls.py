@@ -13,6 +13,7 @@ from aioquic import tls
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+
 from zgate_pki import (
     ChainVerifier,
     PkiError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+
 from zgate_relay.pool import AddressPool, PoolExhausted
 
 V4 = ipaddress.IPv4Address

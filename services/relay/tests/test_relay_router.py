@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from relay_harness import udp4
+
 from zgate_pki import Identity
 from zgate_proto.capsules import AddressRequest, RequestedAddress
 from zgate_relay.pool import AddressPool

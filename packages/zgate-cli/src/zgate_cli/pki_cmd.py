@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from cryptography import x509
+
 from zgate_pki import (
     IssuedCertificate,
     PkiError,

@@ -20,14 +20,14 @@ from typing import Any
 
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
-from zgate_host.tun import PacketDevice
-from zgate_proto.h3 import PacketMode, SendStatus
-from zgate_proto.icmp import packet_too_big
 
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
 from zgate_agent.tunnel import TunnelError, TunnelInfo, TunnelProtocol
+from zgate_host.tun import PacketDevice
+from zgate_proto.h3 import PacketMode, SendStatus
+from zgate_proto.icmp import packet_too_big
 
 __all__ = ["Agent", "backoff_delays"]
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
 from zgate_host.settings import LayeredSettings
 from zgate_proto.h3 import PacketMode
 

@@ -16,6 +16,7 @@ from typing import Any
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
+
 from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
 from zgate_proto.errors import DecodeError, ProtoError
 from zgate_proto.h3 import MODE_HEADER, ConnectIpH3Connection, ConnectIpStream, PacketMode

@@ -12,7 +12,6 @@ from pathlib import Path
 from zgate_host.httpd import serve_status
 from zgate_host.privileges import require_net_admin
 from zgate_pki import ChainVerifier, init_pki
-
 from zgate_relay.egress import Egress
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import build_server_configuration

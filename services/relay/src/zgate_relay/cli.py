@@ -11,7 +11,6 @@ from pathlib import Path
 from zgate_host.errors import HostError
 from zgate_host.logs import configure_logging
 from zgate_host.settings import SettingsError, load_settings
-
 from zgate_relay.app import run_relay
 from zgate_relay.settings import RelaySettings
 

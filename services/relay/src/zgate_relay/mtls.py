@@ -38,6 +38,7 @@ from aioquic.quic.connection import QuicConnection, QuicConnectionError
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
 from zgate_pki import REFUSAL_REASONS, CertificateRefused, ChainVerifier, Identity, PkiError
 
 __all__ = [

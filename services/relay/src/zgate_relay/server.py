@@ -27,6 +27,7 @@ from aioquic.quic.events import (
     QuicEvent,
 )
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+
 from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, Identity, PkiError
 from zgate_proto.capsules import AddressRequest, DatagramCapsule
@@ -41,7 +42,6 @@ from zgate_proto.h3 import (
 from zgate_proto.icmp import packet_too_big
 from zgate_proto.ip import decrement_ttl
 from zgate_proto.request import parse_connect_ip_request, response_headers
-
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import MtlsServerConnection
 from zgate_relay.pool import AddressPool, PoolExhausted

@@ -20,7 +20,6 @@ from zgate_proto.capsules import (
     normalize_ranges,
 )
 from zgate_proto.h3 import ConnectIpStream
-
 from zgate_relay.pool import AddressPool, PoolExhausted
 
 __all__ = ["FULL_ROUTES", "RelaySession", "routes_for"]

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
 from zgate_host.settings import LayeredSettings
 
 __all__ = ["RelaySettings", "parse_hostport"]
