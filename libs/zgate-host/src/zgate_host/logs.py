@@ -132,6 +132,8 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(name.upper())
+    # aioquic logs every connection's version and ALPN at info: useful only when debugging.
+    logging.getLogger("quic").setLevel(logging.DEBUG if name == "debug" else logging.WARNING)
 
 
 class BoundLogger(logging.LoggerAdapter[logging.Logger]):

@@ -145,12 +145,27 @@ class Agent:
         host, port = self.settings.relay_address
         self._set_state("connecting")
         configuration = self._quic_configuration(host)
-        async with asyncio.timeout(self.settings.connect_timeout):
-            relay_ip = await self._resolve(host, port)
-            manager = connect(
-                str(relay_ip), port, configuration=configuration, create_protocol=TunnelProtocol
-            )
-            protocol = await manager.__aenter__()
+        made: list[TunnelProtocol] = []
+
+        def create_protocol(*args: Any, **kwargs: Any) -> TunnelProtocol:
+            made.append(TunnelProtocol(*args, **kwargs))
+            return made[-1]
+
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                relay_ip = await self._resolve(host, port)
+                manager = connect(
+                    str(relay_ip),
+                    port,
+                    configuration=configuration,
+                    create_protocol=create_protocol,
+                )
+                protocol = await manager.__aenter__()
+        except ConnectionError as exc:
+            # aioquic says only "ConnectionError"; the TLS alert the relay sent says why.
+            close = made[0]._quic._close_event if made else None
+            reason = close.reason_phrase if close and close.reason_phrase else "handshake failed"
+            raise TunnelError(f"the relay refused the connection: {reason}") from exc
         try:
             assert isinstance(protocol, TunnelProtocol)
             await self._session(protocol, host, port, relay_ip)

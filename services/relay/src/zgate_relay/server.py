@@ -161,7 +161,19 @@ class RelayServer:
         return [s for c in self._by_quic.values() for s in c.sessions.values()]
 
     def status(self) -> dict[str, object]:
-        """A snapshot of the live sessions (read from the HTTP thread: copy, don't mutate)."""
+        """A snapshot of the live sessions, for /status.
+
+        Called from the HTTP thread while the loop may change the session tables: a
+        snapshot that races a change is simply taken again.
+        """
+        for _ in range(10):
+            try:
+                return self._status_snapshot()
+            except RuntimeError:  # dictionary changed size during iteration
+                continue
+        return {"sessions": [], "count": None, "error": "busy; try again"}
+
+    def _status_snapshot(self) -> dict[str, object]:
         sessions = [
             {
                 "session": s.session_id,
