@@ -150,6 +150,8 @@ async def test_revoked_client_is_disconnected_and_refused(pki: Path) -> None:
                 await asyncio.sleep(0.05)
             assert relay.metrics.refusals["revoked"]._value.get() > before
             assert not agent.agent.connected.is_set()
+            # The agent tells its operator why.
+            await until(lambda: "revoked" in str(agent.agent.status()["last_error"]))
         finally:
             await agent.stop()
 
