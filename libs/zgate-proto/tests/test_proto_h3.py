@@ -217,6 +217,19 @@ def test_stream_mode_carries_packets_as_datagram_capsules() -> None:
     assert got == packets
 
 
+def test_stream_mode_backlog_is_bounded() -> None:
+    peers = make_peers()
+    client, _ = open_stream(peers, PacketMode.STREAM, max_stream_backlog=10_000)
+    results = [client.send_packet(udp_packet(1000)) for _ in range(20)]
+    # The first packets fill the backlog (nothing is sent while no one pumps); then drops.
+    assert results[:10] == [SendStatus.SENT] * 10
+    assert SendStatus.QUEUE_FULL in results[10:]
+    assert client.stream_backlog <= 10_000 + 1100
+    # Once the data leaves, the stream accepts packets again.
+    peers.pump(lambda p: client.stream_backlog == 0)
+    assert client.send_packet(udp_packet(1000)) is SendStatus.SENT
+
+
 def test_a_capsule_cut_short_by_fin_is_malformed() -> None:
     peers = make_peers()
     _, server = open_stream(peers, PacketMode.STREAM)

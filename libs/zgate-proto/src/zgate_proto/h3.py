@@ -11,6 +11,7 @@ import contextlib
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3Connection, Setting
@@ -121,12 +122,15 @@ class ConnectIpStream:
         *,
         max_queued: int = 512,
         max_capsule_size: int = 65536 + 64,
+        max_stream_backlog: int = 256 * 1024,
     ) -> None:
         self.h3 = h3
         self.quic = h3.quic
         self.stream_id = stream_id
         self.mode = mode
         self.max_queued = max_queued
+        self.max_stream_backlog = max_stream_backlog
+        self._sender: Any = None
         self.closed = False
         self._decoder = CapsuleDecoder(max_capsule_size=max_capsule_size)
         # Quarter stream ID then context ID 0: the fixed head of every HTTP datagram here.
@@ -143,6 +147,17 @@ class ConnectIpStream:
         """Datagrams waiting in the QUIC connection's send queue."""
         return len(self._pending)
 
+    @property
+    def stream_backlog(self) -> int:
+        """Bytes written on the CONNECT stream and not yet sent (stream mode's queue)."""
+        sender = self._sender
+        if sender is None:
+            stream = self.quic._streams.get(self.stream_id)
+            if stream is None:
+                return 0
+            sender = self._sender = stream.sender
+        return int(sender._buffer_stop - sender.next_offset)
+
     def send_packet(self, packet: bytes) -> SendStatus:
         """Queue one IP packet for the peer in this stream's mode."""
         if self.closed:
@@ -154,6 +169,10 @@ class ConnectIpStream:
                 return SendStatus.QUEUE_FULL
             self._pending.append(self._datagram_prefix + packet)
             return SendStatus.SENT
+        # aioquic buffers stream data without limit: under overload that is seconds of
+        # queueing delay for every packet. Drop at the tail instead, like a router queue.
+        if self.stream_backlog > self.max_stream_backlog:
+            return SendStatus.QUEUE_FULL
         self.h3.send_data(
             self.stream_id, encode_datagram_capsule(b"\x00" + packet), end_stream=False
         )
