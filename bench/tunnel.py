@@ -13,8 +13,15 @@ agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures three pa
 
 For each: iperf3 TCP, one stream, upload and download (receiver throughput); iperf3 UDP at a
 fixed offered rate (loss and received throughput); ping RTT (mean and p99 of the per-packet
-times); and the CPU seconds the relay and agent processes used during the TCP upload. Each
-figure is the median over --repeat runs. The lab is always torn down, even on Ctrl-C.
+times), alone and while the TCP upload runs; and the CPU seconds the relay and agent
+processes used during the TCP upload. Each figure is the median over --repeat runs. Once
+per tunnel path comes a "flood": UDP from the internet host to the agent far above what the
+tunnel can carry, with pings alongside, to show where the excess goes (dropped at a bounded
+queue, or queued at the cost of latency and memory). The lab is always torn down, even on
+Ctrl-C.
+
+--loss PCT makes the underlay lossy (nftables drops PCT % of the tunnel's UDP packets each
+way at the relay, and of the baseline link's packets): how each mode copes with loss.
 """
 
 from __future__ import annotations
@@ -39,12 +46,21 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 from zgate_cli.lab import INET_IP, IPERF_PORT, Daemon, Lab, have_tools
 
 PATHS = ("veth", "zgate-datagram", "zgate-stream")
 #: Figures compared in the ratios (higher is better for throughput, lower for RTT).
-RATIO_FIELDS = ("tcp_mbps", "tcp_down_mbps", "udp_mbps", "rtt_ms", "rtt_p99_ms")
+RATIO_FIELDS = (
+    "tcp_mbps",
+    "tcp_down_mbps",
+    "udp_mbps",
+    "rtt_ms",
+    "rtt_p99_ms",
+    "tcp_rtt_ms",
+    "loaded_rtt_ms",
+)
 RATIOS = {
     "zgate-datagram/veth": ("zgate-datagram", "veth"),
     "zgate-stream/veth": ("zgate-stream", "veth"),
@@ -54,6 +70,10 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 AGENT = 1  # the lab's agent number used for every zgate path
 SLACK = 30.0  # seconds a bounded command may run beyond its nominal duration
 
+#: How iperf3 3.12 fails when the single datagram of its UDP set-up is lost (it never resends it).
+UDP_SETUP_LOST = "unable to read from stream socket"
+
+T = TypeVar("T")
 Figures = dict[str, float | None]
 Drops = dict[str, dict[str, float]]  # test -> "relay:<reason>" / "agent:<reason>" -> packets
 
@@ -73,8 +93,15 @@ class Sample:
     rtt_ms: float | None = None
     rtt_p99_ms: float | None = None
     ping_loss_pct: float | None = None
+    tcp_rtt_ms: float | None = None
+    tcp_rtt_p99_ms: float | None = None
     cpu_relay_s: float | None = None
     cpu_agent_s: float | None = None
+    flood_mbps: float | None = None
+    flood_loss_pct: float | None = None
+    loaded_rtt_ms: float | None = None
+    loaded_rtt_p99_ms: float | None = None
+    loaded_ping_loss_pct: float | None = None
 
 
 @dataclass
@@ -82,25 +109,40 @@ class Target:
     """Where a path's traffic goes and which processes carry it."""
 
     host: str
-    relay_pid: int | None
-    agent_pid: int | None
+    relay_pid: int | None = None
+    agent_pid: int | None = None
+
+    @property
+    def tunnel(self) -> bool:
+        """Whether zgate carries this path (a veth has no queue a flood could fill)."""
+        return self.relay_pid is not None
 
 
 # ----------------------------------------------------------------- measurements
 
 
+def iperf_command(host: str, seconds: int, *args: str) -> list[str]:
+    """An iperf3 client command line against the lab's server."""
+    cmd = ["iperf3", "-c", host, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+    return [*cmd, "--connect-timeout", "5000", *args]
+
+
+def parse_iperf(stdout: str, stderr: str, what: str) -> dict[str, object]:
+    """An iperf3 JSON report, or BenchError with iperf3's own complaint."""
+    try:
+        report: dict[str, object] = json.loads(stdout)
+    except ValueError as exc:
+        raise BenchError(f"iperf3 {what}: no JSON report: {stderr.strip()}") from exc
+    if "error" in report:
+        raise BenchError(f"iperf3 {what}: {report['error']}")
+    return report
+
+
 def iperf(lab: Lab, host: str, seconds: int, *args: str) -> dict[str, object]:
     """Run an iperf3 client in the agent namespace; its parsed JSON report."""
-    cmd = ["iperf3", "-c", host, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
-    cmd += ["--connect-timeout", "5000", *args]
+    cmd = iperf_command(host, seconds, *args)
     proc = lab.ns(lab.agent_ns(AGENT), *cmd, check=False, timeout=seconds + SLACK)
-    try:
-        report: dict[str, object] = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise BenchError(f"iperf3 {' '.join(args)}: no JSON report: {proc.stderr}") from exc
-    if "error" in report:
-        raise BenchError(f"iperf3 {' '.join(args)}: {report['error']}")
-    return report
+    return parse_iperf(proc.stdout, proc.stderr, " ".join(args))
 
 
 def received(report: dict[str, object]) -> dict[str, float]:
@@ -117,32 +159,82 @@ def tcp_mbps(lab: Lab, host: str, seconds: int, *, reverse: bool = False) -> flo
     return received(report)["bits_per_second"] / 1e6
 
 
+def retry_lost_udp_setup(test: Callable[[], T]) -> T:
+    """Run an iperf3 UDP test, and once more if iperf3's UDP set-up datagram was lost.
+
+    On a lossy path (--loss) that set-up fails now and then before any data flows; it says
+    nothing about the tunnel, so it is not worth a failed repetition.
+    """
+    try:
+        return test()
+    except BenchError as exc:
+        if UDP_SETUP_LOST not in str(exc):
+            raise
+        return test()
+
+
 def udp_mbps_and_loss(lab: Lab, host: str, seconds: int, rate: str) -> tuple[float, float]:
     """UDP at a fixed offered rate, 1200-byte payloads: (received Mbit/s, loss %)."""
-    summary = received(iperf(lab, host, seconds, "-u", "-b", rate, "-l", "1200"))
+    report = retry_lost_udp_setup(lambda: iperf(lab, host, seconds, "-u", "-b", rate, "-l", "1200"))
+    summary = received(report)
     return summary["bits_per_second"] / 1e6, summary["lost_percent"]
 
 
-def ping_times(lab: Lab, host: str, count: int) -> tuple[list[float], float]:
+def rtts(ping_output: str) -> list[float]:
+    """The per-packet times (ms) in ping's output."""
+    return [float(t) for t in re.findall(r"time=([\d.]+) ms", ping_output)]
+
+
+@contextmanager
+def pings_alongside(lab: Lab, host: str, seconds: int) -> Iterator[list[float]]:
+    """Ping every 20 ms for about ``seconds`` - 1 s while the block runs; the RTTs are put in
+    the yielded list when it ends (a reply that never came is simply absent)."""
+    count = max(10, int((seconds - 1) / 0.02))
+    cmd = ["ping", "-n", "-c", str(count), "-i", "0.02", "-W", "5", host]
+    times: list[float] = []
+    with subprocess.Popen(
+        ["ip", "netns", "exec", lab.agent_ns(AGENT), *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            yield times
+            stdout, _ = proc.communicate(timeout=seconds + SLACK)
+            times.extend(rtts(stdout))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def ping_times(lab: Lab, host: str, count: int, wait: int = 2) -> tuple[list[float], float]:
     """Per-packet RTTs (ms) of ``count`` pings 20 ms apart, and the loss %."""
-    proc = lab.ns(
-        lab.agent_ns(AGENT),
-        "ping",
-        "-n",
-        "-c",
-        str(count),
-        "-i",
-        "0.02",
-        "-W",
-        "2",
-        host,
-        check=False,
-        timeout=count * 0.02 + SLACK,
-    )
-    times = [float(t) for t in re.findall(r"time=([\d.]+) ms", proc.stdout)]
+    cmd = ["ping", "-n", "-c", str(count), "-i", "0.02", "-W", str(wait), host]
+    proc = lab.ns(lab.agent_ns(AGENT), *cmd, check=False, timeout=count * 0.02 + wait + SLACK)
+    times = rtts(proc.stdout)
     if not times:
         raise BenchError(f"ping {host}: no reply\n{proc.stdout}{proc.stderr}")
     return times, 100.0 * (count - len(times)) / count
+
+
+def flood(lab: Lab, host: str, seconds: int, rate: str) -> tuple[float, float, list[float], float]:
+    """UDP host -> agent at ``rate`` with pings alongside once the queues have filled.
+
+    Returns (received Mbit/s, loss %, RTTs under load, ping loss %).
+    """
+    args = ("-u", "-R", "-b", rate, "-l", "1200")
+    cmd = ["ip", "netns", "exec", lab.agent_ns(AGENT), *iperf_command(host, seconds, *args)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            time.sleep(1.0)  # let the flood fill whatever queue it fills first
+            pings = max(10, int((seconds - 1.5) / 0.02))
+            times, ping_loss = ping_times(lab, host, pings, wait=5)
+            stdout, stderr = proc.communicate(timeout=seconds + SLACK)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    summary = received(parse_iperf(stdout, stderr, " ".join(args)))
+    return summary["bits_per_second"] / 1e6, summary["lost_percent"], times, ping_loss
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -161,6 +253,14 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int | None) -> float | None:
+    """The highest resident set size a process has had so far (VmHWM), MiB."""
+    if pid is None:
+        return None
+    match = re.search(r"^VmHWM:\s*(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(match.group(1)) / 1024 if match else None
+
+
 def python_pid(daemon: Daemon) -> int:
     """The pid of the Python process behind a lab daemon.
 
@@ -173,13 +273,18 @@ def python_pid(daemon: Daemon) -> int:
     return daemon.proc.pid
 
 
-def measure(lab: Lab, target: Target, seconds: int, rate: str, drops: Drops) -> Sample:
-    """One repetition of every test on one path; zgate's drops are added to ``drops``."""
-    sample = Sample()
-    with counted(lab, drops, "tcp_up"):
+def measure(
+    lab: Lab, target: Target, args: argparse.Namespace, drops: Drops, *, with_flood: bool
+) -> Sample:
+    """One repetition of the tests on one path; zgate's drops are added to ``drops``."""
+    sample, seconds = Sample(), args.seconds
+    with counted(lab, drops, "tcp_up"), pings_alongside(lab, target.host, seconds) as during:
         relay0, agent0 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
         sample.tcp_mbps = tcp_mbps(lab, target.host, seconds)
         relay1, agent1 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
+    if during:
+        sample.tcp_rtt_ms = statistics.fmean(during)
+        sample.tcp_rtt_p99_ms = percentile(during, 99)
     if relay0 is not None and relay1 is not None:
         sample.cpu_relay_s = relay1 - relay0
     if agent0 is not None and agent1 is not None:
@@ -187,11 +292,22 @@ def measure(lab: Lab, target: Target, seconds: int, rate: str, drops: Drops) -> 
     with counted(lab, drops, "tcp_down"):
         sample.tcp_down_mbps = tcp_mbps(lab, target.host, seconds, reverse=True)
     with counted(lab, drops, "udp"):
-        sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(lab, target.host, seconds, rate)
+        sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(
+            lab, target.host, seconds, args.udp_rate
+        )
     with counted(lab, drops, "ping"):
         times, sample.ping_loss_pct = ping_times(lab, target.host, 50)
     sample.rtt_ms = statistics.fmean(times)
     sample.rtt_p99_ms = percentile(times, 99)
+    if with_flood:
+        with counted(lab, drops, "flood"):
+            sample.flood_mbps, sample.flood_loss_pct, loaded, sample.loaded_ping_loss_pct = (
+                retry_lost_udp_setup(
+                    lambda: flood(lab, target.host, args.flood_seconds, args.flood_rate)
+                )
+            )
+        sample.loaded_rtt_ms = statistics.fmean(loaded)
+        sample.loaded_rtt_p99_ms = percentile(loaded, 99)
     return sample
 
 
@@ -252,20 +368,36 @@ class PathResult:
     samples: list[Sample]
     errors: list[str]
     drops: Drops
+    peak_rss_mb: dict[str, float]  # relay/agent: peak RSS at the end, and its growth
+
+
+def memory_growth(target: Target, before: dict[str, float | None]) -> dict[str, float]:
+    """Peak RSS of the relay and agent now, and how much it grew since ``before``."""
+    out = {}
+    for who, pid in (("relay", target.relay_pid), ("agent", target.agent_pid)):
+        after, start = peak_rss_mb(pid), before[who]
+        if after is not None and start is not None:
+            out[who] = round(after, 1)
+            out[f"{who}_growth"] = round(after - start, 1)
+    return out
 
 
 def run_path(
     lab: Lab, name: str, target: Target, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> PathResult:
     """--repeat repetitions on one path; a failed repetition is recorded, not fatal."""
-    result = PathResult(samples=[], errors=[], drops={})
+    result = PathResult(samples=[], errors=[], drops={}, peak_rss_mb={})
+    before = {"relay": peak_rss_mb(target.relay_pid), "agent": peak_rss_mb(target.agent_pid)}
     for i in range(args.repeat):
         progress(f"{name}: run {i + 1}/{args.repeat}")
         try:
-            result.samples.append(measure(lab, target, args.seconds, args.udp_rate, result.drops))
+            last = i == args.repeat - 1
+            sample = measure(lab, target, args, result.drops, with_flood=last and target.tunnel)
+            result.samples.append(sample)
         except (BenchError, subprocess.TimeoutExpired) as exc:
             result.errors.append(str(exc).splitlines()[0])
             progress(f"{name}: run {i + 1} failed: {exc}")
+    result.peak_rss_mb = memory_growth(target, before)
     return result
 
 
@@ -295,9 +427,12 @@ def run_benchmark(lab: Lab, args: argparse.Namespace) -> dict[str, PathResult]:
     lab.build(agents=1)
     lab.make_pki(clients=("agent1",))
     plain_host = lab.add_plain_link(AGENT)
+    if args.loss:
+        progress(f"dropping {args.loss}% of the underlay's packets each way")
+        lab.add_underlay_loss(args.loss, AGENT)
     lab.start_iperf_server()
     relay = lab.start_relay()
-    results = {"veth": run_path(lab, "veth", Target(plain_host, None, None), args, progress)}
+    results = {"veth": run_path(lab, "veth", Target(plain_host), args, progress)}
     for mode in ("datagram", "stream"):
         results[f"zgate-{mode}"] = bench_zgate(lab, mode, relay, args, progress)
     return results
@@ -367,6 +502,7 @@ def machine(competing: list[str]) -> dict[str, object]:
         "network": "Linux network namespaces joined by veth pairs (and a bridge); no NIC",
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "competing_processes_at_start": competing,
+        "competing_processes_at_end": competing_processes(),
     }
 
 
@@ -384,8 +520,14 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
         ("UDP loss %", "udp_loss_pct", 2),
         ("RTT ms", "rtt_ms", 3),
         ("RTT p99 ms", "rtt_p99_ms", 3),
+        ("RTT in TCP ms", "tcp_rtt_ms", 2),
+        ("RTT in TCP p99", "tcp_rtt_p99_ms", 2),
         ("relay CPU s", "cpu_relay_s", 2),
         ("agent CPU s", "cpu_agent_s", 2),
+        ("flood Mbit/s", "flood_mbps", 1),
+        ("flood loss %", "flood_loss_pct", 1),
+        ("RTT in flood ms", "loaded_rtt_ms", 1),
+        ("RTT in flood p99", "loaded_rtt_p99_ms", 1),
     ]
     width = max(len(c[0]) for c in columns)
     lines = [f"{'':<{width}}" + "".join(f"{p:>16}" for p in PATHS)]
@@ -393,14 +535,15 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
         cells = "".join(f"{fmt(paths[p][key], digits):>16}" for p in PATHS)
         lines.append(f"{title:<{width}}{cells}")
     lines.append("")
-    lines.append(f"{'ratio':<28}" + "".join(f"{f:>14}" for f in RATIO_FIELDS))
-    for label, values in rates.items():
-        lines.append(f"{label:<28}" + "".join(f"{fmt(values[f], 3):>14}" for f in RATIO_FIELDS))
+    lines.append(f"{'ratio':<{width}}" + "".join(f"{label:>28}" for label in rates))
+    for field in RATIO_FIELDS:
+        cells = "".join(f"{fmt(values[field], 3):>28}" for values in rates.values())
+        lines.append(f"{field:<{width}}{cells}")
     return "\n".join(lines)
 
 
 def report(
-    results: dict[str, PathResult], args: argparse.Namespace, competing: list[str]
+    results: dict[str, PathResult], args: argparse.Namespace, competing: list[str], took: float
 ) -> dict[str, object]:
     """The JSON document written to --json."""
     paths = {name: median_of(r.samples) for name, r in results.items()}
@@ -409,10 +552,19 @@ def report(
         "ratios": ratios(paths),
         "machine": machine(competing),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {"seconds": args.seconds, "repeat": args.repeat, "udp_rate": args.udp_rate},
+        "duration_s": round(took),
+        "settings": {
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "udp_rate": args.udp_rate,
+            "underlay_loss_pct": args.loss,
+            "flood_rate": args.flood_rate,
+            "flood_seconds": args.flood_seconds,
+        },
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
         "errors": {n: r.errors for n, r in results.items() if r.errors},
         "drops": {n: r.drops for n, r in results.items() if r.drops},
+        "peak_rss_mb": {n: r.peak_rss_mb for n, r in results.items() if r.peak_rss_mb},
     }
 
 
@@ -441,16 +593,32 @@ def lab_session(keep: bool) -> Iterator[Lab]:
             print(f"lab logs kept in {workdir}", file=sys.stderr)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the module docstring's layout and show every default."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
+        formatter_class=HelpFormatter,
         epilog="Needs root (namespaces, TUN devices, nftables) and iperf3. "
         "Defaults take about three minutes.",
     )
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test")
     parser.add_argument("--repeat", type=int, default=3, help="runs per path (medians reported)")
     parser.add_argument("--udp-rate", default="50M", help="offered UDP rate (iperf3 -b)")
+    parser.add_argument(
+        "--flood-rate", default="300M", help="offered rate of the UDP flood toward the agent"
+    )
+    parser.add_argument("--flood-seconds", type=int, default=3, help="length of the flood")
+    parser.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="drop PCT %% of the underlay's packets each way (nftables), on every path",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--keep", action="store_true", help="keep the lab's logs and PKI")
     parser.add_argument(
@@ -461,8 +629,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to this long for competing zgate/iperf3/pytest processes to end",
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.seconds <= 60 or not 1 <= args.repeat <= 10:
-        parser.error("--seconds must be 1..60 and --repeat 1..10")
+    if not 1 <= args.seconds <= 60 or not 1 <= args.repeat <= 10 or not 0 <= args.loss <= 50:
+        parser.error("--seconds must be 1..60, --repeat 1..10 and --loss 0..50")
+    if not 2 <= args.flood_seconds <= 60:
+        parser.error("--flood-seconds must be 2..60")
     return args
 
 
@@ -486,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             sep="\n  ",
             file=sys.stderr,
         )
+    started = time.monotonic()
     try:
         with lab_session(args.keep) as lab:
             results = run_benchmark(lab, args)
@@ -495,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, RuntimeError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    doc = report(results, args, competing)
+    doc = report(results, args, competing, time.monotonic() - started)
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
     if doc["errors"]:
         print(f"\nerrors: {json.dumps(doc['errors'], indent=1)}")

@@ -24,25 +24,27 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Metrics the services export, with their labels and, where the set is fixed, the label values.
-# Later this is imported from the services' metrics modules instead of kept here.
-EXPORTED_METRICS: dict[str, dict[str, frozenset[str] | None]] = {
-    "zgate_relay_sessions": {},
-    "zgate_relay_packets_total": {
-        "direction": frozenset({"from_agent", "to_agent", "to_egress", "from_egress"})
-    },
-    "zgate_relay_bytes_total": {
-        "direction": frozenset({"from_agent", "to_agent", "to_egress", "from_egress"})
-    },
-    "zgate_relay_drops_total": {"reason": None},
-    "zgate_relay_handshake_refusals_total": {"reason": None},
-    "zgate_relay_datagram_queue_depth": {},
-    "zgate_agent_connected": {},
-    "zgate_agent_reconnects_total": {},
-    "zgate_agent_packets_total": {"direction": frozenset({"to_relay", "from_relay"})},
-    "zgate_agent_bytes_total": {"direction": frozenset({"to_relay", "from_relay"})},
-    "zgate_agent_drops_total": {"reason": None},
-}
+def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
+    """Every metric the relay and the agent export, with their labels and label values,
+    read from fresh registries of the services' own metrics modules."""
+    from zgate_agent.metrics import AgentMetrics
+    from zgate_relay.metrics import RelayMetrics
+
+    exported: dict[str, dict[str, frozenset[str] | None]] = {}
+    for registry in (RelayMetrics().registry, AgentMetrics().registry):
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = exported.setdefault(sample.name, {})
+                for key, value in sample.labels.items():
+                    known = labels.get(key) or frozenset()
+                    labels[key] = known | {value}
+    return exported
+
+
+# Metrics the services export, with their labels and label values.
+EXPORTED_METRICS = _exported_metrics()
 
 # Series Prometheus itself adds, usable beside the services' metrics.
 PROMETHEUS_BUILTIN_METRICS = frozenset({"up"})

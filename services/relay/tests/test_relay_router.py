@@ -46,6 +46,8 @@ def test_from_egress_finds_the_session_by_destination() -> None:
     assert router.from_egress(v6) is a
     gone = router.from_egress(udp4("203.0.113.10", "10.100.0.9", b"x"))
     assert isinstance(gone, Drop) and gone.reason == "no_session"
+    igmp = router.from_egress(udp4("10.100.0.1", "224.0.0.22", b"x"))
+    assert isinstance(igmp, Drop) and igmp.reason == "multicast"
     router.detach(a)
     assert len(router) == 0
     assert isinstance(router.from_egress(udp4("203.0.113.10", "10.100.0.2", b"x")), Drop)

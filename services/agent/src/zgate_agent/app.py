@@ -25,6 +25,7 @@ from zgate_agent.metrics import AgentMetrics
 from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
 from zgate_agent.tunnel import TunnelError, TunnelInfo, TunnelProtocol
+from zgate_host.sockets import enlarge_udp_buffers
 from zgate_host.tun import PacketDevice
 from zgate_proto.h3 import PacketMode, SendStatus
 from zgate_proto.icmp import packet_too_big
@@ -168,6 +169,8 @@ class Agent:
             raise TunnelError(f"the relay refused the connection: {reason}") from exc
         try:
             assert isinstance(protocol, TunnelProtocol)
+            if protocol._transport is not None:
+                enlarge_udp_buffers(protocol._transport.get_extra_info("socket"))
             await self._session(protocol, host, port, relay_ip)
         finally:
             self._protocol = None

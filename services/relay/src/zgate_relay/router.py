@@ -38,6 +38,7 @@ class Drop:
 _MALFORMED: Final = Drop("malformed_packet")
 _SPOOFED: Final = Drop("spoofed_source")
 _NO_SESSION: Final = Drop("no_session")
+_MULTICAST: Final = Drop("multicast")
 
 
 class Router:
@@ -93,4 +94,7 @@ class Router:
         else:
             return _MALFORMED
         target = self._by_address.get(dst)
-        return _NO_SESSION if target is None else target
+        if target is not None:
+            return target
+        # The kernel's own multicast (MLD reports, IGMP) on the TUN device is no one's.
+        return _MULTICAST if dst[0] == 0xFF or 224 <= dst[0] <= 239 else _NO_SESSION

@@ -28,6 +28,7 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
+from zgate_host.sockets import enlarge_udp_buffers
 from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, Identity, PkiError
 from zgate_proto.capsules import AddressRequest, DatagramCapsule
@@ -134,6 +135,7 @@ class RelayServer:
             lambda: _UdpProtocol(self), local_addr=(host, port)
         )
         assert self.transport is not None
+        enlarge_udp_buffers(self.transport.get_extra_info("socket"))
         if self.egress is not None:
             self._loop.add_reader(self.egress.fileno(), self._egress_readable)
         sockname = self.transport.get_extra_info("sockname")
