@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -48,8 +48,14 @@ def serve_status(
     port: int,
     registry: CollectorRegistry,
     status: Callable[[], dict[str, Any]] | None = None,
+    actions: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
 ) -> StatusServer:
-    """Serve /metrics (and /status when given) on host:port in a background thread."""
+    """Serve /metrics (and /status when given) on host:port in a background thread.
+
+    ``actions`` map a path to a callable run on POST (e.g. ``/reload``); its result is the
+    JSON answer. They run in the HTTP thread: hand work to the event loop thread-safely.
+    """
+    posts = dict(actions or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -63,6 +69,18 @@ def serve_status(
                 self._send(200, "text/plain; charset=utf-8", b"ok\n")
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+        def do_POST(self) -> None:
+            action = posts.get(self.path.split("?", 1)[0])
+            if action is None:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+                return
+            try:
+                result = action()
+            except Exception as exc:
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            code = 200 if result.get("ok", True) else 409
+            self._send(code, "application/json", json.dumps(result, default=str).encode() + b"\n")
 
         def _send(self, code: int, content_type: str, body: bytes) -> None:
             self.send_response(code)

@@ -7,14 +7,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import lab_cmd, pki_cmd
+from . import lab_cmd, pki_cmd, policy_cmd
 
 __all__ = ["build_parser", "main"]
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: One entry per command group; a new group (e.g. ``policy``) adds its module's ``register``.
-COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (pki_cmd.register, lab_cmd.register)
+COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (
+    pki_cmd.register,
+    policy_cmd.register,
+    lab_cmd.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

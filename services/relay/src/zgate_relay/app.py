@@ -1,4 +1,8 @@
-"""Wires the relay together from its settings and runs it until SIGTERM/SIGINT."""
+"""Wires the relay together from its settings and runs it until SIGTERM/SIGINT.
+
+SIGHUP reloads the policy, re-reads the CA/CRL and reopens the audit log; the policy file
+is also watched, and POST /reload on the metrics endpoint reloads it on request.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,33 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from zgate_host.httpd import serve_status
 from zgate_host.privileges import require_net_admin
 from zgate_pki import ChainVerifier, init_pki
+from zgate_policy import PolicyError
+from zgate_policy.flows import FlowTable
+from zgate_relay.audit import AuditLog
+from zgate_relay.dns import DnsProxy
 from zgate_relay.egress import Egress
+from zgate_relay.enforce import Enforcer
+from zgate_relay.fqdn import FqdnBindings
+from zgate_relay.geoip import GeoIP
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import build_server_configuration
+from zgate_relay.policy import PolicyManager
 from zgate_relay.pool import AddressPool
 from zgate_relay.server import RelayServer
 from zgate_relay.settings import RelaySettings
 
-__all__ = ["ensure_pki", "run_relay"]
+__all__ = ["ensure_pki", "run_relay", "system_resolvers"]
 
 log = logging.getLogger("zgate.relay")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def ensure_pki(settings: RelaySettings) -> None:
@@ -41,73 +57,206 @@ def ensure_pki(settings: RelaySettings) -> None:
     init_pki(settings.pki)
 
 
+def system_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The nameservers of resolv.conf, minus loopback ones (unreachable from the relay's
+    point of view when it forwards for agents through its own stub)."""
+    servers = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    if not ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                        servers.append(parts[1])
+    return servers
+
+
 async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = None) -> None:
     """Run a relay until it is told to stop (SIGTERM/SIGINT)."""
     if settings.egress:
         require_net_admin("the relay's egress (TUN device, forwarding, nftables NAT)")
     ensure_pki(settings)
-    pki = settings.pki
-    verifier = ChainVerifier(pki / "ca.pem", pki / "crl.pem")
-    configuration = build_server_configuration(
-        pki / "relay.pem",
-        pki / "relay.key",
-        max_datagram_size=settings.max_datagram_size,
-        idle_timeout=settings.idle_timeout,
-    )
-    pool = AddressPool(settings.pool, settings.pool6)
     metrics = RelayMetrics()
-    egress: Egress | None = None
-    if settings.egress:
-        gateways: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
-            ipaddress.IPv4Interface(f"{pool.gateway4}/{settings.pool.prefixlen}")
-        ]
-        if pool.gateway6 is not None and settings.pool6 is not None:
-            gateways.append(ipaddress.IPv6Interface(f"{pool.gateway6}/{settings.pool6.prefixlen}"))
-        egress = Egress.open(
-            name=settings.tun_name, mtu=settings.tun_mtu, gateways=gateways, nat=settings.nat
-        )
+    audit = AuditLog(
+        settings.relay_name,
+        path=settings.audit_log,
+        stream=sys.stdout if settings.audit_stdout else None,
+    )
+    metrics.audit_records.set_function(lambda: audit.written)
+    metrics.audit_dropped.set_function(lambda: audit.dropped)
+    geoip = GeoIP(settings.geoip) if settings.geoip is not None else None
+    policies = PolicyManager(
+        settings.policy,
+        geoip_available=geoip is not None,
+        metrics=metrics,
+        relay_name=settings.relay_name,
+        audit=audit.emit,
+    )
+    try:
+        policy = policies.load_initial()
+    except PolicyError as exc:
+        audit.close()
+        raise SystemExit(f"zgate-relay: the policy cannot be used:\n{exc}") from None
+    pool = AddressPool(settings.pool, settings.pool6)
+    gateways: list[Address] = [pool.gateway4] + ([pool.gateway6] if pool.gateway6 else [])
+    fqdns = FqdnBindings()
+    flows = FlowTable(settings.max_flows, settings.max_flows_per_session)
+    enforcer = Enforcer(
+        policy,
+        flows=flows,
+        relay_name=settings.relay_name,
+        relay_addresses=frozenset(g.packed for g in gateways),
+        names_for=fqdns.names_for,
+        country_of=geoip.country if geoip is not None else None,
+        on_decision=lambda d: metrics.decisions.labels(d.rule_id, d.verdict).inc(),
+    )
+    policies.apply = enforcer.set_policy
+    egress = _open_egress(settings, pool) if settings.egress else None
+    pki = settings.pki
+    server = RelayServer(
+        configuration=build_server_configuration(
+            pki / "relay.pem",
+            pki / "relay.key",
+            max_datagram_size=settings.max_datagram_size,
+            idle_timeout=settings.idle_timeout,
+        ),
+        verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
+        pool=pool,
+        metrics=metrics,
+        egress=egress.device if egress else None,
+        routes=settings.routes,
+        datagram_queue=settings.datagram_queue,
+        max_capsule_size=settings.max_capsule_size,
+        enforcer=enforcer,
+        audit=audit.emit,
+        relay_name=settings.relay_name,
+    )
+    dns: DnsProxy | None = None
     http = None
     try:
-        server = RelayServer(
-            configuration=configuration,
-            verifier=verifier,
-            pool=pool,
-            metrics=metrics,
-            egress=egress.device if egress else None,
-            routes=settings.routes,
-            datagram_queue=settings.datagram_queue,
-            max_capsule_size=settings.max_capsule_size,
-        )
         await server.start(*settings.listen_address)
+        if settings.dns:
+            dns = await _start_dns(settings, server, fqdns, gateways, metrics)
+        loop = asyncio.get_running_loop()
+
+        def reload_now() -> dict[str, object]:
+            future = asyncio.run_coroutine_threadsafe(policies.reload("reload"), loop)
+            return future.result(timeout=60).as_dict()
+
         if settings.metrics_address is not None:
-            http = serve_status(*settings.metrics_address, metrics.registry, server.status)
+            http = serve_status(
+                *settings.metrics_address,
+                metrics.registry,
+                server.status,
+                actions={"/reload": reload_now},
+            )
             log.info("metrics served", extra={"address": f"{http.url}/metrics"})
-        await _serve_until_stopped(server, settings, ready)
+        await _serve_until_stopped(server, settings, policies, audit, fqdns, ready)
     finally:
         if http is not None:
             http.close()
+        if dns is not None:
+            await dns.close()
         if egress is not None:
             egress.close()
+        if geoip is not None:
+            geoip.close()
+        audit.close(timeout=5)
+
+
+def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
+    gateways: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
+        ipaddress.IPv4Interface(f"{pool.gateway4}/{settings.pool.prefixlen}")
+    ]
+    if pool.gateway6 is not None and settings.pool6 is not None:
+        gateways.append(ipaddress.IPv6Interface(f"{pool.gateway6}/{settings.pool6.prefixlen}"))
+    return Egress.open(
+        name=settings.tun_name, mtu=settings.tun_mtu, gateways=gateways, nat=settings.nat
+    )
+
+
+async def _start_dns(
+    settings: RelaySettings,
+    server: RelayServer,
+    fqdns: FqdnBindings,
+    gateways: list[Address],
+    metrics: RelayMetrics,
+) -> DnsProxy | None:
+    upstreams = settings.dns_upstreams
+    if upstreams is None:
+        upstreams = system_resolvers()
+    if not upstreams:
+        log.warning(
+            "no DNS upstream (none given, none usable in /etc/resolv.conf): agents "
+            "get no DNS service and FQDN rules match nothing; set --dns-upstream"
+        )
+        return None
+    loop = asyncio.get_running_loop()
+
+    def on_answer(client: Address, name: str, addresses: list[Address], ttl: int) -> None:
+        session = server.router.session_for(client.packed)
+        if session is not None:
+            fqdns.record(session.identity.ident, name, addresses, ttl, loop.time())
+
+    proxy = DnsProxy(upstreams=upstreams, on_answer=on_answer, freebind=True)
+    addresses = [str(g) for g in gateways] if settings.egress else ["127.0.0.1"]
+    port = await proxy.start(addresses, settings.dns_port)
+    metrics.watch_dns(proxy.stats.as_dict)
+    log.info(
+        "DNS service for agents",
+        extra={"addresses": addresses, "port": port, "upstreams": upstreams},
+    )
+    return proxy
 
 
 async def _serve_until_stopped(
-    server: RelayServer, settings: RelaySettings, ready: asyncio.Event | None
+    server: RelayServer,
+    settings: RelaySettings,
+    policies: PolicyManager,
+    audit: AuditLog,
+    fqdns: FqdnBindings,
+    ready: asyncio.Event | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    tasks: set[asyncio.Task[object]] = set()
+
+    def spawn(coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_sighup() -> None:
+        log.info("SIGHUP: reloading the policy and the CA/CRL, reopening the audit log")
+        audit.reopen()
+        server.check_revocations()
+        spawn(policies.reload("sighup"))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.check_revocations)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
-    async def watch_crl() -> None:
+    async def every(interval: float, work: Callable[[], object], what: str) -> None:
         while True:
-            await asyncio.sleep(settings.crl_check_interval)
+            await asyncio.sleep(interval)
             try:
-                server.check_revocations()
-            except Exception:  # a bad CRL file must not stop the relay
-                log.exception("CRL check failed; keeping the previous CRL")
+                result = work()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # housekeeping must never stop the relay
+                log.exception(f"{what} failed; will try again")
 
-    watcher = asyncio.create_task(watch_crl())
+    async def watch_policy() -> None:
+        if policies.file_changed():
+            await policies.reload("file")
+
+    def housekeeping() -> None:
+        server.tick()
+        fqdns.expire(loop.time())
+
+    spawn(every(settings.crl_check_interval, server.check_revocations, "CRL check"))
+    spawn(every(settings.policy_check_interval, watch_policy, "policy file check"))
+    spawn(every(1.0, housekeeping, "flow expiry"))
     if ready is not None:
         ready.set()
     log.info("relay ready", extra={"pki": str(Path(settings.pki).resolve())})
@@ -115,9 +264,11 @@ async def _serve_until_stopped(
         await stop.wait()
         log.info("relay stopping")
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in list(tasks):
+            task.cancel()
+        for task in list(tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await server.close()

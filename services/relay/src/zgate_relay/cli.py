@@ -73,6 +73,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest UDP payload QUIC sends [1452]",
     )
+    p.add_argument(
+        "--policy",
+        type=Path,
+        metavar="FILE",
+        help="access policy (YAML); reloaded on change and on SIGHUP. Without "
+        "one, every authenticated client may reach everything",
+    )
+    p.add_argument(
+        "--geoip",
+        type=Path,
+        metavar="FILE",
+        help="MaxMind-format country database, needed by country rules",
+    )
+    p.add_argument(
+        "--audit-log",
+        type=Path,
+        metavar="FILE",
+        help="append audit records (JSON lines) here; reopened on SIGHUP [.zgate/audit.log]",
+    )
+    p.add_argument(
+        "--audit-stdout",
+        action="store_const",
+        const=True,
+        help="also write audit records to stdout",
+    )
+    p.add_argument(
+        "--dns-upstream",
+        dest="dns_upstreams",
+        action="append",
+        metavar="IP[:PORT]",
+        help="resolver for the agents' DNS service (repeatable) [/etc/resolv.conf]",
+    )
+    p.add_argument(
+        "--no-dns",
+        dest="dns",
+        action="store_const",
+        const=False,
+        help="do not serve DNS to agents (FQDN rules then match nothing)",
+    )
+    p.add_argument("--relay-name", metavar="NAME", help="name in audit records [hostname]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
     return p

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["DIRECTIONS", "DROP_REASONS", "REFUSAL_REASONS", "RelayMetrics"]
+__all__ = ["DIRECTIONS", "DNS_OUTCOMES", "DROP_REASONS", "REFUSAL_REASONS", "RelayMetrics"]
+
+#: How DNS queries from agents ended.
+DNS_OUTCOMES = ("answered", "failed", "malformed", "overloaded", "refused")
 
 #: Packet directions as seen by the relay.
 DIRECTIONS = ("from_agent", "to_agent", "to_egress", "from_egress")
@@ -24,6 +29,9 @@ DROP_REASONS = (
     "ttl_expired",  # TTL / hop limit reached zero
     "session_closed",  # the target session is closing
     "egress_write",  # the kernel refused the packet on the TUN device
+    "policy_denied",  # the flow's policy verdict is deny
+    "no_flow",  # towards an agent, but no reply to a flow the policy allowed
+    "flow_table_full",  # a new flow beyond the flow table's bounds
 )
 
 #: Why a handshake or a request was refused.
@@ -81,6 +89,73 @@ class RelayMetrics:
             "zgate_relay_crl_reloads", "Times the CA/CRL files were re-read.", registry=r
         )
 
+        # Access control.
+        self.flows = Gauge("zgate_relay_flows", "Flows in the flow table.", registry=r)
+        self.policy_version = Gauge(
+            "zgate_policy_version_info",
+            "The running policy version (value 1).",
+            ["version"],
+            registry=r,
+        )
+        reloads = Counter(
+            "zgate_policy_reloads", "Policy loads, by result.", ["result"], registry=r
+        )
+        self.policy_reloads = {result: reloads.labels(result) for result in ("ok", "refused")}
+        self.policy_last_reload_ok = Gauge(
+            "zgate_policy_last_reload_ok",
+            "1 if the last policy load succeeded, else 0.",
+            registry=r,
+        )
+        self.decisions = Counter(
+            "zgate_policy_decisions",
+            "Flow decisions, by deciding rule and verdict.",
+            ["rule", "verdict"],
+            registry=r,
+        )
+        self.audit_records = Gauge(
+            "zgate_relay_audit_records_written", "Audit records written since start.", registry=r
+        )
+        self.audit_dropped = Gauge(
+            "zgate_relay_audit_records_dropped",
+            "Audit records lost because the writer fell behind.",
+            registry=r,
+        )
+
+    def watch_rules(self, rule_ids: Iterable[str]) -> None:
+        """Create the decision series of a policy's rules at zero (bounded: one per rule)."""
+        for rule in rule_ids:
+            for verdict in ("allow", "deny"):
+                self.decisions.labels(rule, verdict)
+
+    def watch_dns(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Export the DNS service's own counters (read at scrape time)."""
+        self.registry.register(_DnsCollector(stats))
+
     def watch_queue_depth(self, depth: Callable[[], float]) -> None:
         """Compute the queue depth gauge at scrape time instead of per packet."""
         self.queue_depth.set_function(depth)
+
+
+class _DnsCollector(Collector):
+    """``zgate_relay_dns_queries_total{outcome}`` from the DNS proxy's counters."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "zgate_relay_dns_queries", "DNS queries from agents, by outcome.", labels=["outcome"]
+        )
+        stats = self._stats()
+        for outcome, key in _DNS_STAT_KEYS.items():
+            family.add_metric([outcome], float(stats.get(key, 0)))
+        yield family
+
+
+_DNS_STAT_KEYS = {
+    "answered": "answers",
+    "failed": "failures",
+    "malformed": "malformed",
+    "overloaded": "overloaded",
+    "refused": "refused",
+}

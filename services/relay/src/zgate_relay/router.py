@@ -1,13 +1,18 @@
 """Where each packet goes (sans-IO). The one place that decides: session to session,
-session to egress, egress to session, or dropped (with a reason from a fixed set)."""
+session to egress, egress to session, or dropped (with a reason from a fixed set).
+
+With an :class:`~zgate_relay.enforce.Enforcer` every packet must also belong to a flow the
+policy allowed; a denied packet may come back as a :class:`Reject` carrying the ICMP
+"administratively prohibited" answer for its sender."""
 
 from __future__ import annotations
 
 from typing import Final
 
+from zgate_relay.enforce import Enforcer
 from zgate_relay.session import RelaySession
 
-__all__ = ["EGRESS", "Drop", "Egress", "Router"]
+__all__ = ["EGRESS", "Drop", "Egress", "Reject", "Router"]
 
 
 class Egress:
@@ -34,6 +39,16 @@ class Drop:
         return f"Drop({self.reason!r})"
 
 
+class Reject(Drop):
+    """A dropped packet whose sender gets an ICMP error (built for the denied packet)."""
+
+    __slots__ = ("icmp",)
+
+    def __init__(self, reason: str, icmp: bytes) -> None:
+        super().__init__(reason)
+        self.icmp = icmp
+
+
 # Pre-built so that routing a packet allocates nothing.
 _MALFORMED: Final = Drop("malformed_packet")
 _SPOOFED: Final = Drop("spoofed_source")
@@ -44,8 +59,10 @@ _MULTICAST: Final = Drop("multicast")
 class Router:
     """Maps tunnel addresses (raw 4/16-byte keys) to sessions and routes packets."""
 
-    def __init__(self) -> None:
+    def __init__(self, enforcer: Enforcer | None = None) -> None:
         self._by_address: dict[bytes, RelaySession] = {}
+        self.enforcer = enforcer
+        self._drops: dict[str, Drop] = {}
 
     def attach(self, session: RelaySession) -> None:
         """Make the session reachable at its addresses."""
@@ -64,8 +81,17 @@ class Router:
     def __len__(self) -> int:
         return len(self._by_address)
 
-    def from_session(self, session: RelaySession, packet: bytes) -> RelaySession | Egress | Drop:
-        """Route a packet an agent sent: its source must be the agent's own address."""
+    def _drop(self, reason: str) -> Drop:
+        drop = self._drops.get(reason)
+        if drop is None:
+            drop = self._drops[reason] = Drop(reason)
+        return drop
+
+    def from_session(
+        self, session: RelaySession, packet: bytes, now: float = 0.0
+    ) -> RelaySession | Egress | Drop:
+        """Route a packet an agent sent: its source must be the agent's own address, and
+        (with an enforcer) its flow allowed by the policy."""
         n = len(packet)
         if n < 20:
             return _MALFORMED
@@ -78,10 +104,17 @@ class Router:
             return _MALFORMED
         if src not in session.raw_addresses:
             return _SPOOFED
+        enforcer = self.enforcer
+        if enforcer is not None:
+            verdict = enforcer.outbound(session, packet, now)
+            if not verdict.allowed:
+                if verdict.icmp is not None:
+                    return Reject(verdict.reason, verdict.icmp)
+                return self._drop(verdict.reason)
         target = self._by_address.get(dst)
         return EGRESS if target is None else target
 
-    def from_egress(self, packet: bytes) -> RelaySession | Drop:
+    def from_egress(self, packet: bytes, now: float = 0.0) -> RelaySession | Drop:
         """Route a packet the kernel sent into the TUN device, by destination."""
         n = len(packet)
         if n < 20:
@@ -95,6 +128,11 @@ class Router:
             return _MALFORMED
         target = self._by_address.get(dst)
         if target is not None:
+            enforcer = self.enforcer
+            if enforcer is not None:
+                verdict = enforcer.inbound(target, packet, now)
+                if not verdict.allowed:
+                    return self._drop(verdict.reason)
             return target
         # The kernel's own multicast (MLD reports, IGMP) on the TUN device is no one's.
         return _MULTICAST if dst[0] == 0xFF or 224 <= dst[0] <= 239 else _NO_SESSION

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import cast
 
 from aioquic._buffer import Buffer
@@ -31,6 +32,7 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 from zgate_host.sockets import enlarge_udp_buffers
 from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, Identity, PkiError
+from zgate_policy.audit import AuditEvent, AuthRefused, SessionClosed, SessionOpened
 from zgate_proto.capsules import AddressRequest, DatagramCapsule
 from zgate_proto.errors import DecodeError, RequestError
 from zgate_proto.h3 import (
@@ -43,10 +45,11 @@ from zgate_proto.h3 import (
 from zgate_proto.icmp import packet_too_big
 from zgate_proto.ip import decrement_ttl
 from zgate_proto.request import parse_connect_ip_request, response_headers
+from zgate_relay.enforce import Enforcer
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import MtlsServerConnection
 from zgate_relay.pool import AddressPool, PoolExhausted
-from zgate_relay.router import EGRESS, Drop, Router
+from zgate_relay.router import EGRESS, Drop, Reject, Router
 from zgate_relay.session import RelaySession
 
 __all__ = ["H3_MESSAGE_ERROR", "RelayServer"]
@@ -56,6 +59,10 @@ log = logging.getLogger("zgate.relay")
 H3_MESSAGE_ERROR = 0x10E  # RFC 9114 §8.1: malformed message (RFC 9297 §3.3 for capsules)
 H3_REQUEST_CANCELLED = 0x10C
 QUIC_MIN_INITIAL_SIZE = 1200
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(eq=False)
@@ -105,6 +112,9 @@ class RelayServer:
         datagram_queue: int = 512,
         max_capsule_size: int = 65536 + 64,
         clock: Callable[[], float] | None = None,
+        enforcer: Enforcer | None = None,
+        audit: Callable[[AuditEvent], object] | None = None,
+        relay_name: str = "relay",
     ) -> None:
         self.configuration = configuration
         self.verifier = verifier
@@ -114,7 +124,10 @@ class RelayServer:
         self.routes = routes
         self.datagram_queue = datagram_queue
         self.max_capsule_size = max_capsule_size
-        self.router = Router()
+        self.router = Router(enforcer)
+        self.enforcer = enforcer
+        self.audit = audit
+        self.relay_name = relay_name
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._now = clock or self._loop.time
@@ -145,6 +158,8 @@ class RelayServer:
     async def close(self) -> None:
         """Close every connection (telling peers), stop listening, stop reading egress."""
         for conn in list(self._by_quic.values()):
+            for session in list(conn.sessions.values()):
+                self._close_session(conn, session, reason="relay shutting down")
             conn.quic.close(error_code=0, reason_phrase="relay shutting down")
             self._dirty.add(conn)
         self._flush()
@@ -268,6 +283,15 @@ class RelayServer:
 
     def _refused(self, addr: NetworkAddress, reason: str, detail: str) -> None:
         self.metrics.refusals.get(reason, self.metrics.refusals["handshake_failed"]).inc()
+        self._audit(
+            AuthRefused(
+                ts=_utcnow(),
+                relay=self.relay_name,
+                peer=f"{addr[0]}:{addr[1]}",
+                reason=reason,
+                detail=detail,
+            )
+        )
         log.warning(
             "handshake refused",
             extra={"peer": f"{addr[0]}:{addr[1]}", "reason": reason, "detail": detail},
@@ -278,9 +302,28 @@ class RelayServer:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def _audit(self, event: AuditEvent) -> None:
+        if self.audit is not None:
+            self.audit(event)
+
+    def tick(self) -> None:
+        """Periodic housekeeping (about once a second): end idle flows, export gauges."""
+        enforcer = self.enforcer
+        if enforcer is not None:
+            enforcer.expire(self._now())
+            self.metrics.flows.set(len(enforcer.flows))
+            self._drain_audit()
+
+    def _drain_audit(self) -> None:
+        enforcer = self.enforcer
+        if enforcer is not None and enforcer.events:
+            for event in enforcer.take_events():
+                self._audit(event)
+
     def _flush(self) -> None:
         """Send what every touched connection has to send, and re-arm its timer."""
         self._flush_scheduled = False
+        self._drain_audit()
         dirty, self._dirty = self._dirty, set()
         transport = self.transport
         now = self._now()
@@ -453,6 +496,19 @@ class RelayServer:
         )
         self.metrics.sessions.inc()
         self.metrics.sessions_total.inc()
+        self._audit(
+            SessionOpened(
+                ts=_utcnow(),
+                relay=self.relay_name,
+                client=str(session.identity),
+                kind=session.identity.kind,
+                serial=f"{session.identity.serial:x}",
+                session=session.session_id,
+                addresses=tuple(str(a) for a in session.addresses),
+                peer=session.peer,
+                mode=mode.value,
+            )
+        )
         log.info(
             "session open",
             extra={
@@ -492,7 +548,29 @@ class RelayServer:
         if conn.sessions.pop(session.stream.stream_id, None) is None:
             return
         self.router.detach(session)
+        addresses = tuple(str(a) for a in session.addresses)
         session.release(self.pool)
+        if self.enforcer is not None:
+            self.enforcer.end_session(session)
+        self._audit(
+            SessionClosed(
+                ts=_utcnow(),
+                relay=self.relay_name,
+                client=str(session.identity),
+                kind=session.identity.kind,
+                serial=f"{session.identity.serial:x}",
+                session=session.session_id,
+                addresses=addresses,
+                peer=session.peer,
+                mode=session.stream.mode.value,
+                reason=reason,
+                duration_s=time.time() - session.opened_at,
+                bytes_out=session.bytes_in,
+                bytes_in=session.bytes_out,
+                packets_out=session.packets_in,
+                packets_in=session.packets_out,
+            )
+        )
         if send_fin:
             session.stream.close()
         else:
@@ -521,7 +599,7 @@ class RelayServer:
         session.bytes_in += size
         m.packets["from_agent"].inc()
         m.bytes["from_agent"].inc(size)
-        target = self.router.from_session(session, packet)
+        target = self.router.from_session(session, packet, self._loop.time())
         if target is EGRESS:
             if self.egress is None:
                 m.drops["no_session"].inc()
@@ -531,6 +609,8 @@ class RelayServer:
             m.bytes["to_egress"].inc(size)
         elif isinstance(target, Drop):
             m.drops[target.reason].inc()
+            if isinstance(target, Reject):
+                self._to_agent(session, target.icmp, from_session=None)
         else:
             forwarded = bytearray(packet)
             if not decrement_ttl(forwarded):
@@ -543,12 +623,13 @@ class RelayServer:
         route = self.router.from_egress
         drops = self.metrics.drops
         packets = self.egress.read_batch(64)
+        now = self._loop.time()
         from_egress_packets = self.metrics.packets["from_egress"]
         from_egress_bytes = self.metrics.bytes["from_egress"]
         for packet in packets:
             from_egress_packets.inc()
             from_egress_bytes.inc(len(packet))
-            target = route(packet)
+            target = route(packet, now)
             if isinstance(target, Drop):
                 drops[target.reason].inc()
             else:

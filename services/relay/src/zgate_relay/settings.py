@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +65,25 @@ class RelaySettings(LayeredSettings):
     routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = Field(
         None, description="prefixes advertised to agents; null: everything"
     )
+    relay_name: str = Field(
+        default_factory=socket.gethostname, description="this relay's name in audit records"
+    )
+    policy: Path | None = Field(
+        None, description="access policy file (YAML); none: every client may reach everything"
+    )
+    policy_check_interval: float = Field(1.0, gt=0, description="seconds between file checks")
+    geoip: Path | None = Field(None, description="MaxMind-format GeoIP country database")
+    dns: bool = Field(True, description="serve DNS to agents at the relay's tunnel addresses")
+    dns_upstreams: list[str] | None = Field(
+        None, description="resolvers the DNS service forwards to; null: /etc/resolv.conf's"
+    )
+    dns_port: int = Field(53, ge=0, le=65535, description="port of the DNS service")
+    audit_log: Path | None = Field(
+        Path(".zgate/audit.log"), description="audit log file (JSON lines); null: none"
+    )
+    audit_stdout: bool = Field(False, description="also write audit records to stdout")
+    max_flows: int = Field(262144, ge=16, description="flows tracked in total")
+    max_flows_per_session: int = Field(8192, ge=4, description="flows tracked per session")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

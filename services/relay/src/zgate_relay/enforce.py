@@ -1,0 +1,264 @@
+"""Access control on the packet path (sans-IO; time passed in).
+
+Every packet from an agent belongs to a flow. The first packet of a flow is decided by the
+policy, and the decision is kept in the flow table, so later packets cost one dict lookup.
+Packets towards an agent pass only as replies to a flow the policy allowed. Everything the
+auditor needs is queued in :attr:`Enforcer.events` for the pump to write, never per packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+from zgate_pki import Identity
+from zgate_policy import CompiledPolicy, Decision
+from zgate_policy.audit import AuditEvent, FlowDecided, FlowEnded
+from zgate_policy.flows import Flow, FlowKey, FlowTable, flow_key_from_packet, reply_key_from_packet
+from zgate_proto.icmp import admin_prohibited
+
+__all__ = ["RELAY_DNS_RULE", "EnforcedSession", "Enforcer", "IcmpBudget", "Verdict"]
+
+#: The rule id under which agents' queries to the relay's own DNS service are allowed:
+#: the FQDN rules depend on that service, so no policy may cut agents off from it.
+RELAY_DNS_RULE: Final = "relay-dns"
+_DNS_ALLOWED: Final = Decision("allow", RELAY_DNS_RULE)
+_TCP, _UDP = 6, 17
+_DNS_PORT = 53
+
+
+class EnforcedSession(Protocol):
+    """What the enforcer needs of a session."""
+
+    session_id: str
+    identity: Identity
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The outcome for one packet: forward it, or drop it with a reason (and maybe answer
+    the sender with an ICMP error)."""
+
+    allowed: bool
+    reason: str = ""
+    icmp: bytes | None = None
+
+
+ALLOWED: Final = Verdict(True)
+_NO_FLOW: Final = Verdict(False, "no_flow")
+_MALFORMED: Final = Verdict(False, "malformed_packet")
+_TABLE_FULL: Final = Verdict(False, "flow_table_full")
+_DENIED: Final = Verdict(False, "policy_denied")
+
+
+@dataclass(slots=True)
+class IcmpBudget:
+    """A token bucket per session for ICMP "administratively prohibited" answers, so a
+    denied flood does not turn the relay into an ICMP generator."""
+
+    rate: float = 10.0
+    burst: float = 20.0
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def take(self, session_id: str, now: float) -> bool:
+        """One answer allowed for this session now?"""
+        tokens, last = self._buckets.get(session_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[session_id] = (tokens, now)
+            return False
+        self._buckets[session_id] = (tokens - 1, now)
+        return True
+
+    def forget(self, session_id: str) -> None:
+        """Drop a closed session's bucket."""
+        self._buckets.pop(session_id, None)
+
+
+class Enforcer:
+    """Decides flows with the current policy and keeps them in the flow table."""
+
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        *,
+        flows: FlowTable,
+        relay_name: str,
+        relay_addresses: frozenset[bytes] = frozenset(),
+        names_for: Callable[[str, bytes, float], frozenset[str]] | None = None,
+        country_of: Callable[[bytes], str | None] | None = None,
+        icmp_budget: IcmpBudget | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.policy = policy
+        self.flows = flows
+        self.relay_name = relay_name
+        self.relay_addresses = relay_addresses
+        self.names_for = names_for
+        self.country_of = country_of
+        self.icmp_budget = icmp_budget or IcmpBudget()
+        self.on_decision = on_decision
+        self.wall_clock = wall_clock
+        self.events: list[AuditEvent] = []
+        self._sessions: dict[str, EnforcedSession] = {}
+
+    # ---------------------------------------------------------------- packets
+
+    def outbound(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
+        """A packet an agent sent (its source already checked): its flow's verdict."""
+        key = flow_key_from_packet(packet)
+        if key is None:
+            return _MALFORMED
+        flows = self.flows
+        flow = flows.get(key)
+        if flow is None:
+            # An answer to a flow another agent opened towards this one?
+            reply = reply_key_from_packet(packet)
+            opened = flows.get(reply) if reply is not None else None
+            if opened is not None and opened.verdict == "allow":
+                flows.seen_in(opened, len(packet), _tcp_flags(packet, reply), now)
+                return ALLOWED
+            flow = self._new_flow(session, key, now)
+            if flow is None:
+                return _TABLE_FULL
+        flows.seen_out(flow, len(packet), _tcp_flags(packet, key), now)
+        if flow.verdict == "allow":
+            return ALLOWED
+        return self._denied(session, packet, now)
+
+    def inbound(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
+        """A packet towards an agent: only replies to a flow of that session's that the
+        policy allowed get through."""
+        key = reply_key_from_packet(packet)
+        if key is None:
+            return _MALFORMED
+        flow = self.flows.get(key)
+        if flow is None or flow.verdict != "allow" or flow.session_id != session.session_id:
+            return _NO_FLOW
+        self.flows.seen_in(flow, len(packet), _tcp_flags(packet, key), now)
+        return ALLOWED
+
+    def _new_flow(self, session: EnforcedSession, key: FlowKey, now: float) -> Flow | None:
+        identity = session.identity
+        names = self.names_for(identity.ident, key.dst, now) if self.names_for is not None else ()
+        if key.dst in self.relay_addresses and key.dport == _DNS_PORT and key.proto in (_TCP, _UDP):
+            decision = _DNS_ALLOWED
+        else:
+            policy = self.policy
+            country = (
+                self.country_of(key.dst)
+                if policy.uses_geoip and self.country_of is not None
+                else None
+            )
+            decision = policy.decide(
+                identity.ident,
+                identity.groups,
+                key.proto,
+                ipaddress.ip_address(key.dst),
+                key.dport if key.proto in (_TCP, _UDP, 132) else None,
+                fqdns=names,
+                country=country,
+                now=self.wall_clock(),
+            )
+        fqdn = min(names) if names else None
+        flow = self.flows.add(key, session.session_id, decision, self.policy.version, now, fqdn)
+        if flow is None:
+            return None
+        self._sessions[session.session_id] = session
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        self.events.append(
+            FlowDecided.from_flow(
+                flow, ts=self.wall_clock(), relay=self.relay_name, client=str(identity)
+            )
+        )
+        return flow
+
+    def _denied(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
+        if not self.icmp_budget.take(session.session_id, now):
+            return _DENIED
+        source = next(iter(sorted(self.relay_addresses, key=len)), None)
+        version = packet[0] >> 4
+        gateway = next(
+            (a for a in self.relay_addresses if len(a) == (4 if version == 4 else 16)), source
+        )
+        if gateway is None:
+            return _DENIED
+        icmp = admin_prohibited(packet, ipaddress.ip_address(gateway))
+        return Verdict(False, "policy_denied", icmp) if icmp is not None else _DENIED
+
+    # ------------------------------------------------------------ lifecycle
+
+    def expire(self, now: float) -> int:
+        """End idle flows (amortized); returns how many ended."""
+        return self._ended(self.flows.expire(now))
+
+    def end_session(self, session: EnforcedSession) -> int:
+        """End every flow of a closed session."""
+        self.icmp_budget.forget(session.session_id)
+        ended = self._ended(self.flows.end_session(session.session_id))
+        self._sessions.pop(session.session_id, None)
+        return ended
+
+    def set_policy(self, policy: CompiledPolicy) -> int:
+        """Swap in a new policy version: flows it would decide differently are ended (the
+        next packet of such a flow is decided again). Returns how many ended."""
+        self.policy = policy
+        now = self.wall_clock()
+
+        def decide(flow: Flow) -> Decision:
+            if flow.rule_id == RELAY_DNS_RULE:
+                return _DNS_ALLOWED
+            session = self._sessions.get(flow.session_id)
+            if session is None:
+                return Decision("deny", "default")
+            key = flow.key
+            names = (
+                self.names_for(session.identity.ident, key.dst, 0.0)
+                if self.names_for is not None and flow.fqdn is not None
+                else ()
+            )
+            country = (
+                self.country_of(key.dst)
+                if policy.uses_geoip and self.country_of is not None
+                else None
+            )
+            return policy.decide(
+                session.identity.ident,
+                session.identity.groups,
+                key.proto,
+                ipaddress.ip_address(key.dst),
+                key.dport if key.proto in (_TCP, _UDP, 132) else None,
+                fqdns=names or ((flow.fqdn,) if flow.fqdn else ()),
+                country=country,
+                now=now,
+            )
+
+        return self._ended(self.flows.revalidate(decide, policy_version=policy.version))
+
+    def _ended(self, flows: list[Flow]) -> int:
+        ts = self.wall_clock()
+        for flow in flows:
+            session = self._sessions.get(flow.session_id)
+            client = str(session.identity) if session is not None else ""
+            self.events.append(
+                FlowEnded.from_flow(flow, ts=ts, relay=self.relay_name, client=client)
+            )
+        return len(flows)
+
+    def take_events(self) -> list[AuditEvent]:
+        """The audit events queued since the last call."""
+        events, self.events = self.events, []
+        return events
+
+
+def _tcp_flags(packet: bytes, key: FlowKey | None) -> int | None:
+    if key is None or key.proto != _TCP:
+        return None
+    version = packet[0] >> 4
+    offset = (packet[0] & 0x0F) * 4 if version == 4 else 40
+    return packet[offset + 13] if len(packet) > offset + 13 else None
