@@ -332,6 +332,17 @@ class Lab:
         self.daemons.append(daemon)
         return daemon
 
+    @property
+    def audit_log(self) -> Path:
+        """Where the lab's relay writes its audit records."""
+        return self.workdir / "audit.log"
+
+    def audit_records(self) -> list[dict[str, object]]:
+        """The relay's audit records so far."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+
     def start_relay(self, *extra: str) -> Daemon:
         """Start the relay and wait until it listens."""
         relay = self.spawn(
@@ -345,6 +356,10 @@ class Lab:
                 f"{RELAY_LAN_IP}:4433",
                 "--metrics",
                 "127.0.0.1:9101",
+                "--audit-log",
+                str(self.audit_log),
+                "--dns-upstream",
+                INET_IP,
                 "--tun-name",
                 "zgate0",
                 *extra,
