@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
     """Every metric the relay and the agent export, with their labels and label values,
     read from fresh registries of the services' own metrics modules."""

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .testing import TestResult
 
 __all__ = [
+    "KEY",
     "FieldPath",
     "PolicyError",
     "PolicyInvalid",
@@ -21,13 +22,16 @@ __all__ = [
 
 #: Where a value sits in the document: keys and list indexes, e.g. ("rules", 2, "from", 0).
 FieldPath = tuple[str | int, ...]
+#: A last path element meaning "the key itself", not its value (as pydantic marks key errors).
+KEY = "[key]"
 
 
 def format_path(path: FieldPath) -> str:
     """``("rules", 2, "from", 0)`` -> ``rules[2].from[0]``."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if part != KEY:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
 
 

@@ -19,7 +19,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .compiler import compile_policy
-from .errors import FieldPath, PolicyInvalid, Problem, SourceMap, format_path
+from .errors import KEY, FieldPath, PolicyInvalid, Problem, SourceMap, format_path
 from .matcher import CompiledPolicy
 from .model import Policy, find_problems, raise_problems
 from .testing import check_policy_tests
@@ -110,6 +110,8 @@ class _Walker:
                 self.fail(key_node, (*path, key), "duplicate key")
                 continue
             self.marks.pop((*path, key), None)  # an explicit key overrides a merged one
+            start = key_node.start_mark
+            self.marks[(*path, key, KEY)] = (start.line + 1, start.column + 1)
             out[key] = self.walk(value_node, (*path, key))
         return {**merged, **out}
 

@@ -33,6 +33,13 @@ RELAY_INET_IP = "203.0.113.1"
 RELAY_INET_IP6 = "2001:db8:113::1"
 INET_IP = "203.0.113.10"
 INET_IP6 = "2001:db8:113::10"
+INET_IP_OTHER = "203.0.113.20"
+"""A second address of the internet host, for tests that allow one and deny the other."""
+DNS_ZONE = {
+    "www.example.test": [INET_IP, INET_IP6],
+    "other.example.test": [INET_IP_OTHER],
+}
+"""What the internet host's DNS server answers (the relay's DNS service forwards to it)."""
 HTTP_PORT = 8080
 UDP_ECHO_PORT = 7007
 # A direct agent <-> internet-host link that bypasses the tunnel (benchmark baseline);
@@ -169,6 +176,7 @@ class Lab:
         self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP6}/64", "dev", f"ri{self.tag}", "nodad")
         self.ns(r, "ip", "link", "set", f"ri{self.tag}", "up")
         self.ns(i, "ip", "addr", "add", f"{INET_IP}/24", "dev", f"ir{self.tag}")
+        self.ns(i, "ip", "addr", "add", f"{INET_IP_OTHER}/24", "dev", f"ir{self.tag}")
         self.ns(i, "ip", "addr", "add", f"{INET_IP6}/64", "dev", f"ir{self.tag}", "nodad")
         self.ns(i, "ip", "link", "set", f"ir{self.tag}", "up")
         # the LAN: a bridge in the relay namespace
@@ -249,6 +257,10 @@ class Lab:
             "udpecho",
             self.inet_ns,
             [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)],
+        )
+        zone = [f"{name}={','.join(addresses)}" for name, addresses in DNS_ZONE.items()]
+        self.spawn(
+            "dns", self.inet_ns, [sys.executable, "-m", "zgate_cli.lab_dns", "serve", "53", *zone]
         )
         wait_until(
             lambda: (
