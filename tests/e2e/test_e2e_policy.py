@@ -359,3 +359,39 @@ def test_sessions_are_audited(plab: Lab, agent1: object) -> None:
     )
     assert closed["reason"]
     assert float(closed["duration_s"]) > 0  # type: ignore[arg-type]
+
+
+def test_sighup_reloads_the_policy_and_reopens_the_audit_log(plab: Lab, agent1: object) -> None:
+    import signal
+
+    policy: Path = plab.policy  # type: ignore[attr-defined]
+    relay = plab.relay  # type: ignore[attr-defined]
+    relay.stop()
+    # Without the file watcher, only SIGHUP (or POST /reload) makes the relay look.
+    relay = plab.relay = plab.start_relay(  # type: ignore[attr-defined]
+        "--policy", str(policy), "--policy-check-interval", "0"
+    )
+    plab.wait_agent_connected(1, timeout=40)
+    url = f"http://{INET_IP}:{HTTP_PORT}/"
+    policy.write_text(POLICY_WITHOUT_OPS)
+    new_version = policy_version(policy)
+    assert curl(plab, 1, url).stdout == "200"  # not reloaded yet
+    rotated = plab.workdir / "audit.log.1"
+    plab.audit_log.rename(rotated)  # what logrotate does before it sends SIGHUP
+    relay.proc.send_signal(signal.SIGHUP)
+    loaded = audit_record(
+        plab,
+        lambda r: r["event"] == "policy.loaded" and r["version"] == new_version,
+        "policy.loaded after SIGHUP",
+    )
+    assert loaded["source"] == "sighup"
+    assert rotated.exists() and plab.audit_log.exists()  # reopened: a new file
+    assert curl(plab, 1, url).stdout != "200"
+    policy.write_text(POLICY)
+    relay.proc.send_signal(signal.SIGHUP)
+    audit_record(
+        plab,
+        lambda r: r["event"] == "policy.loaded" and r["version"] == policy_version(policy),
+        "the first policy again",
+    )
+    assert curl(plab, 1, url).stdout == "200"

@@ -401,3 +401,14 @@ def test_arbitrary_documents_raise_only_policy_errors(doc: dict[str, object]) ->
         assert exc.problems and all(p.message for p in exc.problems)
     else:
         assert result.rule_ids[-1] == "default"
+
+
+def test_bad_keys_point_at_the_key() -> None:
+    text = policy(
+        """
+        groups:
+          "bad name":
+            - alice
+        """
+    )
+    assert_at(only_problem(text), text, '"bad name"', "groups.bad name", "invalid name")

@@ -167,9 +167,9 @@ def _message(error: ErrorDetails) -> str:
 
 
 def _path(error: ErrorDetails) -> FieldPath:
-    """The loc without pydantic's own markers (``[key]``, union member names)."""
+    """The loc without pydantic's own markers (validator names), keeping ``[key]``."""
     return tuple(
-        p for p in error["loc"] if isinstance(p, int) or not p.startswith(("[", "function"))
+        p for p in error["loc"] if isinstance(p, int) or p == KEY or not p.startswith("function")
     )
 
 

@@ -111,6 +111,11 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         on_decision=lambda d: metrics.decisions.labels(d.rule_id, d.verdict).inc(),
     )
     policies.apply = enforcer.set_policy
+    if not settings.enforce:
+        log.warning(
+            "ENFORCEMENT OFF (--no-enforce): every packet is forwarded, no flow is "
+            "tracked or audited; for measurements only"
+        )
     egress = _open_egress(settings, pool) if settings.egress else None
     pki = settings.pki
     server = RelayServer(
@@ -127,7 +132,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         routes=settings.routes,
         datagram_queue=settings.datagram_queue,
         max_capsule_size=settings.max_capsule_size,
-        enforcer=enforcer,
+        enforcer=enforcer if settings.enforce else None,
         audit=audit.emit,
         relay_name=settings.relay_name,
     )
@@ -255,7 +260,8 @@ async def _serve_until_stopped(
         fqdns.expire(loop.time())
 
     spawn(every(settings.crl_check_interval, server.check_revocations, "CRL check"))
-    spawn(every(settings.policy_check_interval, watch_policy, "policy file check"))
+    if settings.policy_check_interval > 0:
+        spawn(every(settings.policy_check_interval, watch_policy, "policy file check"))
     spawn(every(1.0, housekeeping, "flow expiry"))
     if ready is not None:
         ready.set()

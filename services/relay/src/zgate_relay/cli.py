@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         "one, every authenticated client may reach everything",
     )
     p.add_argument(
+        "--policy-check-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often to look for a changed policy file; 0: only on SIGHUP or POST /reload [1]",
+    )
+    p.add_argument(
+        "--no-enforce",
+        dest="enforce",
+        action="store_const",
+        const=False,
+        help="no flow tracking or policy enforcement (to measure their cost; never in production)",
+    )
+    p.add_argument(
         "--geoip",
         type=Path,
         metavar="FILE",

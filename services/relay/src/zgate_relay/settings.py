@@ -71,7 +71,14 @@ class RelaySettings(LayeredSettings):
     policy: Path | None = Field(
         None, description="access policy file (YAML); none: every client may reach everything"
     )
-    policy_check_interval: float = Field(1.0, gt=0, description="seconds between file checks")
+    policy_check_interval: float = Field(
+        1.0, ge=0, description="seconds between policy file checks; 0: only on SIGHUP/request"
+    )
+    enforce: bool = Field(
+        True,
+        description="track flows and enforce the policy (off: forward everything; "
+        "for measurements only)",
+    )
     geoip: Path | None = Field(None, description="MaxMind-format GeoIP country database")
     dns: bool = Field(True, description="serve DNS to agents at the relay's tunnel addresses")
     dns_upstreams: list[str] | None = Field(

@@ -1,0 +1,191 @@
+"""The enforcer on the packet path: flows decided once, replies only, ICMP prohibited with a
+budget, DNS to the relay always allowed, GeoIP and FQDN inputs, policy swaps."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from relay_harness import udp4
+from test_relay_geoip import country, write_db
+
+from zgate_pki import Identity
+from zgate_policy import CompiledPolicy, PolicyInvalid, load_and_compile
+from zgate_policy.flows import FlowTable
+from zgate_proto.ip import ipv4_checksum, parse_packet
+from zgate_relay.enforce import RELAY_DNS_RULE, Enforcer, IcmpBudget
+from zgate_relay.fqdn import FqdnBindings
+from zgate_relay.geoip import GeoIP
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+GATEWAY = ipaddress.IPv4Address("10.100.0.1").packed
+
+
+@dataclass
+class Session:
+    session_id: str
+    identity: Identity
+
+
+ALICE = Session("s-alice", Identity("client", "alice", "zgate.local", ("eng",), 1))
+BOB = Session("s-bob", Identity("client", "bob", "zgate.local", (), 2))
+
+
+def compiled(text: str, *, geoip: bool = False) -> CompiledPolicy:
+    return load_and_compile(text, geoip_available=geoip, now=NOW)
+
+
+def enforcer(policy: CompiledPolicy, **kw: object) -> Enforcer:
+    return Enforcer(
+        policy,
+        flows=FlowTable(),
+        relay_name="r1",
+        relay_addresses=frozenset({GATEWAY}),
+        wall_clock=lambda: NOW,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def tcp4(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        40,
+        1,
+        0,
+        64,
+        6,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
+    return header + tcp
+
+
+POLICY = """
+default: deny
+groups:
+  eng: []        # members come from certificates (--group eng)
+rules:
+  - {id: eng-web, action: allow, from: ["group:eng"], to: [203.0.113.0/24], ports: [tcp/443]}
+"""
+
+
+def test_first_packet_decides_and_replies_pass_only_for_allowed_flows() -> None:
+    e = enforcer(compiled(POLICY))
+    syn = tcp4("10.100.0.2", "203.0.113.10", 40000, 443, 0x02)
+    assert e.outbound(ALICE, syn, 1.0).allowed
+    assert len(e.flows) == 1
+    reply = tcp4("203.0.113.10", "10.100.0.2", 443, 40000, 0x12)
+    assert e.inbound(ALICE, reply, 1.1).allowed
+    # An unsolicited packet towards the agent, or a reply delivered to another session.
+    assert (
+        e.inbound(ALICE, tcp4("203.0.113.10", "10.100.0.2", 443, 40001, 0x12), 1.2).reason
+        == "no_flow"
+    )
+    assert e.inbound(BOB, reply, 1.2).reason == "no_flow"
+    events = e.take_events()
+    assert [ev.event for ev in events] == ["flow.allow"]
+    record = events[0].to_dict()
+    assert (record["client"], record["rule"], record["dport"]) == ("client/alice", "eng-web", 443)
+
+
+def test_denied_flow_is_decided_once_and_answered_with_icmp_within_a_budget() -> None:
+    decisions: list[str] = []
+    e = enforcer(
+        compiled(POLICY),
+        icmp_budget=IcmpBudget(rate=1.0, burst=2.0),
+        on_decision=lambda d: decisions.append(f"{d.rule_id}/{d.verdict}"),
+    )
+    packet = udp4("10.100.0.3", "203.0.113.10", b"x", dport=53)
+    verdicts = [e.outbound(BOB, packet, 5.0) for _ in range(4)]
+    assert all(not v.allowed and v.reason == "policy_denied" for v in verdicts)
+    assert [v.icmp is not None for v in verdicts] == [True, True, False, False]
+    icmp = parse_packet(verdicts[0].icmp)  # type: ignore[arg-type]
+    assert (icmp.proto, icmp.icmp_type, icmp.icmp_code) == (1, 3, 13)
+    assert icmp.src == GATEWAY
+    assert decisions == ["default/deny"]  # one decision for the flow, not one per packet
+    assert [ev.event for ev in e.take_events()] == ["flow.deny"]
+    # The budget refills with time.
+    assert e.outbound(BOB, packet, 6.5).icmp is not None
+
+
+def test_dns_to_the_relay_is_allowed_whatever_the_policy() -> None:
+    e = enforcer(compiled("default: deny\n"))
+    query = udp4("10.100.0.3", "10.100.0.1", b"q", dport=53)
+    assert e.outbound(BOB, query, 1.0).allowed
+    assert e.take_events()[0].to_dict()["rule"] == RELAY_DNS_RULE
+    assert not e.outbound(BOB, udp4("10.100.0.3", "10.100.0.1", b"q", dport=54), 1.0).allowed
+
+
+def test_fqdn_rule_uses_the_clients_own_dns_answers() -> None:
+    fqdns = FqdnBindings()
+    policy = compiled("""
+rules:
+  - {id: wiki, action: allow, from: [alice, bob], to: ["*.corp.example"]}
+""")
+    e = enforcer(policy, names_for=fqdns.names_for)
+    fqdns.record("alice", "wiki.corp.example", [ipaddress.ip_address("203.0.113.7")], 60, 0.0)
+    to_wiki = udp4("10.100.0.2", "203.0.113.7", b"x", dport=80)
+    assert e.outbound(ALICE, to_wiki, 1.0).allowed
+    assert e.take_events()[0].to_dict()["fqdn"] == "wiki.corp.example"
+    assert not e.outbound(BOB, udp4("10.100.0.3", "203.0.113.7", b"x", dport=80), 1.0).allowed
+
+
+def test_country_rule_with_a_geoip_database(tmp_path: Path) -> None:
+    db = write_db(
+        tmp_path / "geo.mmdb", {"203.0.113.0/25": country("DE"), "203.0.113.128/25": country("FR")}
+    )
+    text = """
+rules:
+  - {id: no-fr, action: deny, from: ["*"], to: ["country:FR"]}
+  - {id: rest, action: allow, from: ["*"], to: [0.0.0.0/0]}
+"""
+    with pytest.raises(PolicyInvalid, match="GeoIP"):
+        compiled(text)  # refused without a database
+    geo = GeoIP(db)
+    try:
+        e = enforcer(compiled(text, geoip=True), country_of=geo.country)
+        assert e.outbound(ALICE, udp4("10.100.0.2", "203.0.113.10", b"x"), 1.0).allowed
+        assert not e.outbound(ALICE, udp4("10.100.0.2", "203.0.113.200", b"x"), 1.0).allowed
+        rules = [ev.to_dict()["rule"] for ev in e.take_events()]
+        assert rules == ["rest", "no-fr"]
+    finally:
+        geo.close()
+
+
+def test_policy_swap_ends_flows_the_new_policy_denies() -> None:
+    e = enforcer(compiled(POLICY))
+    syn = tcp4("10.100.0.2", "203.0.113.10", 40000, 443, 0x02)
+    assert e.outbound(ALICE, syn, 1.0).allowed
+    e.take_events()
+    ended = e.set_policy(compiled("default: deny\n"))
+    assert ended == 1
+    end = e.take_events()[0].to_dict()
+    assert (end["event"], end["reason"]) == ("flow.end", "policy_revoked")
+    # The next packet of that flow is decided again, by the new policy.
+    assert (
+        e.outbound(ALICE, tcp4("10.100.0.2", "203.0.113.10", 40000, 443, 0x10), 2.0).reason
+        == "policy_denied"
+    )
+
+
+def test_session_end_ends_its_flows_with_records() -> None:
+    e = enforcer(compiled(POLICY))
+    e.outbound(ALICE, tcp4("10.100.0.2", "203.0.113.10", 40000, 443, 0x02), 1.0)
+    e.take_events()
+    assert e.end_session(ALICE) == 1
+    end = e.take_events()[0].to_dict()
+    assert (end["reason"], end["client"], end["packets_out"]) == (
+        "session_closed",
+        "client/alice",
+        1,
+    )
+    assert len(e.flows) == 0
