@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-__all__ = ["LayeredSettings", "SettingsError", "load_settings"]
+__all__ = ["LayeredSettings", "SettingsError", "load_settings", "parse_hostport"]
 
 S = TypeVar("S", bound="LayeredSettings")
 
@@ -86,3 +86,27 @@ def load_settings(cls: type[S], config_file: Path | None, flags: Mapping[str, An
         raise SettingsError(f"invalid settings{where}: " + "; ".join(problems)) from None
     finally:
         _yaml_layer.reset(token)
+
+
+def parse_hostport(value: str, default_port: int, *, default_host: str = "") -> tuple[str, int]:
+    """Split "host:port", "[v6]:port", "v6", "host" or ":port" into (host, port).
+
+    Raises ValueError for a bad port, or an empty host when no ``default_host`` is given.
+    """
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:  # a bare host, or an IPv6 address without brackets (no port)
+        host, port_text = text, ""
+    if port_text and not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    port = int(port_text) if port_text else default_port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range in {value!r}")
+    host = host or default_host
+    if not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, port

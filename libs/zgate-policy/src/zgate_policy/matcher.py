@@ -215,6 +215,7 @@ class CompiledPolicy:
         self.uses_geoip = any(t.kind == "country" for t in targets)
         self._has_expiry = any(r.expires is not None for r in self.rules)
         self._parents = dict(group_parents)
+        # Public for lint and tools: the candidate-rule masks by principal, destination, port.
         self.index = RuleIndex([r.principals for r in self.rules], [r.targets for r in self.rules])
         self._groups_cache: dict[tuple[str, Hashable], frozenset[str]] = {}
         self._principal_cache: dict[tuple[str, Hashable], int] = {}

@@ -79,8 +79,7 @@ def query(server: str, name: str, port: int = 53) -> list[str]:
     """A and AAAA addresses of ``name`` as ``server`` answers them."""
     found = []
     for rtype in ("A", "AAAA"):
-        response = dns.query.udp(dns.message.make_query(name, rtype), server, timeout=3,
-                                 port=port)
+        response = dns.query.udp(dns.message.make_query(name, rtype), server, timeout=3, port=port)
         for rrset in response.answer:
             found += [r.to_text() for r in rrset]
     return found

@@ -16,12 +16,12 @@ from typing import Any
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
-from zgate_agent.settings import AgentSettings, parse_hostport
+from zgate_agent.settings import AgentSettings
 from zgate_host.errors import HostError
 from zgate_host.httpd import serve_status
 from zgate_host.logs import configure_logging
 from zgate_host.privileges import require_net_admin
-from zgate_host.settings import SettingsError, load_settings
+from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 
 __all__ = ["main"]

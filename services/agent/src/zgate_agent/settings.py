@@ -8,26 +8,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from zgate_host.settings import LayeredSettings
+from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_proto.h3 import PacketMode
 
-__all__ = ["AgentSettings", "parse_hostport"]
-
-
-def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """Split "host:port", "[v6]:port" or "host" into (host, port)."""
-    text = value.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    port = int(port_text) if port_text else default_port
-    if not 0 < port <= 65535 or not host:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host, port
+__all__ = ["AgentSettings"]
 
 
 class AgentSettings(LayeredSettings):

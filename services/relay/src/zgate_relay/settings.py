@@ -10,27 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from zgate_host.settings import LayeredSettings
+from zgate_host.settings import LayeredSettings, parse_hostport
 
-__all__ = ["RelaySettings", "parse_hostport"]
-
-
-def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """Split "host:port", "[v6]:port", "host" or ":port" into (host, port)."""
-    text = value.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    elif text.count(":") > 1:
-        host, port_text = text, ""
-    else:
-        host, port_text = text, ""
-    port = int(port_text) if port_text else default_port
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    return host or "0.0.0.0", port
+__all__ = ["RelaySettings"]
 
 
 class RelaySettings(LayeredSettings):
@@ -97,7 +79,7 @@ class RelaySettings(LayeredSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        parse_hostport(value, 4433)
+        parse_hostport(value, 4433, default_host="0.0.0.0")
         return value
 
     @field_validator("metrics")
@@ -111,7 +93,7 @@ class RelaySettings(LayeredSettings):
     @property
     def listen_address(self) -> tuple[str, int]:
         """(host, port) of the QUIC listener."""
-        return parse_hostport(self.listen, 4433)
+        return parse_hostport(self.listen, 4433, default_host="0.0.0.0")
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
