@@ -11,10 +11,10 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from aioquic._buffer import Buffer
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
@@ -302,6 +302,25 @@ class RelayServer:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def _session_fields(
+        self,
+        session: RelaySession,
+        addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    ) -> dict[str, Any]:
+        """What session.open and session.close records say about the session."""
+        identity = session.identity
+        return {
+            "ts": _utcnow(),
+            "relay": self.relay_name,
+            "client": str(identity),
+            "kind": identity.kind,
+            "serial": f"{identity.serial:x}",
+            "session": session.session_id,
+            "addresses": tuple(str(a) for a in addresses),
+            "peer": session.peer,
+            "mode": session.stream.mode.value,
+        }
+
     def _audit(self, event: AuditEvent) -> None:
         if self.audit is not None:
             self.audit(event)
@@ -496,19 +515,7 @@ class RelayServer:
         )
         self.metrics.sessions.inc()
         self.metrics.sessions_total.inc()
-        self._audit(
-            SessionOpened(
-                ts=_utcnow(),
-                relay=self.relay_name,
-                client=str(session.identity),
-                kind=session.identity.kind,
-                serial=f"{session.identity.serial:x}",
-                session=session.session_id,
-                addresses=tuple(str(a) for a in session.addresses),
-                peer=session.peer,
-                mode=mode.value,
-            )
-        )
+        self._audit(SessionOpened(**self._session_fields(session, session.addresses)))
         log.info(
             "session open",
             extra={
@@ -548,21 +555,13 @@ class RelayServer:
         if conn.sessions.pop(session.stream.stream_id, None) is None:
             return
         self.router.detach(session)
-        addresses = tuple(str(a) for a in session.addresses)
+        addresses = list(session.addresses)
         session.release(self.pool)
         if self.enforcer is not None:
             self.enforcer.end_session(session)
         self._audit(
             SessionClosed(
-                ts=_utcnow(),
-                relay=self.relay_name,
-                client=str(session.identity),
-                kind=session.identity.kind,
-                serial=f"{session.identity.serial:x}",
-                session=session.session_id,
-                addresses=addresses,
-                peer=session.peer,
-                mode=session.stream.mode.value,
+                **self._session_fields(session, addresses),
                 reason=reason,
                 duration_s=time.time() - session.opened_at,
                 bytes_out=session.bytes_in,
