@@ -3,22 +3,29 @@
 Run as root from the workspace root:
 
     uv run --frozen python bench/tunnel.py [--seconds 5] [--repeat 3] [--json FILE]
+    uv run --frozen python bench/tunnel.py --enforcement     # only what access control costs
 
 One run builds a lab (zgate_cli.lab: agent, relay and "internet" namespaces, plus a direct
-agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures three paths:
+agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures these paths:
 
-    veth            agent ns -> internet host over one veth, no tunnel
-    zgate-datagram  agent (datagram mode) -> relay -> NAT -> internet host (203.0.113.10)
-    zgate-stream    agent (stream mode)   -> relay -> NAT -> internet host
+    veth                      agent ns -> internet host over one veth, no tunnel
+    zgate-datagram            agent (datagram mode) -> relay -> NAT -> internet host
+                              (203.0.113.10); the relay enforces its built-in allow-all policy
+    zgate-stream              the same with the agent in stream mode
+    zgate-datagram-noenforce  datagram mode, relay started with --no-enforce (no flow table)
+    zgate-datagram-policy1k   datagram mode, relay enforcing a generated policy of 1 000 rules
+                              whose rule for the benchmark's traffic comes near the end
 
-For each: iperf3 TCP, one stream, upload and download (receiver throughput); iperf3 UDP at a
-fixed offered rate (loss and received throughput); ping RTT (mean and p99 of the per-packet
-times), alone and while the TCP upload runs; and the CPU seconds the relay and agent
-processes used during the TCP upload. Each figure is the median over --repeat runs. Once
-per tunnel path comes a "flood": UDP from the internet host to the agent far above what the
-tunnel can carry, with pings alongside, to show where the excess goes (dropped at a bounded
-queue, or queued at the cost of latency and memory). The lab is always torn down, even on
-Ctrl-C.
+For each: iperf3 TCP, one stream, upload and download (receiver throughput); ping RTT (mean
+and p99 of the per-packet times), alone and while the TCP upload runs; and the CPU seconds the
+relay and agent processes used during the TCP upload. On veth, zgate-datagram and zgate-stream
+also iperf3 UDP at a fixed offered rate (loss and received throughput). Each figure is the
+median over --repeat runs. The tunnel paths are measured in rounds, one repetition of each
+per round and each on a freshly started relay and agent, so a drift in the machine's load
+spreads over all of them instead of biasing one. In the last round zgate-datagram and
+zgate-stream get a "flood": UDP from the internet host to the agent far above what the tunnel
+can carry, with pings alongside, to show where the excess goes (dropped at a bounded queue, or
+queued at the cost of latency and memory). The lab is always torn down, even on Ctrl-C.
 
 --loss PCT makes the underlay lossy (nftables drops PCT % of the tunnel's UDP packets each
 way at the relay, and of the baseline link's packets): how each mode copes with loss.
@@ -31,6 +38,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -44,13 +52,36 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from zgate_cli.lab import INET_IP, IPERF_PORT, Daemon, Lab, have_tools
+import yaml
 
-PATHS = ("veth", "zgate-datagram", "zgate-stream")
+from zgate_cli.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
+from zgate_cli.lab import run as run_cmd
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """How a path is set up and what is measured on it."""
+
+    mode: str | None  # the agent's packet mode; None: the plain veth, no tunnel
+    relay: str = "allow-all"  # a key of relay_configs(): how the relay is started
+    full: bool = True  # also UDP, and the flood (tunnel paths); else TCP and RTT only
+
+
+PATH_SPECS = {
+    "veth": PathSpec(None),
+    "zgate-datagram": PathSpec("datagram"),
+    "zgate-stream": PathSpec("stream"),
+    "zgate-datagram-noenforce": PathSpec("datagram", relay="noenforce", full=False),
+    "zgate-datagram-policy1k": PathSpec("datagram", relay="policy1k", full=False),
+}
+PATHS = tuple(PATH_SPECS)
+#: What --enforcement selects: datagram mode with enforcement off, allow-all and 1 000 rules.
+ENFORCEMENT_PATHS = ("zgate-datagram-noenforce", "zgate-datagram", "zgate-datagram-policy1k")
 #: Figures compared in the ratios (higher is better for throughput, lower for RTT).
 RATIO_FIELDS = (
     "tcp_mbps",
@@ -65,7 +96,12 @@ RATIOS = {
     "zgate-datagram/veth": ("zgate-datagram", "veth"),
     "zgate-stream/veth": ("zgate-stream", "veth"),
     "zgate-stream/zgate-datagram": ("zgate-stream", "zgate-datagram"),
+    "allow-all/noenforce": ("zgate-datagram", "zgate-datagram-noenforce"),
+    "policy1k/noenforce": ("zgate-datagram-policy1k", "zgate-datagram-noenforce"),
 }
+#: Enforcement may cost at most 10 % of the tunnel's throughput (issue 3).
+ENFORCEMENT_TARGET = 0.9
+POLICY_RULES = 1000
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 AGENT = 1  # the lab's agent number used for every zgate path
 SLACK = 30.0  # seconds a bounded command may run beyond its nominal duration
@@ -76,6 +112,7 @@ UDP_SETUP_LOST = "unable to read from stream socket"
 T = TypeVar("T")
 Figures = dict[str, float | None]
 Drops = dict[str, dict[str, float]]  # test -> "relay:<reason>" / "agent:<reason>" -> packets
+Rule = dict[str, object]  # one rule of a generated policy document
 
 
 class BenchError(Exception):
@@ -274,7 +311,13 @@ def python_pid(daemon: Daemon) -> int:
 
 
 def measure(
-    lab: Lab, target: Target, args: argparse.Namespace, drops: Drops, *, with_flood: bool
+    lab: Lab,
+    target: Target,
+    args: argparse.Namespace,
+    drops: Drops,
+    *,
+    udp: bool = True,
+    with_flood: bool = False,
 ) -> Sample:
     """One repetition of the tests on one path; zgate's drops are added to ``drops``."""
     sample, seconds = Sample(), args.seconds
@@ -291,10 +334,11 @@ def measure(
         sample.cpu_agent_s = agent1 - agent0
     with counted(lab, drops, "tcp_down"):
         sample.tcp_down_mbps = tcp_mbps(lab, target.host, seconds, reverse=True)
-    with counted(lab, drops, "udp"):
-        sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(
-            lab, target.host, seconds, args.udp_rate
-        )
+    if udp:
+        with counted(lab, drops, "udp"):
+            sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(
+                lab, target.host, seconds, args.udp_rate
+            )
     with counted(lab, drops, "ping"):
         times, sample.ping_loss_pct = ping_times(lab, target.host, 50)
     sample.rtt_ms = statistics.fmean(times)
@@ -385,70 +429,293 @@ def memory_growth(target: Target, before: dict[str, float | None]) -> dict[str, 
 def run_path(
     lab: Lab, name: str, target: Target, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> PathResult:
-    """--repeat repetitions on one path; a failed repetition is recorded, not fatal."""
+    """--repeat repetitions on a path without a tunnel; a failed one is recorded, not fatal."""
     result = PathResult(samples=[], errors=[], drops={}, peak_rss_mb={})
-    before = {"relay": peak_rss_mb(target.relay_pid), "agent": peak_rss_mb(target.agent_pid)}
     for i in range(args.repeat):
         progress(f"{name}: run {i + 1}/{args.repeat}")
         try:
-            last = i == args.repeat - 1
-            sample = measure(lab, target, args, result.drops, with_flood=last and target.tunnel)
-            result.samples.append(sample)
+            result.samples.append(measure(lab, target, args, result.drops))
         except (BenchError, subprocess.TimeoutExpired) as exc:
             result.errors.append(str(exc).splitlines()[0])
             progress(f"{name}: run {i + 1} failed: {exc}")
-    result.peak_rss_mb = memory_growth(target, before)
     return result
 
 
-def bench_zgate(
-    lab: Lab, mode: str, relay: Daemon, args: argparse.Namespace, progress: Callable[[str], None]
-) -> PathResult:
-    """Start the agent in ``mode``, measure the tunnel, stop the agent."""
-    progress(f"starting the agent in {mode} mode")
-    agent = lab.start_agent(AGENT, mode=mode)
+@contextmanager
+def tunnel_up(lab: Lab, mode: str, relay_flags: tuple[str, ...]) -> Iterator[Target]:
+    """A freshly started relay (with ``relay_flags``) and agent (in ``mode``), stopped on exit."""
     try:
-        status = lab.agent_status(AGENT)
-        if status is None or status.get("mode") != mode:
-            raise BenchError(f"agent did not come up in {mode} mode: {status}")
-        target = Target(INET_IP, python_pid(relay), python_pid(agent))
-        return run_path(lab, f"zgate-{mode}", target, args, progress)
+        relay = lab.start_relay(*relay_flags)
+    except AssertionError as exc:  # how the lab says a daemon did not come up
+        raise BenchError(f"relay {' '.join(relay_flags)}: {exc}") from exc
+    try:
+        try:
+            agent = lab.start_agent(AGENT, mode=mode)
+        except AssertionError as exc:
+            raise BenchError(f"agent ({mode} mode): {exc}") from exc
+        try:
+            status = lab.agent_status(AGENT)
+            if status is None or status.get("mode") != mode:
+                raise BenchError(f"agent did not come up in {mode} mode: {status}")
+            yield Target(INET_IP, python_pid(relay), python_pid(agent))
+        finally:
+            agent.stop()
     finally:
-        agent.stop()
+        relay.stop()
 
 
-def run_benchmark(lab: Lab, args: argparse.Namespace) -> dict[str, PathResult]:
-    """Build the lab, then measure the three paths in turn."""
+def run_tunnel_rounds(
+    lab: Lab,
+    names: list[str],
+    relay_flags: dict[str, tuple[str, ...]],
+    args: argparse.Namespace,
+    progress: Callable[[str], None],
+) -> dict[str, PathResult]:
+    """--repeat rounds, each measuring every tunnel path once on a fresh relay and agent.
+
+    Interleaving keeps a change in the machine's load from biasing one path (the enforcement
+    ratios compare paths a few per cent apart). The last round floods the full paths, and
+    their peak RSS is taken from it.
+    """
+    results = {n: PathResult(samples=[], errors=[], drops={}, peak_rss_mb={}) for n in names}
+    for i in range(args.repeat):
+        last = i == args.repeat - 1
+        for name in names:
+            spec, result = PATH_SPECS[name], results[name]
+            assert spec.mode is not None
+            progress(f"{name}: run {i + 1}/{args.repeat}")
+            try:
+                with tunnel_up(lab, spec.mode, relay_flags[spec.relay]) as target:
+                    before = {
+                        "relay": peak_rss_mb(target.relay_pid),
+                        "agent": peak_rss_mb(target.agent_pid),
+                    }
+                    sample = measure(
+                        lab,
+                        target,
+                        args,
+                        result.drops,
+                        udp=spec.full,
+                        with_flood=last and spec.full,
+                    )
+                    result.samples.append(sample)
+                    if last:
+                        result.peak_rss_mb = memory_growth(target, before)
+            except (BenchError, subprocess.TimeoutExpired) as exc:
+                result.errors.append(str(exc).splitlines()[0])
+                progress(f"{name}: run {i + 1} failed: {exc}")
+    return results
+
+
+def relay_configs(lab: Lab, names: list[str], notes: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """The relay's flags for each kind of path; writes and checks the 1 000-rule policy if a
+    path needs it (its `zgate policy check` summary goes into ``notes``)."""
+    configs: dict[str, tuple[str, ...]] = {"allow-all": (), "noenforce": ("--no-enforce",)}
+    if any(PATH_SPECS[n].relay == "policy1k" for n in names):
+        path = lab.workdir / "policy-1k.yaml"
+        path.write_text(policy_yaml(POLICY_RULES))
+        notes["policy1k"] = check_policy(path)
+        configs["policy1k"] = ("--policy", str(path))
+    return configs
+
+
+def run_benchmark(
+    lab: Lab, args: argparse.Namespace, notes: dict[str, str]
+) -> dict[str, PathResult]:
+    """Build the lab, then measure the selected paths (veth first, then the tunnel rounds)."""
 
     def progress(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     progress(f"building the lab in {lab.workdir}")
     lab.build(agents=1)
-    lab.make_pki(clients=("agent1",))
-    plain_host = lab.add_plain_link(AGENT)
+    lab.make_pki(clients=(POLICY_CLIENT,))
+    plain_host = lab.add_plain_link(AGENT) if "veth" in args.paths else None
     if args.loss:
         progress(f"dropping {args.loss}% of the underlay's packets each way")
         lab.add_underlay_loss(args.loss, AGENT)
     lab.start_iperf_server()
-    relay = lab.start_relay()
-    results = {"veth": run_path(lab, "veth", Target(plain_host), args, progress)}
-    for mode in ("datagram", "stream"):
-        results[f"zgate-{mode}"] = bench_zgate(lab, mode, relay, args, progress)
-    return results
+    results = {}
+    if plain_host is not None:
+        results["veth"] = run_path(lab, "veth", Target(plain_host), args, progress)
+    tunnel = [n for n in args.paths if n != "veth"]
+    if tunnel:
+        flags = relay_configs(lab, tunnel, notes)
+        if "policy1k" in notes:
+            progress(notes["policy1k"])
+        results.update(run_tunnel_rounds(lab, tunnel, flags, args, progress))
+    return {n: results[n] for n in args.paths}
+
+
+# ------------------------------------------------------------------ the policy
+
+POLICY_CLIENT = f"agent{AGENT}"
+#: The CIDRs of the generated rules come from these (never the lab's internet, 203.0.113.0/24,
+#: so only the rules written for it can match the benchmark's traffic).
+_PRIVATE_V4 = ((10 << 24, 8), (172 << 24 | 16 << 16, 12), (192 << 24 | 168 << 16, 16))
+_DOC_V6 = IPv6Network("2001:db8::/32")
+_PORT_SPECS = (
+    "tcp/443",
+    "tcp/80",
+    "tcp/22",
+    "tcp/3389",
+    "tcp/8000-8100",
+    "tcp/1024-65535",
+    "udp/53",
+    "udp/5000-5100",
+    "udp/10000-20000",
+    "icmp",
+)
+
+
+def _private_cidr(rng: random.Random) -> str:
+    """A random network in 10/8, 172.16/12, 192.168/16 or (one in ten) 2001:db8::/32."""
+    if rng.random() < 0.1:
+        length = rng.choice((48, 56, 64, 128))
+        bits = int(_DOC_V6.network_address) | rng.getrandbits(96)
+        return str(IPv6Network((bits >> (128 - length) << (128 - length), length)))
+    base, prefix = rng.choice(_PRIVATE_V4)
+    length = max(prefix, rng.choice((16, 20, 24, 24, 24, 28, 32, 32)))
+    bits = base | rng.getrandbits(32 - prefix)
+    return str(IPv4Network((bits >> (32 - length) << (32 - length), length)))
+
+
+def _random_rule(rng: random.Random, index: int, users: list[str], groups: list[str]) -> Rule:
+    roll = rng.random()
+    if roll < 0.55:
+        principals = [f"group:{rng.choice(groups)}"]
+    elif roll < 0.9:
+        principals = rng.sample(users, rng.randint(1, 3))
+    else:
+        principals = ["*"]
+    to: list[object]
+    if rng.random() < 0.35:
+        to = [f"svc{rng.randrange(80)}"]
+    else:
+        to = [_private_cidr(rng) for _ in range(rng.choice((1, 1, 2)))]
+        if rng.random() < 0.2:
+            to[0] = {"cidr": to[0], "ports": rng.sample(_PORT_SPECS, 2)}
+    rule: Rule = {
+        "id": f"r{index:04d}",
+        "action": "allow" if rng.random() < 0.75 else "deny",
+        "from": principals,
+        "to": to,
+    }
+    if rng.random() < 0.5:
+        rule["ports"] = rng.sample(_PORT_SPECS, rng.randint(1, 2))
+    return rule
+
+
+def policy_document(rules: int, seed: int = 2026) -> dict[str, object]:
+    """A realistic policy of ``rules`` rules, the one for the benchmark's traffic third to last.
+
+    400 users in 40 groups (some nested; the agent is in two of them through a nested group),
+    80 named resources of private CIDRs with port ranges, rules for groups, users and everyone
+    with port ranges, a few rules on the lab's internet for other ports or other groups, and
+    inline tests pinning the decisions the benchmark depends on.
+    """
+    rng = random.Random(seed)
+    users = [f"user{i}" for i in range(400)]
+    team = [f"team{i}" for i in range(40)]
+    groups: dict[str, list[str]] = {g: sorted(rng.sample(users, rng.randint(5, 25))) for g in team}
+    for i in range(0, len(team), 8):
+        groups[team[i]].append(f"group:{team[i + 1]}")
+    groups["bench"] = [POLICY_CLIENT]
+    groups[team[1]].append("group:bench")  # the agent is in team1, so in team0 too
+    resources: dict[str, object] = {
+        f"svc{i}": [
+            {"cidr": _private_cidr(rng), "ports": rng.sample(_PORT_SPECS, rng.randint(1, 3))}
+            for _ in range(rng.randint(1, 3))
+        ]
+        for i in range(80)
+    }
+    ports = [f"tcp/{IPERF_PORT}", f"udp/{IPERF_PORT}", "icmp"]
+    resources["bench-target"] = [{"cidr": f"{INET_IP}/32", "ports": ports}]
+    body = [_random_rule(rng, i, users, team) for i in range(rules - 3)]
+    lab_net = f"{INET_IP.rsplit('.', 1)[0]}.0/24"
+    # Rules on the lab's internet that the benchmark's flows must get past.
+    body[rules // 3] = {
+        "id": "dmz-no-ssh",
+        "action": "deny",
+        "from": ["*"],
+        "to": [lab_net],
+        "ports": ["tcp/22", "tcp/3389"],
+    }
+    body[rules // 2] = {
+        "id": "dmz-web",
+        "action": "allow",
+        "from": ["group:team5"],
+        "to": [lab_net],
+        "ports": ["tcp/80", "tcp/443"],
+    }
+    tail: list[Rule] = [
+        {"id": "bench-iperf", "action": "allow", "from": ["group:bench"], "to": ["bench-target"]},
+        {"id": "deny-smtp", "action": "deny", "from": ["*"], "to": ["*"], "ports": ["tcp/25"]},
+        {"id": "dns", "action": "allow", "from": ["*"], "to": ["10.0.0.53"], "ports": ["udp/53"]},
+    ]
+    target = f"{INET_IP}:{IPERF_PORT}"
+    tests = [
+        {"from": POLICY_CLIENT, "to": f"tcp://{target}", "expect": "allow", "rule": "bench-iperf"},
+        {"from": POLICY_CLIENT, "to": f"udp://{target}", "expect": "allow", "rule": "bench-iperf"},
+        {"from": POLICY_CLIENT, "to": f"icmp://{INET_IP}", "expect": "allow"},
+        {
+            "from": POLICY_CLIENT,
+            "to": f"tcp://{INET_IP}:22",
+            "expect": "deny",
+            "rule": "dmz-no-ssh",
+        },
+        {"from": "user1", "to": f"tcp://{target}", "expect": "deny", "rule": "default"},
+    ]
+    return {
+        "default": "deny",
+        "groups": groups,
+        "resources": resources,
+        "rules": body + tail,
+        "tests": tests,
+    }
+
+
+def policy_yaml(rules: int) -> str:
+    """The generated policy as a YAML file."""
+    header = f"# Generated by bench/tunnel.py: {rules} rules, the benchmark's own third to last.\n"
+    return header + yaml.safe_dump(policy_document(rules), sort_keys=False, width=100)
+
+
+def check_policy(path: Path) -> str:
+    """`zgate policy check` on ``path``: its summary line, or BenchError with its complaint."""
+    proc = run_cmd([str(VENV_BIN / "zgate"), "policy", "check", str(path)], check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"generated policy refused:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout.strip()
 
 
 # ----------------------------------------------------------------- reporting
 
 
 def ratios(paths: dict[str, Figures]) -> dict[str, Figures]:
-    """zgate-datagram/veth, zgate-stream/veth and stream/datagram for each figure."""
+    """Each ratio of RATIOS whose two paths were measured, for each figure."""
     out: dict[str, Figures] = {}
     for label, (top, bottom) in RATIOS.items():
+        if top not in paths or bottom not in paths:
+            continue
         out[label] = {}
         for name in RATIO_FIELDS:
             a, b = paths[top].get(name), paths[bottom].get(name)
             out[label][name] = round(a / b, 4) if a is not None and b else None
+    return out
+
+
+def enforcement_cost(rates: dict[str, Figures]) -> dict[str, object]:
+    """The throughput ratios enforced / not enforced, and whether they meet the target."""
+    out: dict[str, object] = {"target_ratio": ENFORCEMENT_TARGET}
+    met = True
+    for label in ("allow-all/noenforce", "policy1k/noenforce"):
+        if label not in rates:
+            continue
+        pair = {k: rates[label][k] for k in ("tcp_mbps", "tcp_down_mbps")}
+        out[label] = pair
+        met = met and all(v is not None and v >= ENFORCEMENT_TARGET for v in pair.values())
+    out["met"] = met if len(out) > 1 else None
     return out
 
 
@@ -512,7 +779,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
-    """The human-readable summary."""
+    """The human-readable summary: the measured paths' figures, then the ratios."""
     columns = [
         ("TCP up Mbit/s", "tcp_mbps", 1),
         ("TCP down Mbit/s", "tcp_down_mbps", 1),
@@ -530,26 +797,50 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
         ("RTT in flood p99", "loaded_rtt_p99_ms", 1),
     ]
     width = max(len(c[0]) for c in columns)
-    lines = [f"{'':<{width}}" + "".join(f"{p:>16}" for p in PATHS)]
+    widths = {p: max(16, len(p) + 2) for p in paths}
+    lines = [f"{'':<{width}}" + "".join(f"{p:>{widths[p]}}" for p in paths)]
     for title, key, digits in columns:
-        cells = "".join(f"{fmt(paths[p][key], digits):>16}" for p in PATHS)
+        cells = "".join(f"{fmt(figures[key], digits):>{widths[p]}}" for p, figures in paths.items())
         lines.append(f"{title:<{width}}{cells}")
-    lines.append("")
-    lines.append(f"{'ratio':<{width}}" + "".join(f"{label:>28}" for label in rates))
-    for field in RATIO_FIELDS:
-        cells = "".join(f"{fmt(values[field], 3):>28}" for values in rates.values())
-        lines.append(f"{field:<{width}}{cells}")
+    if rates:
+        # One row per ratio: their labels are too long for columns.
+        label_width = max(len(label) for label in rates)
+        lines.append("")
+        lines.append(f"{'ratio':<{label_width}}" + "".join(f"{f:>14}" for f in RATIO_FIELDS))
+        for label, values in rates.items():
+            cells = "".join(f"{fmt(values[f], 3):>14}" for f in RATIO_FIELDS)
+            lines.append(f"{label:<{label_width}}{cells}")
     return "\n".join(lines)
 
 
+def enforcement_line(cost: dict[str, object]) -> str | None:
+    """One line on what enforcement costs, or None when it was not measured."""
+    if cost.get("met") is None:
+        return None
+    parts = []
+    for label in ("allow-all/noenforce", "policy1k/noenforce"):
+        pair = cost.get(label)
+        if isinstance(pair, dict):
+            up, down = (fmt(pair[k], 3) for k in ("tcp_mbps", "tcp_down_mbps"))
+            parts.append(f"{label} TCP up {up}, down {down}")
+    verdict = "met" if cost["met"] else "NOT met"
+    return f"enforcement: {'; '.join(parts)} (target >= {ENFORCEMENT_TARGET}: {verdict})"
+
+
 def report(
-    results: dict[str, PathResult], args: argparse.Namespace, competing: list[str], took: float
+    results: dict[str, PathResult],
+    args: argparse.Namespace,
+    notes: dict[str, str],
+    competing: list[str],
+    took: float,
 ) -> dict[str, object]:
     """The JSON document written to --json."""
     paths = {name: median_of(r.samples) for name, r in results.items()}
+    rates = ratios(paths)
     return {
         "paths": paths,
-        "ratios": ratios(paths),
+        "ratios": rates,
+        "enforcement": enforcement_cost(rates),
         "machine": machine(competing),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(took),
@@ -560,6 +851,8 @@ def report(
             "underlay_loss_pct": args.loss,
             "flood_rate": args.flood_rate,
             "flood_seconds": args.flood_seconds,
+            "paths": list(args.paths),
+            **notes,
         },
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
         "errors": {n: r.errors for n, r in results.items() if r.errors},
@@ -597,6 +890,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keep the module docstring's layout and show every default."""
 
 
+def path_list(text: str) -> tuple[str, ...]:
+    """--paths: names from PATHS, comma-separated, measured in PATHS' order."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - set(PATHS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown path {sorted(unknown)}; known: {PATHS}")
+    return tuple(n for n in PATHS if n in names)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
@@ -628,6 +930,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="first wait up to this long for competing zgate/iperf3/pytest processes to end",
     )
+    parser.add_argument(
+        "--paths",
+        type=path_list,
+        default=PATHS,
+        metavar="NAME,...",
+        help=f"which paths to measure, of: {', '.join(PATHS)}",
+    )
+    parser.add_argument(
+        "--enforcement",
+        dest="paths",
+        action="store_const",
+        const=ENFORCEMENT_PATHS,
+        help=f"measure only what access control costs: --paths {','.join(ENFORCEMENT_PATHS)}",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 60 or not 1 <= args.repeat <= 10 or not 0 <= args.loss <= 50:
         parser.error("--seconds must be 1..60, --repeat 1..10 and --loss 0..50")
@@ -656,18 +972,20 @@ def main(argv: list[str] | None = None) -> int:
             sep="\n  ",
             file=sys.stderr,
         )
-    started = time.monotonic()
+    started, notes = time.monotonic(), dict[str, str]()
     try:
         with lab_session(args.keep) as lab:
-            results = run_benchmark(lab, args)
+            results = run_benchmark(lab, args, notes)
     except KeyboardInterrupt:
         print("interrupted; the lab was torn down", file=sys.stderr)
         return 130
     except (BenchError, RuntimeError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    doc = report(results, args, competing, time.monotonic() - started)
+    doc = report(results, args, notes, competing, time.monotonic() - started)
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
+    if line := enforcement_line(doc["enforcement"]):  # type: ignore[arg-type]
+        print(f"\n{line}")
     if doc["errors"]:
         print(f"\nerrors: {json.dumps(doc['errors'], indent=1)}")
     if doc["drops"]:

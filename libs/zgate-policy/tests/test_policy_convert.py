@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, ip_address, ip_network
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,3 +131,29 @@ def test_errors_point_at_the_go_file(
     assert problem.file == "go.yaml"
     assert (problem.line, problem.column) == position
     assert message in problem.message
+
+
+GO_LEAVES = st.one_of(
+    st.none(),
+    st.sampled_from(["allow", "deny", "10.0.0.0/8", "a.example", "any", "x y", "2001:db8::/32"]),
+    st.text(max_size=8),
+)
+GO_KEYS = st.sampled_from(["default_action", "clients", "rules", "action", "destination", "alice"])
+GO_DOCS = st.recursive(
+    GO_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(GO_KEYS, inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=120), GO_DOCS.map(lambda d: yaml.safe_dump(d))))
+def test_arbitrary_go_input_converts_or_raises_policy_invalid(text: str) -> None:
+    try:
+        out = convert_go_policy(text)
+    except PolicyInvalid as exc:
+        assert exc.problems
+    else:
+        assert load_policy_text(out).default in ("allow", "deny")
