@@ -31,8 +31,13 @@ def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
     from zgate_agent.metrics import AgentMetrics
     from zgate_relay.metrics import RelayMetrics
 
+    relay = RelayMetrics()
+    # Series that exist only once a policy is running or DNS is served: make one of each.
+    relay.watch_rules(["a-rule", "default"])
+    relay.policy_version.labels("0123456789ab").set(1)
+    relay.watch_dns(dict)
     exported: dict[str, dict[str, frozenset[str] | None]] = {}
-    for registry in (RelayMetrics().registry, AgentMetrics().registry):
+    for registry in (relay.registry, AgentMetrics().registry):
         for family in registry.collect():
             for sample in family.samples:
                 if sample.name.endswith("_created"):
