@@ -166,7 +166,7 @@ def test_policy_swap_ends_flows_the_new_policy_denies() -> None:
     syn = tcp4("10.100.0.2", "203.0.113.10", 40000, 443, 0x02)
     assert e.outbound(ALICE, syn, 1.0).allowed
     e.take_events()
-    ended = e.set_policy(compiled("default: deny\n"))
+    ended = e.set_policy(compiled("default: deny\n"), 1.5)
     assert ended == 1
     end = e.take_events()[0].to_dict()
     assert (end["event"], end["reason"]) == ("flow.end", "policy_revoked")

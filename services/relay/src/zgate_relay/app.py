@@ -110,7 +110,9 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         country_of=geoip.country if geoip is not None else None,
         on_decision=lambda d: metrics.decisions.labels(d.rule_id, d.verdict).inc(),
     )
-    policies.apply = enforcer.set_policy
+    policies.apply = lambda compiled: enforcer.set_policy(
+        compiled, asyncio.get_running_loop().time()
+    )
     if not settings.enforce:
         log.warning(
             "ENFORCEMENT OFF (--no-enforce): every packet is forwarded, no flow is "

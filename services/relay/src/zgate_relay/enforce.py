@@ -181,11 +181,9 @@ class Enforcer:
     def _denied(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
         if not self.icmp_budget.take(session.session_id, now):
             return _DENIED
-        source = next(iter(sorted(self.relay_addresses, key=len)), None)
-        version = packet[0] >> 4
-        gateway = next(
-            (a for a in self.relay_addresses if len(a) == (4 if version == 4 else 16)), source
-        )
+        # The answer comes from the relay's tunnel address of the packet's family.
+        size = 4 if packet[0] >> 4 == 4 else 16
+        gateway = next((a for a in self.relay_addresses if len(a) == size), None)
         if gateway is None:
             return _DENIED
         icmp = admin_prohibited(packet, ipaddress.ip_address(gateway))
@@ -204,11 +202,11 @@ class Enforcer:
         self._sessions.pop(session.session_id, None)
         return ended
 
-    def set_policy(self, policy: CompiledPolicy) -> int:
+    def set_policy(self, policy: CompiledPolicy, now: float) -> int:
         """Swap in a new policy version: flows it would decide differently are ended (the
         next packet of such a flow is decided again). Returns how many ended."""
         self.policy = policy
-        now = self.wall_clock()
+        wall = self.wall_clock()
 
         def decide(flow: Flow) -> Decision:
             if flow.rule_id == RELAY_DNS_RULE:
@@ -218,7 +216,7 @@ class Enforcer:
                 return Decision("deny", "default")
             key = flow.key
             names = (
-                self.names_for(session.identity.ident, key.dst, 0.0)
+                self.names_for(session.identity.ident, key.dst, now)
                 if self.names_for is not None and flow.fqdn is not None
                 else ()
             )
@@ -235,7 +233,7 @@ class Enforcer:
                 key.dport if key.proto in (_TCP, _UDP, 132) else None,
                 fqdns=names or ((flow.fqdn,) if flow.fqdn else ()),
                 country=country,
-                now=now,
+                now=wall,
             )
 
         return self._ended(self.flows.revalidate(decide, policy_version=policy.version))
