@@ -17,15 +17,18 @@ agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures these pa
                               whose rule for the benchmark's traffic comes near the end
 
 For each: iperf3 TCP, one stream, upload and download (receiver throughput); ping RTT (mean
-and p99 of the per-packet times), alone and while the TCP upload runs; and the CPU seconds the
-relay and agent processes used during the TCP upload. On veth, zgate-datagram and zgate-stream
-also iperf3 UDP at a fixed offered rate (loss and received throughput). Each figure is the
-median over --repeat runs (--baseline-repeat, default 1, on veth). The tunnel paths are measured in rounds, one repetition of each
-per round and each on a freshly started relay and agent, so a drift in the machine's load
-spreads over all of them instead of biasing one. In the last round zgate-datagram and
-zgate-stream get a "flood": UDP from the internet host to the agent far above what the tunnel
-can carry, with pings alongside, to show where the excess goes (dropped at a bounded queue, or
-queued at the cost of latency and memory). The lab is always torn down, even on Ctrl-C.
+and p99 of the per-packet times), alone and while the TCP upload runs; the CPU seconds the relay
+and agent processes used during the TCP upload, and the relay's CPU time per packet it moved.
+On veth, zgate-datagram and zgate-stream also iperf3 UDP at a fixed offered rate (loss and
+received throughput). Each figure is the median over --repeat runs (--baseline-repeat, default
+1, on veth). The tunnel paths are measured in rounds, one repetition of each per round and each
+on a freshly started relay and agent, so a drift in the machine's load spreads over all of them
+instead of biasing one. In the last round zgate-datagram and zgate-stream get a "flood": UDP
+from the internet host to the agent far above what the tunnel can carry, with pings alongside,
+to show where the excess goes (dropped at a bounded queue, or queued at the cost of latency and
+memory). With enforcement off among the paths, the run ends by timing the relay's router
+in-process, with and without enforcement: the microseconds enforcement adds to each packet,
+and their share of the relay's CPU time per packet. The lab is always torn down, even on Ctrl-C.
 
 --loss PCT makes the underlay lossy (nftables drops PCT % of the tunnel's UDP packets each
 way at the relay, and of the baseline link's packets): how each mode copes with loss.
@@ -57,10 +60,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+# bench/packet_path.py: Python puts this script's directory first on sys.path.
+import packet_path
 import yaml
 
 from zgate_cli.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
 from zgate_cli.lab import run as run_cmd
+from zgate_relay.policy import BUILTIN_POLICY
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class Sample:
     tcp_rtt_p99_ms: float | None = None
     cpu_relay_s: float | None = None
     cpu_agent_s: float | None = None
+    relay_us_per_packet: float | None = None
     flood_mbps: float | None = None
     flood_loss_pct: float | None = None
     loaded_rtt_ms: float | None = None
@@ -322,14 +329,18 @@ def measure(
     """One repetition of the tests on one path; zgate's drops are added to ``drops``."""
     sample, seconds = Sample(), args.seconds
     with counted(lab, drops, "tcp_up"), pings_alongside(lab, target.host, seconds) as during:
+        moved0 = relay_packets(lab) if target.tunnel else 0.0
         relay0, agent0 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
         sample.tcp_mbps = tcp_mbps(lab, target.host, seconds)
         relay1, agent1 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
+        moved = relay_packets(lab) - moved0 if target.tunnel else 0.0
     if during:
         sample.tcp_rtt_ms = statistics.fmean(during)
         sample.tcp_rtt_p99_ms = percentile(during, 99)
     if relay0 is not None and relay1 is not None:
         sample.cpu_relay_s = relay1 - relay0
+        if moved > 0:
+            sample.relay_us_per_packet = sample.cpu_relay_s / moved * 1e6
     if agent0 is not None and agent1 is not None:
         sample.cpu_agent_s = agent1 - agent0
     with counted(lab, drops, "tcp_down"):
@@ -383,6 +394,12 @@ def drop_counters(lab: Lab) -> dict[str, float]:
     for k, v in labelled(agent_text, "zgate_agent_drops_total", "reason").items():
         counters[f"agent:{k}"] = v
     return counters
+
+
+def relay_packets(lab: Lab) -> float:
+    """IP packets the relay has moved so far, from agents and from its TUN device."""
+    moved = labelled(lab.relay_metrics_text(), "zgate_relay_packets_total", "direction")
+    return moved.get("from_agent", 0.0) + moved.get("from_egress", 0.0)
 
 
 def increase(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -508,22 +525,29 @@ def run_tunnel_rounds(
     return results
 
 
-def relay_configs(lab: Lab, names: list[str], notes: dict[str, str]) -> dict[str, tuple[str, ...]]:
+@dataclass
+class RunNotes:
+    """What a run found out besides the paths' figures."""
+
+    policy_check: str | None = None  # `zgate policy check`'s summary of the generated policy
+    router_us: dict[str, float] | None = None  # router_cost()
+
+
+def relay_configs(lab: Lab, names: list[str], notes: RunNotes) -> dict[str, tuple[str, ...]]:
     """The relay's flags for each kind of path; writes and checks the 1 000-rule policy if a
-    path needs it (its `zgate policy check` summary goes into ``notes``)."""
+    path needs it."""
     configs: dict[str, tuple[str, ...]] = {"allow-all": (), "noenforce": ("--no-enforce",)}
     if any(PATH_SPECS[n].relay == "policy1k" for n in names):
         path = lab.workdir / "policy-1k.yaml"
         path.write_text(policy_yaml(POLICY_RULES))
-        notes["policy1k"] = check_policy(path)
+        notes.policy_check = check_policy(path)
         configs["policy1k"] = ("--policy", str(path))
     return configs
 
 
-def run_benchmark(
-    lab: Lab, args: argparse.Namespace, notes: dict[str, str]
-) -> dict[str, PathResult]:
-    """Build the lab, then measure the selected paths (veth first, then the tunnel rounds)."""
+def run_benchmark(lab: Lab, args: argparse.Namespace, notes: RunNotes) -> dict[str, PathResult]:
+    """Build the lab, measure the selected paths (veth first, then the tunnel rounds), and
+    with enforcement off among them, the router's cost per packet in-process."""
 
     def progress(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -542,9 +566,12 @@ def run_benchmark(
     tunnel = [n for n in args.paths if n != "veth"]
     if tunnel:
         flags = relay_configs(lab, tunnel, notes)
-        if "policy1k" in notes:
-            progress(notes["policy1k"])
+        if notes.policy_check:
+            progress(notes.policy_check)
         results.update(run_tunnel_rounds(lab, tunnel, flags, args, progress))
+    if "zgate-datagram-noenforce" in args.paths:
+        progress("the router's cost per packet, in-process")
+        notes.router_us = router_cost()
     return {n: results[n] for n in args.paths}
 
 
@@ -689,6 +716,23 @@ def check_policy(path: Path) -> str:
     return proc.stdout.strip()
 
 
+# ------------------------------------------------------- the router, in-process
+
+
+def router_cost(packets: int = 20_000, repeat: int = 5) -> dict[str, float]:
+    """Microseconds per packet in the relay's router, in this process, per kind of relay:
+    a 1400-byte segment of an established TCP flow from the agent through
+    `Router.from_session`, as bench/packet_path.py times it (median of ``repeat`` runs).
+    The differences between kinds are what enforcement adds to every packet once a flow is
+    decided; the policy's size matters only for a flow's first packet.
+    """
+    kinds = {"noenforce": None, "allow-all": BUILTIN_POLICY, "policy1k": packet_path.policy_1k()}
+    return {
+        kind: round(packet_path.measure(packet_path.router_stage(policy), packets, repeat), 3)
+        for kind, policy in kinds.items()
+    }
+
+
 # ----------------------------------------------------------------- reporting
 
 
@@ -705,8 +749,14 @@ def ratios(paths: dict[str, Figures]) -> dict[str, Figures]:
     return out
 
 
-def enforcement_cost(rates: dict[str, Figures]) -> dict[str, object]:
-    """The throughput ratios enforced / not enforced, and whether they meet the target."""
+def enforcement_cost(
+    paths: dict[str, Figures],
+    rates: dict[str, Figures],
+    router_us: dict[str, float] | None,
+) -> dict[str, object]:
+    """What enforcement costs: the throughput ratios enforced / not enforced (and whether they
+    meet the target), and from the router's in-process cost, the share of the relay's CPU per
+    packet it adds (against the relay's CPU per packet with enforcement off, in this run)."""
     out: dict[str, object] = {"target_ratio": ENFORCEMENT_TARGET}
     met = True
     for label in ("allow-all/noenforce", "policy1k/noenforce"):
@@ -716,6 +766,18 @@ def enforcement_cost(rates: dict[str, Figures]) -> dict[str, object]:
         out[label] = pair
         met = met and all(v is not None and v >= ENFORCEMENT_TARGET for v in pair.values())
     out["met"] = met if len(out) > 1 else None
+    relay_us = paths.get("zgate-datagram-noenforce", {}).get("relay_us_per_packet")
+    if router_us is not None:
+        out["router_us_per_packet"] = router_us
+        out["relay_us_per_packet_noenforce"] = relay_us
+        added = {
+            kind: round(us - router_us["noenforce"], 3)
+            for kind, us in router_us.items()
+            if kind != "noenforce"
+        }
+        out["added_us_per_packet"] = added
+        if relay_us:
+            out["share_of_relay_cpu"] = {k: round(v / relay_us, 4) for k, v in added.items()}
     return out
 
 
@@ -726,6 +788,23 @@ def command_version(*cmd: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (proc.stdout or proc.stderr).splitlines()[0] if proc.stdout or proc.stderr else ""
+
+
+def code_version() -> dict[str, object]:
+    """The commit the run measured, and the files that differed from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "changed": changed}
 
 
 def competing_processes() -> list[str]:
@@ -791,6 +870,7 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
         ("RTT in TCP p99", "tcp_rtt_p99_ms", 2),
         ("relay CPU s", "cpu_relay_s", 2),
         ("agent CPU s", "cpu_agent_s", 2),
+        ("relay us/packet", "relay_us_per_packet", 1),
         ("flood Mbit/s", "flood_mbps", 1),
         ("flood loss %", "flood_loss_pct", 1),
         ("RTT in flood ms", "loaded_rtt_ms", 1),
@@ -814,7 +894,7 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
 
 
 def enforcement_line(cost: dict[str, object]) -> str | None:
-    """One line on what enforcement costs, or None when it was not measured."""
+    """A few lines on what enforcement costs, or None when it was not measured."""
     if cost.get("met") is None:
         return None
     parts = []
@@ -823,14 +903,25 @@ def enforcement_line(cost: dict[str, object]) -> str | None:
         if isinstance(pair, dict):
             up, down = (fmt(pair[k], 3) for k in ("tcp_mbps", "tcp_down_mbps"))
             parts.append(f"{label} TCP up {up}, down {down}")
-    verdict = "met" if cost["met"] else "NOT met"
-    return f"enforcement: {'; '.join(parts)} (target >= {ENFORCEMENT_TARGET}: {verdict})"
+    verdict = "met" if cost["met"] else "NOT met in this run (single runs vary by 15-20 %)"
+    lines = [f"enforcement: {'; '.join(parts)} (target >= {ENFORCEMENT_TARGET}: {verdict})"]
+    added, share = cost.get("added_us_per_packet"), cost.get("share_of_relay_cpu")
+    if isinstance(added, dict):
+        relay_us = cost.get("relay_us_per_packet_noenforce")
+        per_kind = ", ".join(
+            f"{kind} +{us:.2f} us"
+            + (f" = {100 * share[kind]:.1f} %" if isinstance(share, dict) else "")
+            for kind, us in added.items()
+        )
+        relay = f" of the relay's {relay_us:.0f} us" if isinstance(relay_us, float) else ""
+        lines.append(f"router in-process, per packet: {per_kind}{relay}")
+    return "\n".join(lines)
 
 
 def report(
     results: dict[str, PathResult],
     args: argparse.Namespace,
-    notes: dict[str, str],
+    notes: RunNotes,
     competing: list[str],
     took: float,
 ) -> dict[str, object]:
@@ -840,21 +931,22 @@ def report(
     return {
         "paths": paths,
         "ratios": rates,
-        "enforcement": enforcement_cost(rates),
+        "enforcement": enforcement_cost(paths, rates, notes.router_us),
         "machine": machine(competing),
+        "code": code_version(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(took),
         "settings": {
             "seconds": args.seconds,
             "repeat": args.repeat,
             "baseline_repeat": args.baseline_repeat,
-            "light": args.light,
             "udp_rate": args.udp_rate,
             "underlay_loss_pct": args.loss,
             "flood_rate": args.flood_rate,
             "flood_seconds": args.flood_seconds,
             "paths": list(args.paths),
-            **notes,
+            "light": args.light,
+            "policy1k": notes.policy_check,
         },
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
         "errors": {n: r.errors for n, r in results.items() if r.errors},
@@ -907,7 +999,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=HelpFormatter,
         epilog="Needs root (namespaces, TUN devices, nftables) and iperf3. "
-        "Defaults take about three minutes.",
+        "Defaults take about four minutes; --enforcement about 45 s per --repeat.",
     )
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test")
     parser.add_argument(
@@ -945,7 +1037,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paths",
         type=path_list,
-        default=PATHS,
+        default=",".join(PATHS),
         metavar="NAME,...",
         help=f"which paths to measure, of: {', '.join(PATHS)}",
     )
@@ -990,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
             sep="\n  ",
             file=sys.stderr,
         )
-    started, notes = time.monotonic(), dict[str, str]()
+    started, notes = time.monotonic(), RunNotes()
     try:
         with lab_session(args.keep) as lab:
             results = run_benchmark(lab, args, notes)
