@@ -58,16 +58,12 @@ class RelayMetrics:
         self.sessions_total = Counter(
             "zgate_relay_sessions_opened", "CONNECT-IP sessions opened.", registry=r
         )
-        packets = Counter(
-            "zgate_relay_packets", "IP packets moved, by direction.", ["direction"], registry=r
-        )
-        bytes_ = Counter(
-            "zgate_relay_bytes", "IP bytes moved, by direction.", ["direction"], registry=r
-        )
-        self.packets = {d: packets.labels(d) for d in DIRECTIONS}
-        self.bytes = {d: bytes_.labels(d) for d in DIRECTIONS}
-        drops = Counter("zgate_relay_drops", "Packets dropped, by reason.", ["reason"], registry=r)
-        self.drops = {reason: drops.labels(reason) for reason in DROP_REASONS}
+        # Per-packet counts are plain integers, exported at scrape time: a prometheus-client
+        # Counter.inc() takes a lock and costs about 0.3 us, several times per packet.
+        self.packets: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
+        self.bytes: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        r.register(_TrafficCollector(self))
         refusals = Counter(
             "zgate_relay_handshake_refusals",
             "Handshakes and requests refused, by reason.",
@@ -159,3 +155,23 @@ _DNS_STAT_KEYS = {
     "overloaded": "overloaded",
     "refused": "refused",
 }
+
+
+class _TrafficCollector(Collector):
+    """``zgate_relay_packets_total``, ``_bytes_total`` and ``_drops_total`` from the
+    relay's integer counts."""
+
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        m = self._metrics
+        for name, doc, label, counts in (
+            ("zgate_relay_packets", "IP packets moved, by direction.", "direction", m.packets),
+            ("zgate_relay_bytes", "IP bytes moved, by direction.", "direction", m.bytes),
+            ("zgate_relay_drops", "Packets dropped, by reason.", "reason", m.drops),
+        ):
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key, value in list(counts.items()):
+                family.add_metric([key], float(value))
+            yield family

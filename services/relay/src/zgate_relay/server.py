@@ -422,14 +422,14 @@ class RelayServer:
             if isinstance(h3_event, DatagramReceived):
                 session = conn.sessions.get(h3_event.stream_id)
                 if session is None:
-                    self.metrics.drops["unknown_stream"].inc()
+                    self.metrics.drops["unknown_stream"] += 1
                     continue
                 try:
                     packet = ConnectIpStream.ip_packet_from_datagram(h3_event.data)
                 except DecodeError:
                     packet = None
                 if packet is None:
-                    self.metrics.drops["unknown_context"].inc()
+                    self.metrics.drops["unknown_context"] += 1
                     continue
                 self._from_agent(session, packet)
             elif isinstance(h3_event, DataReceived):
@@ -462,7 +462,7 @@ class RelayServer:
             if isinstance(capsule, DatagramCapsule):
                 packet = ConnectIpStream.ip_packet_from_capsule(capsule)
                 if packet is None:
-                    self.metrics.drops["unknown_context"].inc()
+                    self.metrics.drops["unknown_context"] += 1
                 else:
                     self._from_agent(session, packet)
             elif isinstance(capsule, AddressRequest):
@@ -596,24 +596,24 @@ class RelayServer:
         size = len(packet)
         session.packets_in += 1
         session.bytes_in += size
-        m.packets["from_agent"].inc()
-        m.bytes["from_agent"].inc(size)
+        m.packets["from_agent"] += 1
+        m.bytes["from_agent"] += size
         target = self.router.from_session(session, packet, self._loop.time())
         if target is EGRESS:
             if self.egress is None:
-                m.drops["no_session"].inc()
+                m.drops["no_session"] += 1
                 return
             self.egress.write(packet)
-            m.packets["to_egress"].inc()
-            m.bytes["to_egress"].inc(size)
+            m.packets["to_egress"] += 1
+            m.bytes["to_egress"] += size
         elif isinstance(target, Drop):
-            m.drops[target.reason].inc()
+            m.drops[target.reason] += 1
             if isinstance(target, Reject):
                 self._to_agent(session, target.icmp, from_session=None)
         else:
             forwarded = bytearray(packet)
             if not decrement_ttl(forwarded):
-                m.drops["ttl_expired"].inc()
+                m.drops["ttl_expired"] += 1
                 return
             self._to_agent(cast(RelaySession, target), bytes(forwarded), from_session=session)
 
@@ -623,14 +623,12 @@ class RelayServer:
         drops = self.metrics.drops
         packets = self.egress.read_batch(64)
         now = self._loop.time()
-        from_egress_packets = self.metrics.packets["from_egress"]
-        from_egress_bytes = self.metrics.bytes["from_egress"]
+        self.metrics.packets["from_egress"] += len(packets)
+        self.metrics.bytes["from_egress"] += sum(map(len, packets))
         for packet in packets:
-            from_egress_packets.inc()
-            from_egress_bytes.inc(len(packet))
             target = route(packet, now)
             if isinstance(target, Drop):
-                drops[target.reason].inc()
+                drops[target.reason] += 1
             else:
                 self._to_agent(target, packet, from_session=None)
         if packets:
@@ -644,16 +642,16 @@ class RelayServer:
         if status is SendStatus.SENT:
             session.packets_out += 1
             session.bytes_out += len(packet)
-            m.packets["to_agent"].inc()
-            m.bytes["to_agent"].inc(len(packet))
+            m.packets["to_agent"] += 1
+            m.bytes["to_agent"] += len(packet)
             self._dirty.add(self._by_quic[session.stream.quic])
         elif status is SendStatus.TOO_BIG:
-            m.drops["too_big"].inc()
+            m.drops["too_big"] += 1
             self._send_too_big(packet, session.stream.max_datagram_packet, from_session)
         elif status is SendStatus.QUEUE_FULL:
-            m.drops["queue_full"].inc()
+            m.drops["queue_full"] += 1
         else:
-            m.drops["session_closed"].inc()
+            m.drops["session_closed"] += 1
 
     def _send_too_big(self, packet: bytes, mtu: int, from_session: RelaySession | None) -> None:
         gateway = self._gateway4 if packet[0] >> 4 == 4 else self._gateway6
