@@ -27,6 +27,7 @@ __all__ = [
     "PolicyRefused",
     "PolicySource",
     "SessionClosed",
+    "SessionEvent",
     "SessionOpened",
     "address_text",
     "format_ts",
@@ -97,10 +98,9 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionOpened(AuditEvent):
-    """A CONNECT-IP session started. ``serial`` is the certificate serial in hex."""
-
-    EVENT: ClassVar[str] = "session.open"
+class SessionEvent(AuditEvent):
+    """What every session record says: who, which session, where from, which addresses.
+    ``serial`` is the certificate serial in hex."""
 
     client: str
     kind: str
@@ -112,18 +112,18 @@ class SessionOpened(AuditEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionClosed(AuditEvent):
+class SessionOpened(SessionEvent):
+    """A CONNECT-IP session started."""
+
+    EVENT: ClassVar[str] = "session.open"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(SessionEvent):
     """A session ended, with why, how long it lasted and what it moved."""
 
     EVENT: ClassVar[str] = "session.close"
 
-    client: str
-    kind: str
-    serial: str
-    session: str
-    addresses: tuple[str, ...]
-    peer: str
-    mode: str
     reason: str
     duration_s: float
     bytes_out: int
