@@ -186,7 +186,7 @@ class Agent:
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     ) -> None:
         protocol.on_packet = self._packet_from_relay
-        protocol.on_unknown_context = self.metrics.drops["unknown_context"].inc
+        protocol.on_unknown_context = self._unknown_context
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         info = await protocol.open_session(
             authority,
@@ -269,7 +269,7 @@ class Agent:
         protocol = self._protocol
         m = self.metrics
         if protocol is None or protocol.stream is None:
-            m.drops["not_connected"].inc(len(packets))
+            m.drops["not_connected"] += len(packets)
             return
         stream = protocol.stream
         sent = 0
@@ -277,16 +277,16 @@ class Agent:
             status = stream.send_packet(packet)
             if status is SendStatus.SENT:
                 sent += 1
-                m.bytes["to_relay"].inc(len(packet))
+                m.bytes["to_relay"] += len(packet)
             elif status is SendStatus.TOO_BIG:
-                m.drops["too_big"].inc()
+                m.drops["too_big"] += 1
                 self._too_big(packet, stream.max_datagram_packet)
             elif status is SendStatus.QUEUE_FULL:
-                m.drops["queue_full"].inc()
+                m.drops["queue_full"] += 1
             else:
-                m.drops["not_connected"].inc()
+                m.drops["not_connected"] += 1
         if sent:
-            m.packets["to_relay"].inc(sent)
+            m.packets["to_relay"] += sent
             protocol.transmit()
 
     def _too_big(self, packet: bytes, mtu: int) -> None:
@@ -301,9 +301,12 @@ class Agent:
         if icmp is not None:
             self.device.write(icmp)
 
+    def _unknown_context(self) -> None:
+        self.metrics.drops["unknown_context"] += 1
+
     def _packet_from_relay(self, packet: bytes) -> None:
-        self.metrics.packets["from_relay"].inc()
-        self.metrics.bytes["from_relay"].inc(len(packet))
+        self.metrics.packets["from_relay"] += 1
+        self.metrics.bytes["from_relay"] += len(packet)
         self.device.write(packet)
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from zgate_host.counters import CounterFamilies
+
 __all__ = ["AgentMetrics"]
 
 DIRECTIONS = ("to_relay", "from_relay")
@@ -20,11 +22,15 @@ class AgentMetrics:
         self.reconnects = Counter(
             "zgate_agent_reconnects", "Connection attempts after the first.", registry=r
         )
-        packets = Counter(
-            "zgate_agent_packets", "IP packets, by direction.", ["direction"], registry=r
+        # Per-packet counts: plain integers read at scrape time (see zgate_host.counters).
+        counts = CounterFamilies()
+        self.packets = counts.family(
+            "zgate_agent_packets", "IP packets, by direction.", "direction", DIRECTIONS
         )
-        bytes_ = Counter("zgate_agent_bytes", "IP bytes, by direction.", ["direction"], registry=r)
-        self.packets = {d: packets.labels(d) for d in DIRECTIONS}
-        self.bytes = {d: bytes_.labels(d) for d in DIRECTIONS}
-        drops = Counter("zgate_agent_drops", "Packets dropped, by reason.", ["reason"], registry=r)
-        self.drops = {reason: drops.labels(reason) for reason in DROP_REASONS}
+        self.bytes = counts.family(
+            "zgate_agent_bytes", "IP bytes, by direction.", "direction", DIRECTIONS
+        )
+        self.drops = counts.family(
+            "zgate_agent_drops", "Packets dropped, by reason.", "reason", DROP_REASONS
+        )
+        r.register(counts)

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from zgate_host.counters import CounterFamilies
+
 __all__ = ["DIRECTIONS", "DNS_OUTCOMES", "DROP_REASONS", "REFUSAL_REASONS", "RelayMetrics"]
 
 #: How DNS queries from agents ended.
@@ -60,10 +62,17 @@ class RelayMetrics:
         )
         # Per-packet counts are plain integers, exported at scrape time: a prometheus-client
         # Counter.inc() takes a lock and costs about 0.3 us, several times per packet.
-        self.packets: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
-        self.bytes: dict[str, int] = dict.fromkeys(DIRECTIONS, 0)
-        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        r.register(_TrafficCollector(self))
+        counts = CounterFamilies()
+        self.packets = counts.family(
+            "zgate_relay_packets", "IP packets moved, by direction.", "direction", DIRECTIONS
+        )
+        self.bytes = counts.family(
+            "zgate_relay_bytes", "IP bytes moved, by direction.", "direction", DIRECTIONS
+        )
+        self.drops = counts.family(
+            "zgate_relay_drops", "Packets dropped, by reason.", "reason", DROP_REASONS
+        )
+        r.register(counts)
         refusals = Counter(
             "zgate_relay_handshake_refusals",
             "Handshakes and requests refused, by reason.",
@@ -155,23 +164,3 @@ _DNS_STAT_KEYS = {
     "overloaded": "overloaded",
     "refused": "refused",
 }
-
-
-class _TrafficCollector(Collector):
-    """``zgate_relay_packets_total``, ``_bytes_total`` and ``_drops_total`` from the
-    relay's integer counts."""
-
-    def __init__(self, metrics: RelayMetrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        m = self._metrics
-        for name, doc, label, counts in (
-            ("zgate_relay_packets", "IP packets moved, by direction.", "direction", m.packets),
-            ("zgate_relay_bytes", "IP bytes moved, by direction.", "direction", m.bytes),
-            ("zgate_relay_drops", "Packets dropped, by reason.", "reason", m.drops),
-        ):
-            family = CounterMetricFamily(name, doc, labels=[label])
-            for key, value in list(counts.items()):
-                family.add_metric([key], float(value))
-            yield family
