@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
@@ -27,6 +28,9 @@ __all__ = ["TunnelError", "TunnelInfo", "TunnelProtocol"]
 log = logging.getLogger("zgate.agent")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+_DRAIN_BATCH = 255
 
 
 class TunnelError(Exception):
@@ -111,6 +115,45 @@ class TunnelProtocol(QuicConnectionProtocol):
         if self.terminated.is_set():
             raise TunnelError(f"connection closed while waiting for {what}: {self.close_reason}")
         raise TunnelError(f"timed out after {timeout:g}s waiting for {what}")
+
+    # ---------------------------------------------------------------- receiving
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep a second handle on the UDP socket to drain it (see datagram_received)."""
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self._rx: socket.socket | None = None
+        if sock is not None:
+            self._rx = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            self._rx.setblocking(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the draining handle with the transport."""
+        if getattr(self, "_rx", None) is not None:
+            assert self._rx is not None
+            self._rx.close()
+            self._rx = None
+        super().connection_lost(exc)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        """Handle the datagram asyncio read, then every other one already waiting, and
+        send once: asyncio hands over one datagram per loop iteration, and aioquic's
+        protocol would build and send its output (ACKs) after each."""
+        quic = self._quic
+        now = self._loop.time()
+        quic.receive_datagram(cast(bytes, data), addr, now=now)
+        rx = self._rx
+        if rx is not None:
+            for _ in range(_DRAIN_BATCH):
+                try:
+                    more, more_addr = rx.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                quic.receive_datagram(more, more_addr, now=now)
+        self._process_events()
+        self.transmit()
 
     # ------------------------------------------------------------------- events
 
