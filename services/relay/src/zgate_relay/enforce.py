@@ -9,7 +9,7 @@ auditor needs is queued in :attr:`Enforcer.events` for the pump to write, never 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -17,7 +17,14 @@ from typing import Final, Protocol
 from zgate_pki import Identity
 from zgate_policy import CompiledPolicy, Decision
 from zgate_policy.audit import AuditEvent, FlowDecided, FlowEnded
-from zgate_policy.flows import Flow, FlowKey, FlowTable, flow_key_from_packet, reply_key_from_packet
+from zgate_policy.flows import (
+    Flow,
+    FlowKey,
+    FlowTable,
+    flow_key_from_packet,
+    reply_key_from_packet,
+    tcp_flags,
+)
 from zgate_proto.icmp import admin_prohibited
 
 __all__ = ["RELAY_DNS_RULE", "EnforcedSession", "Enforcer", "IcmpBudget", "Verdict"]
@@ -28,6 +35,7 @@ RELAY_DNS_RULE: Final = "relay-dns"
 _DNS_ALLOWED: Final = Decision("allow", RELAY_DNS_RULE)
 _TCP, _UDP = 6, 17
 _DNS_PORT = 53
+_PORTED = (_TCP, _UDP, 132)  # protocols whose flows have ports (TCP, UDP, SCTP)
 
 
 class EnforcedSession(Protocol):
@@ -120,7 +128,7 @@ class Enforcer:
             reply = reply_key_from_packet(packet)
             opened = flows.get(reply) if reply is not None else None
             if opened is not None and opened.verdict == "allow":
-                flows.seen_in(opened, len(packet), _tcp_flags(packet, reply), now)
+                flows.seen_in(opened, len(packet), _tcp_flags(packet, opened.key), now)
                 return ALLOWED
             flow = self._new_flow(session, key, now)
             if flow is None:
@@ -142,28 +150,32 @@ class Enforcer:
         self.flows.seen_in(flow, len(packet), _tcp_flags(packet, key), now)
         return ALLOWED
 
+    def _decide(
+        self, identity: Identity, key: FlowKey, names: Collection[str], wall: datetime
+    ) -> Decision:
+        """The running policy's decision for a flow (the relay's own DNS always allowed)."""
+        if key.dst in self.relay_addresses and key.dport == _DNS_PORT and key.proto in (_TCP, _UDP):
+            return _DNS_ALLOWED
+        policy = self.policy
+        country = (
+            self.country_of(key.dst) if policy.uses_geoip and self.country_of is not None else None
+        )
+        return policy.decide(
+            identity.ident,
+            identity.groups,
+            key.proto,
+            ipaddress.ip_address(key.dst),
+            key.dport if key.proto in _PORTED else None,
+            fqdns=names,
+            country=country,
+            now=wall,
+        )
+
     def _new_flow(self, session: EnforcedSession, key: FlowKey, now: float) -> Flow | None:
         identity = session.identity
         names = self.names_for(identity.ident, key.dst, now) if self.names_for is not None else ()
-        if key.dst in self.relay_addresses and key.dport == _DNS_PORT and key.proto in (_TCP, _UDP):
-            decision = _DNS_ALLOWED
-        else:
-            policy = self.policy
-            country = (
-                self.country_of(key.dst)
-                if policy.uses_geoip and self.country_of is not None
-                else None
-            )
-            decision = policy.decide(
-                identity.ident,
-                identity.groups,
-                key.proto,
-                ipaddress.ip_address(key.dst),
-                key.dport if key.proto in (_TCP, _UDP, 132) else None,
-                fqdns=names,
-                country=country,
-                now=self.wall_clock(),
-            )
+        wall = self.wall_clock()
+        decision = self._decide(identity, key, names, wall)
         fqdn = min(names) if names else None
         flow = self.flows.add(key, session.session_id, decision, self.policy.version, now, fqdn)
         if flow is None:
@@ -172,9 +184,7 @@ class Enforcer:
         if self.on_decision is not None:
             self.on_decision(decision)
         self.events.append(
-            FlowDecided.from_flow(
-                flow, ts=self.wall_clock(), relay=self.relay_name, client=str(identity)
-            )
+            FlowDecided.from_flow(flow, ts=wall, relay=self.relay_name, client=str(identity))
         )
         return flow
 
@@ -209,32 +219,17 @@ class Enforcer:
         wall = self.wall_clock()
 
         def decide(flow: Flow) -> Decision:
-            if flow.rule_id == RELAY_DNS_RULE:
-                return _DNS_ALLOWED
             session = self._sessions.get(flow.session_id)
             if session is None:
                 return Decision("deny", "default")
             key = flow.key
-            names = (
-                self.names_for(session.identity.ident, key.dst, now)
-                if self.names_for is not None and flow.fqdn is not None
-                else ()
-            )
-            country = (
-                self.country_of(key.dst)
-                if policy.uses_geoip and self.country_of is not None
-                else None
-            )
-            return policy.decide(
-                session.identity.ident,
-                session.identity.groups,
-                key.proto,
-                ipaddress.ip_address(key.dst),
-                key.dport if key.proto in (_TCP, _UDP, 132) else None,
-                fqdns=names or ((flow.fqdn,) if flow.fqdn else ()),
-                country=country,
-                now=wall,
-            )
+            names: Collection[str] = ()
+            if flow.fqdn is not None:  # the name the flow was allowed by, if still bound
+                bound = (
+                    self.names_for(session.identity.ident, key.dst, now) if self.names_for else ()
+                )
+                names = bound or (flow.fqdn,)
+            return self._decide(session.identity, key, names, wall)
 
         return self._ended(self.flows.revalidate(decide, policy_version=policy.version))
 
@@ -254,9 +249,6 @@ class Enforcer:
         return events
 
 
-def _tcp_flags(packet: bytes, key: FlowKey | None) -> int | None:
-    if key is None or key.proto != _TCP:
-        return None
-    version = packet[0] >> 4
-    offset = (packet[0] & 0x0F) * 4 if version == 4 else 40
-    return packet[offset + 13] if len(packet) > offset + 13 else None
+def _tcp_flags(packet: bytes, key: FlowKey) -> int | None:
+    # The shared parser, called only for TCP: for other protocols it would parse in full.
+    return tcp_flags(packet) if key.proto == _TCP else None
