@@ -62,6 +62,7 @@ from typing import TypeVar
 
 # bench/packet_path.py: Python puts this script's directory first on sys.path.
 import packet_path
+import wireguard
 import yaml
 
 from zgate_cli.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
@@ -73,24 +74,29 @@ from zgate_relay.policy import BUILTIN_POLICY
 class PathSpec:
     """How a path is set up and what is measured on it."""
 
-    mode: str | None  # the agent's packet mode; None: the plain veth, no tunnel
-    relay: str = "allow-all"  # a key of relay_configs(): how the relay is started
+    kind: str  # "veth" (no tunnel), "zgate" or "wireguard" (wireguard-go)
+    mode: str | None = None  # zgate: the agent's packet mode
+    relay: str = "allow-all"  # zgate: a key of relay_configs(), how the relay is started
     full: bool = True  # also UDP, and the flood (tunnel paths); else TCP and RTT only
 
 
 PATH_SPECS = {
-    "veth": PathSpec(None),
-    "zgate-datagram": PathSpec("datagram"),
-    "zgate-stream": PathSpec("stream"),
-    "zgate-datagram-noenforce": PathSpec("datagram", relay="noenforce", full=False),
-    "zgate-datagram-policy1k": PathSpec("datagram", relay="policy1k", full=False),
+    "veth": PathSpec("veth"),
+    "zgate-datagram": PathSpec("zgate", "datagram"),
+    "zgate-stream": PathSpec("zgate", "stream"),
+    "wireguard-go": PathSpec("wireguard"),
+    "zgate-datagram-noenforce": PathSpec("zgate", "datagram", relay="noenforce", full=False),
+    "zgate-datagram-policy1k": PathSpec("zgate", "datagram", relay="policy1k", full=False),
 }
 PATHS = tuple(PATH_SPECS)
+#: What a plain `make bench` measures (wireguard-go only where it is installed).
+DEFAULT_PATHS = ("veth", "zgate-datagram", "zgate-stream", "wireguard-go")
 #: What --enforcement selects: datagram mode with enforcement off, allow-all and 1 000 rules.
 ENFORCEMENT_PATHS = ("zgate-datagram-noenforce", "zgate-datagram", "zgate-datagram-policy1k")
 #: Figures compared in the ratios (higher is better for throughput, lower for RTT).
 RATIO_FIELDS = (
     "tcp_mbps",
+    "tcp4_mbps",
     "tcp_down_mbps",
     "udp_mbps",
     "rtt_ms",
@@ -99,12 +105,18 @@ RATIO_FIELDS = (
     "loaded_rtt_ms",
 )
 RATIOS = {
+    "zgate-datagram/wireguard-go": ("zgate-datagram", "wireguard-go"),
+    "zgate-stream/wireguard-go": ("zgate-stream", "wireguard-go"),
     "zgate-datagram/veth": ("zgate-datagram", "veth"),
     "zgate-stream/veth": ("zgate-stream", "veth"),
+    "wireguard-go/veth": ("wireguard-go", "veth"),
     "zgate-stream/zgate-datagram": ("zgate-stream", "zgate-datagram"),
     "allow-all/noenforce": ("zgate-datagram", "zgate-datagram-noenforce"),
     "policy1k/noenforce": ("zgate-datagram-policy1k", "zgate-datagram-noenforce"),
 }
+#: Issue 4's goal against wireguard-go in the same run: TCP at least this ratio, RTT at most.
+WG_TCP_TARGET = 1.0
+WG_RTT_TARGET = 1.5
 #: Enforcement may cost at most 10 % of the tunnel's throughput (issue 3).
 ENFORCEMENT_TARGET = 0.9
 POLICY_RULES = 1000
@@ -130,6 +142,7 @@ class Sample:
     """One repetition's figures for one path (None: not measured or not applicable)."""
 
     tcp_mbps: float | None = None
+    tcp4_mbps: float | None = None
     tcp_down_mbps: float | None = None
     udp_mbps: float | None = None
     udp_loss_pct: float | None = None
@@ -153,12 +166,13 @@ class Target:
     """Where a path's traffic goes and which processes carry it."""
 
     host: str
-    relay_pid: int | None = None
-    agent_pid: int | None = None
+    relay_pid: int | None = None  # the relay-side process (zgate's relay or wireguard-go)
+    agent_pid: int | None = None  # the agent-side process
+    zgate: bool = False  # whether zgate carries the path (its metrics can be read)
 
     @property
     def tunnel(self) -> bool:
-        """Whether zgate carries this path (a veth has no queue a flood could fill)."""
+        """Whether a tunnel carries this path (a veth has no queue a flood could fill)."""
         return self.relay_pid is not None
 
 
@@ -197,9 +211,13 @@ def received(report: dict[str, object]) -> dict[str, float]:
     return {k: v for k, v in end["sum_received"].items() if isinstance(v, int | float)}
 
 
-def tcp_mbps(lab: Lab, host: str, seconds: int, *, reverse: bool = False) -> float:
-    """Single-stream TCP throughput at the receiver, Mbit/s (reverse: host -> agent)."""
-    report = iperf(lab, host, seconds, *(["-R"] if reverse else []))
+def tcp_mbps(
+    lab: Lab, host: str, seconds: int, *, reverse: bool = False, streams: int = 1
+) -> float:
+    """TCP throughput at the receiver over ``streams`` parallel connections, Mbit/s
+    (reverse: host -> agent)."""
+    args = (["-R"] if reverse else []) + (["-P", str(streams)] if streams > 1 else [])
+    report = iperf(lab, host, seconds, *args)
     return received(report)["bits_per_second"] / 1e6
 
 
@@ -329,11 +347,11 @@ def measure(
     """One repetition of the tests on one path; zgate's drops are added to ``drops``."""
     sample, seconds = Sample(), args.seconds
     with counted(lab, drops, "tcp_up"), pings_alongside(lab, target.host, seconds) as during:
-        moved0 = relay_packets(lab) if target.tunnel else 0.0
+        moved0 = relay_packets(lab) if target.zgate else 0.0
         relay0, agent0 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
         sample.tcp_mbps = tcp_mbps(lab, target.host, seconds)
         relay1, agent1 = cpu_seconds(target.relay_pid), cpu_seconds(target.agent_pid)
-        moved = relay_packets(lab) - moved0 if target.tunnel else 0.0
+        moved = relay_packets(lab) - moved0 if target.zgate else 0.0
     if during:
         sample.tcp_rtt_ms = statistics.fmean(during)
         sample.tcp_rtt_p99_ms = percentile(during, 99)
@@ -345,6 +363,8 @@ def measure(
         sample.cpu_agent_s = agent1 - agent0
     with counted(lab, drops, "tcp_down"):
         sample.tcp_down_mbps = tcp_mbps(lab, target.host, seconds, reverse=True)
+    with counted(lab, drops, "tcp4_up"):
+        sample.tcp4_mbps = tcp_mbps(lab, target.host, seconds, streams=4)
     if udp:
         with counted(lab, drops, "udp"):
             sample.udp_mbps, sample.udp_loss_pct = udp_mbps_and_loss(
@@ -474,11 +494,26 @@ def tunnel_up(lab: Lab, mode: str, relay_flags: tuple[str, ...]) -> Iterator[Tar
             status = lab.agent_status(AGENT)
             if status is None or status.get("mode") != mode:
                 raise BenchError(f"agent did not come up in {mode} mode: {status}")
-            yield Target(INET_IP, python_pid(relay), python_pid(agent))
+            yield Target(INET_IP, python_pid(relay), python_pid(agent), zgate=True)
         finally:
             agent.stop()
     finally:
         relay.stop()
+
+
+@contextmanager
+def path_up(lab: Lab, spec: PathSpec, relay_flags: dict[str, tuple[str, ...]]) -> Iterator[Target]:
+    """A tunnel path's processes, freshly started, stopped on exit."""
+    if spec.kind == "wireguard":
+        try:
+            with wireguard.wireguard_up(lab, AGENT, INET_IP) as (relay_pid, agent_pid):
+                yield Target(INET_IP, relay_pid, agent_pid)
+        except AssertionError as exc:  # how the lab says a daemon did not come up
+            raise BenchError(f"wireguard-go: {exc}") from exc
+        return
+    assert spec.mode is not None
+    with tunnel_up(lab, spec.mode, relay_flags[spec.relay]) as target:
+        yield target
 
 
 def run_tunnel_rounds(
@@ -500,10 +535,9 @@ def run_tunnel_rounds(
         for name in names:
             spec, result = PATH_SPECS[name], results[name]
             full = spec.full and not args.light
-            assert spec.mode is not None
             progress(f"{name}: run {i + 1}/{args.repeat}")
             try:
-                with tunnel_up(lab, spec.mode, relay_flags[spec.relay]) as target:
+                with path_up(lab, spec, relay_flags) as target:
                     before = {
                         "relay": peak_rss_mb(target.relay_pid),
                         "agent": peak_rss_mb(target.agent_pid),
@@ -781,6 +815,39 @@ def enforcement_cost(
     return out
 
 
+def wireguard_targets(rates: dict[str, Figures]) -> dict[str, object]:
+    """Issue 4's goal for each zgate mode measured beside wireguard-go: single-stream TCP at
+    least WG_TCP_TARGET times wireguard-go's (upload), ping RTT at most WG_RTT_TARGET times."""
+    out: dict[str, object] = {}
+    for mode in ("zgate-datagram", "zgate-stream"):
+        ratio = rates.get(f"{mode}/wireguard-go")
+        if ratio is None:
+            continue
+        tcp, rtt = ratio["tcp_mbps"], ratio["rtt_ms"]
+        out[mode] = {
+            "tcp_ratio": tcp,
+            "rtt_ratio": rtt,
+            "met": tcp is not None
+            and rtt is not None
+            and tcp >= WG_TCP_TARGET
+            and rtt <= WG_RTT_TARGET,
+        }
+    return out
+
+
+def targets_line(targets: dict[str, object]) -> str | None:
+    """One line per zgate mode on issue 4's goal, or None without wireguard-go in the run."""
+    lines = []
+    for mode, verdict in targets.items():
+        assert isinstance(verdict, dict)
+        lines.append(
+            f"{mode} vs wireguard-go: TCP {fmt(verdict['tcp_ratio'], 3)}x "
+            f"(goal >= {WG_TCP_TARGET}), RTT {fmt(verdict['rtt_ratio'], 3)}x "
+            f"(goal <= {WG_RTT_TARGET}): {'met' if verdict['met'] else 'not met'}"
+        )
+    return "\n".join(lines) or None
+
+
 def command_version(*cmd: str) -> str:
     """The first line a command prints (for the machine record)."""
     try:
@@ -845,6 +912,7 @@ def machine(competing: list[str]) -> dict[str, object]:
         "python": platform.python_version(),
         "aioquic": metadata.version("aioquic"),
         "iperf3": command_version("iperf3", "--version"),
+        "wireguard-go": None if wireguard.available() else wireguard.version(),
         "network": "Linux network namespaces joined by veth pairs (and a bridge); no NIC",
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "competing_processes_at_start": competing,
@@ -861,6 +929,7 @@ def table(paths: dict[str, Figures], rates: dict[str, Figures]) -> str:
     """The human-readable summary: the measured paths' figures, then the ratios."""
     columns = [
         ("TCP up Mbit/s", "tcp_mbps", 1),
+        ("TCP up x4 Mbit/s", "tcp4_mbps", 1),
         ("TCP down Mbit/s", "tcp_down_mbps", 1),
         ("UDP Mbit/s", "udp_mbps", 1),
         ("UDP loss %", "udp_loss_pct", 2),
@@ -932,6 +1001,7 @@ def report(
         "paths": paths,
         "ratios": rates,
         "enforcement": enforcement_cost(paths, rates, notes.router_us),
+        "targets": wireguard_targets(rates),
         "machine": machine(competing),
         "code": code_version(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -946,6 +1016,7 @@ def report(
             "flood_seconds": args.flood_seconds,
             "paths": list(args.paths),
             "light": args.light,
+            "skipped_paths": args.skipped,
             "policy1k": notes.policy_check,
         },
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
@@ -1037,9 +1108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paths",
         type=path_list,
-        default=",".join(PATHS),
+        default=None,
         metavar="NAME,...",
-        help=f"which paths to measure, of: {', '.join(PATHS)}",
+        help=f"which paths to measure, of: {', '.join(PATHS)} "
+        f"[default: {','.join(DEFAULT_PATHS)}, without wireguard-go where it is not installed]",
     )
     parser.add_argument(
         "--light", action="store_true", help="TCP and RTT only on every path: no UDP, no flood"
@@ -1051,8 +1123,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         + ",".join(ENFORCEMENT_PATHS),
     )
     args = parser.parse_args(argv)
+    args.skipped = {}
     if args.enforcement:
         args.paths, args.light = ENFORCEMENT_PATHS, True
+    elif args.paths is None:
+        args.paths = DEFAULT_PATHS
+        if missing := wireguard.available():
+            args.paths = tuple(p for p in DEFAULT_PATHS if p != "wireguard-go")
+            args.skipped["wireguard-go"] = missing
+    elif "wireguard-go" in args.paths and (missing := wireguard.available()):
+        parser.error(f"the wireguard-go path {missing}")
     if not 1 <= args.seconds <= 60 or not 0 <= args.loss <= 50:
         parser.error("--seconds must be 1..60 and --loss 0..50")
     if not 1 <= args.repeat <= 20 or not 1 <= args.baseline_repeat <= 20:
@@ -1096,6 +1176,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
     if line := enforcement_line(doc["enforcement"]):  # type: ignore[arg-type]
         print(f"\n{line}")
+    if line := targets_line(doc["targets"]):  # type: ignore[arg-type]
+        print(f"\n{line}")
+    for name, why in args.skipped.items():
+        print(f"\n{name} not measured: {why}")
     if doc["errors"]:
         print(f"\nerrors: {json.dumps(doc['errors'], indent=1)}")
     if doc["drops"]:
