@@ -149,8 +149,10 @@ class Agent:
         made: list[TunnelProtocol] = []
 
         def create_protocol(*args: Any, **kwargs: Any) -> TunnelProtocol:
-            made.append(TunnelProtocol(*args, **kwargs))
-            return made[-1]
+            protocol = TunnelProtocol(*args, **kwargs)
+            protocol.udp_offload = self.settings.udp_offload
+            made.append(protocol)
+            return protocol
 
         try:
             async with asyncio.timeout(self.settings.connect_timeout):

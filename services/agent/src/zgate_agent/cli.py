@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="fail instead of falling back to stream mode",
     )
+    up.add_argument(
+        "--no-udp-offload",
+        dest="udp_offload",
+        action="store_const",
+        const=False,
+        help="one system call per QUIC packet instead of UDP GSO batches",
+    )
     up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-agent0]")
     up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
     up.add_argument(

@@ -18,6 +18,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 
+from zgate_host.udp import UdpBatchIO
 from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
 from zgate_proto.errors import DecodeError, ProtoError
 from zgate_proto.h3 import MODE_HEADER, ConnectIpH3Connection, ConnectIpStream, PacketMode
@@ -63,6 +64,9 @@ class TunnelProtocol(QuicConnectionProtocol):
         self._routes: asyncio.Future[RouteAdvertisement] | None = None
         self.addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self.routes: tuple[IPAddressRange, ...] = ()
+        #: Send with UDP GSO where the kernel has it (set before the connection is made).
+        self.udp_offload = True
+        self._io: UdpBatchIO | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -119,41 +123,54 @@ class TunnelProtocol(QuicConnectionProtocol):
     # ---------------------------------------------------------------- receiving
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep a second handle on the UDP socket to drain it (see datagram_received)."""
+        """Keep a second handle on the UDP socket, to drain it (see datagram_received) and
+        to send in GSO batches (see transmit)."""
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
-        self._rx: socket.socket | None = None
         if sock is not None:
-            self._rx = socket.fromfd(sock.fileno(), sock.family, sock.type)
-            self._rx.setblocking(False)
+            dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            # No GRO: asyncio's own reads (the first datagram of each wake-up) must get
+            # one datagram each.
+            self._io = UdpBatchIO(
+                dup, self._receive, batch=_DRAIN_BATCH, gso=self.udp_offload, gro=False
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Release the draining handle with the transport."""
-        if getattr(self, "_rx", None) is not None:
-            assert self._rx is not None
-            self._rx.close()
-            self._rx = None
+        """Release the second handle with the transport."""
+        if self._io is not None:
+            self._io.close()
+            self._io = None
         super().connection_lost(exc)
+
+    def _receive(self, data: bytes, addr: Any) -> None:
+        self._quic.receive_datagram(data, addr, now=self._loop.time())
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         """Handle the datagram asyncio read, then every other one already waiting, and
         send once: asyncio hands over one datagram per loop iteration, and aioquic's
         protocol would build and send its output (ACKs) after each."""
-        quic = self._quic
-        now = self._loop.time()
-        quic.receive_datagram(cast(bytes, data), addr, now=now)
-        rx = self._rx
-        if rx is not None:
-            for _ in range(_DRAIN_BATCH):
-                try:
-                    more, more_addr = rx.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                quic.receive_datagram(more, more_addr, now=now)
+        self._receive(cast(bytes, data), addr)
+        if self._io is not None:
+            self._io.drain()
         self._process_events()
         self.transmit()
+
+    def transmit(self) -> None:
+        """Send what QUIC has to send, runs of equal-sized packets in one GSO call, and
+        re-arm the timer (aioquic's transmit, batched)."""
+        io = self._io
+        if io is None:
+            super().transmit()
+            return
+        self._transmit_task = None
+        io.send_many(self._quic.datagrams_to_send(now=self._loop.time()))
+        timer_at = self._quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
 
     # ------------------------------------------------------------------- events
 

@@ -137,6 +137,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         enforcer=enforcer if settings.enforce else None,
         audit=audit.emit,
         relay_name=settings.relay_name,
+        udp_offload=settings.udp_offload,
     )
     dns: DnsProxy | None = None
     http = None

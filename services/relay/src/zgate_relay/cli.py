@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not install the nftables masquerade",
     )
     p.add_argument(
+        "--no-udp-offload",
+        dest="udp_offload",
+        action="store_const",
+        const=False,
+        help="one system call per QUIC packet instead of UDP GSO/GRO batches "
+        "(for measurements, or a kernel that misbehaves)",
+    )
+    p.add_argument(
         "--no-dev-pki",
         dest="dev_pki",
         action="store_const",

@@ -32,6 +32,7 @@ from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation,
 
 from zgate_host.sockets import enlarge_udp_buffers
 from zgate_host.tun import PacketDevice
+from zgate_host.udp import UdpBatchIO
 from zgate_pki import ChainVerifier, Identity, PkiError
 from zgate_policy.audit import AuditEvent, AuthRefused, SessionClosed, SessionOpened
 from zgate_proto.capsules import AddressRequest, DatagramCapsule
@@ -81,54 +82,6 @@ class _Connection:
     closed: bool = False
 
 
-class _UdpSocket:
-    """The relay's UDP socket, drained on every wake-up.
-
-    asyncio's datagram transport reads one datagram per event-loop iteration; under load
-    that is a loop iteration (and a flush) per QUIC packet. This reads until the socket
-    would block (up to a bound, so the TUN device is served too) and lets the server
-    flush once for the whole batch.
-    """
-
-    BATCH = 256
-
-    def __init__(self, server: RelayServer, sock: socket.socket) -> None:
-        self.server = server
-        self.sock = sock
-        self.send_dropped = 0
-
-    def readable(self) -> None:
-        recv = self.sock.recvfrom
-        handle = self.server.datagram_received
-        for _ in range(self.BATCH):
-            try:
-                data, addr = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. an ICMP error reported on the socket
-                log.debug("udp receive error", extra={"error": str(exc)})
-                return
-            handle(data, addr)
-
-    def sendto(self, data: bytes, addr: NetworkAddress) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.send_dropped += 1  # the socket buffer is full: QUIC recovers the loss
-        except OSError as exc:
-            log.debug("udp send error", extra={"error": str(exc)})
-
-    def get_extra_info(self, name: str) -> Any:
-        if name == "socket":
-            return self.sock
-        if name == "sockname":
-            return self.sock.getsockname()
-        return None
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class RelayServer:
     """Accepts QUIC connections, runs CONNECT-IP sessions and moves their packets."""
 
@@ -147,8 +100,10 @@ class RelayServer:
         enforcer: Enforcer | None = None,
         audit: Callable[[AuditEvent], object] | None = None,
         relay_name: str = "relay",
+        udp_offload: bool = True,
     ) -> None:
         self.configuration = configuration
+        self._udp_offload = udp_offload
         self.verifier = verifier
         self.pool = pool
         self.metrics = metrics
@@ -160,7 +115,7 @@ class RelayServer:
         self.enforcer = enforcer
         self.audit = audit
         self.relay_name = relay_name
-        self.transport: _UdpSocket | None = None
+        self.transport: UdpBatchIO | None = None
         self._loop = asyncio.get_running_loop()
         self._now = clock or self._loop.time
         self._by_cid: dict[bytes, _Connection] = {}
@@ -186,7 +141,11 @@ class RelayServer:
         except OSError:
             sock.close()
             raise
-        self.transport = _UdpSocket(self, sock)
+        # Drained on every wake-up (asyncio's datagram transport reads one datagram per
+        # loop iteration), with GRO/GSO where the kernel has them; flushed once per batch.
+        self.transport = UdpBatchIO(
+            sock, self.datagram_received, gso=self._udp_offload, gro=self._udp_offload
+        )
         enlarge_udp_buffers(sock)
         self._loop.add_reader(sock.fileno(), self.transport.readable)
         if self.egress is not None:
@@ -390,8 +349,7 @@ class RelayServer:
         now = self._now()
         for conn in dirty:
             if transport is not None:
-                for data, addr in conn.quic.datagrams_to_send(now=now):
-                    transport.sendto(data, addr)
+                transport.send_many(conn.quic.datagrams_to_send(now=now))
             self._arm_timer(conn)
 
     def _arm_timer(self, conn: _Connection) -> None:

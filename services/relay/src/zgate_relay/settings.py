@@ -41,6 +41,9 @@ class RelaySettings(LayeredSettings):
         1452, ge=1350, le=65527, description="largest UDP payload QUIC sends (>= 1350)"
     )
     datagram_queue: int = Field(512, ge=8, description="per-connection datagram send queue bound")
+    udp_offload: bool = Field(
+        True, description="send with UDP GSO and receive with UDP GRO where the kernel has them"
+    )
     max_capsule_size: int = Field(65536 + 64, ge=2048, description="largest capsule accepted")
     idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
     crl_check_interval: float = Field(2.0, gt=0, description="seconds between CA/CRL file checks")
