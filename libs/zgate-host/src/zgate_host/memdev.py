@@ -64,6 +64,11 @@ class MemoryPacketDevice:
             self.write_errors += 1
             self.last_write_errno = exc.errno
 
+    def write_batch(self, packets: list[bytes]) -> None:
+        """Deliver packets in order, one by one (no coalescing in memory)."""
+        for packet in packets:
+            self.write(packet)
+
     def close(self) -> None:
         """Close both sides; idempotent."""
         if not self._closed:

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from zgate_host.errors import HostError, InvalidArgument, PermissionRequired
+from zgate_host.gro import NO_OFFLOAD, VNET_HDR_SIZE, coalesce
 from zgate_host.netns import run_in_netns
 
 __all__ = ["MAX_PACKET", "PacketDevice", "TunDevice", "validate_ifname"]
@@ -24,6 +25,7 @@ _TUN_PATH = "/dev/net/tun"
 _TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
 _SIOCSIFMTU = 0x8922
 _IFNAMSIZ = 16
 # struct ifreq is 40 bytes: the name, then a union (flags: short; mtu: int).
@@ -79,6 +81,10 @@ class PacketDevice(Protocol):
         """Hand one IP packet to the other side; drops (and counts) what cannot be sent."""
         ...
 
+    def write_batch(self, packets: list[bytes]) -> None:
+        """Hand several IP packets over at once (a device may join TCP segments)."""
+        ...
+
     def close(self) -> None:
         """Release the device; idempotent."""
         ...
@@ -88,30 +94,47 @@ class TunDevice:
     """An open TUN device (IFF_TUN | IFF_NO_PI): raw IP packets, non-blocking fd.
 
     The interface lives as long as the fd: close() (or process exit) removes it.
+
+    Opened with ``offload``, the device also has IFF_VNET_HDR: every packet crosses the fd
+    behind a virtio_net_hdr, which lets :meth:`write_batch` hand the kernel joined TCP
+    segments (see :mod:`zgate_host.gro`). Reads still return plain, complete packets: no
+    TUNSETOFFLOAD is asked for, so the kernel segments and checksums before handing over.
     """
 
-    def __init__(self, fd: int, name: str, mtu: int) -> None:
+    def __init__(self, fd: int, name: str, mtu: int, *, offload: bool = False) -> None:
         self._fd = fd
         self.name = name
         self.mtu = mtu
+        self.offload = offload
         self.write_errors = 0
         self.last_write_errno: int | None = None
+        #: Super-packets written, and the writes joining saved (to see coalescing work).
+        self.coalesced_writes = 0
+        self.writes_saved = 0
         self._buf = bytearray(MAX_PACKET)
         self._view = memoryview(self._buf)
+        self._header = bytearray(VNET_HDR_SIZE)
 
     @classmethod
-    def open(cls, name: str = "zgate%d", *, mtu: int = 1400, netns: str | None = None) -> TunDevice:
+    def open(
+        cls,
+        name: str = "zgate%d",
+        *,
+        mtu: int = 1400,
+        netns: str | None = None,
+        offload: bool = False,
+    ) -> TunDevice:
         """Create a TUN interface (down, no addresses) and return it with its real name.
 
         `name` may hold `%d` for the kernel to number it. With `netns` the interface is
-        created in that network namespace (tests, labs).
+        created in that network namespace (tests, labs). `offload`: see the class.
         """
         validate_ifname(name, template=True)
         if not _MIN_MTU <= mtu <= MAX_PACKET:
             raise InvalidArgument(f"MTU {mtu} out of range {_MIN_MTU}..{MAX_PACKET}")
         if netns is None:
-            return _open_tun(name, mtu)
-        return run_in_netns(netns, lambda: _open_tun(name, mtu))
+            return _open_tun(name, mtu, offload)
+        return run_in_netns(netns, lambda: _open_tun(name, mtu, offload))
 
     @property
     def fd(self) -> int:
@@ -136,18 +159,19 @@ class TunDevice:
         """
         fd = self._check_open()
         packets: list[bytes] = []
-        buffers = (self._buf,)
+        skip = VNET_HDR_SIZE if self.offload else 0
+        buffers = (self._header, self._buf) if skip else (self._buf,)
         view = self._view
         while len(packets) < max_packets:
             try:
-                size = os.readv(fd, buffers)
+                size = os.readv(fd, buffers) - skip
             except BlockingIOError:
                 break
             except OSError as exc:
                 if packets:
                     break
                 raise HostError(f"reading TUN {self.name}: {exc.strerror}", code=exc.errno) from exc
-            if size == 0:
+            if size <= 0:
                 break
             packets.append(bytes(view[:size]))
         return packets
@@ -161,10 +185,33 @@ class TunDevice:
         """
         fd = self._check_open()
         try:
-            os.write(fd, packet)
+            if self.offload:
+                os.writev(fd, (NO_OFFLOAD, packet))
+            else:
+                os.write(fd, packet)
         except OSError as exc:
             self.write_errors += 1
             self.last_write_errno = exc.errno
+
+    def write_batch(self, packets: list[bytes]) -> None:
+        """Write packets in order; with ``offload``, TCP segments of one flow are joined
+        into super-packets first. Errors count as in :meth:`write`."""
+        if not self.offload or len(packets) < 2:
+            for packet in packets:
+                self.write(packet)
+            return
+        fd = self._check_open()
+        pairs = coalesce(packets)
+        self.writes_saved += len(packets) - len(pairs)
+        for header, packet in pairs:
+            try:
+                os.writev(fd, (header, packet))
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_write_errno = exc.errno
+                continue
+            if header is not NO_OFFLOAD:
+                self.coalesced_writes += 1
 
     def close(self) -> None:
         """Close the fd (the kernel removes the interface); idempotent."""
@@ -192,7 +239,7 @@ class TunDevice:
         return self._fd
 
 
-def _open_tun(name: str, mtu: int) -> TunDevice:
+def _open_tun(name: str, mtu: int, offload: bool) -> TunDevice:
     try:
         fd = os.open(_TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -205,7 +252,8 @@ def _open_tun(name: str, mtu: int) -> TunDevice:
             f"opening {_TUN_PATH} needs root or CAP_NET_ADMIN and read/write access to it"
         ) from None
     try:
-        request = _IFREQ_FLAGS.pack(name.encode("ascii"), _IFF_TUN | _IFF_NO_PI)
+        flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if offload else 0)
+        request = _IFREQ_FLAGS.pack(name.encode("ascii"), flags)
         try:
             reply = fcntl.ioctl(fd, _TUNSETIFF, request)
         except OSError as exc:
@@ -216,7 +264,7 @@ def _open_tun(name: str, mtu: int) -> TunDevice:
     except BaseException:
         os.close(fd)
         raise
-    return TunDevice(fd, real_name, mtu)
+    return TunDevice(fd, real_name, mtu, offload=offload)
 
 
 def _tunsetiff_error(name: str, exc: OSError) -> HostError:

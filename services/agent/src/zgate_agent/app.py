@@ -71,6 +71,7 @@ class Agent:
         self.configure_host = configure_host
         self._stop = asyncio.Event()
         self._protocol: TunnelProtocol | None = None
+        self._device_out: list[bytes] = []  # packets from the relay, this batch
         self._routes: HostRoutes | None = None
         self._status = _State(since=time.time())
         self.connected = asyncio.Event()
@@ -188,6 +189,7 @@ class Agent:
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     ) -> None:
         protocol.on_packet = self._packet_from_relay
+        protocol.on_batch_end = self._flush_device
         protocol.on_unknown_context = self._unknown_context
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         info = await protocol.open_session(
@@ -309,7 +311,16 @@ class Agent:
     def _packet_from_relay(self, packet: bytes) -> None:
         self.metrics.packets["from_relay"] += 1
         self.metrics.bytes["from_relay"] += len(packet)
-        self.device.write(packet)
+        if not self._device_out:
+            # The tunnel flushes at the end of its batch; this covers any other caller.
+            asyncio.get_running_loop().call_soon(self._flush_device)
+        self._device_out.append(packet)
+
+    def _flush_device(self) -> None:
+        """Write what the relay sent in this batch to the TUN device, TCP segments joined."""
+        if self._device_out:
+            out, self._device_out = self._device_out, []
+            self.device.write_batch(out)
 
     @property
     def mode(self) -> PacketMode | None:

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="one system call per QUIC packet instead of UDP GSO batches",
     )
+    up.add_argument(
+        "--no-tun-offload",
+        dest="tun_offload",
+        action="store_const",
+        const=False,
+        help="write every packet to the TUN device on its own instead of joining TCP segments",
+    )
     up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-agent0]")
     up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
     up.add_argument(
@@ -132,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _up(settings: AgentSettings) -> int:
     metrics = AgentMetrics()
-    with TunDevice.open(settings.tun_name, mtu=settings.tun_mtu) as device:
+    with TunDevice.open(
+        settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
+    ) as device:
         agent = Agent(settings, device, metrics)
         http = None
         if settings.metrics_address is not None:

@@ -34,6 +34,9 @@ class AgentSettings(LayeredSettings):
     max_datagram_size: int = Field(1452, ge=1350, le=65527, description="largest QUIC UDP payload")
     datagram_queue: int = Field(512, ge=8)
     udp_offload: bool = Field(True, description="send QUIC packets in UDP GSO batches")
+    tun_offload: bool = Field(
+        True, description="join TCP segments into super-packets when writing to the TUN device"
+    )
     metrics: str | None = Field("127.0.0.1:9102", description="/metrics and /status address")
     connect_timeout: float = Field(10.0, gt=0)
     keepalive: float = Field(10.0, gt=0, description="seconds between QUIC pings")

@@ -56,6 +56,8 @@ class TunnelProtocol(QuicConnectionProtocol):
         self.stream: ConnectIpStream | None = None
         self.on_packet: Callable[[bytes], None] = lambda packet: None
         self.on_unknown_context: Callable[[], None] = lambda: None
+        #: Called after each batch of datagrams has been handled (before sending).
+        self.on_batch_end: Callable[[], None] = lambda: None
         self.terminated = asyncio.Event()
         self.close_reason = ""
         self._settings = asyncio.Event()
@@ -153,6 +155,7 @@ class TunnelProtocol(QuicConnectionProtocol):
         if self._io is not None:
             self._io.drain()
         self._process_events()
+        self.on_batch_end()
         self.transmit()
 
     def transmit(self) -> None:

@@ -179,7 +179,11 @@ def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
     if pool.gateway6 is not None and settings.pool6 is not None:
         gateways.append(ipaddress.IPv6Interface(f"{pool.gateway6}/{settings.pool6.prefixlen}"))
     return Egress.open(
-        name=settings.tun_name, mtu=settings.tun_mtu, gateways=gateways, nat=settings.nat
+        name=settings.tun_name,
+        mtu=settings.tun_mtu,
+        gateways=gateways,
+        nat=settings.nat,
+        offload=settings.tun_offload,
     )
 
 

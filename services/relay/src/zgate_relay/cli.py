@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(for measurements, or a kernel that misbehaves)",
     )
     p.add_argument(
+        "--no-tun-offload",
+        dest="tun_offload",
+        action="store_const",
+        const=False,
+        help="write every packet to the egress TUN device on its own instead of joining "
+        "TCP segments (for measurements)",
+    )
+    p.add_argument(
         "--no-dev-pki",
         dest="dev_pki",
         action="store_const",

@@ -37,10 +37,11 @@ class Egress:
         mtu: int,
         gateways: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
         nat: bool,
+        offload: bool = False,
     ) -> Egress:
         """Create the TUN device with the relay's pool addresses, enable forwarding and
         (optionally) masquerade the pools."""
-        device = TunDevice.open(name, mtu=mtu)
+        device = TunDevice.open(name, mtu=mtu, offload=offload)
         try:
             configure_interface(device.name, gateways, mtu=mtu, up=True)
             forwarding = enable_forwarding(ipv4=True, ipv6=True)

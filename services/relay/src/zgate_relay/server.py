@@ -104,6 +104,7 @@ class RelayServer:
     ) -> None:
         self.configuration = configuration
         self._udp_offload = udp_offload
+        self._egress_out: list[bytes] = []  # packets for the egress device, this batch
         self.verifier = verifier
         self.pool = pool
         self.metrics = metrics
@@ -343,6 +344,9 @@ class RelayServer:
     def _flush(self) -> None:
         """Send what every touched connection has to send, and re-arm its timer."""
         self._flush_scheduled = False
+        if self._egress_out and self.egress is not None:
+            out, self._egress_out = self._egress_out, []
+            self.egress.write_batch(out)
         self._drain_audit()
         dirty, self._dirty = self._dirty, set()
         transport = self.transport
@@ -603,7 +607,9 @@ class RelayServer:
             if self.egress is None:
                 m.drops["no_session"] += 1
                 return
-            self.egress.write(packet)
+            if not self._egress_out:
+                self._schedule_flush()
+            self._egress_out.append(packet)  # written as a batch by _flush
             m.packets["to_egress"] += 1
             m.bytes["to_egress"] += size
         elif isinstance(target, Drop):

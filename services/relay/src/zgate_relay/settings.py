@@ -44,6 +44,9 @@ class RelaySettings(LayeredSettings):
     udp_offload: bool = Field(
         True, description="send with UDP GSO and receive with UDP GRO where the kernel has them"
     )
+    tun_offload: bool = Field(
+        True, description="join TCP segments into super-packets when writing to the TUN device"
+    )
     max_capsule_size: int = Field(65536 + 64, ge=2048, description="largest capsule accepted")
     idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
     crl_check_interval: float = Field(2.0, gt=0, description="seconds between CA/CRL file checks")
