@@ -10,6 +10,9 @@ PKI_DIR ?= .zgate/pki
 DIST ?= dist
 # Extra flags for `make demo`, e.g. DEMO_ARGS="--mode stream --keep".
 DEMO_ARGS ?=
+# `make bench WIREGUARD=1` also installs wireguard-go to compare with; BENCH_ARGS="--repeat 5".
+WIREGUARD ?= 0
+BENCH_ARGS ?=
 
 # The wheels each service needs: the service and the workspace libraries it imports.
 RELAY_PACKAGES := zgate-proto zgate-policy zgate-pki zgate-host zgate-relay
@@ -54,8 +57,9 @@ test: bootstrap ## the whole suite; [root] for the end-to-end part (skipped othe
 e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
 	$(RUN) pytest tests/e2e
 
-bench: ## [root] the tunnel benchmark against the bare link (bench/tunnel.py)
-	$(RUN) python bench/tunnel.py
+bench: ## [root] the tunnel benchmark: veth, both zgate modes, wireguard-go (WIREGUARD=1 installs it)
+	WITH_WIREGUARD=$(WIREGUARD) scripts/bootstrap
+	$(RUN) python bench/tunnel.py $(BENCH_ARGS)
 
 lint: ## ruff check, ruff format --check, mypy --strict
 	$(RUN) ruff check .

@@ -9,7 +9,9 @@ What one 1400-byte TCP data packet costs, measured stage by stage in the same ru
 - ``router+policy1k``: with a 1 000-rule policy (cached per flow, so close to the above);
 - ``quic-datagram``: one packet through aioquic as a CONNECT-IP datagram, sender and
   receiver both (ConnectIpStream.send_packet, packet protection, parsing, HTTP/3);
-- ``quic-stream``: the same in stream mode (a DATAGRAM capsule on the CONNECT stream).
+- ``quic-stream``: the same in stream mode (a DATAGRAM capsule on the CONNECT stream);
+- ``tun-coalesce``: joining in-sequence TCP segments into super-packets before a TUN write
+  (zgate_host.gro, batches of 32 segments of one flow), per segment.
 It prints microseconds per packet and each stage's share of the whole. Ratios, not
 absolute times, are what compare across machines. `--quick` runs a few thousand packets:
 enough for CI to show the script still works, not for figures.
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from zgate_host.gro import coalesce
 from zgate_pki import Identity
 from zgate_policy import load_and_compile
 from zgate_policy.flows import FlowTable
@@ -191,6 +194,24 @@ def quic_stage(mode: PacketMode) -> Callable[[int], float]:
     return run
 
 
+def coalesce_stage() -> Callable[[int], float]:
+    """TUN-write coalescing of 32-segment batches of one TCP flow, per segment."""
+    size, batch = 1400, 32
+    segments = []
+    for i in range(batch):
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, i, 0x4000, 64, 6, 0, INTERNET, AGENT)
+        tcp = struct.pack("!HHIIBBHHH", 5201, 40000, 1 + i * (size - 40), 1, 0x50, 0x10, 512, 0, 0)
+        segments.append(ip + tcp + bytes(size - 40))
+
+    def run(n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(max(1, n // batch)):
+            coalesce(segments)
+        return (time.perf_counter() - started) * n / (max(1, n // batch) * batch)
+
+    return run
+
+
 def measure(run: Callable[[int], float], packets: int, repeat: int) -> float:
     """Median microseconds per packet over ``repeat`` runs (after one warm-up)."""
     run(max(100, packets // 10))
@@ -214,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "router+policy1k": router_stage(policy_1k()),
         "quic-datagram": quic_stage(PacketMode.DATAGRAM),
         "quic-stream": quic_stage(PacketMode.STREAM),
+        "tun-coalesce": coalesce_stage(),
     }
     results = {name: round(measure(run, packets, repeat), 3) for name, run in stages.items()}
     total = results["router+flows"] + results["quic-datagram"]

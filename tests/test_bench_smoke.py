@@ -26,6 +26,7 @@ def test_packet_path_benchmark_runs(tmp_path: Path) -> None:
         "router+policy1k",
         "quic-datagram",
         "quic-stream",
+        "tun-coalesce",
     }
     assert all(value > 0 for value in stages.values())
     assert "enforcement adds" in proc.stdout
