@@ -25,6 +25,7 @@ DROP_REASONS = (
     "unknown_context",  # HTTP datagram with a context ID other than 0
     "unknown_stream",  # HTTP datagram for a stream that is no CONNECT-IP session
     "no_session",  # packet from egress to an address no session holds
+    "no_connector",  # to a private site that no live connector serves now
     "multicast",  # multicast from egress (the kernel's MLD/IGMP on the TUN device)
     "too_big",  # larger than the session's datagram path allows (ICMP sent back)
     "queue_full",  # the session's datagram send queue is full

@@ -3,7 +3,11 @@ session to egress, egress to session, or dropped (with a reason from a fixed set
 
 With an :class:`~zgate_relay.enforce.Enforcer` every packet must also belong to a flow the
 policy allowed; a denied packet may come back as a :class:`Reject` carrying the ICMP
-"administratively prohibited" answer for its sender."""
+"administratively prohibited" answer for its sender.
+
+With :class:`~zgate_relay.sites.SiteRoutes`, destinations in private sites go to a connector
+session, and a connector's packets from its site are replies routed to the agent they are
+for (checked like packets from the egress device)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Final
 
 from zgate_relay.enforce import Enforcer
 from zgate_relay.session import RelaySession
+from zgate_relay.sites import SiteRoutes, flow_hash_key
 
 __all__ = ["EGRESS", "Drop", "Egress", "Reject", "Router"]
 
@@ -54,14 +59,16 @@ _MALFORMED: Final = Drop("malformed_packet")
 _SPOOFED: Final = Drop("spoofed_source")
 _NO_SESSION: Final = Drop("no_session")
 _MULTICAST: Final = Drop("multicast")
+_NO_CONNECTOR: Final = Drop("no_connector")
 
 
 class Router:
     """Maps tunnel addresses (raw 4/16-byte keys) to sessions and routes packets."""
 
-    def __init__(self, enforcer: Enforcer | None = None) -> None:
+    def __init__(self, enforcer: Enforcer | None = None, sites: SiteRoutes | None = None) -> None:
         self._by_address: dict[bytes, RelaySession] = {}
         self.enforcer = enforcer
+        self.sites = sites
         self._drops: dict[str, Drop] = {}
 
     def attach(self, session: RelaySession) -> None:
@@ -102,8 +109,11 @@ class Router:
             src, dst = packet[8:24], packet[24:40]
         else:
             return _MALFORMED
+        sites = self.sites
         if src not in session.raw_addresses:
-            return _SPOOFED
+            if sites is None or not sites.serves(session, src):
+                return _SPOOFED
+            return self._from_site(packet, dst, now)
         enforcer = self.enforcer
         if enforcer is not None:
             verdict = enforcer.outbound(session, packet, now)
@@ -112,7 +122,28 @@ class Router:
                     return Reject(verdict.reason, verdict.icmp)
                 return self._drop(verdict.reason)
         target = self._by_address.get(dst)
-        return EGRESS if target is None else target
+        if target is not None:
+            return target
+        if sites is not None:
+            site = sites.lookup(dst, flow_hash_key(packet), now)
+            if isinstance(site, RelaySession):
+                return site
+            if site is False:
+                return _NO_CONNECTOR
+        return EGRESS
+
+    def _from_site(self, packet: bytes, dst: bytes, now: float) -> RelaySession | Drop:
+        """A packet a connector brought out of its site: only to an agent, and (with an
+        enforcer) only as a reply to a flow the policy allowed."""
+        target = self._by_address.get(dst)
+        if target is None:
+            return _NO_SESSION
+        enforcer = self.enforcer
+        if enforcer is not None:
+            verdict = enforcer.inbound(target, packet, now)
+            if not verdict.allowed:
+                return self._drop(verdict.reason)
+        return target
 
     def from_egress(self, packet: bytes, now: float = 0.0) -> RelaySession | Drop:
         """Route a packet the kernel sent into the TUN device, by destination."""

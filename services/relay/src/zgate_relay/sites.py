@@ -1,0 +1,212 @@
+"""Private sites behind connectors (sans-IO): which prefixes each connector may serve, which
+it advertised, longest-prefix match, and spreading flows over a site's live connectors.
+
+A connector (a session whose certificate says ``connector/<id>``) advertises its site's
+prefixes with ROUTE_ADVERTISEMENT. Only prefixes inside what the relay's configuration
+allows for that id are installed; the rest are refused (and the caller logs them). Several
+connectors may serve one prefix: a new flow goes to the one rendezvous hashing picks for
+its 5-tuple, and is pinned there while it stays active, so a connector that joins later
+takes only new flows, and one that leaves takes only its own flows with it (they move to
+a survivor on their next packet). A destination inside an allowed prefix that no live
+connector serves is dropped (``no_connector``), never sent to the internet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from zgate_proto.capsules import IPAddressRange
+from zgate_relay.session import RelaySession
+
+__all__ = ["Advertised", "SiteRoutes", "flow_hash_key"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CONNECTOR = "connector"
+
+
+@dataclass(frozen=True)
+class Advertised:
+    """The outcome of one ROUTE_ADVERTISEMENT: what was installed, what was refused, why."""
+
+    accepted: tuple[Network, ...]
+    refused: tuple[tuple[str, str], ...]  # (range or prefix, reason)
+
+
+def flow_hash_key(packet: bytes) -> bytes:
+    """The bytes that name a packet's flow for spreading: protocol, addresses, and the
+    first four transport bytes (ports for TCP/UDP, type/code/checksum for ICMP)."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        return packet[9:10] + packet[12:20] + packet[ihl : ihl + 4]
+    return packet[6:7] + packet[8:40] + packet[40:44]
+
+
+class _Table:
+    """Prefixes of one IP version, by length, each with the sessions serving it."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.by_length: dict[int, dict[int, list[RelaySession]]] = {}
+        self.lengths: list[int] = []  # longest first
+
+    def add(self, network: Network, session: RelaySession | None) -> None:
+        prefixes = self.by_length.setdefault(network.prefixlen, {})
+        key = int(network.network_address) >> (self.bits - network.prefixlen)
+        sessions = prefixes.setdefault(key, [])
+        if session is not None and session not in sessions:
+            sessions.append(session)
+        self.lengths = sorted(self.by_length, reverse=True)
+
+    def remove(self, network: Network, session: RelaySession) -> None:
+        prefixes = self.by_length.get(network.prefixlen, {})
+        key = int(network.network_address) >> (self.bits - network.prefixlen)
+        sessions = prefixes.get(key)
+        if sessions is not None and session in sessions:
+            sessions.remove(session)
+
+    def match(self, address: int) -> list[RelaySession] | None:
+        """The sessions of the longest prefix holding ``address`` (maybe none alive), or
+        None when no prefix holds it."""
+        for length in self.lengths:
+            sessions = self.by_length[length].get(address >> (self.bits - length))
+            if sessions is not None:
+                return sessions
+        return None
+
+
+class SiteRoutes:
+    """The relay's routes to private sites, kept from connectors' advertisements."""
+
+    def __init__(
+        self,
+        allowed: Mapping[str, Sequence[Network]],
+        *,
+        pin_timeout: float = 120.0,
+        max_pins: int = 262_144,
+    ) -> None:
+        self.allowed = {ident: tuple(nets) for ident, nets in allowed.items()}
+        self.pin_timeout = pin_timeout
+        self.max_pins = max_pins
+        self._tables = {4: _Table(32), 6: _Table(128)}
+        # Every allowed prefix is a site address space, served or not (see no_connector).
+        for nets in self.allowed.values():
+            for net in nets:
+                self._tables[net.version].add(net, None)
+        self._advertised: dict[RelaySession, tuple[Network, ...]] = {}
+        self._pins: dict[bytes, tuple[RelaySession, float]] = {}
+
+    # -------------------------------------------------------------- advertisements
+
+    def advertise(self, session: RelaySession, ranges: Iterable[IPAddressRange]) -> Advertised:
+        """Install what a connector advertised (replacing its earlier advertisement)."""
+        identity = session.identity
+        permitted = self.allowed.get(identity.ident, ()) if identity.kind == CONNECTOR else ()
+        accepted: list[Network] = []
+        refused: list[tuple[str, str]] = []
+        for item in ranges:
+            if identity.kind != CONNECTOR:
+                refused.append((_label(item), "not a connector"))
+                continue
+            if item.ip_protocol != 0:
+                refused.append((_label(item), "protocol-limited routes are not supported"))
+                continue
+            for network in item.networks():
+                if any(network.version == p.version and network.subnet_of(p) for p in permitted):  # type: ignore[arg-type]
+                    accepted.append(network)
+                elif not permitted:
+                    refused.append((str(network), f"no prefixes allowed for {identity}"))
+                else:
+                    refused.append((str(network), f"outside what {identity} may serve"))
+        self.withdraw(session)
+        if accepted:
+            for network in accepted:
+                self._tables[network.version].add(network, session)
+            self._advertised[session] = tuple(accepted)
+        return Advertised(tuple(accepted), tuple(refused))
+
+    def withdraw(self, session: RelaySession) -> tuple[Network, ...]:
+        """Forget a connector's routes (its session ended); its flows move on their next
+        packet. Returns the prefixes it had."""
+        gone = self._advertised.pop(session, ())
+        for network in gone:
+            self._tables[network.version].remove(network, session)
+        return gone
+
+    def serves(self, session: RelaySession, source: bytes) -> bool:
+        """Whether ``source`` (4 or 16 raw bytes) lies in a prefix this connector installed:
+        the source check (BCP 38) for packets coming out of a site."""
+        networks = self._advertised.get(session)
+        if not networks:
+            return False
+        value, version = int.from_bytes(source, "big"), 4 if len(source) == 4 else 6
+        bits = 32 if version == 4 else 128
+        for network in networks:
+            if network.version == version:
+                shift = bits - network.prefixlen
+                if value >> shift == int(network.network_address) >> shift:
+                    return True
+        return False
+
+    def is_connector(self, session: RelaySession) -> bool:
+        """Whether the session has routes installed."""
+        return session in self._advertised
+
+    # ------------------------------------------------------------------- lookups
+
+    def lookup(self, destination: bytes, flow: bytes, now: float) -> RelaySession | bool | None:
+        """Where a packet to ``destination`` goes: a connector session; False when the
+        address belongs to a site no live connector serves; None when it is no site's."""
+        table = self._tables[4 if len(destination) == 4 else 6]
+        sessions = table.match(int.from_bytes(destination, "big"))
+        if sessions is None:
+            return None
+        if not sessions:
+            return False
+        pinned = self._pins.get(flow)
+        if pinned is not None and pinned[0] in sessions:
+            if now - pinned[1] > 1.0:  # refresh the timestamp at most once a second
+                self._pins[flow] = (pinned[0], now)
+            return pinned[0]
+        chosen = sessions[0] if len(sessions) == 1 else _rendezvous(flow, sessions)
+        if len(self._pins) < self.max_pins:
+            self._pins[flow] = (chosen, now)
+        return chosen
+
+    def expire(self, now: float) -> int:
+        """Drop flow pins idle longer than ``pin_timeout``; how many went."""
+        stale = [k for k, (_, seen) in self._pins.items() if now - seen > self.pin_timeout]
+        for key in stale:
+            del self._pins[key]
+        return len(stale)
+
+    # ------------------------------------------------------------------- reports
+
+    def connectors(self) -> dict[str, dict[str, object]]:
+        """Per configured connector id: live sessions and the prefixes they serve."""
+        out: dict[str, dict[str, object]] = {
+            ident: {"sessions": 0, "prefixes": []} for ident in self.allowed
+        }
+        for session, networks in self._advertised.items():
+            entry = out.setdefault(session.identity.ident, {"sessions": 0, "prefixes": []})
+            entry["sessions"] = int(entry["sessions"]) + 1  # type: ignore[call-overload]
+            prefixes = entry["prefixes"]
+            assert isinstance(prefixes, list)
+            for network in networks:
+                if str(network) not in prefixes:
+                    prefixes.append(str(network))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+
+def _rendezvous(flow: bytes, sessions: Sequence[RelaySession]) -> RelaySession:
+    """Highest-random-weight choice: stable for a flow while the set holds, and only the
+    flows of a session that leaves move."""
+    return max(sessions, key=lambda s: hash((flow, s.session_id)))
+
+
+def _label(item: IPAddressRange) -> str:
+    return f"{item.start}-{item.end}" + (f" proto {item.ip_protocol}" if item.ip_protocol else "")
