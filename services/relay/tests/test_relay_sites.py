@@ -107,7 +107,8 @@ def test_flows_spread_over_connectors_stay_put_and_fail_over() -> None:
     assert all(after[f] is first[f] for f in flows if first[f] is two)
     assert all(after[f] in (two, three) for f in flows)
     assert all(sites.lookup(dst, b"new-%d" % i, 3.0) is not one for i in range(200))
-    assert sites.connectors()["site-a"] == {"sessions": 2, "prefixes": ["192.168.50.0/24"]}
+    state = sites.connectors()["site-a"]
+    assert (state.sessions, state.prefixes) == (2, ["192.168.50.0/24"])
 
 
 def test_idle_pins_expire() -> None:

@@ -32,6 +32,7 @@ from zgate_relay.policy import PolicyManager
 from zgate_relay.pool import AddressPool
 from zgate_relay.server import RelayServer
 from zgate_relay.settings import RelaySettings
+from zgate_relay.sites import SiteRoutes
 
 __all__ = ["ensure_pki", "run_relay", "system_resolvers"]
 
@@ -138,6 +139,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         audit=audit.emit,
         relay_name=settings.relay_name,
         udp_offload=settings.udp_offload,
+        sites=SiteRoutes(settings.connectors),
     )
     dns: DnsProxy | None = None
     http = None

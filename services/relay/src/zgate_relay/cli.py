@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="do not serve DNS to agents (FQDN rules then match nothing)",
     )
+    p.add_argument(
+        "--connector",
+        dest="connectors",
+        action="append",
+        metavar="ID=CIDR[,CIDR...]",
+        help="let connector ID serve these private prefixes (repeatable); what a connector "
+        "advertises outside them is refused and logged",
+    )
     p.add_argument("--relay-name", metavar="NAME", help="name in audit records [hostname]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])

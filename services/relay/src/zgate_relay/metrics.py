@@ -91,6 +91,25 @@ class RelayMetrics:
             "Datagrams waiting in all sessions' QUIC send queues.",
             registry=r,
         )
+        # Connectors (private sites).
+        self.connector_sessions = Gauge(
+            "zgate_relay_connector_sessions",
+            "Live sessions of each connector id with routes installed (0: its site is down).",
+            ["connector"],
+            registry=r,
+        )
+        self.connector_prefixes = Gauge(
+            "zgate_relay_connector_prefixes",
+            "Prefixes installed for each connector id.",
+            ["connector"],
+            registry=r,
+        )
+        self.route_refusals = Counter(
+            "zgate_relay_route_refusals",
+            "Advertised prefixes refused (outside what the connector id may serve).",
+            ["connector"],
+            registry=r,
+        )
         self.crl_reloads = Counter(
             "zgate_relay_crl_reloads", "Times the CA/CRL files were re-read.", registry=r
         )

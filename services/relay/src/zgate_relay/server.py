@@ -35,7 +35,7 @@ from zgate_host.tun import PacketDevice
 from zgate_host.udp import UdpBatchIO
 from zgate_pki import ChainVerifier, Identity, PkiError
 from zgate_policy.audit import AuditEvent, AuthRefused, SessionClosed, SessionOpened
-from zgate_proto.capsules import AddressRequest, DatagramCapsule
+from zgate_proto.capsules import AddressRequest, DatagramCapsule, RouteAdvertisement
 from zgate_proto.errors import DecodeError, RequestError
 from zgate_proto.h3 import (
     MODE_HEADER,
@@ -53,6 +53,7 @@ from zgate_relay.mtls import MtlsServerConnection
 from zgate_relay.pool import AddressPool, PoolExhausted
 from zgate_relay.router import EGRESS, Drop, Reject, Router
 from zgate_relay.session import RelaySession
+from zgate_relay.sites import SiteRoutes
 
 __all__ = ["H3_MESSAGE_ERROR", "RelayServer"]
 
@@ -101,6 +102,7 @@ class RelayServer:
         audit: Callable[[AuditEvent], object] | None = None,
         relay_name: str = "relay",
         udp_offload: bool = True,
+        sites: SiteRoutes | None = None,
     ) -> None:
         self.configuration = configuration
         self._udp_offload = udp_offload
@@ -112,7 +114,10 @@ class RelayServer:
         self.routes = routes
         self.datagram_queue = datagram_queue
         self.max_capsule_size = max_capsule_size
-        self.router = Router(enforcer)
+        self.sites = sites
+        self.router = Router(enforcer, sites)
+        if sites is not None:
+            self._report_connectors()
         self.enforcer = enforcer
         self.audit = audit
         self.relay_name = relay_name
@@ -329,6 +334,8 @@ class RelayServer:
 
     def tick(self) -> None:
         """Periodic housekeeping (about once a second): end idle flows, export gauges."""
+        if self.sites is not None:
+            self.sites.expire(self._loop.time())
         enforcer = self.enforcer
         if enforcer is not None:
             enforcer.expire(self._now())
@@ -474,6 +481,8 @@ class RelayServer:
                 reply = session.answer_address_request(capsule, self.pool)
                 self.router.attach(session)
                 session.stream.send_capsules([reply])
+            elif isinstance(capsule, RouteAdvertisement):
+                self._route_advertisement(session, capsule)
         if received.ended:
             self._close_session(conn, session, reason="agent ended the stream")
 
@@ -514,9 +523,10 @@ class RelayServer:
         self.router.attach(session)
         headers = [*response_headers(200), (MODE_HEADER, mode.value.encode())]
         conn.h3.send_headers(stream_id, headers, end_stream=False)
-        stream.send_capsules(
-            [session.address_assign(), RelaySession.route_advertisement(self.routes)]
-        )
+        # A connector is told the agents' addresses (what it must route back into the
+        # tunnel); an agent what it may reach.
+        routes = self.pool.networks if conn.identity.kind == "connector" else self.routes
+        stream.send_capsules([session.address_assign(), RelaySession.route_advertisement(routes)])
         self.metrics.sessions.inc()
         self.metrics.sessions_total.inc()
         self._audit(SessionOpened(**self._session_fields(session, session.addresses)))
@@ -553,12 +563,57 @@ class RelayServer:
         )
         conn.h3.send_headers(stream_id, response_headers(status), end_stream=True)
 
+    def _route_advertisement(self, session: RelaySession, capsule: RouteAdvertisement) -> None:
+        """A connector's site prefixes: install what its id may serve, refuse (and log)
+        the rest. An agent's advertisement is ignored: agents serve no networks."""
+        if session.identity.kind != "connector" or self.sites is None:
+            log.info(
+                "route advertisement ignored (not a connector)",
+                extra={"session": session.session_id, "client": str(session.identity)},
+            )
+            return
+        result = self.sites.advertise(session, capsule.ranges)
+        ident = session.identity.ident
+        for prefix, why in result.refused:
+            self.metrics.route_refusals.labels(ident).inc()
+            log.warning(
+                "advertised prefix refused",
+                extra={
+                    "session": session.session_id,
+                    "connector": ident,
+                    "prefix": prefix,
+                    "reason": why,
+                },
+            )
+        log.info(
+            "connector routes installed",
+            extra={
+                "session": session.session_id,
+                "connector": ident,
+                "prefixes": [str(n) for n in result.accepted],
+                "refused": len(result.refused),
+            },
+        )
+        self._report_connectors()
+
+    def _report_connectors(self) -> None:
+        assert self.sites is not None
+        for ident, state in self.sites.connectors().items():
+            self.metrics.connector_sessions.labels(ident).set(state.sessions)
+            self.metrics.connector_prefixes.labels(ident).set(len(state.prefixes))
+
     def _close_session(
         self, conn: _Connection, session: RelaySession, *, reason: str, send_fin: bool = True
     ) -> None:
         if conn.sessions.pop(session.stream.stream_id, None) is None:
             return
         self.router.detach(session)
+        if self.sites is not None and self.sites.withdraw(session):
+            log.warning(
+                "connector gone: its flows move to the site's other connectors",
+                extra={"session": session.session_id, "connector": session.identity.ident},
+            )
+            self._report_connectors()
         addresses = list(session.addresses)
         session.release(self.pool)
         if self.enforcer is not None:

@@ -53,6 +53,11 @@ class RelaySettings(LayeredSettings):
     routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = Field(
         None, description="prefixes advertised to agents; null: everything"
     )
+    connectors: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = Field(
+        default_factory=dict,
+        description="connector id -> the private prefixes it may advertise (anything else it "
+        "advertises is refused); on the command line ID=CIDR[,CIDR...]",
+    )
     relay_name: str = Field(
         default_factory=socket.gethostname, description="this relay's name in audit records"
     )
@@ -87,6 +92,31 @@ class RelaySettings(LayeredSettings):
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value, 4433, default_host="0.0.0.0")
         return value
+
+    @field_validator("connectors", mode="before")
+    @classmethod
+    def _parse_connectors(cls, value: object) -> object:
+        # --connector site-a=192.168.50.0/24,fd00:50::/64 (repeatable), or a YAML mapping.
+        if isinstance(value, list):
+            parsed: dict[str, list[str]] = {}
+            for item in value:
+                ident, sep, prefixes = str(item).partition("=")
+                if not sep or not ident.strip() or not prefixes.strip():
+                    raise ValueError(f"connector {item!r}: expected ID=CIDR[,CIDR...]")
+                parsed.setdefault(ident.strip(), []).extend(prefixes.split(","))
+            value = parsed
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        for ident, prefixes in value.items():
+            items = prefixes if isinstance(prefixes, list) else [prefixes]
+            nets = out.setdefault(str(ident), [])
+            for prefix in items:
+                try:
+                    nets.append(ipaddress.ip_network(str(prefix).strip()))
+                except ValueError as exc:
+                    raise ValueError(f"connector {ident}: {exc}") from None
+        return out
 
     @field_validator("metrics")
     @classmethod

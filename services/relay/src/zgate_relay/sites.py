@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zgate_proto.capsules import IPAddressRange
 from zgate_relay.session import RelaySession
 
-__all__ = ["Advertised", "SiteRoutes", "flow_hash_key"]
+__all__ = ["Advertised", "ConnectorState", "SiteRoutes", "flow_hash_key"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CONNECTOR = "connector"
+
+
+@dataclass
+class ConnectorState:
+    """What the relay knows of one connector id now."""
+
+    sessions: int = 0
+    prefixes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -183,19 +191,16 @@ class SiteRoutes:
 
     # ------------------------------------------------------------------- reports
 
-    def connectors(self) -> dict[str, dict[str, object]]:
-        """Per configured connector id: live sessions and the prefixes they serve."""
-        out: dict[str, dict[str, object]] = {
-            ident: {"sessions": 0, "prefixes": []} for ident in self.allowed
-        }
+    def connectors(self) -> dict[str, ConnectorState]:
+        """Per connector id (every configured one, and any other that advertised): its live
+        sessions with routes installed and the prefixes they serve."""
+        out = {ident: ConnectorState() for ident in self.allowed}
         for session, networks in self._advertised.items():
-            entry = out.setdefault(session.identity.ident, {"sessions": 0, "prefixes": []})
-            entry["sessions"] = int(entry["sessions"]) + 1  # type: ignore[call-overload]
-            prefixes = entry["prefixes"]
-            assert isinstance(prefixes, list)
+            state = out.setdefault(session.identity.ident, ConnectorState())
+            state.sessions += 1
             for network in networks:
-                if str(network) not in prefixes:
-                    prefixes.append(str(network))
+                if str(network) not in state.prefixes:
+                    state.prefixes.append(str(network))
         return out
 
     def __len__(self) -> int:

@@ -1,0 +1,138 @@
+"""Connector sessions in one process over loopback QUIC: advertised routes installed or
+refused, agents' packets for a site carried to a connector and back, and failover between
+two connectors of one site. (The connector here is an agent with a connector certificate
+that advertises its site itself; the connector service drives the same session.)"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from relay_harness import AgentUnderTest, make_pki, running_relay, start_agent, udp4, until
+
+from zgate_pki import issue_certificate
+from zgate_proto.capsules import RouteAdvertisement
+from zgate_relay.session import routes_for
+from zgate_relay.sites import SiteRoutes
+
+SITE = "192.168.50.0/24"
+HOST = "192.168.50.10"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    directory = make_pki(tmp_path / "pki", ["alice"])
+    for ident in ("site-a", "site-a-2", "rogue"):
+        issue_certificate(directory, "connector", ident)
+    # The harness loads client certificates from clients/: give connectors the same layout.
+    for ident in ("site-a", "site-a-2", "rogue"):
+        for ext in ("pem", "key"):
+            (directory / "clients" / f"{ident}.{ext}").write_bytes(
+                (directory / "connectors" / f"{ident}.{ext}").read_bytes()
+            )
+    return directory
+
+
+def advertise(connector: AgentUnderTest, *prefixes: str) -> None:
+    protocol = connector.agent._protocol
+    assert protocol is not None and protocol.stream is not None
+    ranges = routes_for([ipaddress.ip_network(p) for p in prefixes])
+    protocol.stream.send_capsules([RouteAdvertisement(ranges)])
+    protocol.transmit()
+
+
+def sites() -> SiteRoutes:
+    allowed = [ipaddress.ip_network(SITE)]
+    return SiteRoutes({"site-a": allowed, "site-a-2": allowed})
+
+
+async def test_site_traffic_goes_through_the_connector_and_back(pki: Path) -> None:
+    async with running_relay(pki, sites=sites()) as relay:
+        connector = await start_agent(relay, "site-a")
+        alice = await start_agent(relay, "alice")
+        try:
+            # The connector is told the agents' pool, not "everything".
+            protocol = connector.agent._protocol
+            assert protocol is not None
+            assert {str(n) for r in protocol.routes for n in r.networks()} == {
+                "10.100.0.0/16",
+                "fd7a:7a67::/64",
+            }
+            advertise(connector, SITE)
+            metric = relay.metrics.connector_sessions.labels("site-a")
+            await until(lambda: metric._value.get() == 1, what="the site's routes")
+            out = udp4(alice.address4, HOST, b"to the wiki")
+            alice.device.inject(out)
+            got = await connector.device.received(timeout=5)
+            assert got[16:20] == ipaddress.ip_address(HOST).packed and got.endswith(b"wiki")
+            back = udp4(HOST, alice.address4, b"from the wiki", sport=7, dport=40000)
+            connector.device.inject(back)
+            assert (await alice.device.received(timeout=5)).endswith(b"from the wiki")
+            assert relay.egress.drain() == []  # nothing went to the internet
+        finally:
+            await alice.stop()
+            await connector.stop()
+        await until(
+            lambda: relay.metrics.connector_sessions.labels("site-a")._value.get() == 0,
+            what="the connector's routes to go",
+        )
+
+
+async def test_prefixes_outside_the_allowance_are_refused(pki: Path) -> None:
+    async with running_relay(pki, sites=sites()) as relay:
+        rogue = await start_agent(relay, "rogue")
+        alice = await start_agent(relay, "alice")
+        try:
+            advertise(rogue, SITE, "10.0.0.0/8")
+            refusals = relay.metrics.route_refusals.labels("rogue")
+            await until(lambda: refusals._value.get() == 2, what="both prefixes refused")
+            # The site stays unserved: alice's packet is dropped, not sent to the rogue
+            # connector, nor to the internet.
+            alice.device.inject(udp4(alice.address4, HOST, b"x"))
+            await until(lambda: relay.metrics.drops["no_connector"] == 1, what="the drop")
+            assert rogue.device.drain() == [] and relay.egress.drain() == []
+        finally:
+            await alice.stop()
+            await rogue.stop()
+
+
+async def test_flows_move_to_the_surviving_connector(pki: Path) -> None:
+    async with running_relay(pki, sites=sites()) as relay:
+        one = await start_agent(relay, "site-a")
+        two = await start_agent(relay, "site-a-2")
+        alice = await start_agent(relay, "alice")
+        try:
+            advertise(one, SITE)
+            advertise(two, SITE)
+            for ident in ("site-a", "site-a-2"):
+                gauge = relay.metrics.connector_sessions.labels(ident)
+                await until(lambda g=gauge: g._value.get() == 1, what=f"{ident}'s routes")
+            ports = range(41000, 41040)
+            for port in ports:
+                alice.device.inject(udp4(alice.address4, HOST, b"p%d" % port, sport=port))
+            first: dict[int, str] = {}
+
+            def collect() -> bool:
+                for name, device in (("one", one.device), ("two", two.device)):
+                    for packet in device.drain():
+                        first[int.from_bytes(packet[20:22], "big")] = name
+                return len(first) == len(ports)
+
+            await until(collect, what="every flow's first packet at a connector")
+            assert set(first.values()) == {"one", "two"}  # spread over both
+            await one.stop()
+            await until(
+                lambda: relay.metrics.connector_sessions.labels("site-a")._value.get() == 0,
+                what="connector one to be gone",
+            )
+            for port in ports:
+                alice.device.inject(udp4(alice.address4, HOST, b"again", sport=port))
+            moved = 0
+            while moved < len(ports):
+                packet = await two.device.received(timeout=5)
+                moved += 1
+                assert packet.endswith(b"again")
+        finally:
+            await alice.stop()
+            await two.stop()
