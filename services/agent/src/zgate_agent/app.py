@@ -203,6 +203,7 @@ class Agent:
             if self._routes is None:
                 self._routes = HostRoutes(self.device.name, relay_ip, self.settings.full_tunnel)
             self._routes.apply(info.addresses, info.routes)
+        self.session_opened(protocol, info)
         self._status.info = info
         self._protocol = protocol
         self._set_state("connected")
@@ -321,6 +322,10 @@ class Agent:
         if self._device_out:
             out, self._device_out = self._device_out, []
             self.device.write_batch(out)
+
+    def session_opened(self, protocol: TunnelProtocol, info: TunnelInfo) -> None:
+        """Called once a session is open and the host configured; nothing for an agent
+        (a connector advertises its site here)."""
 
     @property
     def mode(self) -> PacketMode | None:

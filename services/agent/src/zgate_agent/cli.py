@@ -24,7 +24,7 @@ from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 
-__all__ = ["main"]
+__all__ = ["main", "show_status"]
 
 DESCRIPTION = """\
 zgate agent: puts this machine's traffic through a zgate relay. It connects to the relay
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `zgate-agent`."""
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return _status(args.metrics, as_json=args.json)
+        return show_status(args.metrics, as_json=args.json)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
     if flags.get("metrics") == "off":
         flags["metrics"] = ""
@@ -157,8 +157,11 @@ async def _up(settings: AgentSettings) -> int:
     return 0
 
 
-def _status(address: str, *, as_json: bool) -> int:
-    host, port = parse_hostport(address, 9102)
+def show_status(
+    address: str, *, as_json: bool, program: str = "zgate-agent", default_port: int = 9102
+) -> int:
+    """Print a running agent's (or connector's) /status; 0 when its tunnel is up."""
+    host, port = parse_hostport(address, default_port)
     host = f"[{host}]" if ":" in host else host
     url = f"http://{host}:{port}/status"
     try:
@@ -166,7 +169,7 @@ def _status(address: str, *, as_json: bool) -> int:
             status: dict[str, Any] = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
         print(
-            f"zgate-agent: no agent answers at {url} ({exc}); is `zgate-agent up` running?",
+            f"{program}: nothing answers at {url} ({exc}); is `{program} up` running?",
             file=sys.stderr,
         )
         return 1

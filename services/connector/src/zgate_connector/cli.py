@@ -1,0 +1,145 @@
+"""`zgate-connector up|status`: flags -> ConnectorSettings -> run; or ask a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from zgate_agent.cli import show_status
+from zgate_agent.metrics import AgentMetrics
+from zgate_connector.app import Connector
+from zgate_connector.settings import ConnectorSettings
+from zgate_host.errors import HostError
+from zgate_host.httpd import serve_status
+from zgate_host.logs import configure_logging
+from zgate_host.privileges import require_net_admin
+from zgate_host.settings import SettingsError, load_settings
+from zgate_host.sysctl import enable_forwarding
+from zgate_host.tun import TunDevice
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+zgate connector: publishes a private network through a zgate relay without opening any
+inbound port. It dials out to the relay over QUIC with a connector certificate
+(`zgate pki issue connector ID`), opens a MASQUE CONNECT-IP session, advertises the site's
+prefixes, and forwards the agents' packets for them into the site (NAT to its own address),
+replies back the same way. Reconnects by itself.
+
+  zgate-connector up --relay relay.example:4433 --ca ca.pem \\
+      --cert connectors/site-a.pem --key connectors/site-a.key --site 192.168.50.0/24
+  zgate-connector status
+
+The relay must allow the prefixes for this connector's id (`serve --connector
+site-a=192.168.50.0/24`); it refuses and logs any other. Settings come from defaults, the
+YAML --config file, ZGATE_CONNECTOR_* environment variables and flags, in rising order.
+`up` needs root or CAP_NET_ADMIN (TUN device, routes, forwarding, nftables)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The connector's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="zgate-connector",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="connect and serve the site until stopped (SIGTERM/SIGINT)")
+    up.add_argument("--config", type=Path, help="YAML settings file (keys as the long flags)")
+    up.add_argument("--relay", metavar="HOST:PORT", help="relay address [127.0.0.1:4433]")
+    up.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the relay")
+    up.add_argument("--cert", type=Path, metavar="FILE", help="this connector's certificate")
+    up.add_argument("--key", type=Path, metavar="FILE", help="this connector's private key")
+    up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
+    up.add_argument(
+        "--site",
+        action="append",
+        metavar="CIDR",
+        help="a private prefix this connector serves (repeatable; at least one)",
+    )
+    up.add_argument(
+        "--no-nat",
+        dest="nat",
+        action="store_const",
+        const=False,
+        help="do not masquerade (the site routes the agents' pool back to this host itself)",
+    )
+    up.add_argument("--mode", choices=["datagram", "stream"], help="packet mode [datagram]")
+    up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-conn0]")
+    up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
+    up.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve /metrics and /status here; 'off' disables [127.0.0.1:9103]",
+    )
+    up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    up.add_argument("--log-format", choices=["json", "text"])
+    st = sub.add_parser("status", help="show the state of a running connector's session")
+    st.add_argument("--metrics", metavar="HOST:PORT", default="127.0.0.1:9103")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `zgate-connector`."""
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return show_status(
+            args.metrics, as_json=args.json, program="zgate-connector", default_port=9103
+        )
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
+    if flags.get("metrics") == "off":
+        flags["metrics"] = ""
+    try:
+        settings = load_settings(ConnectorSettings, args.config, flags)
+    except SettingsError as exc:
+        print(f"zgate-connector: {exc}", file=sys.stderr)
+        return 2
+    for what, path in (("--ca", settings.ca), ("--cert", settings.cert), ("--key", settings.key)):
+        if not path.is_file():
+            print(f"zgate-connector: {what} file {path} does not exist", file=sys.stderr)
+            return 2
+    configure_logging(
+        "zgate-connector", level=settings.log_level, json=settings.log_format == "json"
+    )
+    try:
+        require_net_admin("the connector's TUN device, routes, forwarding and NAT")
+        return asyncio.run(_up(settings))
+    except HostError as exc:
+        print(f"zgate-connector: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _up(settings: ConnectorSettings) -> int:
+    metrics = AgentMetrics()
+    with TunDevice.open(
+        settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
+    ) as device:
+        forwarding = enable_forwarding(ipv4=True, ipv6=True)
+        connector = Connector(settings, device, metrics)
+        http = None
+        if settings.metrics_address is not None:
+            http = serve_status(*settings.metrics_address, metrics.registry, connector.status)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, connector.stop)
+        try:
+            await connector.run()
+        finally:
+            if http is not None:
+                http.close()
+            with contextlib.suppress(HostError):
+                connector.remove_nat()
+            forwarding.restore()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The connector's settings: the agent's, plus the site it serves.
+
+Defaults < YAML < ZGATE_CONNECTOR_* env < flags, as for the agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from zgate_agent.settings import AgentSettings
+
+__all__ = ["ConnectorSettings"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConnectorSettings(AgentSettings):
+    """Everything a connector can be told (YAML keys = field names)."""
+
+    model_config = SettingsConfigDict(env_prefix="ZGATE_CONNECTOR_", extra="forbid")
+
+    site: list[Network] = Field(
+        min_length=1,
+        description="the private prefixes this connector serves (advertised to the relay, "
+        "which installs those the connector's id may serve)",
+    )
+    nat: bool = Field(
+        True,
+        description="masquerade agents' packets into the site (nftables table zgate_connector)",
+    )
+    cert: Path = Field(
+        Path(".zgate/pki/connectors/connector.pem"), description="connector certificate"
+    )
+    key: Path = Field(Path(".zgate/pki/connectors/connector.key"), description="its private key")
+    tun_name: str = Field("zgate-conn0", description="TUN device name")
+    full_tunnel: bool = Field(
+        False, description="route only the agents' pool (what the relay advertises) inside"
+    )
+    metrics: str | None = Field("127.0.0.1:9103", description="/metrics and /status address")

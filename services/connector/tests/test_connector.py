@@ -1,0 +1,100 @@
+"""The connector against a real relay in one process (loopback QUIC, in-memory devices), and
+its settings and command line."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+
+import pytest
+from relay_harness import make_pki, running_relay, start_agent, udp4, until
+
+from zgate_agent.metrics import AgentMetrics
+from zgate_connector.app import Connector, site_advertisement
+from zgate_connector.cli import main
+from zgate_connector.settings import ConnectorSettings
+from zgate_host.memdev import MemoryPacketDevice
+from zgate_host.settings import SettingsError, load_settings
+from zgate_pki import issue_certificate
+from zgate_relay.sites import SiteRoutes
+
+SITE = ipaddress.ip_network("192.168.50.0/24")
+HOST = "192.168.50.10"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    directory = make_pki(tmp_path / "pki", ["alice"])
+    issue_certificate(directory, "connector", "site-a")
+    return directory
+
+
+def connector_settings(pki: Path, port: int) -> ConnectorSettings:
+    return ConnectorSettings(
+        relay=f"127.0.0.1:{port}",
+        ca=pki / "ca.pem",
+        cert=pki / "connectors" / "site-a.pem",
+        key=pki / "connectors" / "site-a.key",
+        server_name="localhost",
+        site=[SITE],
+        metrics=None,
+        backoff_initial=0.05,
+        backoff_max=0.5,
+    )  # type: ignore[call-arg]
+
+
+async def test_agent_reaches_the_site_through_the_connector(pki: Path) -> None:
+    async with running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as relay:
+        device = MemoryPacketDevice("mem-site-a")
+        connector = Connector(
+            connector_settings(pki, relay.port), device, AgentMetrics(), configure_host=False
+        )
+        task = asyncio.create_task(connector.run())
+        alice = await start_agent(relay, "alice")
+        try:
+            await asyncio.wait_for(connector.connected.wait(), 10)
+            routes = relay.metrics.connector_prefixes.labels("site-a")
+            await until(lambda: routes._value.get() == 1, what="the site's routes installed")
+            out = udp4(alice.address4, HOST, b"GET /wiki")
+            alice.device.inject(out)
+            got = await device.received(timeout=5)
+            assert got[12:20] == out[12:20] and got.endswith(b"GET /wiki")
+            device.inject(udp4(HOST, alice.address4, b"200 OK", sport=7, dport=40000))
+            assert (await alice.device.received(timeout=5)).endswith(b"200 OK")
+            assert connector.status()["state"] == "connected"
+        finally:
+            await alice.stop()
+            connector.stop()
+            await asyncio.wait_for(task, 10)
+            device.close()
+        await until(lambda: routes._value.get() == 0, what="the routes to be withdrawn")
+
+
+def test_site_advertisement_is_ordered_for_the_rfc() -> None:
+    ad = site_advertisement(
+        [ipaddress.ip_network("fd00:50::/64"), ipaddress.ip_network("192.168.50.0/24")]
+    )
+    assert [r.version for r in ad.ranges] == [4, 6]
+
+
+def test_a_site_is_required_and_checked() -> None:
+    with pytest.raises(SettingsError, match="site"):
+        load_settings(ConnectorSettings, None, {})
+    with pytest.raises(SettingsError, match="site"):
+        load_settings(ConnectorSettings, None, {"site": ["192.168.50.1/24"]})
+    settings = load_settings(ConnectorSettings, None, {"site": ["192.168.50.0/24"]})
+    assert settings.site == [SITE] and settings.nat and not settings.full_tunnel
+
+
+def test_missing_certificate_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["up", "--site", "192.168.50.0/24", "--ca", str(tmp_path / "nope.pem")])
+    assert code == 2
+    assert "--ca file" in capsys.readouterr().err
+
+
+def test_status_without_a_running_connector(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--metrics", "127.0.0.1:9"]) == 1
+    assert "zgate-connector up" in capsys.readouterr().err
