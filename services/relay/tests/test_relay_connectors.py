@@ -136,3 +136,38 @@ async def test_flows_move_to_the_surviving_connector(pki: Path) -> None:
         finally:
             await alice.stop()
             await two.stop()
+
+
+async def test_a_silent_connector_is_failed_over_after_its_deadline(pki: Path) -> None:
+    async with running_relay(pki, sites=sites(), connector_deadline=0.5) as relay:
+        # Connectors ping often enough for the deadline (the connector service: every 1 s).
+        one = await start_agent(relay, "site-a", keepalive=0.1)
+        two = await start_agent(relay, "site-a-2", keepalive=0.1)
+        alice = await start_agent(relay, "alice")
+        try:
+            advertise(one, SITE)
+            advertise(two, SITE)
+            gauge_one = relay.metrics.connector_sessions.labels("site-a")
+            gauge_two = relay.metrics.connector_sessions.labels("site-a-2")
+            await until(lambda: gauge_one._value.get() == gauge_two._value.get() == 1)
+            # Connector one stops sending anything (a crashed host, a cut cable).
+            protocol = one.agent._protocol
+            assert protocol is not None
+            silenced = protocol.transmit
+            protocol.transmit = lambda: None  # type: ignore[method-assign]
+
+            def failed_over() -> bool:
+                relay.server.tick()  # the relay's once-a-second housekeeping
+                return gauge_one._value.get() == 0
+
+            await until(failed_over, what="connector one to be declared silent")
+            assert gauge_two._value.get() == 1
+            for port in range(42000, 42020):
+                alice.device.inject(udp4(alice.address4, HOST, b"after", sport=port))
+            for _ in range(20):
+                assert (await two.device.received(timeout=5)).endswith(b"after")
+            protocol.transmit = silenced  # type: ignore[method-assign]
+        finally:
+            await alice.stop()
+            await two.stop()
+            await one.stop()

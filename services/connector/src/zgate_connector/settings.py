@@ -41,3 +41,9 @@ class ConnectorSettings(AgentSettings):
         False, description="route only the agents' pool (what the relay advertises) inside"
     )
     metrics: str | None = Field("127.0.0.1:9103", description="/metrics and /status address")
+    keepalive: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between QUIC pings: the relay fails the site over to another "
+        "connector when it hears nothing for its --connector-deadline",
+    )

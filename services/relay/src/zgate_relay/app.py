@@ -140,6 +140,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         relay_name=settings.relay_name,
         udp_offload=settings.udp_offload,
         sites=SiteRoutes(settings.connectors),
+        connector_deadline=settings.connector_deadline,
     )
     dns: DnsProxy | None = None
     http = None

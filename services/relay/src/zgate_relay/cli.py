@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="let connector ID serve these private prefixes (repeatable); what a connector "
         "advertises outside them is refused and logged",
     )
+    p.add_argument(
+        "--connector-deadline",
+        type=float,
+        metavar="SECONDS",
+        help="fail a site over when its connector is silent this long [5]",
+    )
     p.add_argument("--relay-name", metavar="NAME", help="name in audit records [hostname]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])

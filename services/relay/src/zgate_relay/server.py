@@ -81,6 +81,7 @@ class _Connection:
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     closed: bool = False
+    last_rx: float = 0.0  # when the peer was last heard from (the server's clock)
 
 
 class RelayServer:
@@ -103,6 +104,7 @@ class RelayServer:
         relay_name: str = "relay",
         udp_offload: bool = True,
         sites: SiteRoutes | None = None,
+        connector_deadline: float = 5.0,
     ) -> None:
         self.configuration = configuration
         self._udp_offload = udp_offload
@@ -115,6 +117,7 @@ class RelayServer:
         self.datagram_queue = datagram_queue
         self.max_capsule_size = max_capsule_size
         self.sites = sites
+        self.connector_deadline = connector_deadline
         self.router = Router(enforcer, sites)
         if sites is not None:
             self._report_connectors()
@@ -269,7 +272,9 @@ class RelayServer:
             if header.packet_type != QuicPacketType.INITIAL or len(data) < QUIC_MIN_INITIAL_SIZE:
                 return
             conn = self._accept(header.destination_cid, addr)
-        conn.quic.receive_datagram(data, addr, now=self._now())
+        now = self._now()
+        conn.last_rx = now
+        conn.quic.receive_datagram(data, addr, now=now)
         self._process_events(conn)
         self._dirty.add(conn)
         self._schedule_flush()
@@ -336,11 +341,40 @@ class RelayServer:
         """Periodic housekeeping (about once a second): end idle flows, export gauges."""
         if self.sites is not None:
             self.sites.expire(self._loop.time())
+            self._fail_silent_connectors()
         enforcer = self.enforcer
         if enforcer is not None:
             enforcer.expire(self._now())
             self.metrics.flows.set(len(enforcer.flows))
             self._drain_audit()
+
+    def _fail_silent_connectors(self) -> None:
+        """A connector not heard from for ``connector_deadline`` seconds (it keeps its session
+        alive with pings every second) is taken out of its site at once, and its connection
+        closed: its flows move to the site's other connectors on their next packet, instead
+        of waiting for QUIC's idle timeout."""
+        assert self.sites is not None
+        now = self._now()
+        for conn in list(self._by_quic.values()):
+            if conn.closed or not conn.sessions or now - conn.last_rx <= self.connector_deadline:
+                continue
+            if not any(self.sites.is_connector(s) for s in conn.sessions.values()):
+                continue
+            log.warning(
+                "connector silent: taking it out of its site",
+                extra={
+                    "connector": str(conn.identity),
+                    "silent_s": round(now - conn.last_rx, 1),
+                    "deadline_s": self.connector_deadline,
+                },
+            )
+            for session in conn.sessions.values():
+                self.sites.withdraw(session)
+            self._report_connectors()
+            conn.quic.close(error_code=0x0, reason_phrase="connector silent past its deadline")
+            conn.closed = True
+            self._dirty.add(conn)
+        self._schedule_flush()
 
     def _drain_audit(self) -> None:
         enforcer = self.enforcer

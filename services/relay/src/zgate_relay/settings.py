@@ -58,6 +58,12 @@ class RelaySettings(LayeredSettings):
         description="connector id -> the private prefixes it may advertise (anything else it "
         "advertises is refused); on the command line ID=CIDR[,CIDR...]",
     )
+    connector_deadline: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a connector may stay silent before its site fails over to the "
+        "site's other connectors (connectors ping every second)",
+    )
     relay_name: str = Field(
         default_factory=socket.gethostname, description="this relay's name in audit records"
     )
