@@ -8,7 +8,13 @@ interfaces):
     relay ns   203.0.113.1/24 + 2001:db8:113::1/64 --- inet ns        "the internet"
     inet ns    203.0.113.10/24 + 2001:db8:113::10/64 (HTTP, UDP echo)
 
-Agents have no route to the internet except through the tunnel.
+With a private site (add_site):
+
+    zcN ns     198.51.100.3N/24 on the LAN, 192.168.50.(1+N)/24 in the site   (connector N)
+    zs ns      192.168.50.10/24 on the site's bridge (HTTP, DNS)            "the private site"
+
+Agents have no route to the internet except through the tunnel, and none to the site
+except through the relay and a connector.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ HTTP_PORT = 8080
 UDP_ECHO_PORT = 7007
 # A direct agent <-> internet-host link that bypasses the tunnel (benchmark baseline);
 # TEST-NET-1 addresses, which exist only inside the lab's namespaces.
+SITE_NET = "192.168.50.0/24"
+SITE_HOST_IP = "192.168.50.10"
+SITE_ZONE = {"wiki.corp.internal": [SITE_HOST_IP]}
+"""What the site's own DNS server answers (only the site can resolve these)."""
 PLAIN_AGENT_IP = "192.0.2.1"
 PLAIN_INET_IP = "192.0.2.10"
 IPERF_PORT = 5201
@@ -133,6 +143,13 @@ class Lab:
         return f"za{n}-{self.tag}"
 
     @property
+    def site_ns(self) -> str:
+        return f"zs-{self.tag}"
+
+    def connector_ns(self, n: int) -> str:
+        return f"zc{n}-{self.tag}"
+
+    @property
     def pki(self) -> Path:
         return self.workdir / "pki"
 
@@ -213,7 +230,146 @@ class Lab:
         self.agents = max(self.agents, n)
         return a
 
-    def make_pki(self, clients: Sequence[str] = ("agent1", "agent2")) -> None:
+    def add_site(self, connectors: int = 1) -> None:
+        """A private site (192.168.50.0/24, a bridge in its own namespace with the site host
+        on it) and ``connectors`` connector namespaces, each on the LAN and in the site."""
+        s, r = self.site_ns, self.relay_ns
+        self.add_ns(s)
+        self.ns(s, "ip", "link", "add", "brs", "type", "bridge")
+        self.ns(s, "ip", "addr", "add", f"{SITE_HOST_IP}/24", "dev", "brs")
+        self.ns(s, "ip", "link", "set", "brs", "up")
+        for n in range(1, connectors + 1):
+            c = self.connector_ns(n)
+            self.add_ns(c)
+            lan, lan_peer = f"c{n}{self.tag}", f"d{n}{self.tag}"
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    lan,
+                    "netns",
+                    c,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    lan_peer,
+                    "netns",
+                    r,
+                ]
+            )
+            self.ns(r, "ip", "link", "set", lan_peer, "master", "br0", "up")
+            self.ns(c, "ip", "addr", "add", f"198.51.100.{30 + n}/24", "dev", lan)
+            self.ns(c, "ip", "link", "set", lan, "up")
+            site, site_peer = f"s{n}{self.tag}", f"t{n}{self.tag}"
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    site,
+                    "netns",
+                    c,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    site_peer,
+                    "netns",
+                    s,
+                ]
+            )
+            self.ns(s, "ip", "link", "set", site_peer, "master", "brs", "up")
+            self.ns(c, "ip", "addr", "add", f"192.168.50.{1 + n}/24", "dev", site)
+            self.ns(c, "ip", "link", "set", site, "up")
+
+    def start_site_services(self, blob_size: int = 4 * 1024 * 1024) -> Path:
+        """HTTP (a random blob) and DNS (SITE_ZONE) on the site host; the blob's path."""
+        www = self.workdir / "site-www"
+        www.mkdir(exist_ok=True)
+        blob = www / "blob.bin"
+        blob.write_bytes(os.urandom(blob_size))
+        self.spawn(
+            "site-http",
+            self.site_ns,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                SITE_HOST_IP,
+                str(HTTP_PORT),
+                "--directory",
+                str(www),
+            ],
+        )
+        zone = [f"{name}={','.join(addresses)}" for name, addresses in SITE_ZONE.items()]
+        self.spawn(
+            "site-dns",
+            self.site_ns,
+            [sys.executable, "-m", "zgate_cli.lab_dns", "serve", "53", *zone],
+        )
+        wait_until(
+            lambda: f":{HTTP_PORT}" in self.ns(self.site_ns, "ss", "-ltn", check=False).stdout,
+            10,
+            "the site's HTTP server",
+        )
+        return blob
+
+    def start_connector(
+        self, n: int, ident: str, *, site: str = SITE_NET, extra: Sequence[str] = ()
+    ) -> Daemon:
+        """Start connector n (certificate ``ident``) serving ``site``; wait until connected."""
+        connector = self.spawn(
+            f"connector{n}",
+            self.connector_ns(n),
+            [
+                str(VENV_BIN / "zgate-connector"),
+                "up",
+                "--relay",
+                f"{RELAY_LAN_IP}:4433",
+                "--ca",
+                str(self.pki / "ca.pem"),
+                "--cert",
+                str(self.pki / "connectors" / f"{ident}.pem"),
+                "--key",
+                str(self.pki / "connectors" / f"{ident}.key"),
+                "--server-name",
+                "relay",
+                "--site",
+                site,
+                "--metrics",
+                "127.0.0.1:9103",
+                "--tun-name",
+                "zconn0",
+                *extra,
+            ],
+            env={"ZGATE_CONNECTOR_BACKOFF_MAX": "2"},
+        )
+
+        def connected() -> bool:
+            if connector.proc.poll() is not None:
+                raise AssertionError(f"connector{n} exited:\n{connector.log()}")
+            proc = self.ns(
+                self.connector_ns(n),
+                "curl",
+                "-s",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9103/status",
+                check=False,
+            )
+            if proc.returncode != 0 or not proc.stdout:
+                return False
+            return bool(json.loads(proc.stdout).get("state") == "connected")
+
+        wait_until(connected, 30, f"connector{n} to connect")
+        return connector
+
+    def make_pki(
+        self, clients: Sequence[str] = ("agent1", "agent2"), connectors: Sequence[str] = ()
+    ) -> None:
         """A PKI with the relay reachable as "relay" / 198.51.100.1, and client certs."""
         zgate = str(VENV_BIN / "zgate")
         run(
@@ -231,6 +387,8 @@ class Lab:
         )
         for client in clients:
             run([zgate, "pki", "issue", "client", client, "--dir", str(self.pki)])
+        for connector in connectors:
+            run([zgate, "pki", "issue", "connector", connector, "--dir", str(self.pki)])
 
     def start_inet_services(self, blob_size: int = 20 * 1024 * 1024) -> Path:
         """HTTP server (a random blob of ``blob_size`` bytes) and UDP echo on the internet host."""
@@ -510,11 +668,12 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 _TAG = re.compile(r"[0-9a-z]{1,12}")
-_NAMESPACE = re.compile(r"(?:zr|zi|za[1-9][0-9]?)-[0-9a-z]{1,12}")
+_NAMESPACE = re.compile(r"(?:zr|zi|zs|za[1-9][0-9]?|zc[1-9][0-9]?)-[0-9a-z]{1,12}")
 
 
 def is_lab_namespace(name: str) -> bool:
-    """Whether ``name`` is one Lab gives its namespaces: zr-TAG, zi-TAG or zaN-TAG."""
+    """Whether ``name`` is one Lab gives its namespaces: zr-TAG, zi-TAG, zs-TAG, zaN-TAG or
+    zcN-TAG."""
     return _NAMESPACE.fullmatch(name) is not None
 
 
