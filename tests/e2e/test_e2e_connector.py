@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -26,12 +27,20 @@ POLICY = """
 default: deny
 groups:
   wiki-readers: [agent1]
+resources:
+  wiki:
+    - fqdn: "wiki.corp.internal"
+      ports: [tcp/8080]
 rules:
-  - id: wiki
+  - id: site-web
     action: allow
     from: ["group:wiki-readers"]
     to: [192.168.50.0/24]
     ports: [tcp/8080]
+  - id: wiki-by-name
+    action: allow
+    from: [agent2]
+    to: [wiki]
 """
 
 
@@ -57,6 +66,8 @@ def site_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             "site-a-2=192.168.50.0/24",
             "--connector-deadline",
             "2",
+            "--site-dns",
+            "corp.internal=192.168.50.10",
         )
         lab.start_agent(1)
         lab.start_agent(2)
@@ -100,6 +111,53 @@ def test_agent_fetches_a_file_from_the_site_through_the_connector(site_lab: Lab)
         10,
         "the connector's routes withdrawn",
     )
+
+
+def test_private_names_resolve_through_the_connector_and_feed_fqdn_rules(site_lab: Lab) -> None:
+    """wiki.corp.internal exists only in the site's DNS. agent2 may reach it by name only:
+    before it resolves the name through the relay (which asks the site's resolver through
+    the connector) the address is refused; after, it is allowed."""
+    lab = site_lab
+    connector = lab.start_connector(1, "site-a")
+    try:
+        wait_until(
+            lambda: lab.relay_metric("zgate_relay_connector_prefixes", connector="site-a") == 1,
+            10,
+            "the site's routes at the relay",
+        )
+        assert fetch(lab, 2, timeout=3).returncode != 0  # by address, before any answer
+        answer = lab.ns(
+            lab.agent_ns(2),
+            sys.executable,
+            "-m",
+            "zgate_cli.lab_dns",
+            "query",
+            "10.100.0.1",
+            "wiki.corp.internal",
+        )
+        assert answer.stdout.split() == [SITE_HOST_IP]
+        got = fetch(lab, 2, f"http://{SITE_HOST_IP}:{HTTP_PORT}/blob.bin")
+        assert got.returncode == 0, got.stderr
+        record = next(
+            r
+            for r in reversed(lab.audit_records())
+            if r["event"] == "flow.allow" and r["client"] == "client/agent2"
+        )
+        assert (record["rule"], record["fqdn"]) == ("wiki-by-name", "wiki.corp.internal")
+        # A name the site does not know is no answer at all, not the internet's.
+        missing = lab.ns(
+            lab.agent_ns(2),
+            sys.executable,
+            "-m",
+            "zgate_cli.lab_dns",
+            "query",
+            "10.100.0.1",
+            "nothing.corp.internal",
+            check=False,
+        )
+        assert missing.stdout.split() == []
+    finally:
+        connector.stop()
 
 
 def test_a_prefix_the_connector_may_not_serve_is_refused(site_lab: Lab) -> None:

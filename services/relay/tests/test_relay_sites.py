@@ -211,3 +211,24 @@ def test_flow_hash_key_names_the_five_tuple() -> None:
     b = udp4("10.100.0.2", "192.168.50.10", b"y", sport=1001, dport=53)
     assert flow_hash_key(a) == flow_hash_key(udp4("10.100.0.2", "192.168.50.10", b"zz", 1000, 53))
     assert flow_hash_key(a) != flow_hash_key(b)
+
+
+def test_only_the_relays_own_traffic_enters_a_site_from_the_egress_device() -> None:
+    gateway = ipaddress.ip_address("10.100.0.1").packed
+    sites = routes(**{"site-a": ["192.168.50.0/24"]})
+    router = Router(sites=sites, own_addresses=frozenset({gateway}))
+    connector = session("connector", "site-a", "10.100.0.5")
+    router.attach(connector)
+    sites.advertise(connector, ranges("192.168.50.0/24"))
+    # The relay's DNS service asking the site's resolver: to the connector.
+    query = udp4("10.100.0.1", "192.168.50.10", b"dns?", sport=33000, dport=53)
+    assert router.from_egress(query) is connector
+    # Anything forwarded from elsewhere (the internet side) never reaches the site.
+    forwarded = router.from_egress(udp4("203.0.113.10", "192.168.50.10", b"in?"))
+    assert isinstance(forwarded, Drop) and forwarded.reason == "spoofed_source"
+    # The answer comes back from the site to the relay itself: the kernel takes it.
+    answer = udp4("192.168.50.10", "10.100.0.1", b"dns!", sport=53, dport=33000)
+    assert router.from_session(connector, answer) is EGRESS
+    sites.withdraw(connector)
+    unserved = router.from_egress(query)
+    assert isinstance(unserved, Drop) and unserved.reason == "no_connector"

@@ -21,7 +21,7 @@ from zgate_pki import ChainVerifier, init_pki
 from zgate_policy import PolicyError
 from zgate_policy.flows import FlowTable
 from zgate_relay.audit import AuditLog
-from zgate_relay.dns import DnsProxy
+from zgate_relay.dns import DnsProxy, SuffixUpstreams
 from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
@@ -140,6 +140,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         relay_name=settings.relay_name,
         udp_offload=settings.udp_offload,
         sites=SiteRoutes(settings.connectors),
+        own_addresses=frozenset(g.packed for g in gateways),
         connector_deadline=settings.connector_deadline,
     )
     dns: DnsProxy | None = None
@@ -187,6 +188,7 @@ def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
         gateways=gateways,
         nat=settings.nat,
         offload=settings.tun_offload,
+        site_routes=[p for prefixes in settings.connectors.values() for p in prefixes],
     )
 
 
@@ -213,13 +215,19 @@ async def _start_dns(
         if session is not None:
             fqdns.record(session.identity.ident, name, addresses, ttl, loop.time())
 
-    proxy = DnsProxy(upstreams=upstreams, on_answer=on_answer, freebind=True)
+    choose = SuffixUpstreams(upstreams, settings.site_dns).choose_upstream
+    proxy = DnsProxy(choose_upstream=choose, on_answer=on_answer, freebind=True)
     addresses = [str(g) for g in gateways] if settings.egress else ["127.0.0.1"]
     port = await proxy.start(addresses, settings.dns_port)
     metrics.watch_dns(proxy.stats.as_dict)
     log.info(
         "DNS service for agents",
-        extra={"addresses": addresses, "port": port, "upstreams": upstreams},
+        extra={
+            "addresses": addresses,
+            "port": port,
+            "upstreams": upstreams,
+            "site_domains": settings.site_dns,
+        },
     )
     return proxy
 

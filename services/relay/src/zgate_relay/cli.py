@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         "advertises outside them is refused and logged",
     )
     p.add_argument(
+        "--site-dns",
+        action="append",
+        metavar="DOMAIN=IP[,IP...]",
+        help="answer names under DOMAIN with these resolvers inside a private site, asked "
+        "through its connectors (repeatable; e.g. corp.internal=192.168.50.10)",
+    )
+    p.add_argument(
         "--connector-deadline",
         type=float,
         metavar="SECONDS",

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from zgate_host.netconf import configure_interface
+from zgate_host.netconf import add_route, configure_interface
 from zgate_host.nft import NatTable
 from zgate_host.sysctl import ForwardingState, enable_forwarding
 from zgate_host.tun import TunDevice
@@ -38,12 +39,17 @@ class Egress:
         gateways: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
         nat: bool,
         offload: bool = False,
+        site_routes: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
     ) -> Egress:
         """Create the TUN device with the relay's pool addresses, enable forwarding and
         (optionally) masquerade the pools."""
         device = TunDevice.open(name, mtu=mtu, offload=offload)
         try:
             configure_interface(device.name, gateways, mtu=mtu, up=True)
+            # The relay's own traffic to private sites (its DNS service asking a site's
+            # resolver) enters the TUN device; the router hands it to a connector.
+            for prefix in site_routes:
+                add_route(prefix, dev=device.name)
             forwarding = enable_forwarding(ipv4=True, ipv6=True)
             pools = [g.network for g in gateways]
             table = None

@@ -60,15 +60,24 @@ _SPOOFED: Final = Drop("spoofed_source")
 _NO_SESSION: Final = Drop("no_session")
 _MULTICAST: Final = Drop("multicast")
 _NO_CONNECTOR: Final = Drop("no_connector")
+_NOT_OWN: Final = Drop("spoofed_source")
 
 
 class Router:
     """Maps tunnel addresses (raw 4/16-byte keys) to sessions and routes packets."""
 
-    def __init__(self, enforcer: Enforcer | None = None, sites: SiteRoutes | None = None) -> None:
+    def __init__(
+        self,
+        enforcer: Enforcer | None = None,
+        sites: SiteRoutes | None = None,
+        own_addresses: frozenset[bytes] = frozenset(),
+    ) -> None:
         self._by_address: dict[bytes, RelaySession] = {}
         self.enforcer = enforcer
         self.sites = sites
+        #: The relay's own tunnel addresses (its gateways): the only sources that may reach
+        #: a site from the egress device (the relay's DNS service asking a site's resolver).
+        self.own_addresses = own_addresses
         self._drops: dict[str, Drop] = {}
 
     def attach(self, session: RelaySession) -> None:
@@ -132,12 +141,13 @@ class Router:
                 return _NO_CONNECTOR
         return EGRESS
 
-    def _from_site(self, packet: bytes, dst: bytes, now: float) -> RelaySession | Drop:
+    def _from_site(self, packet: bytes, dst: bytes, now: float) -> RelaySession | Egress | Drop:
         """A packet a connector brought out of its site: only to an agent, and (with an
         enforcer) only as a reply to a flow the policy allowed."""
         target = self._by_address.get(dst)
         if target is None:
-            return _NO_SESSION
+            # An answer to the relay itself (its DNS service): the kernel takes it.
+            return EGRESS if dst in self.own_addresses else _NO_SESSION
         enforcer = self.enforcer
         if enforcer is not None:
             verdict = enforcer.inbound(target, packet, now)
@@ -165,5 +175,15 @@ class Router:
                 if not verdict.allowed:
                     return self._drop(verdict.reason)
             return target
+        sites = self.sites
+        if sites is not None:
+            src = packet[12:16] if version == 4 else packet[8:24]
+            site = sites.lookup(dst, flow_hash_key(packet), now)
+            if isinstance(site, RelaySession):
+                # Only the relay's own traffic may enter a site this way: forwarded packets
+                # (from the internet side) must never reach a private network.
+                return site if src in self.own_addresses else _NOT_OWN
+            if site is False:
+                return _NO_CONNECTOR
         # The kernel's own multicast (MLD reports, IGMP) on the TUN device is no one's.
         return _MULTICAST if dst[0] == 0xFF or 224 <= dst[0] <= 239 else _NO_SESSION

@@ -105,6 +105,7 @@ class RelayServer:
         udp_offload: bool = True,
         sites: SiteRoutes | None = None,
         connector_deadline: float = 5.0,
+        own_addresses: frozenset[bytes] = frozenset(),
     ) -> None:
         self.configuration = configuration
         self._udp_offload = udp_offload
@@ -118,7 +119,7 @@ class RelayServer:
         self.max_capsule_size = max_capsule_size
         self.sites = sites
         self.connector_deadline = connector_deadline
-        self.router = Router(enforcer, sites)
+        self.router = Router(enforcer, sites, own_addresses)
         if sites is not None:
             self._report_connectors()
         self.enforcer = enforcer

@@ -58,6 +58,11 @@ class RelaySettings(LayeredSettings):
         description="connector id -> the private prefixes it may advertise (anything else it "
         "advertises is refused); on the command line ID=CIDR[,CIDR...]",
     )
+    site_dns: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="private DNS domains -> resolvers inside a site (IP[:PORT]), asked through "
+        "the site's connectors; on the command line DOMAIN=IP[,IP...]",
+    )
     connector_deadline: float = Field(
         5.0,
         gt=0,
@@ -122,6 +127,22 @@ class RelaySettings(LayeredSettings):
                     nets.append(ipaddress.ip_network(str(prefix).strip()))
                 except ValueError as exc:
                     raise ValueError(f"connector {ident}: {exc}") from None
+        return out
+
+    @field_validator("site_dns", mode="before")
+    @classmethod
+    def _parse_site_dns(cls, value: object) -> object:
+        # --site-dns corp.internal=192.168.50.10 (repeatable), or a YAML mapping.
+        if not isinstance(value, list):
+            return value
+        out: dict[str, list[str]] = {}
+        for item in value:
+            domain, sep, resolvers = str(item).partition("=")
+            if not sep or not domain.strip() or not resolvers.strip():
+                raise ValueError(f"site DNS {item!r}: expected DOMAIN=IP[:PORT][,IP...]")
+            out.setdefault(domain.strip().rstrip(".").lower(), []).extend(
+                r.strip() for r in resolvers.split(",") if r.strip()
+            )
         return out
 
     @field_validator("metrics")
