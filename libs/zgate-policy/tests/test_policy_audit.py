@@ -133,6 +133,7 @@ def test_flow_records_from_the_table() -> None:
         "verdict": "allow",
         "rule": "eng-corp",
         "policy_version": "0123456789ab",
+        "connector": None,
     }
     with pytest.raises(ValueError, match="not ended"):
         FlowEnded.from_flow(flow, ts=TS, relay="r", client="alice")
@@ -160,6 +161,7 @@ def test_flow_records_from_the_table() -> None:
         "packets_in": 1,
         "duration_s": 2.25,
         "reason": "session_closed",
+        "connector": None,
     }
 
 

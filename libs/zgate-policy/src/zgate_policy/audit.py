@@ -151,6 +151,7 @@ class FlowDecided(AuditEvent):
     verdict: Literal["allow", "deny"]
     rule: str
     policy_version: str
+    connector: str | None = None  # the connector that carries it (flows into a private site)
 
     @property
     def event(self) -> str:
@@ -175,6 +176,7 @@ class FlowDecided(AuditEvent):
             flow.verdict,
             flow.rule_id,
             flow.policy_version,
+            flow.connector,
         )
 
 
@@ -200,6 +202,7 @@ class FlowEnded(AuditEvent):
     packets_in: int
     duration_s: float
     reason: str
+    connector: str | None = None
 
     @classmethod
     def from_flow(cls, flow: Flow, *, ts: datetime, relay: str, client: str) -> FlowEnded:
@@ -225,6 +228,7 @@ class FlowEnded(AuditEvent):
             flow.packets_in,
             max(0.0, flow.last_seen - flow.created),
             flow.end_reason,
+            flow.connector,
         )
 
 

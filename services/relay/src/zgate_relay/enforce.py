@@ -116,8 +116,11 @@ class Enforcer:
 
     # ---------------------------------------------------------------- packets
 
-    def outbound(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
-        """A packet an agent sent (its source already checked): its flow's verdict."""
+    def outbound(
+        self, session: EnforcedSession, packet: bytes, now: float, connector: str | None = None
+    ) -> Verdict:
+        """A packet an agent sent (its source already checked): its flow's verdict.
+        ``connector``: the connector that will carry it, named in the flow's records."""
         key = flow_key_from_packet(packet)
         if key is None:
             return _MALFORMED
@@ -130,7 +133,7 @@ class Enforcer:
             if opened is not None and opened.verdict == "allow":
                 flows.seen_in(opened, len(packet), _tcp_flags(packet, opened.key), now)
                 return ALLOWED
-            flow = self._new_flow(session, key, now)
+            flow = self._new_flow(session, key, now, connector)
             if flow is None:
                 return _TABLE_FULL
         flows.seen_out(flow, len(packet), _tcp_flags(packet, key), now)
@@ -171,7 +174,9 @@ class Enforcer:
             now=wall,
         )
 
-    def _new_flow(self, session: EnforcedSession, key: FlowKey, now: float) -> Flow | None:
+    def _new_flow(
+        self, session: EnforcedSession, key: FlowKey, now: float, connector: str | None = None
+    ) -> Flow | None:
         identity = session.identity
         names = self.names_for(identity.ident, key.dst, now) if self.names_for is not None else ()
         wall = self.wall_clock()
@@ -180,6 +185,7 @@ class Enforcer:
         flow = self.flows.add(key, session.session_id, decision, self.policy.version, now, fqdn)
         if flow is None:
             return None
+        flow.connector = connector
         self._sessions[session.session_id] = session
         if self.on_decision is not None:
             self.on_decision(decision)

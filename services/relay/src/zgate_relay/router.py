@@ -123,23 +123,23 @@ class Router:
             if sites is None or not sites.serves(session, src):
                 return _SPOOFED
             return self._from_site(packet, dst, now)
+        target = self._by_address.get(dst)
+        site: RelaySession | bool | None = None
+        if target is None and sites is not None:
+            site = sites.lookup(dst, flow_hash_key(packet), now)
+            if site is False:
+                return _NO_CONNECTOR
         enforcer = self.enforcer
         if enforcer is not None:
-            verdict = enforcer.outbound(session, packet, now)
+            via = site.identity.ident if isinstance(site, RelaySession) else None
+            verdict = enforcer.outbound(session, packet, now, via)
             if not verdict.allowed:
                 if verdict.icmp is not None:
                     return Reject(verdict.reason, verdict.icmp)
                 return self._drop(verdict.reason)
-        target = self._by_address.get(dst)
         if target is not None:
             return target
-        if sites is not None:
-            site = sites.lookup(dst, flow_hash_key(packet), now)
-            if isinstance(site, RelaySession):
-                return site
-            if site is False:
-                return _NO_CONNECTOR
-        return EGRESS
+        return site if isinstance(site, RelaySession) else EGRESS
 
     def _from_site(self, packet: bytes, dst: bytes, now: float) -> RelaySession | Egress | Drop:
         """A packet a connector brought out of its site: only to an agent, and (with an
