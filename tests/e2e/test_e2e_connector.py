@@ -99,6 +99,13 @@ def test_agent_fetches_a_file_from_the_site_through_the_connector(site_lab: Lab)
         assert got.returncode == 0, got.stderr
         blob = lab.blob  # type: ignore[attr-defined]
         assert hashlib.sha256(got.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
+        # The audit log names the connector that carried the flow.
+        record = next(
+            r
+            for r in reversed(lab.audit_records())
+            if r["event"] == "flow.allow" and r["client"] == "client/agent1"
+        )
+        assert (record["rule"], record["connector"]) == ("site-web", "site-a")
         # The site saw the connector's own address (masquerade), not the agent's.
         assert "192.168.50.2" in (lab.workdir / "site-http.log").read_text()
         # agent2 has no rule for the site: refused at the relay, nothing reaches the site.
