@@ -11,7 +11,7 @@ import pytest
 from relay_harness import make_pki, running_relay, start_agent, udp4, until
 
 from zgate_agent.metrics import AgentMetrics
-from zgate_connector.app import Connector, site_advertisement
+from zgate_connector.app import Connector, ConnectorGroup, site_advertisement
 from zgate_connector.cli import main
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.memdev import MemoryPacketDevice
@@ -98,3 +98,41 @@ def test_missing_certificate_is_a_clear_error(
 def test_status_without_a_running_connector(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--metrics", "127.0.0.1:9"]) == 1
     assert "zgate-connector up" in capsys.readouterr().err
+
+
+async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
+    """A session per relay on one device: each relay's agent reaches the site, and each
+    reply goes back through the relay its agent came from (both use the same pool, so the
+    agents may even hold the same address)."""
+    async with (
+        running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as first,
+        running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as second,
+    ):
+        device = MemoryPacketDevice("mem-site-a")
+        settings = connector_settings(pki, first.port).model_copy(
+            update={"relays": [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}
+        )
+        group = ConnectorGroup(
+            settings, settings.relay_addresses, device, AgentMetrics(), configure_host=False
+        )
+        task = asyncio.create_task(group.run())
+        alice = await start_agent(first, "alice")
+        bob = await start_agent(second, "alice")  # the same client on the other relay
+        try:
+            for relay in (first, second):
+                routes = relay.metrics.connector_prefixes.labels("site-a")
+                await until(lambda r=routes: r._value.get() == 1, what="routes at each relay")
+            for agent, word in ((alice, b"first"), (bob, b"second")):
+                agent.device.inject(udp4(agent.address4, HOST, word))
+                got = await device.received(timeout=5)
+                assert got.endswith(word)
+                device.inject(udp4(HOST, agent.address4, b"re:" + word, sport=7, dport=40000))
+                assert (await agent.device.received(timeout=5)).endswith(b"re:" + word)
+            status = group.status()
+            assert status["state"] == "connected" and len(status["links"]) == 2
+        finally:
+            await alice.stop()
+            await bob.stop()
+            group.stop()
+            await asyncio.wait_for(task, 10)
+            device.close()

@@ -64,8 +64,12 @@ class Agent:
         metrics: AgentMetrics,
         *,
         configure_host: bool = True,
+        read_device: bool = True,
     ) -> None:
         self.settings = settings
+        #: Whether run() reads the device itself; off when something else reads it and
+        #: hands packets to send_to_relay() (a connector with sessions to several relays).
+        self.read_device = read_device
         self.device = device
         self.metrics = metrics
         self.configure_host = configure_host
@@ -110,8 +114,9 @@ class Agent:
     async def run(self) -> None:
         """Connect and reconnect until stopped."""
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.device.fileno(), self._device_readable)
-        self._reader_installed = True
+        if self.read_device:
+            loop.add_reader(self.device.fileno(), self._device_readable)
+            self._reader_installed = True
         delays = backoff_delays(
             self.settings.backoff_initial, self.settings.backoff_max, random.Random()
         )
@@ -270,7 +275,11 @@ class Agent:
     # --------------------------------------------------------------- packet path
 
     def _device_readable(self) -> None:
-        packets = self.device.read_batch(64)
+        self.send_to_relay(self.device.read_batch(64))
+
+    def send_to_relay(self, packets: list[bytes]) -> None:
+        """Send packets read from the device into the tunnel (dropped and counted while it
+        is down)."""
         protocol = self._protocol
         m = self.metrics
         if protocol is None or protocol.stream is None:

@@ -7,12 +7,18 @@ own site address (nftables table ``inet zgate_connector``), so site hosts need n
 replies come back through the TUN device (routes for the agents' pool, which the relay
 advertises) and travel back on the same session. Reconnecting, status and metrics are the
 agent's.
+
+With several relays (``relays``), a :class:`ConnectorGroup` keeps one session per relay on
+one TUN device: each relay's agents reach the site through their own relay, and a reply
+goes back through the relay its agent's packets came from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from typing import Any
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
@@ -22,7 +28,7 @@ from zgate_host.nft import NatTable
 from zgate_host.tun import PacketDevice
 from zgate_proto.capsules import IPAddressRange, RouteAdvertisement, normalize_ranges
 
-__all__ = ["NAT_TABLE", "Connector", "site_advertisement"]
+__all__ = ["NAT_TABLE", "Connector", "ConnectorGroup", "site_advertisement"]
 
 log = logging.getLogger("zgate.connector")
 
@@ -46,10 +52,20 @@ class Connector(Agent):
         metrics: AgentMetrics,
         *,
         configure_host: bool = True,
+        read_device: bool = True,
+        on_agent_packet: Any = None,
+        on_pools: Any = None,
     ) -> None:
-        super().__init__(settings, device, metrics, configure_host=configure_host)
+        super().__init__(
+            settings, device, metrics, configure_host=configure_host, read_device=read_device
+        )
+        #: Told (agent address, this link) for every packet a relay brings (see the group).
+        self.on_agent_packet = on_agent_packet
         self.site = list(settings.site)
-        self.nat = NatTable(NAT_TABLE) if configure_host and settings.nat else None
+        #: With ``on_pools`` (a group), the group owns the NAT table: told every pool.
+        self.on_pools = on_pools
+        own_nat = configure_host and settings.nat and on_pools is None
+        self.nat = NatTable(NAT_TABLE) if own_nat else None
         self._nat_sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
 
     def session_opened(self, protocol: TunnelProtocol, info: TunnelInfo) -> None:
@@ -58,6 +74,8 @@ class Connector(Agent):
         protocol.stream.send_capsules([site_advertisement(self.site)])
         protocol.transmit()
         pools = [n for r in info.routes for n in r.networks()]
+        if self.on_pools is not None:
+            self.on_pools(pools)
         if self.nat is not None and pools != self._nat_sources:
             self.nat.install(pools, tun_name=self.device.name)
             self._nat_sources = pools
@@ -66,8 +84,123 @@ class Connector(Agent):
             extra={"site": [str(p) for p in self.site], "agents": [str(p) for p in pools]},
         )
 
+    def _packet_from_relay(self, packet: bytes) -> None:
+        if self.on_agent_packet is not None and len(packet) >= 20:
+            source = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
+            self.on_agent_packet(source, self)
+        super()._packet_from_relay(packet)
+
     def remove_nat(self) -> None:
         """Delete the NAT table (on exit)."""
         if self.nat is not None:
             self.nat.remove()
             self._nat_sources = []
+
+
+class ConnectorGroup:
+    """One connector session per relay on one TUN device.
+
+    The group reads the device; a reply goes to the link whose relay brought the agent's
+    last packet (agents of different relays may even share addresses), else to the first
+    connected link. Each link advertises the site and reconnects on its own.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        relays: list[str],
+        device: PacketDevice,
+        metrics: AgentMetrics,
+        *,
+        configure_host: bool = True,
+        max_agents: int = 65_536,
+    ) -> None:
+        self.device = device
+        self.max_agents = max_agents
+        self._last_link: dict[bytes, Connector] = {}
+        self.nat = NatTable(NAT_TABLE) if configure_host and settings.nat else None
+        self._pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.links = [
+            Connector(
+                settings.model_copy(update={"relay": relay}),
+                device,
+                metrics,
+                configure_host=configure_host,
+                read_device=False,
+                on_agent_packet=self._remember,
+                on_pools=self._add_pools,
+            )
+            for relay in relays
+        ]
+        self.connected = asyncio.Event()
+
+    def _add_pools(self, pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Masquerade every relay's agent pool (one table for all links)."""
+        new = [p for p in pools if p not in self._pools]
+        if new and self.nat is not None:
+            self._pools += new
+            self.nat.install(self._pools, tun_name=self.device.name)
+
+    def _remember(self, agent: bytes, link: Connector) -> None:
+        if len(self._last_link) < self.max_agents or agent in self._last_link:
+            self._last_link[agent] = link
+
+    def _device_readable(self) -> None:
+        batches: dict[int, list[bytes]] = {}
+        for packet in self.device.read_batch(64):
+            link = self._link_for(packet)
+            if link is not None:
+                batches.setdefault(id(link), []).append(packet)
+        for link in self.links:
+            batch = batches.get(id(link))
+            if batch:
+                link.send_to_relay(batch)
+
+    def _link_for(self, packet: bytes) -> Connector | None:
+        if len(packet) < 20:
+            return None
+        dest = packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+        link = self._last_link.get(dest)
+        if link is not None and link.connected.is_set():
+            return link
+        return next((c for c in self.links if c.connected.is_set()), self.links[0])
+
+    async def run(self) -> None:
+        """Run every link until stopped."""
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.device.fileno(), self._device_readable)
+        watcher = asyncio.ensure_future(self._watch())
+        try:
+            await asyncio.gather(*(link.run() for link in self.links))
+        finally:
+            watcher.cancel()
+            loop.remove_reader(self.device.fileno())
+
+    async def _watch(self) -> None:
+        while True:
+            waits = [asyncio.ensure_future(link.connected.wait()) for link in self.links]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            self.connected.set()
+            return
+
+    def stop(self) -> None:
+        """Stop every link."""
+        for link in self.links:
+            link.stop()
+
+    def remove_nat(self) -> None:
+        """Delete the NAT table (on exit)."""
+        if self.nat is not None:
+            self.nat.remove()
+
+    def status(self) -> dict[str, Any]:
+        """The first link's status, with every link's under "links"."""
+        statuses = [link.status() for link in self.links]
+        first = dict(statuses[0])
+        up = [st for st in statuses if st["state"] == "connected"]
+        first["state"] = "connected" if up else statuses[0]["state"]
+        first["relay"] = ", ".join(str(st["relay"]) for st in statuses)
+        first["links"] = statuses
+        return first

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zgate_agent.cli import show_status
 from zgate_agent.metrics import AgentMetrics
-from zgate_connector.app import Connector
+from zgate_connector.app import ConnectorGroup
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.errors import HostError
 from zgate_host.httpd import serve_status
@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="connect and serve the site until stopped (SIGTERM/SIGINT)")
     up.add_argument("--config", type=Path, help="YAML settings file (keys as the long flags)")
-    up.add_argument("--relay", metavar="HOST:PORT", help="relay address [127.0.0.1:4433]")
+    up.add_argument(
+        "--relay",
+        dest="relays",
+        action="append",
+        metavar="HOST:PORT",
+        help="a relay to keep a session with (repeatable: one session per relay) [127.0.0.1:4433]",
+    )
     up.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the relay")
     up.add_argument("--cert", type=Path, metavar="FILE", help="this connector's certificate")
     up.add_argument("--key", type=Path, metavar="FILE", help="this connector's private key")
@@ -123,7 +129,7 @@ async def _up(settings: ConnectorSettings) -> int:
         settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
     ) as device:
         forwarding = enable_forwarding(ipv4=True, ipv6=True)
-        connector = Connector(settings, device, metrics)
+        connector = ConnectorGroup(settings, settings.relay_addresses, device, metrics)
         http = None
         if settings.metrics_address is not None:
             http = serve_status(*settings.metrics_address, metrics.registry, connector.status)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_agent.settings import AgentSettings
+from zgate_host.settings import parse_hostport
 
 __all__ = ["ConnectorSettings"]
 
@@ -23,6 +24,10 @@ class ConnectorSettings(AgentSettings):
 
     model_config = SettingsConfigDict(env_prefix="ZGATE_CONNECTOR_", extra="forbid")
 
+    relays: list[str] = Field(
+        default_factory=list,
+        description="relays HOST:PORT to keep a session with each (default: just `relay`)",
+    )
     site: list[Network] = Field(
         min_length=1,
         description="the private prefixes this connector serves (advertised to the relay, "
@@ -47,3 +52,15 @@ class ConnectorSettings(AgentSettings):
         description="seconds between QUIC pings: the relay fails the site over to another "
         "connector when it hears nothing for its --connector-deadline",
     )
+
+    @field_validator("relays")
+    @classmethod
+    def _check_relays(cls, value: list[str]) -> list[str]:
+        for relay in value:
+            parse_hostport(relay, 4433)
+        return value
+
+    @property
+    def relay_addresses(self) -> list[str]:
+        """Every relay this connector keeps a session with."""
+        return list(self.relays) or [self.relay]
