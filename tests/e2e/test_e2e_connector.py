@@ -145,6 +145,12 @@ def test_private_names_resolve_through_the_connector_and_feed_fqdn_rules(site_la
         assert answer.stdout.split() == [SITE_HOST_IP]
         got = fetch(lab, 2, f"http://{SITE_HOST_IP}:{HTTP_PORT}/blob.bin")
         assert got.returncode == 0, got.stderr
+        # And by name, as a user would: the agent's resolver is the relay.
+        lab.use_resolver(lab.agent_ns(2), "10.100.0.1")
+        by_name = fetch(lab, 2, f"http://wiki.corp.internal:{HTTP_PORT}/blob.bin")
+        assert by_name.returncode == 0, by_name.stderr
+        blob = lab.blob  # type: ignore[attr-defined]
+        assert hashlib.sha256(by_name.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
         record = next(
             r
             for r in reversed(lab.audit_records())

@@ -123,6 +123,7 @@ class Lab:
     workdir: Path
     namespaces: list[str] = field(default_factory=list)
     daemons: list[Daemon] = field(default_factory=list)
+    resolver_dirs: list[Path] = field(default_factory=list)
     agents: int = 0
 
     def __post_init__(self) -> None:
@@ -283,6 +284,14 @@ class Lab:
             self.ns(s, "ip", "link", "set", site_peer, "master", "brs", "up")
             self.ns(c, "ip", "addr", "add", f"192.168.50.{1 + n}/24", "dev", site)
             self.ns(c, "ip", "link", "set", site, "up")
+
+    def use_resolver(self, ns: str, address: str) -> None:
+        """Make programs in ``ns`` resolve names with ``address`` (``ip netns exec`` mounts
+        /etc/netns/NS/resolv.conf over /etc/resolv.conf); removed by teardown."""
+        directory = Path("/etc/netns") / ns
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "resolv.conf").write_text(f"nameserver {address}\noptions timeout:2\n")
+        self.resolver_dirs.append(directory)
 
     def start_site_services(self, blob_size: int = 4 * 1024 * 1024) -> Path:
         """HTTP (a random blob) and DNS (SITE_ZONE) on the site host; the blob's path."""
@@ -648,6 +657,9 @@ class Lab:
         for ns in reversed(self.namespaces):
             run(["ip", "netns", "del", ns], check=False)
         self.namespaces.clear()
+        for directory in self.resolver_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self.resolver_dirs.clear()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
