@@ -360,18 +360,8 @@ class Lab:
         def connected() -> bool:
             if connector.proc.poll() is not None:
                 raise AssertionError(f"connector{n} exited:\n{connector.log()}")
-            proc = self.ns(
-                self.connector_ns(n),
-                "curl",
-                "-s",
-                "--max-time",
-                "2",
-                "http://127.0.0.1:9103/status",
-                check=False,
-            )
-            if proc.returncode != 0 or not proc.stdout:
-                return False
-            return bool(json.loads(proc.stdout).get("state") == "connected")
+            status = self.daemon_status(self.connector_ns(n), 9103)
+            return status is not None and status.get("state") == "connected"
 
         wait_until(connected, 30, f"connector{n} to connect")
         return connector
@@ -596,15 +586,12 @@ class Lab:
 
     def agent_status(self, n: int) -> dict[str, object] | None:
         """The agent's /status, or None if it does not answer."""
-        proc = self.ns(
-            self.agent_ns(n),
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9102/status",
-            check=False,
-        )
+        return self.daemon_status(self.agent_ns(n), 9102)
+
+    def daemon_status(self, ns: str, port: int) -> dict[str, object] | None:
+        """An agent's or connector's /status on 127.0.0.1:``port`` in ``ns``, or None."""
+        url = f"http://127.0.0.1:{port}/status"
+        proc = self.ns(ns, "curl", "-s", "--max-time", "2", url, check=False)
         if proc.returncode != 0 or not proc.stdout:
             return None
         return json.loads(proc.stdout)  # type: ignore[no-any-return]

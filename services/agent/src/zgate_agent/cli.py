@@ -12,7 +12,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
@@ -24,7 +26,7 @@ from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 
-__all__ = ["main", "show_status"]
+__all__ = ["main", "run_until_stopped", "show_status"]
 
 DESCRIPTION = """\
 zgate agent: puts this machine's traffic through a zgate relay. It connects to the relay
@@ -142,19 +144,37 @@ async def _up(settings: AgentSettings) -> int:
     with TunDevice.open(
         settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
     ) as device:
-        agent = Agent(settings, device, metrics)
-        http = None
-        if settings.metrics_address is not None:
-            http = serve_status(*settings.metrics_address, metrics.registry, agent.status)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, agent.stop)
-        try:
-            await agent.run()
-        finally:
-            if http is not None:
-                http.close()
+        await run_until_stopped(
+            Agent(settings, device, metrics), metrics.registry, settings.metrics_address
+        )
     return 0
+
+
+class Runner(Protocol):
+    """What run_until_stopped drives: an agent or a connector."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+async def run_until_stopped(
+    runner: Runner, registry: CollectorRegistry, metrics_address: tuple[str, int] | None
+) -> None:
+    """Serve /metrics and /status, stop on SIGTERM/SIGINT, run until stopped."""
+    http = None
+    if metrics_address is not None:
+        http = serve_status(*metrics_address, registry, runner.status)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop)
+    try:
+        await runner.run()
+    finally:
+        if http is not None:
+            http.close()
 
 
 def show_status(

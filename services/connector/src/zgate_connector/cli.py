@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zgate_agent.cli import show_status
+from zgate_agent.cli import run_until_stopped, show_status
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.app import ConnectorGroup
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.errors import HostError
-from zgate_host.httpd import serve_status
 from zgate_host.logs import configure_logging
 from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings
@@ -130,17 +128,9 @@ async def _up(settings: ConnectorSettings) -> int:
     ) as device:
         forwarding = enable_forwarding(ipv4=True, ipv6=True)
         connector = ConnectorGroup(settings, settings.relay_addresses, device, metrics)
-        http = None
-        if settings.metrics_address is not None:
-            http = serve_status(*settings.metrics_address, metrics.registry, connector.status)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, connector.stop)
         try:
-            await connector.run()
+            await run_until_stopped(connector, metrics.registry, settings.metrics_address)
         finally:
-            if http is not None:
-                http.close()
             with contextlib.suppress(HostError):
                 connector.remove_nat()
             forwarding.restore()
