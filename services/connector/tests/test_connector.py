@@ -112,8 +112,9 @@ async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
         settings = connector_settings(pki, first.port).model_copy(
             update={"relays": [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}
         )
+        metrics = AgentMetrics(prefix="zgate_connector")
         group = ConnectorGroup(
-            settings, settings.relay_addresses, device, AgentMetrics(), configure_host=False
+            settings, settings.relay_addresses, device, metrics, configure_host=False
         )
         task = asyncio.create_task(group.run())
         alice = await start_agent(first, "alice")
@@ -130,6 +131,14 @@ async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
                 assert (await agent.device.received(timeout=5)).endswith(b"re:" + word)
             status = group.status()
             assert status["state"] == "connected" and len(status["links"]) == 2
+            # One gauge for the group: how many relays it has a live session with.
+            assert metrics.registry.get_sample_value("zgate_connector_connected") == 2
+            assert (
+                metrics.registry.get_sample_value(
+                    "zgate_connector_packets_total", {"direction": "from_relay"}
+                )
+                == 2
+            )
         finally:
             await alice.stop()
             await bob.stop()

@@ -13,24 +13,27 @@ DROP_REASONS = ("not_connected", "too_big", "queue_full", "unknown_context", "tu
 
 
 class AgentMetrics:
-    """All agent metrics on one registry."""
+    """All agent metrics on one registry. ``prefix`` names them (a connector exports the
+    same set as ``zgate_connector_*``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, prefix: str = "zgate_agent"
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.connected = Gauge("zgate_agent_connected", "1 while the tunnel is up.", registry=r)
+        self.connected = Gauge(f"{prefix}_connected", "1 while the tunnel is up.", registry=r)
         self.reconnects = Counter(
-            "zgate_agent_reconnects", "Connection attempts after the first.", registry=r
+            f"{prefix}_reconnects", "Connection attempts after the first.", registry=r
         )
         # Per-packet counts: plain integers read at scrape time (see zgate_host.counters).
         counts = CounterFamilies()
         self.packets = counts.family(
-            "zgate_agent_packets", "IP packets, by direction.", "direction", DIRECTIONS
+            f"{prefix}_packets", "IP packets, by direction.", "direction", DIRECTIONS
         )
         self.bytes = counts.family(
-            "zgate_agent_bytes", "IP bytes, by direction.", "direction", DIRECTIONS
+            f"{prefix}_bytes", "IP bytes, by direction.", "direction", DIRECTIONS
         )
         self.drops = counts.family(
-            "zgate_agent_drops", "Packets dropped, by reason.", "reason", DROP_REASONS
+            f"{prefix}_drops", "Packets dropped, by reason.", "reason", DROP_REASONS
         )
         r.register(counts)

@@ -133,6 +133,10 @@ class ConnectorGroup:
             for relay in relays
         ]
         self.connected = asyncio.Event()
+        # One gauge for all links (each would set it on its own): relays with a live session.
+        metrics.connected.set_function(
+            lambda: float(sum(link.connected.is_set() for link in self.links))
+        )
 
     def _add_pools(self, pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         """Masquerade every relay's agent pool (one table for all links)."""

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _up(settings: ConnectorSettings) -> int:
-    metrics = AgentMetrics()
+    metrics = AgentMetrics(prefix="zgate_connector")
     with TunDevice.open(
         settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
     ) as device:
