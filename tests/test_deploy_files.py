@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
-    """Every metric the relay and the agent export, with their labels and label values,
-    read from fresh registries of the services' own metrics modules."""
+    """Every metric the relay, the agent and the connector export, with their labels and
+    label values, read from fresh registries of the services' own metrics modules."""
     from zgate_agent.metrics import AgentMetrics
     from zgate_relay.metrics import RelayMetrics
 
@@ -36,8 +36,12 @@ def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
     relay.watch_rules(["a-rule", "default"])
     relay.policy_version.labels("0123456789ab").set(1)
     relay.watch_dns(dict)
+    relay.connector_sessions.labels("site-a").set(1)  # per connector id, once one is known
+    relay.connector_prefixes.labels("site-a").set(1)
+    relay.route_refusals.labels("site-a").inc()
     exported: dict[str, dict[str, frozenset[str] | None]] = {}
-    for registry in (relay.registry, AgentMetrics().registry):
+    connector = AgentMetrics(prefix="zgate_connector")
+    for registry in (relay.registry, AgentMetrics().registry, connector.registry):
         for family in registry.collect():
             for sample in family.samples:
                 if sample.name.endswith("_created"):
