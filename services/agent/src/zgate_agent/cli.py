@@ -10,9 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -26,7 +26,7 @@ from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 
-__all__ = ["main", "run_until_stopped", "show_status"]
+__all__ = ["main", "run_until_stopped", "run_up", "show_status"]
 
 DESCRIPTION = """\
 zgate agent: puts this machine's traffic through a zgate relay. It connects to the relay
@@ -116,24 +116,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return show_status(args.metrics, as_json=args.json)
+    return run_up("zgate-agent", AgentSettings, args, "the agent's TUN device and routes", _up)
+
+
+S = TypeVar("S", bound=AgentSettings)
+
+
+def run_up(
+    program: str,
+    settings_type: type[S],
+    args: argparse.Namespace,
+    needs: str,
+    up: Callable[[S], Coroutine[Any, Any, int]],
+) -> int:
+    """`up` of an agent or a connector: flags -> settings (exit 2 with the reason when they
+    or the certificate files are wrong), logging, the privilege check, then run ``up``."""
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
     if flags.get("metrics") == "off":
         flags["metrics"] = ""
     try:
-        settings = load_settings(AgentSettings, args.config, flags)
+        settings = load_settings(settings_type, args.config, flags)
     except SettingsError as exc:
-        print(f"zgate-agent: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr)
         return 2
     for what, path in (("--ca", settings.ca), ("--cert", settings.cert), ("--key", settings.key)):
         if not path.is_file():
-            print(f"zgate-agent: {what} file {path} does not exist", file=sys.stderr)
+            print(f"{program}: {what} file {path} does not exist", file=sys.stderr)
             return 2
-    configure_logging("zgate-agent", level=settings.log_level, json=settings.log_format == "json")
+    configure_logging(program, level=settings.log_level, json=settings.log_format == "json")
     try:
-        require_net_admin("the agent's TUN device and routes")
-        return asyncio.run(_up(settings))
+        require_net_admin(needs)
+        return asyncio.run(up(settings))
     except HostError as exc:
-        print(f"zgate-agent: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zgate_agent.cli import run_until_stopped, show_status
+from zgate_agent.cli import run_until_stopped, run_up, show_status
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.app import ConnectorGroup
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.errors import HostError
-from zgate_host.logs import configure_logging
-from zgate_host.privileges import require_net_admin
-from zgate_host.settings import SettingsError, load_settings
 from zgate_host.sysctl import enable_forwarding
 from zgate_host.tun import TunDevice
 
@@ -96,29 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_status(
             args.metrics, as_json=args.json, program="zgate-connector", default_port=9103
         )
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
-    if flags.get("metrics") == "off":
-        flags["metrics"] = ""
-    try:
-        settings = load_settings(ConnectorSettings, args.config, flags)
-    except SettingsError as exc:
-        print(f"zgate-connector: {exc}", file=sys.stderr)
-        return 2
-    for what, path in (("--ca", settings.ca), ("--cert", settings.cert), ("--key", settings.key)):
-        if not path.is_file():
-            print(f"zgate-connector: {what} file {path} does not exist", file=sys.stderr)
-            return 2
-    configure_logging(
-        "zgate-connector", level=settings.log_level, json=settings.log_format == "json"
-    )
-    try:
-        require_net_admin("the connector's TUN device, routes, forwarding and NAT")
-        return asyncio.run(_up(settings))
-    except HostError as exc:
-        print(f"zgate-connector: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    needs = "the connector's TUN device, routes, forwarding and NAT"
+    return run_up("zgate-connector", ConnectorSettings, args, needs, _up)
 
 
 async def _up(settings: ConnectorSettings) -> int:
