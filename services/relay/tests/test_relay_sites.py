@@ -38,6 +38,11 @@ def ranges(*networks: str, protocol: int = 0) -> list[IPAddressRange]:
     return [IPAddressRange.from_network(ipaddress.ip_network(n), protocol) for n in networks]
 
 
+def flow(n: int) -> bytes:
+    """A packet of the n-th of many flows (they differ in the source port)."""
+    return udp4("10.100.0.2", "192.168.50.10", b"", sport=1024 + n)
+
+
 def routes(**allowed: list[str]) -> SiteRoutes:
     return SiteRoutes(
         {ident: [ipaddress.ip_network(n) for n in nets] for ident, nets in allowed.items()}
@@ -76,14 +81,14 @@ def test_longest_prefix_wins_and_unserved_site_addresses_are_not_internet() -> N
     wide, narrow = session("connector", "wide"), session("connector", "narrow")
     sites.advertise(wide, ranges("10.0.0.0/8"))
     sites.advertise(narrow, ranges("10.1.2.0/24"))
-    flow = b"f"
-    assert sites.lookup(ipaddress.ip_address("10.1.2.3").packed, flow, 0.0) is narrow
-    assert sites.lookup(ipaddress.ip_address("10.1.3.3").packed, flow, 0.0) is wide
-    assert sites.lookup(ipaddress.ip_address("203.0.113.10").packed, flow, 0.0) is None
+    packet = flow(0)
+    assert sites.lookup(ipaddress.ip_address("10.1.2.3").packed, packet, 0.0) is narrow
+    assert sites.lookup(ipaddress.ip_address("10.1.3.3").packed, packet, 0.0) is wide
+    assert sites.lookup(ipaddress.ip_address("203.0.113.10").packed, packet, 0.0) is None
     sites.withdraw(narrow)
     # The narrow site has no connector now: its addresses stay its own (dropped as
     # unserved), they are not handed to the connector of the wider prefix.
-    assert sites.lookup(ipaddress.ip_address("10.1.2.3").packed, flow, 0.0) is False
+    assert sites.lookup(ipaddress.ip_address("10.1.2.3").packed, packet, 0.0) is False
 
 
 def test_flows_spread_over_connectors_stay_put_and_fail_over() -> None:
@@ -92,7 +97,7 @@ def test_flows_spread_over_connectors_stay_put_and_fail_over() -> None:
     sites.advertise(one, ranges("192.168.50.0/24"))
     sites.advertise(two, ranges("192.168.50.0/24"))
     dst = ipaddress.ip_address("192.168.50.10").packed
-    flows = [b"flow-%d" % i for i in range(400)]
+    flows = [flow(i) for i in range(400)]
     first = {f: sites.lookup(dst, f, 0.0) for f in flows}
     spread = Counter(id(s) for s in first.values())
     assert len(spread) == 2 and min(spread.values()) > 100  # both carry a fair share
@@ -106,7 +111,7 @@ def test_flows_spread_over_connectors_stay_put_and_fail_over() -> None:
     after = {f: sites.lookup(dst, f, 3.0) for f in flows}
     assert all(after[f] is first[f] for f in flows if first[f] is two)
     assert all(after[f] in (two, three) for f in flows)
-    assert all(sites.lookup(dst, b"new-%d" % i, 3.0) is not one for i in range(200))
+    assert all(sites.lookup(dst, flow(1000 + i), 3.0) is not one for i in range(200))
     state = sites.connectors()["site-a"]
     assert (state.sessions, state.prefixes) == (2, ["192.168.50.0/24"])
 
@@ -115,8 +120,8 @@ def test_idle_pins_expire() -> None:
     sites = routes(**{"site-a": ["192.168.50.0/24"]})
     sites.advertise(session("connector", "site-a"), ranges("192.168.50.0/24"))
     dst = ipaddress.ip_address("192.168.50.10").packed
-    sites.lookup(dst, b"a", 0.0)
-    sites.lookup(dst, b"b", 100.0)
+    sites.lookup(dst, flow(1), 0.0)
+    sites.lookup(dst, flow(2), 100.0)
     assert sites.expire(150.0) == 1 and len(sites) == 1
 
 
@@ -144,7 +149,7 @@ def test_lookup_agrees_with_a_naive_longest_match(addresses: list[int]) -> None:
         address = ipaddress.IPv4Address(value)
         holding = [n for n in by_net if address in n]
         want = by_net[max(holding, key=lambda n: n.prefixlen)] if holding else None
-        assert sites.lookup(address.packed, b"x", 0.0) is want
+        assert sites.lookup(address.packed, flow(0), 0.0) is want
 
 
 # ----------------------------------------------------------------------- router
@@ -243,5 +248,5 @@ def test_new_flows_are_spread_fairly_whatever_the_session_ids() -> None:
         one, two = session("connector", "site-a"), session("connector", "site-a")
         sites.advertise(one, ranges("192.168.50.0/24"))
         sites.advertise(two, ranges("192.168.50.0/24"))
-        to_one = sum(sites.lookup(dst, b"flow-%d" % i, 0.0) is one for i in range(400))
+        to_one = sum(sites.lookup(dst, flow(i), 0.0) is one for i in range(400))
         assert 100 <= to_one <= 300, to_one

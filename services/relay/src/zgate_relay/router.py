@@ -15,7 +15,7 @@ from typing import Final
 
 from zgate_relay.enforce import Enforcer
 from zgate_relay.session import RelaySession
-from zgate_relay.sites import SiteRoutes, flow_hash_key
+from zgate_relay.sites import SiteRoutes
 
 __all__ = ["EGRESS", "Drop", "Egress", "Reject", "Router"]
 
@@ -126,7 +126,7 @@ class Router:
         target = self._by_address.get(dst)
         site: RelaySession | bool | None = None
         if target is None and sites is not None:
-            site = sites.lookup(dst, flow_hash_key(packet), now)
+            site = sites.lookup(dst, packet, now)
             if site is False:
                 return _NO_CONNECTOR
         enforcer = self.enforcer
@@ -178,7 +178,7 @@ class Router:
         sites = self.sites
         if sites is not None:
             src = packet[12:16] if version == 4 else packet[8:24]
-            site = sites.lookup(dst, flow_hash_key(packet), now)
+            site = sites.lookup(dst, packet, now)
             if isinstance(site, RelaySession):
                 # Only the relay's own traffic may enter a site this way: forwarded packets
                 # (from the internet side) must never reach a private network.

@@ -164,15 +164,21 @@ class SiteRoutes:
 
     # ------------------------------------------------------------------- lookups
 
-    def lookup(self, destination: bytes, flow: bytes, now: float) -> RelaySession | bool | None:
-        """Where a packet to ``destination`` goes: a connector session; False when the
-        address belongs to a site no live connector serves; None when it is no site's."""
+    def lookup(self, destination: bytes, packet: bytes, now: float) -> RelaySession | bool | None:
+        """Where ``packet`` to ``destination`` goes: a connector session; False when the
+        address belongs to a site no live connector serves; None when it is no site's.
+
+        On the path of every packet to the internet: with no site prefixes it costs one
+        empty loop, and the flow key is made only for site traffic."""
         table = self._tables[4 if len(destination) == 4 else 6]
+        if not table.lengths:
+            return None
         sessions = table.match(int.from_bytes(destination, "big"))
         if sessions is None:
             return None
         if not sessions:
             return False
+        flow = flow_hash_key(packet)
         pinned = self._pins.get(flow)
         if pinned is not None and pinned[0] in sessions:
             if now - pinned[1] > 1.0:  # refresh the timestamp at most once a second
