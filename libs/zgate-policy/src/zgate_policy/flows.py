@@ -113,37 +113,41 @@ class DecisionLike(Protocol):
 # --- keys ------------------------------------------------------------------------------
 
 
+def _fast_key(packet: bytes, reply: bool) -> FlowKey | None:
+    """The key of a plain IPv4 or IPv6 TCP/UDP packet that is no fragment (the common case;
+    its checks are the ones parse_packet would make, so the answer is the same), from the
+    packet's sender (``reply``: from its receiver); None for anything else."""
+    if len(packet) < 40:
+        return None
+    first = packet[0]
+    if first == 0x45:
+        total = (packet[2] << 8) | packet[3]
+        proto = packet[9]
+        minimum = _FAST_MIN_V4.get(proto)
+        if minimum is None or not minimum <= total <= len(packet) or _v4_fragment(packet):
+            return None
+        src, dst, ports = packet[12:16], packet[16:20], 20
+    elif first >> 4 == 6:
+        total = 40 + ((packet[4] << 8) | packet[5])
+        proto = packet[6]
+        minimum = _FAST_MIN_V6.get(proto)
+        if minimum is None or not minimum <= total <= len(packet):
+            return None
+        src, dst, ports = packet[8:24], packet[24:40], 40
+    else:
+        return None
+    sport = (packet[ports] << 8) | packet[ports + 1]
+    dport = (packet[ports + 2] << 8) | packet[ports + 3]
+    return (
+        FlowKey(proto, dst, dport, src, sport) if reply else FlowKey(proto, src, sport, dst, dport)
+    )
+
+
 def flow_key_from_packet(packet: bytes) -> FlowKey | None:
     """The key of the flow a packet from an agent belongs to, or None if it is malformed."""
-    # Fast path for the common case: plain IPv4 or IPv6 header, TCP/UDP, not a fragment.
-    # Its checks are the ones parse_packet would make, so the answer is the same.
-    size = len(packet)
-    if size >= 40:
-        first = packet[0]
-        if first == 0x45:
-            total = (packet[2] << 8) | packet[3]
-            proto = packet[9]
-            minimum = _FAST_MIN_V4.get(proto)
-            if minimum is not None and minimum <= total <= size and not _v4_fragment(packet):
-                return FlowKey(
-                    proto,
-                    packet[12:16],
-                    (packet[20] << 8) | packet[21],
-                    packet[16:20],
-                    (packet[22] << 8) | packet[23],
-                )
-        elif first >> 4 == 6:
-            total = 40 + ((packet[4] << 8) | packet[5])
-            proto = packet[6]
-            minimum = _FAST_MIN_V6.get(proto)
-            if minimum is not None and minimum <= total <= size:
-                return FlowKey(
-                    proto,
-                    packet[8:24],
-                    (packet[40] << 8) | packet[41],
-                    packet[24:40],
-                    (packet[42] << 8) | packet[43],
-                )
+    key = _fast_key(packet, False)
+    if key is not None:
+        return key
     try:
         info = parse_packet(packet)
     except PacketError:
@@ -154,33 +158,9 @@ def flow_key_from_packet(packet: bytes) -> FlowKey | None:
 def reply_key_from_packet(packet: bytes) -> FlowKey | None:
     """The key of the flow a packet towards an agent answers (addresses and ports swapped
     back to the agent's side), or None if it is malformed."""
-    size = len(packet)
-    if size >= 40:
-        first = packet[0]
-        if first == 0x45:
-            total = (packet[2] << 8) | packet[3]
-            proto = packet[9]
-            minimum = _FAST_MIN_V4.get(proto)
-            if minimum is not None and minimum <= total <= size and not _v4_fragment(packet):
-                return FlowKey(
-                    proto,
-                    packet[16:20],
-                    (packet[22] << 8) | packet[23],
-                    packet[12:16],
-                    (packet[20] << 8) | packet[21],
-                )
-        elif first >> 4 == 6:
-            total = 40 + ((packet[4] << 8) | packet[5])
-            proto = packet[6]
-            minimum = _FAST_MIN_V6.get(proto)
-            if minimum is not None and minimum <= total <= size:
-                return FlowKey(
-                    proto,
-                    packet[24:40],
-                    (packet[42] << 8) | packet[43],
-                    packet[8:24],
-                    (packet[40] << 8) | packet[41],
-                )
+    key = _fast_key(packet, True)
+    if key is not None:
+        return key
     try:
         info = parse_packet(packet)
     except PacketError:
