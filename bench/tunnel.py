@@ -170,11 +170,6 @@ class Target:
     agent_pid: int | None = None  # the agent-side process
     zgate: bool = False  # whether zgate carries the path (its metrics can be read)
 
-    @property
-    def tunnel(self) -> bool:
-        """Whether a tunnel carries this path (a veth has no queue a flood could fill)."""
-        return self.relay_pid is not None
-
 
 # ----------------------------------------------------------------- measurements
 

@@ -108,9 +108,6 @@ class TunDevice:
         self.offload = offload
         self.write_errors = 0
         self.last_write_errno: int | None = None
-        #: Super-packets written, and the writes joining saved (to see coalescing work).
-        self.coalesced_writes = 0
-        self.writes_saved = 0
         self._buf = bytearray(MAX_PACKET)
         self._view = memoryview(self._buf)
         self._header = bytearray(VNET_HDR_SIZE)
@@ -201,17 +198,12 @@ class TunDevice:
                 self.write(packet)
             return
         fd = self._check_open()
-        pairs = coalesce(packets)
-        self.writes_saved += len(packets) - len(pairs)
-        for header, packet in pairs:
+        for header, packet in coalesce(packets):
             try:
                 os.writev(fd, (header, packet))
             except OSError as exc:
                 self.write_errors += 1
                 self.last_write_errno = exc.errno
-                continue
-            if header is not NO_OFFLOAD:
-                self.coalesced_writes += 1
 
     def close(self) -> None:
         """Close the fd (the kernel removes the interface); idempotent."""

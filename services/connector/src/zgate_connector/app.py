@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from zgate_agent.app import Agent
@@ -33,17 +34,17 @@ __all__ = ["NAT_TABLE", "Connector", "ConnectorGroup", "site_advertisement"]
 log = logging.getLogger("zgate.connector")
 
 NAT_TABLE = "zgate_connector"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def site_advertisement(
-    site: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> RouteAdvertisement:
+def site_advertisement(site: list[Network]) -> RouteAdvertisement:
     """ROUTE_ADVERTISEMENT of the site's prefixes, ordered as RFC 9484 requires."""
     return RouteAdvertisement(normalize_ranges(IPAddressRange.from_network(p) for p in site))
 
 
 class Connector(Agent):
-    """An agent that advertises a site and NATs the agents' packets into it."""
+    """One connector session: an agent that advertises the site once its session is open.
+    The NAT into the site is the group's (one table for every relay's pool)."""
 
     def __init__(
         self,
@@ -53,32 +54,26 @@ class Connector(Agent):
         *,
         configure_host: bool = True,
         read_device: bool = True,
-        on_agent_packet: Any = None,
-        on_pools: Any = None,
+        on_agent_packet: Callable[[bytes, Connector], None] | None = None,
+        on_pools: Callable[[list[Network]], None] | None = None,
     ) -> None:
         super().__init__(
             settings, device, metrics, configure_host=configure_host, read_device=read_device
         )
-        #: Told (agent address, this link) for every packet a relay brings (see the group).
-        self.on_agent_packet = on_agent_packet
         self.site = list(settings.site)
-        #: With ``on_pools`` (a group), the group owns the NAT table: told every pool.
+        #: Told (agent address, this session) for every packet a relay brings.
+        self.on_agent_packet = on_agent_packet
+        #: Told the agents' pools each time a session opens (what to masquerade).
         self.on_pools = on_pools
-        own_nat = configure_host and settings.nat and on_pools is None
-        self.nat = NatTable(NAT_TABLE) if own_nat else None
-        self._nat_sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
 
     def session_opened(self, protocol: TunnelProtocol, info: TunnelInfo) -> None:
-        """Advertise the site, and masquerade what comes from the agents' pool."""
+        """Advertise the site, and report the agents' pools."""
         assert protocol.stream is not None
         protocol.stream.send_capsules([site_advertisement(self.site)])
         protocol.transmit()
         pools = [n for r in info.routes for n in r.networks()]
         if self.on_pools is not None:
             self.on_pools(pools)
-        if self.nat is not None and pools != self._nat_sources:
-            self.nat.install(pools, tun_name=self.device.name)
-            self._nat_sources = pools
         log.info(
             "site advertised",
             extra={"site": [str(p) for p in self.site], "agents": [str(p) for p in pools]},
@@ -89,12 +84,6 @@ class Connector(Agent):
             source = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
             self.on_agent_packet(source, self)
         super()._packet_from_relay(packet)
-
-    def remove_nat(self) -> None:
-        """Delete the NAT table (on exit)."""
-        if self.nat is not None:
-            self.nat.remove()
-            self._nat_sources = []
 
 
 class ConnectorGroup:
@@ -119,7 +108,7 @@ class ConnectorGroup:
         self.max_agents = max_agents
         self._last_link: dict[bytes, Connector] = {}
         self.nat = NatTable(NAT_TABLE) if configure_host and settings.nat else None
-        self._pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._pools: list[Network] = []
         self.links = [
             Connector(
                 settings.model_copy(update={"relay": relay}),
@@ -138,7 +127,7 @@ class ConnectorGroup:
             lambda: float(sum(link.connected.is_set() for link in self.links))
         )
 
-    def _add_pools(self, pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    def _add_pools(self, pools: list[Network]) -> None:
         """Masquerade every relay's agent pool (one table for all links)."""
         new = [p for p in pools if p not in self._pools]
         if new and self.nat is not None:
