@@ -321,10 +321,7 @@ class Agent:
     def _packet_from_relay(self, packet: bytes) -> None:
         self.metrics.packets["from_relay"] += 1
         self.metrics.bytes["from_relay"] += len(packet)
-        if not self._device_out:
-            # The tunnel flushes at the end of its batch; this covers any other caller.
-            asyncio.get_running_loop().call_soon(self._flush_device)
-        self._device_out.append(packet)
+        self._device_out.append(packet)  # written by _flush_device, before each transmit
 
     def _flush_device(self) -> None:
         """Write what the relay sent in this batch to the TUN device, TCP segments joined."""

@@ -56,7 +56,8 @@ class TunnelProtocol(QuicConnectionProtocol):
         self.stream: ConnectIpStream | None = None
         self.on_packet: Callable[[bytes], None] = lambda packet: None
         self.on_unknown_context: Callable[[], None] = lambda: None
-        #: Called after each batch of datagrams has been handled (before sending).
+        #: Called before every transmit: after each batch of datagrams has been handled,
+        #: and after a timer, the only two ways packets from the relay come in.
         self.on_batch_end: Callable[[], None] = lambda: None
         self.terminated = asyncio.Event()
         self.close_reason = ""
@@ -155,12 +156,13 @@ class TunnelProtocol(QuicConnectionProtocol):
         if self._io is not None:
             self._io.drain()
         self._process_events()
-        self.on_batch_end()
         self.transmit()
 
     def transmit(self) -> None:
-        """Send what QUIC has to send, runs of equal-sized packets in one GSO call, and
-        re-arm the timer (aioquic's transmit, batched)."""
+        """Hand over the packets the relay sent (``on_batch_end``), then send what QUIC has
+        to send, runs of equal-sized packets in one GSO call, and re-arm the timer
+        (aioquic's transmit, batched)."""
+        self.on_batch_end()
         io = self._io
         if io is None:
             super().transmit()
