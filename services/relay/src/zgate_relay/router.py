@@ -60,7 +60,6 @@ _SPOOFED: Final = Drop("spoofed_source")
 _NO_SESSION: Final = Drop("no_session")
 _MULTICAST: Final = Drop("multicast")
 _NO_CONNECTOR: Final = Drop("no_connector")
-_NOT_OWN: Final = Drop("spoofed_source")
 
 
 class Router:
@@ -182,7 +181,7 @@ class Router:
             if isinstance(site, RelaySession):
                 # Only the relay's own traffic may enter a site this way: forwarded packets
                 # (from the internet side) must never reach a private network.
-                return site if src in self.own_addresses else _NOT_OWN
+                return site if src in self.own_addresses else _SPOOFED
             if site is False:
                 return _NO_CONNECTOR
         # The kernel's own multicast (MLD reports, IGMP) on the TUN device is no one's.

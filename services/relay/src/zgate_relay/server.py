@@ -375,7 +375,7 @@ class RelayServer:
             conn.quic.close(error_code=0x0, reason_phrase="connector silent past its deadline")
             conn.closed = True
             self._dirty.add(conn)
-        self._schedule_flush()
+            self._schedule_flush()
 
     def _drain_audit(self) -> None:
         enforcer = self.enforcer
