@@ -86,6 +86,22 @@ def fetch(
     )
 
 
+def assert_blob(got: subprocess.CompletedProcess[bytes], lab: Lab) -> None:
+    """The fetch succeeded and brought the site's blob, byte for byte."""
+    assert got.returncode == 0, got.stderr
+    blob = lab.blob  # type: ignore[attr-defined]
+    assert hashlib.sha256(got.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
+
+
+def last_allow(lab: Lab, client: str) -> dict[str, object]:
+    """The newest flow.allow audit record of ``client``."""
+    return next(
+        r
+        for r in reversed(lab.audit_records())
+        if r["event"] == "flow.allow" and r["client"] == client
+    )
+
+
 def test_agent_fetches_a_file_from_the_site_through_the_connector(site_lab: Lab) -> None:
     lab = site_lab
     connector = lab.start_connector(1, "site-a")
@@ -95,16 +111,9 @@ def test_agent_fetches_a_file_from_the_site_through_the_connector(site_lab: Lab)
             10,
             "the site's routes at the relay",
         )
-        got = fetch(lab, 1)
-        assert got.returncode == 0, got.stderr
-        blob = lab.blob  # type: ignore[attr-defined]
-        assert hashlib.sha256(got.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
+        assert_blob(fetch(lab, 1), lab)
         # The audit log names the connector that carried the flow.
-        record = next(
-            r
-            for r in reversed(lab.audit_records())
-            if r["event"] == "flow.allow" and r["client"] == "client/agent1"
-        )
+        record = last_allow(lab, "client/agent1")
         assert (record["rule"], record["connector"]) == ("site-web", "site-a")
         # The site saw the connector's own address (masquerade), not the agent's.
         assert "192.168.50.2" in (lab.workdir / "site-http.log").read_text()
@@ -147,15 +156,8 @@ def test_private_names_resolve_through_the_connector_and_feed_fqdn_rules(site_la
         assert got.returncode == 0, got.stderr
         # And by name, as a user would: the agent's resolver is the relay.
         lab.use_resolver(lab.agent_ns(2), "10.100.0.1")
-        by_name = fetch(lab, 2, f"http://wiki.corp.internal:{HTTP_PORT}/blob.bin")
-        assert by_name.returncode == 0, by_name.stderr
-        blob = lab.blob  # type: ignore[attr-defined]
-        assert hashlib.sha256(by_name.stdout).digest() == hashlib.sha256(blob.read_bytes()).digest()
-        record = next(
-            r
-            for r in reversed(lab.audit_records())
-            if r["event"] == "flow.allow" and r["client"] == "client/agent2"
-        )
+        assert_blob(fetch(lab, 2, f"http://wiki.corp.internal:{HTTP_PORT}/blob.bin"), lab)
+        record = last_allow(lab, "client/agent2")
         assert (record["rule"], record["fqdn"]) == ("wiki-by-name", "wiki.corp.internal")
         # A name the site does not know is no answer at all, not the internet's.
         missing = lab.ns(

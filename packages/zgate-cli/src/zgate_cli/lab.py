@@ -334,24 +334,9 @@ class Lab:
             f"connector{n}",
             self.connector_ns(n),
             [
-                str(VENV_BIN / "zgate-connector"),
-                "up",
-                "--relay",
-                f"{RELAY_LAN_IP}:4433",
-                "--ca",
-                str(self.pki / "ca.pem"),
-                "--cert",
-                str(self.pki / "connectors" / f"{ident}.pem"),
-                "--key",
-                str(self.pki / "connectors" / f"{ident}.key"),
-                "--server-name",
-                "relay",
+                *self._tunnel_command("zgate-connector", "connectors", ident, 9103, "zconn0"),
                 "--site",
                 site,
-                "--metrics",
-                "127.0.0.1:9103",
-                "--tun-name",
-                "zconn0",
                 *extra,
             ],
             env={"ZGATE_CONNECTOR_BACKOFF_MAX": "2"},
@@ -558,24 +543,9 @@ class Lab:
             f"agent{n}",
             self.agent_ns(n),
             [
-                str(VENV_BIN / "zgate-agent"),
-                "up",
-                "--relay",
-                f"{RELAY_LAN_IP}:4433",
-                "--ca",
-                str(self.pki / "ca.pem"),
-                "--cert",
-                str(self.pki / "clients" / f"{client}.pem"),
-                "--key",
-                str(self.pki / "clients" / f"{client}.key"),
-                "--server-name",
-                "relay",
+                *self._tunnel_command("zgate-agent", "clients", client, 9102, "ztun0"),
                 "--mode",
                 mode,
-                "--metrics",
-                "127.0.0.1:9102",
-                "--tun-name",
-                "ztun0",
                 *extra,
             ],
             env={"ZGATE_AGENT_BACKOFF_MAX": "2"},
@@ -583,6 +553,29 @@ class Lab:
         if wait:
             self.wait_agent_connected(n, agent)
         return agent
+
+    def _tunnel_command(
+        self, program: str, kind_dir: str, ident: str, metrics_port: int, tun_name: str
+    ) -> list[str]:
+        """`PROGRAM up` against the lab's relay, with certificate ``kind_dir/ident``."""
+        return [
+            str(VENV_BIN / program),
+            "up",
+            "--relay",
+            f"{RELAY_LAN_IP}:4433",
+            "--ca",
+            str(self.pki / "ca.pem"),
+            "--cert",
+            str(self.pki / kind_dir / f"{ident}.pem"),
+            "--key",
+            str(self.pki / kind_dir / f"{ident}.key"),
+            "--server-name",
+            "relay",
+            "--metrics",
+            f"127.0.0.1:{metrics_port}",
+            "--tun-name",
+            tun_name,
+        ]
 
     def agent_status(self, n: int) -> dict[str, object] | None:
         """The agent's /status, or None if it does not answer."""

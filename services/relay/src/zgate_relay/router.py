@@ -147,6 +147,11 @@ class Router:
         if target is None:
             # An answer to the relay itself (its DNS service): the kernel takes it.
             return EGRESS if dst in self.own_addresses else _NO_SESSION
+        return self._to_agent(target, packet, now)
+
+    def _to_agent(self, target: RelaySession, packet: bytes, now: float) -> RelaySession | Drop:
+        """A packet toward an agent from outside (egress device or a site): with an
+        enforcer, only as a reply to a flow of that agent's that the policy allowed."""
         enforcer = self.enforcer
         if enforcer is not None:
             verdict = enforcer.inbound(target, packet, now)
@@ -168,12 +173,7 @@ class Router:
             return _MALFORMED
         target = self._by_address.get(dst)
         if target is not None:
-            enforcer = self.enforcer
-            if enforcer is not None:
-                verdict = enforcer.inbound(target, packet, now)
-                if not verdict.allowed:
-                    return self._drop(verdict.reason)
-            return target
+            return self._to_agent(target, packet, now)
         sites = self.sites
         if sites is not None:
             src = packet[12:16] if version == 4 else packet[8:24]
