@@ -12,6 +12,13 @@ from ._authority import (
     list_certificates,
     revoke_certificate,
 )
+from ._checks import (
+    IdentityFiles,
+    PkiFileError,
+    check_identity_files,
+    load_certificate_file,
+    load_private_key_file,
+)
 from ._errors import REFUSAL_REASONS, CertificateRefused, PkiError, RefusalReason
 from ._identity import Identity, identity_from_certificate
 from ._layout import PkiPaths
@@ -32,15 +39,20 @@ __all__ = [
     "CertificateRefused",
     "ChainVerifier",
     "Identity",
+    "IdentityFiles",
     "IssuedCertificate",
     "Kind",
     "PkiError",
+    "PkiFileError",
     "PkiPaths",
     "RefusalReason",
+    "check_identity_files",
     "identity_from_certificate",
     "init_pki",
     "issue_certificate",
     "list_certificates",
+    "load_certificate_file",
+    "load_private_key_file",
     "revoke_certificate",
     "validate_dns_name",
     "validate_group",

@@ -1,0 +1,116 @@
+"""check_identity_files: each way a certificate/key/CA file can be wrong gives one clear error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from zgate_pki import (
+    PkiFileError,
+    PkiPaths,
+    check_identity_files,
+    init_pki,
+    issue_certificate,
+    load_certificate_file,
+    load_private_key_file,
+)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PkiPaths:
+    paths = init_pki(tmp_path / "pki")
+    issue_certificate(paths.directory, "client", "alice")
+    return paths
+
+
+def error_of(**kwargs: object) -> str:
+    with pytest.raises(PkiFileError) as info:
+        check_identity_files(**kwargs)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_good_files_load(pki: PkiPaths) -> None:
+    files = check_identity_files(pki.relay_cert, pki.relay_key, ca=pki.ca_cert)
+    assert files.ca is not None
+    assert files.certificate.issuer == files.ca.subject
+
+
+def test_missing_file_names_flag_and_path(pki: PkiPaths) -> None:
+    message = error_of(cert=pki.directory / "nope.pem", key=pki.relay_key)
+    assert message == f"certificate --cert {pki.directory / 'nope.pem'} does not exist"
+
+
+def test_directory_instead_of_file(pki: PkiPaths) -> None:
+    assert "is a directory" in error_of(cert=pki.directory, key=pki.relay_key)
+
+
+def test_key_given_as_ca(pki: PkiPaths) -> None:
+    message = error_of(cert=pki.relay_cert, key=pki.relay_key, ca=pki.ca_key)
+    assert f"--ca {pki.ca_key} holds a private key, not a certificate" in message
+
+
+def test_certificate_given_as_key(pki: PkiPaths) -> None:
+    message = error_of(cert=pki.relay_cert, key=pki.relay_cert)
+    assert "holds a certificate, not a private key" in message
+
+
+def test_malformed_pem(pki: PkiPaths, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    assert "is not a valid PEM certificate" in error_of(cert=bad, key=pki.relay_key)
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    assert "is not a PEM certificate" in error_of(cert=empty, key=pki.relay_key)
+    key = tmp_path / "bad.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    assert "is not a valid PEM private key" in error_of(cert=pki.relay_cert, key=key)
+
+
+def test_key_of_another_certificate(pki: PkiPaths) -> None:
+    alice_key = pki.leaf_key("client", "alice")
+    message = error_of(cert=pki.relay_cert, key=alice_key)
+    assert f"private key --key {alice_key} does not belong to" in message
+
+
+def test_certificate_from_another_ca(pki: PkiPaths, tmp_path: Path) -> None:
+    other = init_pki(tmp_path / "other")
+    message = error_of(cert=pki.relay_cert, key=pki.relay_key, ca=other.ca_cert)
+    assert f"was not signed by the CA in --ca {other.ca_cert}" in message
+
+
+def test_expired_and_not_yet_valid(pki: PkiPaths) -> None:
+    later = datetime.now(UTC) + timedelta(days=4000)
+    assert "expired on" in error_of(cert=pki.relay_cert, key=pki.relay_key, now=later)
+    earlier = datetime.now(UTC) - timedelta(days=2)
+    message = error_of(cert=pki.relay_cert, key=pki.relay_key, now=earlier)
+    assert "is not valid yet" in message and "clock" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_key_names_mode_and_owner(pki: PkiPaths, tmp_path: Path) -> None:
+    key = tmp_path / "locked.key"
+    shutil.copy(pki.relay_key, key)
+    key.chmod(0o000)
+    message = error_of(cert=pki.relay_cert, key=key)
+    assert "permission denied (mode 0000" in message
+
+
+def test_unreadable_key_as_root_is_reported(pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root reads any file, so the permission error is injected where the file is read.
+    def deny(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(PkiFileError, match=r"permission denied \(mode 0600, owner"):
+        load_private_key_file(pki.relay_key, "private key", "--key")
+
+
+def test_loaders_without_flag(pki: PkiPaths) -> None:
+    with pytest.raises(PkiFileError, match=r"^CA certificate .*ca.key holds a private key"):
+        load_certificate_file(pki.ca_key, "CA certificate")
