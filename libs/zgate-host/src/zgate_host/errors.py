@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "CommandFailed",
     "HostError",
+    "IPv6Disabled",
     "InvalidArgument",
     "LinkNotFound",
     "PermissionRequired",
+    "SysctlNotWritable",
+    "ToolMissing",
+    "TunUnavailable",
+    "describe_errno",
 ]
+
+#: How an operator grants the capability, for messages that need it.
+NET_ADMIN_FIX = (
+    "run as root or grant CAP_NET_ADMIN (compose: `cap_add: [NET_ADMIN]`, "
+    "docker run --cap-add NET_ADMIN, systemd AmbientCapabilities=CAP_NET_ADMIN)"
+)
+
+
+def describe_errno(code: int | None, strerror: str | None = None) -> str:
+    """'Permission denied (EACCES)': the text and the symbolic name of an errno."""
+    if code is None:
+        return strerror or "unknown error"
+    name = _errno.errorcode.get(code, f"errno {code}")
+    return f"{strerror or _os.strerror(code)} ({name})"
 
 
 class HostError(Exception):
@@ -38,3 +60,21 @@ class CommandFailed(HostError):
         super().__init__(message)
         self.returncode = returncode
         self.stderr = stderr
+
+
+class TunUnavailable(HostError):
+    """/dev/net/tun is missing (no tun module, or a container without the device)."""
+
+
+class ToolMissing(HostError):
+    """An external program zgate_host drives (nft) is not installed."""
+
+
+class SysctlNotWritable(HostError):
+    """A /proc/sys switch has the wrong value and cannot be changed from here (a read-only
+    /proc/sys in a container); the message names the setting that fixes it."""
+
+
+class IPv6Disabled(HostError):
+    """IPv6 is disabled on an interface (net.ipv6.conf.*.disable_ipv6=1, Docker's default in a
+    container) and cannot be enabled from here, so an IPv6 address cannot be added."""

@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 
-from zgate_host.errors import HostError, LinkNotFound, PermissionRequired
+from zgate_host.errors import (
+    NET_ADMIN_FIX,
+    HostError,
+    IPv6Disabled,
+    LinkNotFound,
+    PermissionRequired,
+    describe_errno,
+)
 from zgate_host.netns import run_in_netns
 from zgate_host.tun import validate_ifname
 
@@ -60,6 +67,15 @@ _RTN_UNICAST = 1
 _ROUTE_MISSING = (errno.ESRCH, errno.ENOENT)
 
 
+class _Step:
+    """The netlink operation under way, so an error can say which one failed."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = ""
+
+
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
     """What the kernel would do with a packet to one address (`ip route get`)."""
@@ -86,31 +102,74 @@ def configure_interface(
     IPv6 addresses skip duplicate address detection: a tunnel address is assigned by the
     relay and must be usable at once. With `exclusive`, other global addresses on the link
     (a previous session's) are removed; link-local ones are kept.
+
+    An interface with IPv6 disabled (net.ipv6.conf.NAME.disable_ipv6=1: Docker's default in
+    a container) gets IPv6 enabled when an IPv6 address is asked for; where /proc/sys is
+    read-only that is impossible and IPv6Disabled names the setting that fixes it.
     """
     validate_ifname(name)
+    step = _Step()
 
     def work(ipr: Any) -> None:
+        step.now = "looking up the link"
         index = _index(ipr, name)
         if mtu is not None:
+            step.now = f"setting MTU {mtu}"
             ipr.link("set", index=index, mtu=mtu)
         wanted = {(str(a.ip), a.network.prefixlen) for a in addresses}
         if exclusive:
+            step.now = "listing addresses"
             for msg in ipr.addr("dump", index=index):
                 key = (msg.get_attr("IFA_ADDRESS"), msg["prefixlen"])
                 if msg["scope"] != _RT_SCOPE_LINK and key not in wanted:
+                    step.now = f"deleting address {key[0]}/{key[1]}"
                     ipr.addr("del", index=index, address=key[0], prefixlen=key[1])
         for iface in addresses:
+            step.now = f"adding address {iface}"
             extra = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
-            ipr.addr(
-                "replace",
-                index=index,
-                address=str(iface.ip),
-                prefixlen=iface.network.prefixlen,
+            spec = {
+                "index": index,
+                "address": str(iface.ip),
+                "prefixlen": iface.network.prefixlen,
                 **extra,
-            )
+            }
+            try:
+                ipr.addr("replace", **spec)
+            except NetlinkError as exc:
+                # The kernel answers EACCES, not a missing capability, when IPv6 is off.
+                if iface.version != 6 or exc.code != errno.EACCES or not _ipv6_disabled(name):
+                    raise
+                _enable_ipv6(name, iface)
+                ipr.addr("replace", **spec)
+        step.now = f"setting the link {'up' if up else 'down'}"
         ipr.link("set", index=index, state="up" if up else "down")
 
-    _netlink(netns, f"configuring {name}", work)
+    _netlink(netns, f"configuring {name}", work, step)
+
+
+def _ipv6_disabled(name: str) -> bool:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", encoding="ascii") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _enable_ipv6(name: str, iface: IPInterface) -> None:
+    """Turn IPv6 on for our own interface `name` (runs in its namespace), or explain why not."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii") as f:
+            f.write("0\n")
+    except OSError as exc:
+        raise IPv6Disabled(
+            f"configuring {name}: adding address {iface}: {describe_errno(errno.EACCES)}: "
+            f"IPv6 is disabled on {name} (net.ipv6.conf.{name}.disable_ipv6 is 1, inherited "
+            f"from net.ipv6.conf.default) and enabling it failed: "
+            f"{describe_errno(exc.errno, exc.strerror)}; Docker disables IPv6 in containers: "
+            'set it in compose (sysctls: net.ipv6.conf.all.disable_ipv6: "0"), with docker run '
+            "--sysctl net.ipv6.conf.all.disable_ipv6=0, or in the pod's securityContext.sysctls",
+            code=errno.EACCES,
+        ) from exc
 
 
 def add_route(
@@ -312,8 +371,17 @@ def _index(ipr: Any, name: str) -> int:
     return index
 
 
-def _netlink(netns: str | None, what: str, work: Callable[[Any], T]) -> T:
-    """Run `work(ipr)` with a fresh IPRoute off the caller's thread; translate its errors."""
+def _netlink(
+    netns: str | None, what: str, work: Callable[[Any], T], step: _Step | None = None
+) -> T:
+    """Run `work(ipr)` with a fresh IPRoute off the caller's thread; translate its errors.
+
+    Messages name the operation (`what`, and the `step` under way when one is tracked) and
+    the errno. Only EPERM, the kernel's answer to a missing CAP_NET_ADMIN, blames privileges.
+    """
+
+    def where() -> str:
+        return f"{what}: {step.now}" if step is not None and step.now else what
 
     def call() -> T:
         try:
@@ -321,12 +389,19 @@ def _netlink(netns: str | None, what: str, work: Callable[[Any], T]) -> T:
                 return work(ipr)
         except NetlinkError as exc:
             code = exc.code
-            if code in (errno.EPERM, errno.EACCES):
-                raise PermissionRequired(f"{what} needs root or CAP_NET_ADMIN") from exc
-            raise HostError(f"{what}: {exc.args[-1]} (errno {code})", code=code) from exc
+            text = exc.args[-1] if isinstance(exc.args[-1], str) else None
+            if code == errno.EPERM:
+                raise PermissionRequired(
+                    f"{where()}: {describe_errno(code, text)}: needs CAP_NET_ADMIN: "
+                    f"{NET_ADMIN_FIX}",
+                    code=code,
+                ) from exc
+            raise HostError(f"{where()}: {describe_errno(code, text)}", code=code) from exc
         except NetlinkDecodeError as exc:
-            raise HostError(f"{what}: undecodable netlink reply ({exc})") from exc
+            raise HostError(f"{where()}: undecodable netlink reply ({exc})") from exc
         except OSError as exc:
-            raise HostError(f"{what}: {exc}", code=exc.errno) from exc
+            raise HostError(
+                f"{where()}: {describe_errno(exc.errno, exc.strerror)}", code=exc.errno
+            ) from exc
 
     return run_in_netns(netns, call)

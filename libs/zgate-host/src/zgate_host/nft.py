@@ -12,7 +12,14 @@ import subprocess
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
-from zgate_host.errors import CommandFailed, HostError, InvalidArgument, PermissionRequired
+from zgate_host.errors import (
+    NET_ADMIN_FIX,
+    CommandFailed,
+    HostError,
+    InvalidArgument,
+    PermissionRequired,
+    ToolMissing,
+)
 from zgate_host.netns import run_in_netns
 from zgate_host.tun import validate_ifname
 
@@ -28,7 +35,8 @@ _NFT_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]+")
 def run_nft(args: Sequence[str], *, script: str | None = None, netns: str | None = None) -> str:
     """Run `nft ARGS` (with `script` on stdin) and return its stdout.
 
-    Raises CommandFailed carrying nft's stderr, PermissionRequired when nft was refused.
+    Raises CommandFailed carrying nft's stderr, PermissionRequired when nft was refused,
+    ToolMissing when there is no nft to run.
     """
     argv = [NFT, *args]
 
@@ -41,13 +49,19 @@ def run_nft(args: Sequence[str], *, script: str | None = None, netns: str | None
     try:
         done = run_in_netns(netns, call)
     except FileNotFoundError:
-        raise HostError(f"{NFT} not found: install nftables") from None
+        raise ToolMissing(
+            f"{NFT} not found on PATH: install the nftables package "
+            "(Debian/Ubuntu: apt-get install nftables)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise HostError(f"{' '.join(argv)} did not finish within {_TIMEOUT:.0f}s") from None
     if done.returncode != 0:
         stderr = done.stderr.strip()
         if "Operation not permitted" in stderr:
-            raise PermissionRequired(f"nftables needs root or CAP_NET_ADMIN: {stderr}")
+            raise PermissionRequired(
+                f"{' '.join(argv)}: {stderr.splitlines()[0] if stderr else 'refused'}: "
+                f"needs CAP_NET_ADMIN: {NET_ADMIN_FIX}"
+            )
         raise CommandFailed(
             f"{' '.join(argv)} failed (exit {done.returncode}): {stderr}",
             returncode=done.returncode,

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from zgate_host.errors import HostError, InvalidArgument, PermissionRequired
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from zgate_host.errors import (
+    NET_ADMIN_FIX,
+    HostError,
+    InvalidArgument,
+    PermissionRequired,
+    TunUnavailable,
+    describe_errno,
+)
 from zgate_host.gro import NO_OFFLOAD, VNET_HDR_SIZE, coalesce
 from zgate_host.netns import run_in_netns
 
@@ -32,6 +42,14 @@ _IFNAMSIZ = 16
 _IFREQ_FLAGS = struct.Struct("16sH22x")
 _IFREQ_MTU = struct.Struct("16si20x")
 _MIN_MTU = 68
+_IN6_ADDR_GEN_MODE_NONE = 1
+#: How to give a container the TUN device, for the messages that need it.
+TUN_DEVICE_FIX = (
+    "compose: `devices: [/dev/net/tun:/dev/net/tun]`, docker run --device /dev/net/tun, "
+    "or a Kubernetes device plugin / hostPath for /dev/net/tun"
+)
+
+_log = logging.getLogger(__name__)
 
 
 def validate_ifname(name: str, *, template: bool = False) -> str:
@@ -235,13 +253,25 @@ def _open_tun(name: str, mtu: int, offload: bool) -> TunDevice:
     try:
         fd = os.open(_TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise PermissionRequired(
-            f"{_TUN_PATH} is missing: load the tun module (modprobe tun) or give the "
-            "container the device (--device /dev/net/tun)"
+        raise TunUnavailable(
+            f"{_TUN_PATH} is missing: give the container the device ({TUN_DEVICE_FIX}) "
+            "or load the tun module on the host (modprobe tun)",
+            code=errno.ENOENT,
         ) from None
-    except PermissionError:
+    except PermissionError as exc:
+        # EPERM: a device cgroup (a container whose device list lacks the node) refused it;
+        # EACCES: the node's file mode refused this user.
         raise PermissionRequired(
-            f"opening {_TUN_PATH} needs root or CAP_NET_ADMIN and read/write access to it"
+            f"opening {_TUN_PATH}: {describe_errno(exc.errno, exc.strerror)}: it needs "
+            f"read/write access and root or CAP_NET_ADMIN; in a container also the device "
+            f"({TUN_DEVICE_FIX})",
+            code=exc.errno,
+        ) from None
+    except OSError as exc:
+        raise TunUnavailable(
+            f"opening {_TUN_PATH}: {describe_errno(exc.errno, exc.strerror)}: is the tun "
+            "module loaded (modprobe tun)?",
+            code=exc.errno,
         ) from None
     try:
         flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if offload else 0)
@@ -260,14 +290,12 @@ def _open_tun(name: str, mtu: int, offload: bool) -> TunDevice:
 
 
 def _tunsetiff_error(name: str, exc: OSError) -> HostError:
+    what = f"creating TUN {name!r} (TUNSETIFF): {describe_errno(exc.errno, exc.strerror)}"
     if exc.errno == errno.EPERM:
-        return PermissionRequired(f"creating TUN {name!r} needs root or CAP_NET_ADMIN")
+        return PermissionRequired(f"{what}: needs CAP_NET_ADMIN: {NET_ADMIN_FIX}", code=exc.errno)
     if exc.errno in (errno.EBUSY, errno.EINVAL):
-        return HostError(
-            f"cannot create TUN {name!r}: the name is taken by another device ({exc.strerror})",
-            code=exc.errno,
-        )
-    return HostError(f"cannot create TUN {name!r}: {exc.strerror}", code=exc.errno)
+        return HostError(f"{what}: the name is taken by another device", code=exc.errno)
+    return HostError(what, code=exc.errno)
 
 
 def _no_link_local(name: str) -> None:
@@ -275,9 +303,33 @@ def _no_link_local(name: str) -> None:
     # an fe80:: address and sends router solicitations and MLD reports from it, which the
     # relay can only drop (they come from no address it assigned).
     path = f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode"
-    # No IPv6 in this kernel: nothing to turn off.
-    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as f:
-        f.write("1\n")
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.write("1\n")
+        return
+    except FileNotFoundError:
+        return  # no IPv6 in this kernel: nothing to turn off
+    except OSError as exc:
+        # /proc/sys is read-only in a container; netlink sets the same switch
+        # (`ip link set NAME addrgenmode none`). Only cosmetic if that fails too.
+        reason = describe_errno(exc.errno, exc.strerror)
+    try:
+        run_in_netns(None, lambda: _addr_gen_mode_none(name))
+    except (NetlinkError, OSError) as exc:
+        _log.debug(
+            "cannot turn off IPv6 link-local addresses on %s: %s; netlink: %s", name, reason, exc
+        )
+
+
+def _addr_gen_mode_none(name: str) -> None:
+    # run_in_netns: pyroute2 refuses a thread with a running event loop; the new thread
+    # inherits the network namespace of the one that created it.
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return
+        mode = [["IFLA_INET6_ADDR_GEN_MODE", _IN6_ADDR_GEN_MODE_NONE]]
+        ipr.link("set", index=found[0], IFLA_AF_SPEC={"attrs": [["AF_INET6", {"attrs": mode}]]})
 
 
 def _set_mtu(name: str, mtu: int) -> None:
@@ -286,10 +338,9 @@ def _set_mtu(name: str, mtu: int) -> None:
         try:
             fcntl.ioctl(sock, _SIOCSIFMTU, _IFREQ_MTU.pack(name.encode("ascii"), mtu))
         except OSError as exc:
+            what = f"setting MTU {mtu} on {name} (SIOCSIFMTU): {describe_errno(exc.errno)}"
             if exc.errno == errno.EPERM:
                 raise PermissionRequired(
-                    f"setting the MTU of {name} needs root or CAP_NET_ADMIN"
+                    f"{what}: needs CAP_NET_ADMIN: {NET_ADMIN_FIX}", code=exc.errno
                 ) from exc
-            raise HostError(
-                f"cannot set MTU {mtu} on {name}: {exc.strerror}", code=exc.errno
-            ) from exc
+            raise HostError(what, code=exc.errno) from exc
