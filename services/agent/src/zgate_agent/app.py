@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 
+from zgate_agent.failures import describe_close, describe_timeout
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
@@ -30,9 +31,43 @@ from zgate_host.tun import PacketDevice
 from zgate_proto.h3 import PacketMode, SendStatus
 from zgate_proto.icmp import packet_too_big
 
-__all__ = ["Agent", "backoff_delays"]
+__all__ = ["Agent", "backoff_delays", "quiet_aioquic"]
 
 log = logging.getLogger("zgate.agent")
+
+
+class _Demote(logging.Filter):
+    """aioquic logs every connection error at warning ("Error: 298, reason: ..."): the agent
+    says the same once, plainly, so aioquic's own lines go to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("quic").isEnabledFor(logging.DEBUG)
+
+
+_DEMOTE = _Demote()
+
+
+def quiet_aioquic() -> None:
+    """Send aioquic's log lines to debug (shown only with --log-level debug)."""
+    quic = logging.getLogger("quic")
+    if _DEMOTE not in quic.filters:
+        quic.addFilter(_DEMOTE)
+
+
+def _discard(protocol: TunnelProtocol, transport: asyncio.DatagramTransport) -> None:
+    """Close a connection at once: send CONNECTION_CLOSE (unless it is closed already),
+    stop its timers and close the socket, without QUIC's closing period."""
+    if protocol._quic._close_event is None:
+        with contextlib.suppress(Exception):
+            protocol.close(error_code=0, reason_phrase="agent stopping")
+    for handle in (protocol._timer, protocol._transmit_task):
+        if handle is not None:
+            handle.cancel()
+    protocol._timer = None
+    protocol._transmit_task = None
+    transport.close()
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
@@ -80,6 +115,8 @@ class Agent:
         self._status = _State(since=time.time())
         self.connected = asyncio.Event()
         self._reader_installed = False
+        self._was_connected = False
+        self._announce = True  # log the next "connecting to" at info
 
     # ------------------------------------------------------------------ control
 
@@ -112,98 +149,247 @@ class Agent:
     # --------------------------------------------------------------------- run
 
     async def run(self) -> None:
-        """Connect and reconnect until stopped."""
+        """Connect and reconnect until stopped: transient failures (no answer, a lost
+        tunnel) on the short backoff, permanent ones (certificates) on the long one."""
         loop = asyncio.get_running_loop()
+        quiet_aioquic()
         if self.read_device:
             loop.add_reader(self.device.fileno(), self._device_readable)
             self._reader_installed = True
-        delays = backoff_delays(
-            self.settings.backoff_initial, self.settings.backoff_max, random.Random()
-        )
+        s = self.settings
+        transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
+        permanent = backoff_delays(s.backoff_permanent, s.backoff_permanent_max, random.Random())
+        self._was_connected = False
         try:
             while not self._stop.is_set():
                 self._status.attempts += 1
                 if self._status.attempts > 1:
                     self.metrics.reconnects.inc()
-                try:
-                    await self._connect_once()
-                    delays = backoff_delays(
-                        self.settings.backoff_initial, self.settings.backoff_max, random.Random()
-                    )
-                except (TunnelError, ConnectionError, OSError, ssl.SSLError) as exc:
-                    self._set_state("reconnecting", str(exc) or type(exc).__name__)
-                    log.warning("tunnel down", extra={"error": str(exc) or type(exc).__name__})
+                error = await self._attempt()
                 if self._stop.is_set():
                     break
-                delay = next(delays)
-                self._set_state("reconnecting")
-                log.info("reconnecting", extra={"in_seconds": round(delay, 2)})
-                with contextlib.suppress(asyncio.TimeoutError):
+                if self._was_connected:
+                    # A tunnel that came up resets both backoffs.
+                    self._was_connected = False
+                    transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
+                    permanent = backoff_delays(
+                        s.backoff_permanent, s.backoff_permanent_max, random.Random()
+                    )
+                    self._announce = True
+                if error is None:
+                    continue
+                self._announce = self._announce or error.permanent
+                delay = next(permanent if error.permanent else transient)
+                self._failed(error, delay)
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
             self._set_state("stopped")
             self.metrics.connected.set(0)
             if self._reader_installed:
                 loop.remove_reader(self.device.fileno())
+                self._reader_installed = False
+            removed = [str(p) for p in self._routes.routes] if self._routes is not None else []
             if self._routes is not None:
                 self._routes.remove()
+            log.info(
+                "stopped",
+                extra={
+                    "relay": self.settings.relay,
+                    "device": self.device.name,
+                    "removed": removed,
+                },
+            )
+
+    def _failed(self, error: TunnelError, delay: float) -> None:
+        """One log line for a failed attempt: what went wrong (with the fix, when it is
+        ours to make) and when the next attempt is."""
+        message = str(error) or type(error).__name__
+        self._set_state("reconnecting", message)
+        fields = {
+            "relay": self.settings.relay,
+            "error": message,
+            "permanent": error.permanent,
+            "retry_in_seconds": round(delay, 1),
+        }
+        if error.permanent:
+            log.error(message, extra=fields)
+        else:
+            log.warning(f"tunnel down: {message}", extra=fields)
+
+    async def _attempt(self) -> TunnelError | None:
+        """One connection attempt, ended early (and cleaned up) when the agent is stopped;
+        the error that ended it, or None."""
+        attempt = asyncio.ensure_future(self._connect_once())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                # Its cleanup closes the QUIC connection without waiting for the relay.
+                await asyncio.wait({attempt})
+        if attempt.cancelled():
+            return None
+        exc = attempt.exception()
+        if exc is None or isinstance(exc, TunnelError):
+            return exc
+        if isinstance(exc, OSError | ssl.SSLError):
+            return TunnelError(str(exc) or type(exc).__name__)
+        raise exc
+
+    def _where(self) -> str:
+        host, port = self.settings.relay_address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def _connect_once(self) -> None:
-        host, port = self.settings.relay_address
+        """Connect, open the session, run it until stopped or lost. Every failure comes out
+        as a TunnelError saying why (``permanent`` when retrying cannot help)."""
+        s = self.settings
+        host, port = s.relay_address
+        server_name = s.server_name or host
         self._set_state("connecting")
-        configuration = self._quic_configuration(host)
-        made: list[TunnelProtocol] = []
-
-        def create_protocol(*args: Any, **kwargs: Any) -> TunnelProtocol:
-            protocol = TunnelProtocol(*args, **kwargs)
-            protocol.udp_offload = self.settings.udp_offload
-            made.append(protocol)
-            return protocol
-
+        # At info the first time, after a tunnel was up and before each (rare) retry of a
+        # permanent failure; quick retries of a transient one at debug.
+        level, self._announce = (logging.INFO if self._announce else logging.DEBUG), False
+        log.log(
+            level,
+            f"connecting to {self._where()} (server name {server_name})",
+            extra={
+                "relay": self._where(),
+                "server_name": server_name,
+                "attempt": self._status.attempts,
+            },
+        )
+        opened: list[tuple[TunnelProtocol, asyncio.DatagramTransport]] = []
         try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                relay_ip = await self._resolve(host, port)
-                manager = connect(
-                    str(relay_ip),
-                    port,
-                    configuration=configuration,
-                    create_protocol=create_protocol,
-                )
-                protocol = await manager.__aenter__()
-        except ConnectionError as exc:
-            # aioquic says only "ConnectionError"; the TLS alert the relay sent says why.
-            close = made[0]._quic._close_event if made else None
-            reason = close.reason_phrase if close and close.reason_phrase else "handshake failed"
-            raise TunnelError(f"the relay refused the connection: {reason}") from exc
-        try:
-            assert isinstance(protocol, TunnelProtocol)
-            if protocol._transport is not None:
-                enlarge_udp_buffers(protocol._transport.get_extra_info("socket"))
-            await self._session(protocol, host, port, relay_ip)
+            try:
+                configuration = self._quic_configuration(host)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise TunnelError(
+                    f"cannot load --ca {s.ca}, --cert {s.cert} or --key {s.key}: {exc}",
+                    permanent=True,
+                ) from None
+            try:
+                async with asyncio.timeout(s.connect_timeout):
+                    relay_ip = await self._resolve(host, port)
+                    opened.append(await self._open(relay_ip, port, configuration))
+                    protocol = opened[0][0]
+                    await self._handshake(protocol)
+                    info = await self._open_session(protocol, host, port)
+            except TimeoutError:
+                started = bool(opened) and opened[0][0].handshake_done.is_set()
+                raise TunnelError(
+                    describe_timeout(host, port, s.connect_timeout, handshake_started=started)
+                ) from None
+            except TunnelError as exc:
+                raise self._explain(exc, opened[0][0] if opened else None) from None
+            except socket.gaierror as exc:
+                raise TunnelError(
+                    f"cannot resolve the relay's name {host}: {exc.strerror or exc}"
+                ) from None
+            except OSError as exc:
+                raise TunnelError(
+                    f"cannot reach the relay at {self._where()}: {exc.strerror or exc}"
+                ) from None
+            await self._session(protocol, info, host, port, relay_ip)
         finally:
             self._protocol = None
             self.connected.clear()
             self.metrics.connected.set(0)
-            await manager.__aexit__(None, None, None)
+            for protocol, transport in opened:
+                _discard(protocol, transport)
 
-    async def _session(
+    def _explain(self, error: TunnelError, protocol: TunnelProtocol | None) -> TunnelError:
+        """Turn a connection closed while opening into what the operator should know."""
+        close = protocol.close_info if protocol is not None else None
+        if close is None:
+            return error
+        s = self.settings
+        host, _ = s.relay_address
+        message, permanent = describe_close(
+            close, ca=s.ca, cert=s.cert, server_name=s.server_name or host
+        )
+        return TunnelError(message, permanent=permanent)
+
+    async def _open(
         self,
-        protocol: TunnelProtocol,
-        host: str,
-        port: int,
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-    ) -> None:
+        port: int,
+        configuration: QuicConfiguration,
+    ) -> tuple[TunnelProtocol, asyncio.DatagramTransport]:
+        """A UDP socket and a QUIC connection to the relay, its handshake started.
+
+        Not aioquic's ``connect()``: leaving it early (a timeout, a stop) waits out QUIC's
+        closing period, seconds against a relay that does not answer, and leaves a future
+        whose exception nobody retrieves."""
+        loop = asyncio.get_running_loop()
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:  # no IPv6 on this host
+            if relay_ip.version == 6:
+                raise
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", 0, 0, 0))
+                mapped = f"::ffff:{relay_ip}" if relay_ip.version == 4 else str(relay_ip)
+                addr: tuple[Any, ...] = (mapped, port, 0, 0)
+            else:
+                sock.bind(("0.0.0.0", 0))
+                addr = (str(relay_ip), port)
+            sock.setblocking(False)
+            enlarge_udp_buffers(sock)
+        except OSError:
+            sock.close()
+            raise
+        connection = QuicConnection(configuration=configuration)
+
+        def create_protocol() -> TunnelProtocol:
+            protocol = TunnelProtocol(connection)
+            protocol.udp_offload = self.settings.udp_offload
+            return protocol
+
+        transport, protocol = await loop.create_datagram_endpoint(create_protocol, sock=sock)
+        protocol.connect(addr)
+        return protocol, transport
+
+    @staticmethod
+    async def _handshake(protocol: TunnelProtocol) -> None:
+        """Until our side of the TLS handshake completes, or the connection closes."""
+        done = asyncio.ensure_future(protocol.handshake_done.wait())
+        closed = asyncio.ensure_future(protocol.terminated.wait())
+        try:
+            await asyncio.wait({done, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            closed.cancel()
+        if protocol.terminated.is_set():
+            raise TunnelError(f"the handshake with the relay failed: {protocol.close_reason}")
+
+    async def _open_session(self, protocol: TunnelProtocol, host: str, port: int) -> TunnelInfo:
         protocol.on_packet = self._packet_from_relay
         protocol.on_batch_end = self._flush_device
         protocol.on_unknown_context = self._unknown_context
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        info = await protocol.open_session(
+        return await protocol.open_session(
             authority,
             self.settings.mode,
             fallback=self.settings.fallback,
             max_queued=self.settings.datagram_queue,
             timeout=self.settings.connect_timeout,
         )
+
+    async def _session(
+        self,
+        protocol: TunnelProtocol,
+        info: TunnelInfo,
+        host: str,
+        port: int,
+        relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    ) -> None:
         if self.configure_host:
             if self._routes is None:
                 self._routes = HostRoutes(self.device.name, relay_ip, self.settings.full_tunnel)
@@ -212,6 +398,7 @@ class Agent:
         self._status.info = info
         self._protocol = protocol
         self._set_state("connected")
+        self._was_connected = True
         self.metrics.connected.set(1)
         self.connected.set()
         log.info(
@@ -223,12 +410,14 @@ class Agent:
             },
         )
         keepalive = asyncio.create_task(self._keepalive(protocol))
+        stop = asyncio.ensure_future(self._stop.wait())
+        lost = asyncio.ensure_future(protocol.terminated.wait())
         try:
-            stop = asyncio.ensure_future(self._stop.wait())
-            lost = asyncio.ensure_future(protocol.terminated.wait())
-            await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            lost.cancel()
+            try:
+                await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                lost.cancel()
             if protocol.terminated.is_set():
                 raise TunnelError(f"tunnel lost: {protocol.close_reason}")
             if protocol.stream is not None:

@@ -38,11 +38,24 @@ class AgentSettings(LayeredSettings):
         True, description="join TCP segments into super-packets when writing to the TUN device"
     )
     metrics: str | None = Field("127.0.0.1:9102", description="/metrics and /status address")
-    connect_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds one connection attempt may take (handshake and tunnel opening)",
+    )
     keepalive: float = Field(10.0, gt=0, description="seconds between QUIC pings")
     idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
     backoff_initial: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
     backoff_max: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    backoff_permanent: float = Field(
+        60.0,
+        gt=0,
+        description="first delay, seconds, before retrying a failure that needs a fix "
+        "(certificates, CA, server name)",
+    )
+    backoff_permanent_max: float = Field(
+        600.0, gt=0, description="longest delay before retrying such a failure, seconds"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

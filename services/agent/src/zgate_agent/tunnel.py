@@ -16,8 +16,10 @@ from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.events import DatagramReceived, DataReceived, H3Event, HeadersReceived
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
+from aioquic.quic.connection import QuicConnectionState
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamReset
 
+from zgate_agent.failures import CloseInfo
 from zgate_host.udp import UdpBatchIO
 from zgate_proto.capsules import AddressAssign, DatagramCapsule, IPAddressRange, RouteAdvertisement
 from zgate_proto.errors import DecodeError, ProtoError
@@ -35,7 +37,12 @@ _DRAIN_BATCH = 255
 
 
 class TunnelError(Exception):
-    """The tunnel could not be opened or was lost; the message says why."""
+    """The tunnel could not be opened or was lost; the message says why. ``permanent``:
+    retrying cannot help until someone fixes a file or the relay's PKI."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +66,14 @@ class TunnelProtocol(QuicConnectionProtocol):
         #: Called before every transmit: after each batch of datagrams has been handled,
         #: and after a timer, the only two ways packets from the relay come in.
         self.on_batch_end: Callable[[], None] = lambda: None
+        #: Set as soon as the connection is closing (by either side), not only once
+        #: aioquic has finished its closing period.
         self.terminated = asyncio.Event()
         self.close_reason = ""
+        #: How it closed, once ``terminated`` is set (None after a local _lost()).
+        self.close_info: CloseInfo | None = None
+        #: Our side of the TLS handshake completed (the relay may still refuse us).
+        self.handshake_done = asyncio.Event()
         self._settings = asyncio.Event()
         self._response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
         self._assigned: asyncio.Future[AddressAssign] | None = None
@@ -116,9 +129,10 @@ class TunnelProtocol(QuicConnectionProtocol):
             )
         finally:
             closed.cancel()
+            if not waiter.done():
+                waiter.cancel()
         if waiter in done:
             return waiter.result()
-        waiter.cancel()
         if self.terminated.is_set():
             raise TunnelError(f"connection closed while waiting for {what}: {self.close_reason}")
         raise TunnelError(f"timed out after {timeout:g}s waiting for {what}")
@@ -138,6 +152,30 @@ class TunnelProtocol(QuicConnectionProtocol):
                 dup, self._receive, batch=_DRAIN_BATCH, gso=self.udp_offload, gro=False
             )
 
+    def _note_close(self) -> None:
+        """Notice a close as soon as aioquic records it: aioquic reports a close it starts
+        itself (say, our TLS stack refusing the relay's certificate) only after a closing
+        period of three probe timeouts, seconds when the path is slow."""
+        if self.terminated.is_set():
+            return
+        event = self._quic._close_event
+        if event is None:
+            return
+        tls = getattr(self._quic, "tls", None)
+        self.close_info = CloseInfo(
+            error_code=event.error_code,
+            reason=event.reason_phrase,
+            by_peer=self._quic._state is QuicConnectionState.DRAINING,
+            handshake_done=self.handshake_done.is_set(),
+            peer_certificate=getattr(tls, "_peer_certificate", None),
+        )
+        self.close_reason = event.reason_phrase or f"error 0x{event.error_code:x}"
+        self.terminated.set()
+
+    def _handle_timer(self) -> None:
+        super()._handle_timer()
+        self._note_close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the second handle with the transport."""
         if self._io is not None:
@@ -156,6 +194,7 @@ class TunnelProtocol(QuicConnectionProtocol):
         if self._io is not None:
             self._io.drain()
         self._process_events()
+        self._note_close()
         self.transmit()
 
     def transmit(self) -> None:
@@ -182,9 +221,10 @@ class TunnelProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         """Dispatch QUIC events (called by aioquic for every event)."""
         if isinstance(event, ConnectionTerminated):
-            self.close_reason = event.reason_phrase or f"error 0x{event.error_code:x}"
-            self.terminated.set()
+            self._note_close()
             return
+        if isinstance(event, HandshakeCompleted):
+            self.handshake_done.set()
         stream = self.stream
         if (
             isinstance(event, StreamReset)
@@ -249,6 +289,6 @@ class TunnelProtocol(QuicConnectionProtocol):
     def _lost(self, reason: str) -> None:
         log.warning("tunnel lost", extra={"reason": reason})
         self.close_reason = reason
+        self.terminated.set()
         self._quic.close(error_code=0x10C, reason_phrase=reason)
         self.transmit()
-        self.terminated.set()
