@@ -150,3 +150,19 @@ def test_any_extras_give_one_valid_json_line(extras: dict[str, Any], msg: str) -
     for key in extras:
         if not key.startswith("_"):
             assert key in doc or f"extra_{key}" in doc
+
+
+def test_aioquic_warnings_are_demoted_to_debug(stream: io.StringIO) -> None:
+    # aioquic logs each refused handshake at warning beside the relay's own line: at the
+    # info level nothing of it shows; at debug it shows, as debug.
+    quic = logging.getLogger("quic")
+    configure_logging("svc", level="info", stream=stream)
+    quic.warning("[abc] Error: 300, reason: certificate revoked")
+    quic.info("Negotiated protocol version")
+    assert stream.getvalue() == ""
+    configure_logging("svc", level="debug", stream=stream)
+    quic.warning("[abc] Error: 300, reason: certificate revoked")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["level"], r["logger"]) for r in records] == [("debug", "quic")]
+    configure_logging("svc", level="debug", stream=stream)
+    assert len([f for f in quic.filters if type(f).__name__ == "_DemoteToDebug"]) == 1

@@ -132,8 +132,23 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(name.upper())
-    # aioquic logs every connection's version and ALPN at info: useful only when debugging.
-    logging.getLogger("quic").setLevel(logging.DEBUG if name == "debug" else logging.WARNING)
+    # aioquic logs every connection's version and ALPN at info, and each connection error
+    # (a refused handshake, a peer's close) at warning, beside our own line that already
+    # says what happened and why: its records are debugging detail, so they are demoted.
+    quic = logging.getLogger("quic")
+    quic.setLevel(logging.DEBUG if name == "debug" else logging.CRITICAL + 1)
+    for old_filter in [f for f in quic.filters if isinstance(f, _DemoteToDebug)]:
+        quic.removeFilter(old_filter)
+    quic.addFilter(_DemoteToDebug())
+
+
+class _DemoteToDebug(logging.Filter):
+    """Rewrites every record of a third-party logger to level DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno = logging.DEBUG
+        record.levelname = "DEBUG"
+        return True
 
 
 class BoundLogger(logging.LoggerAdapter[logging.Logger]):

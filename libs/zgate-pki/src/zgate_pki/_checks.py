@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._errors import PkiError
+from ._x509 import _short
 
 __all__ = [
     "IdentityFiles",
@@ -88,7 +89,9 @@ def load_certificate_file(path: Path, what: str, flag: str | None = None) -> x50
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
-        raise PkiFileError(f"{what} {label} is not a valid PEM certificate ({exc})") from None
+        raise PkiFileError(
+            f"{what} {label} is not a valid PEM certificate ({_short(exc)})"
+        ) from None
 
 
 def load_private_key_file(path: Path, what: str, flag: str | None = None) -> PrivateKeyTypes:
@@ -108,7 +111,9 @@ def load_private_key_file(path: Path, what: str, flag: str | None = None) -> Pri
             f"{what} {label} is encrypted; zgate needs an unencrypted key (mode 0600)"
         ) from None
     except ValueError as exc:
-        raise PkiFileError(f"{what} {label} is not a valid PEM private key ({exc})") from None
+        raise PkiFileError(
+            f"{what} {label} is not a valid PEM private key ({_short(exc)})"
+        ) from None
 
 
 def _public_der(key: object) -> bytes:

@@ -235,12 +235,17 @@ def build_crl(
     return builder.sign(ca_key, hashes.SHA256())
 
 
+def _short(exc: Exception) -> str:
+    # cryptography appends a FAQ link and the parser's state; keep the first sentence.
+    return str(exc).split(". See https://", 1)[0]
+
+
 def load_certificate(data: bytes, what: str) -> x509.Certificate:
     """Parse one PEM certificate, raising PkiError that names `what`."""
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as exc:
-        raise PkiError(f"{what} is not a valid PEM certificate ({exc})") from None
+        raise PkiError(f"{what} is not a valid PEM certificate ({_short(exc)})") from None
 
 
 def load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
@@ -248,7 +253,7 @@ def load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(data)
     except ValueError as exc:
-        raise PkiError(f"{what} is not a valid PEM CRL ({exc})") from None
+        raise PkiError(f"{what} is not a valid PEM CRL ({_short(exc)})") from None
 
 
 def load_ca_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from zgate_host.httpd import serve_status
 from zgate_host.privileges import require_net_admin
-from zgate_pki import ChainVerifier, init_pki
+from zgate_pki import ChainVerifier, PkiError
 from zgate_policy import PolicyError
 from zgate_policy.flows import FlowTable
 from zgate_relay.audit import AuditLog
@@ -25,7 +25,7 @@ from zgate_relay.dns import DnsProxy, SuffixUpstreams
 from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
-from zgate_relay.geoip import GeoIP
+from zgate_relay.geoip import GeoIP, GeoIPError
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.mtls import build_server_configuration
 from zgate_relay.policy import PolicyManager
@@ -33,29 +33,13 @@ from zgate_relay.pool import AddressPool
 from zgate_relay.server import RelayServer
 from zgate_relay.settings import RelaySettings
 from zgate_relay.sites import SiteRoutes
+from zgate_relay.startup import StartupError, address_error, check_pki, prepare_state
 
-__all__ = ["ensure_pki", "run_relay", "system_resolvers"]
+__all__ = ["run_relay", "system_resolvers"]
 
 log = logging.getLogger("zgate.relay")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def ensure_pki(settings: RelaySettings) -> None:
-    """Create a development PKI in ``settings.pki`` if it has none (and that is allowed)."""
-    if (settings.pki / "ca.pem").exists():
-        return
-    if not settings.dev_pki:
-        raise SystemExit(
-            f"zgate-relay: no PKI in {settings.pki} (ca.pem missing). "
-            f"Create one with `zgate pki init --dir {settings.pki}`."
-        )
-    log.warning(
-        "NO PKI FOUND: creating a DEVELOPMENT PKI (self-made CA, keys on local disk). "
-        "Do not use it in production; run `zgate pki init` and keep ca.key offline.",
-        extra={"pki": str(settings.pki)},
-    )
-    init_pki(settings.pki)
 
 
 def system_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -76,16 +60,23 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
     """Run a relay until it is told to stop (SIGTERM/SIGINT)."""
     if settings.egress:
         require_net_admin("the relay's egress (TUN device, forwarding, nftables NAT)")
-    ensure_pki(settings)
+    geoip = _open_geoip(settings)
+    prepare_state(settings)
+    check_pki(settings)
     metrics = RelayMetrics()
-    audit = AuditLog(
-        settings.relay_name,
-        path=settings.audit_log,
-        stream=sys.stdout if settings.audit_stdout else None,
-    )
+    try:
+        audit = AuditLog(
+            settings.relay_name,
+            path=settings.audit_log,
+            stream=sys.stdout if settings.audit_stdout else None,
+        )
+    except OSError as exc:
+        raise StartupError(
+            f"cannot open the audit log --audit-log {settings.audit_log}: "
+            f"{exc.strerror or exc}; fix its folder's owner/mode or choose another file"
+        ) from None
     metrics.audit_records.set_function(lambda: audit.written)
     metrics.audit_dropped.set_function(lambda: audit.dropped)
-    geoip = GeoIP(settings.geoip) if settings.geoip is not None else None
     policies = PolicyManager(
         settings.policy,
         geoip_available=geoip is not None,
@@ -97,7 +88,9 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         policy = policies.load_initial()
     except PolicyError as exc:
         audit.close()
-        raise SystemExit(f"zgate-relay: the policy cannot be used:\n{exc}") from None
+        raise StartupError(
+            f"the policy --policy {settings.policy} cannot be used:\n{exc}"
+        ) from None
     pool = AddressPool(settings.pool, settings.pool6)
     gateways: list[Address] = [pool.gateway4] + ([pool.gateway6] if pool.gateway6 else [])
     fqdns = FqdnBindings()
@@ -119,8 +112,13 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
             "ENFORCEMENT OFF (--no-enforce): every packet is forwarded, no flow is "
             "tracked or audited; for measurements only"
         )
-    egress = _open_egress(settings, pool) if settings.egress else None
     pki = settings.pki
+    try:
+        verifier = ChainVerifier(pki / "ca.pem", pki / "crl.pem")
+    except PkiError as exc:
+        audit.close()
+        raise StartupError(f"{exc} (PKI directory {pki})") from None
+    egress = _open_egress(settings, pool) if settings.egress else None
     server = RelayServer(
         configuration=build_server_configuration(
             pki / "relay.pem",
@@ -128,7 +126,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
             max_datagram_size=settings.max_datagram_size,
             idle_timeout=settings.idle_timeout,
         ),
-        verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
+        verifier=verifier,
         pool=pool,
         metrics=metrics,
         egress=egress.device if egress else None,
@@ -146,7 +144,10 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
     dns: DnsProxy | None = None
     http = None
     try:
-        await server.start(*settings.listen_address)
+        try:
+            await server.start(*settings.listen_address)
+        except OSError as exc:
+            raise address_error(exc, "UDP", "--listen", settings.listen) from None
         if settings.dns:
             dns = await _start_dns(settings, server, fqdns, gateways, metrics)
         loop = asyncio.get_running_loop()
@@ -156,12 +157,17 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
             return future.result(timeout=60).as_dict()
 
         if settings.metrics_address is not None:
-            http = serve_status(
-                *settings.metrics_address,
-                metrics.registry,
-                server.status,
-                actions={"/reload": reload_now},
-            )
+            try:
+                http = serve_status(
+                    *settings.metrics_address,
+                    metrics.registry,
+                    server.status,
+                    actions={"/reload": reload_now},
+                )
+            except OSError as exc:
+                raise address_error(
+                    exc, "metrics address", "--metrics", str(settings.metrics)
+                ) from None
             log.info("metrics served", extra={"address": f"{http.url}/metrics"})
         await _serve_until_stopped(server, settings, policies, audit, fqdns, ready)
     finally:
@@ -174,6 +180,27 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         if geoip is not None:
             geoip.close()
         audit.close(timeout=5)
+
+
+def _open_geoip(settings: RelaySettings) -> GeoIP | None:
+    if settings.geoip is None:
+        return None
+    try:
+        geoip = GeoIP(settings.geoip)
+    except GeoIPError as exc:
+        raise StartupError(
+            f"--geoip {exc.path}: {exc.detail}; give a MaxMind-format country database "
+            f"(GeoLite2-Country.mmdb or GeoIP2-Country/City)"
+        ) from None
+    kind = geoip.database_type
+    if "country" not in kind.lower() and "city" not in kind.lower():
+        geoip.close()
+        raise StartupError(
+            f"--geoip {settings.geoip} is a {kind!r} database, which has no countries; "
+            f"give a Country or City database"
+        )
+    log.info("GeoIP database", extra={"path": str(settings.geoip), "type": kind})
+    return geoip
 
 
 def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
@@ -283,7 +310,14 @@ async def _serve_until_stopped(
     spawn(every(1.0, housekeeping, "flow expiry"))
     if ready is not None:
         ready.set()
-    log.info("relay ready", extra={"pki": str(Path(settings.pki).resolve())})
+    log.info(
+        "relay ready",
+        extra={
+            "pki": str(Path(settings.pki).resolve()),
+            "state_dir": str(settings.state_dir),
+            "audit_log": str(settings.audit_log) if settings.audit_log else None,
+        },
+    )
     try:
         await stop.wait()
         log.info("relay stopping")

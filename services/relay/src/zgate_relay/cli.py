@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from zgate_host.logs import configure_logging
 from zgate_host.settings import SettingsError, load_settings
 from zgate_relay.app import run_relay
 from zgate_relay.settings import RelaySettings
+from zgate_relay.startup import StartupError
 
 __all__ = ["build_parser", "main"]
 
@@ -22,8 +24,10 @@ zgate relay: the hub of a zgate network. Accepts agents and connectors over QUIC
 hands out tunnel addresses and forwards their packets (to each other, or to the
 internet through its TUN device and NAT).
 
-With no flags it listens on UDP 0.0.0.0:4433, serves metrics on 127.0.0.1:9101 and uses
-the PKI in ./.zgate/pki (creating a development PKI there if none exists).
+With no flags it listens on UDP 0.0.0.0:4433, serves metrics on 127.0.0.1:9101 and keeps
+its files in its state directory (/var/lib/zgate/relay as root, else
+~/.local/state/zgate/relay): the audit log, and a development PKI created there when no
+--pki is given. An explicit --pki DIR must hold a PKI (`zgate pki init --dir DIR`).
 Settings come from, in rising order: defaults, the YAML --config file, ZGATE_RELAY_*
 environment variables (e.g. ZGATE_RELAY_POOL=10.9.0.0/16), and these flags.
 Needs root or CAP_NET_ADMIN for its TUN device and NAT (or --no-egress)."""
@@ -36,7 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="YAML file with settings (keys as the long flags)")
     p.add_argument("--listen", metavar="HOST:PORT", help="QUIC/UDP listen address [0.0.0.0:4433]")
-    p.add_argument("--pki", type=Path, metavar="DIR", help="PKI directory [.zgate/pki]")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the relay's files: audit log, development PKI "
+        "[/var/lib/zgate/relay as root, else ~/.local/state/zgate/relay]",
+    )
+    p.add_argument(
+        "--pki",
+        type=Path,
+        metavar="DIR",
+        help="PKI directory holding ca.pem, crl.pem, relay.pem, relay.key; must exist "
+        "[STATE_DIR/pki, created as a development PKI when missing]",
+    )
     p.add_argument("--pool", metavar="CIDR", help="IPv4 tunnel address pool [10.100.0.0/16]")
     p.add_argument("--pool6", metavar="CIDR", help="IPv6 tunnel address pool [fd7a:7a67::/64]")
     p.add_argument(
@@ -119,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--audit-log",
         type=Path,
         metavar="FILE",
-        help="append audit records (JSON lines) here; reopened on SIGHUP [.zgate/audit.log]",
+        help="append audit records (JSON lines) here; reopened on SIGHUP; 'off' for none "
+        "[STATE_DIR/audit.log]",
     )
     p.add_argument(
         "--audit-stdout",
@@ -165,29 +183,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-name", metavar="NAME", help="name in audit records [hostname]")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a start-up error, print the traceback too (and log at debug level)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `serve` and `zgate-relay`."""
+    """Entry point of `serve` and `zgate-relay`: 0 after a clean stop, 2 for a configuration
+    error (one line on stderr), 1 for anything else, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    debug = bool(args.debug)
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "debug")}
     if flags.get("metrics") == "off":
         flags["metrics"] = ""
+    if debug and flags.get("log_level") is None:
+        flags["log_level"] = "debug"
     try:
         settings = load_settings(RelaySettings, args.config, flags)
     except SettingsError as exc:
-        print(f"zgate-relay: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, 2, debug)
     configure_logging("zgate-relay", level=settings.log_level, json=settings.log_format == "json")
     try:
         asyncio.run(run_relay(settings))
-    except HostError as exc:
-        print(f"zgate-relay: {exc}", file=sys.stderr)
-        return 1
+    except (StartupError, HostError) as exc:
+        return _fail(exc, 2, debug)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: one line, the traceback only on request
+        print(
+            f"zgate-relay: unexpected error: {type(exc).__name__}: {exc} "
+            f"(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        if debug:
+            traceback.print_exc()
+        return 1
     return 0
+
+
+def _fail(exc: BaseException, status: int, debug: bool) -> int:
+    print(f"zgate-relay: {exc}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(exc)
+    return status
 
 
 if __name__ == "__main__":

@@ -125,6 +125,10 @@ class PolicyManager:
             else:
                 self.metrics.policy_reloads["ok"].inc()
                 self.metrics.policy_last_reload_ok.set(1)
+                log.info(
+                    "policy reloaded: unchanged",
+                    extra={"version": compiled.version, "source": source},
+                )
             return ReloadResult(True, compiled.version, None, changed)
 
     def _install(self, compiled: CompiledPolicy, source: str, *, changed: bool) -> None:
@@ -138,15 +142,16 @@ class PolicyManager:
         m.watch_rules(compiled.rule_ids)
         m.policy_reloads["ok"].inc()
         m.policy_last_reload_ok.set(1)
-        log.info(
-            "policy loaded",
-            extra={
-                "version": compiled.version,
-                "rules": len(compiled.rules),
-                "source": source,
-                "flows_ended": ended,
-            },
-        )
+        if self.path is not None:  # without a file, the start-up warning says it all
+            log.info(
+                "policy loaded",
+                extra={
+                    "version": compiled.version,
+                    "rules": len(compiled.rules),
+                    "source": source,
+                    "flows_ended": ended,
+                },
+            )
         self.audit(
             PolicyLoaded(
                 ts=datetime.now(UTC),

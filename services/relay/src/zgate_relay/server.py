@@ -234,7 +234,7 @@ class RelayServer:
             if conn.identity is not None and conn.identity.serial in revoked and not conn.closed:
                 log.warning(
                     "certificate revoked: ending its sessions",
-                    extra={"client": str(conn.identity), "serial": conn.identity.serial},
+                    extra={"client": str(conn.identity), "serial": f"{conn.identity.serial:x}"},
                 )
                 self.metrics.refusals["revoked"].inc()
                 conn.quic.close(error_code=0x0, reason_phrase="certificate revoked")
@@ -444,7 +444,7 @@ class RelayServer:
             extra={
                 "peer": f"{conn.addr[0]}:{conn.addr[1]}",
                 "client": str(conn.identity),
-                "serial": conn.identity.serial if conn.identity else None,
+                "serial": f"{conn.identity.serial:x}" if conn.identity else None,
             },
         )
 
@@ -570,7 +570,7 @@ class RelayServer:
             extra={
                 "session": session.session_id,
                 "client": str(session.identity),
-                "serial": session.identity.serial,
+                "serial": f"{session.identity.serial:x}",
                 "peer": session.peer,
                 "addresses": [str(a) for a in session.addresses],
                 "mode": mode.value,

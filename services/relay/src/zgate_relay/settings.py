@@ -7,10 +7,11 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
+from zgate_host.state import default_state_dir
 
 __all__ = ["RelaySettings"]
 
@@ -22,9 +23,20 @@ class RelaySettings(LayeredSettings):
     model_config = SettingsConfigDict(env_prefix="ZGATE_RELAY_", extra="forbid")
 
     listen: str = Field("0.0.0.0:4433", description="UDP address the QUIC server listens on")
-    pki: Path = Field(Path(".zgate/pki"), description="PKI directory (ca.pem, relay.pem, ...)")
+    state_dir: Path = Field(
+        default_factory=lambda: default_state_dir("relay"),
+        description="the relay's own files: audit log, development PKI "
+        "[/var/lib/zgate/relay as root, else ~/.local/state/zgate/relay]",
+    )
+    pki: Path = Field(
+        Path("pki"),
+        description="PKI directory (ca.pem, crl.pem, relay.pem, relay.key) [<state_dir>/pki]; "
+        "given explicitly, it must hold a PKI",
+    )
     dev_pki: bool = Field(
-        True, description="create a development PKI in `pki` when none exists (loud warning)"
+        True,
+        description="create a development PKI in <state_dir>/pki when no --pki is given and "
+        "none exists there (loud warning)",
     )
     pool: ipaddress.IPv4Network = Field(
         ipaddress.IPv4Network("10.100.0.0/16"), description="IPv4 tunnel address pool"
@@ -90,13 +102,70 @@ class RelaySettings(LayeredSettings):
     )
     dns_port: int = Field(53, ge=0, le=65535, description="port of the DNS service")
     audit_log: Path | None = Field(
-        Path(".zgate/audit.log"), description="audit log file (JSON lines); null: none"
+        Path("audit.log"),
+        description="audit log file (JSON lines) [<state_dir>/audit.log]; null or 'off': none",
     )
     audit_stdout: bool = Field(False, description="also write audit records to stdout")
     max_flows: int = Field(262144, ge=16, description="flows tracked in total")
     max_flows_per_session: int = Field(8192, ge=4, description="flows tracked per session")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    _pki_given: bool = PrivateAttr(default=False)
+
+    @field_validator("audit_log", mode="before")
+    @classmethod
+    def _audit_off(cls, value: object) -> object:
+        return None if value in ("", "off", "none") else value
+
+    @field_validator("pool", "pool6", mode="before")
+    @classmethod
+    def _network_hint(cls, value: object) -> object:
+        # pydantic says only "not a valid IPv4 network"; say what is wrong and the fix.
+        if isinstance(value, str) and value.strip():
+            try:
+                ipaddress.ip_network(value.strip())
+            except ValueError as exc:
+                hint = ""
+                if "host bits" in str(exc):
+                    hint = f"; did you mean {ipaddress.ip_network(value.strip(), strict=False)}?"
+                raise ValueError(f"{exc}{hint}") from None
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _check_pool(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        # The relay takes the first host address; agents need at least one more.
+        if value.num_addresses < 4:
+            raise ValueError(
+                f"{value} is too small: the relay takes one address and agents need the "
+                f"others; use a prefix of /30 or shorter, e.g. 10.100.0.0/16"
+            )
+        return value
+
+    @field_validator("pool6")
+    @classmethod
+    def _check_pool6(cls, value: ipaddress.IPv6Network | None) -> ipaddress.IPv6Network | None:
+        if value is not None and value.num_addresses < 4:
+            raise ValueError(f"{value} is too small; use a prefix of /126 or shorter")
+        return value
+
+    @model_validator(mode="after")
+    def _place_state(self) -> RelaySettings:
+        # Defaults live in the state directory; what an operator gives (flag, env, YAML) is
+        # taken as given. Only the implicit PKI may be created as a development PKI.
+        given = set(self.model_fields_set)  # read first: the assignments below add to it
+        self._pki_given = "pki" in given
+        self.state_dir = self.state_dir.expanduser()
+        if not self._pki_given:
+            self.pki = self.state_dir / "pki"
+        if "audit_log" not in given:
+            self.audit_log = self.state_dir / "audit.log"
+        return self
+
+    @property
+    def pki_given(self) -> bool:
+        """Whether the PKI directory was configured (then it must hold a PKI)."""
+        return self._pki_given
 
     @field_validator("listen")
     @classmethod
