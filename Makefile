@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 
 # The wheels each service needs: the service and the workspace libraries it imports.
 RELAY_PACKAGES := zgate-proto zgate-policy zgate-pki zgate-host zgate-relay
-AGENT_PACKAGES := zgate-proto zgate-host zgate-agent
+AGENT_PACKAGES := zgate-proto zgate-host zgate-pki zgate-agent
 
 .PHONY: help bootstrap sync certs clean-certs demo test e2e bench lint fmt \
 	all relay agent clean docker up down

@@ -68,7 +68,7 @@ def test_up_refuses_missing_certificate_files(
     tmp_path: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["up", "--ca", "/nonexistent/ca.pem"]) == 2
-    assert "--ca file /nonexistent/ca.pem does not exist" in capsys.readouterr().err
+    assert "--ca /nonexistent/ca.pem does not exist" in capsys.readouterr().err
 
 
 def free_port() -> int:

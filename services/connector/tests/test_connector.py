@@ -92,7 +92,7 @@ def test_missing_certificate_is_a_clear_error(
 ) -> None:
     code = main(["up", "--site", "192.168.50.0/24", "--ca", str(tmp_path / "nope.pem")])
     assert code == 2
-    assert "--ca file" in capsys.readouterr().err
+    assert f"--ca {tmp_path / 'nope.pem'} does not exist" in capsys.readouterr().err
 
 
 def test_status_without_a_running_connector(capsys: pytest.CaptureFixture[str]) -> None:

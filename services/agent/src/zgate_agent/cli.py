@@ -25,6 +25,7 @@ from zgate_host.logs import configure_logging
 from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
+from zgate_pki import PkiError, check_identity_files
 
 __all__ = ["main", "run_until_stopped", "run_up", "show_status"]
 
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--cert", type=Path, metavar="FILE", help="this agent's certificate")
     up.add_argument("--key", type=Path, metavar="FILE", help="this agent's private key")
     up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
+    up.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long one connection attempt may take before it is retried [10]",
+    )
     up.add_argument(
         "--mode",
         choices=["datagram", "stream"],
@@ -130,7 +137,8 @@ def run_up(
     up: Callable[[S], Coroutine[Any, Any, int]],
 ) -> int:
     """`up` of an agent or a connector: flags -> settings (exit 2 with the reason when they
-    or the certificate files are wrong), logging, the privilege check, then run ``up``."""
+    or the certificate files are wrong: missing, unreadable, not a certificate or key, the key
+    of another certificate, expired), logging, the privilege check, then run ``up``."""
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "command")}
     if flags.get("metrics") == "off":
         flags["metrics"] = ""
@@ -139,10 +147,12 @@ def run_up(
     except SettingsError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         return 2
-    for what, path in (("--ca", settings.ca), ("--cert", settings.cert), ("--key", settings.key)):
-        if not path.is_file():
-            print(f"{program}: {what} file {path} does not exist", file=sys.stderr)
-            return 2
+    try:
+        # Every way the files can be wrong, one line each, before any privileged work.
+        check_identity_files(settings.cert, settings.key, ca=settings.ca)
+    except PkiError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return 2
     configure_logging(program, level=settings.log_level, json=settings.log_format == "json")
     try:
         require_net_admin(needs)

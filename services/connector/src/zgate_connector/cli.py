@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--key", type=Path, metavar="FILE", help="this connector's private key")
     up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
     up.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long one connection attempt may take before it is retried [10]",
+    )
+    up.add_argument(
         "--site",
         action="append",
         metavar="CIDR",
