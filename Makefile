@@ -18,8 +18,24 @@ BENCH_ARGS ?=
 RELAY_PACKAGES := zgate-proto zgate-policy zgate-pki zgate-host zgate-relay
 AGENT_PACKAGES := zgate-proto zgate-host zgate-pki zgate-agent
 
+# Containers. Debian's docker-compose 1.29 stands in when there is no `docker compose` plugin;
+# it refuses a top-level `name:` in compose.yaml, so the project name is always given here.
+COMPOSE_PROJECT ?= zgate
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+	else echo docker-compose; fi)
+COMPOSE_CMD = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose.yaml
+# A client that builds with BuildKit (RUN --mount): one with the buildx plugin, else the engine's
+# own 20.10 client (Debian's docker.io), which has BuildKit built in.
+DOCKER ?= $(shell if docker buildx version >/dev/null 2>&1 || [ ! -x /usr/bin/docker ]; \
+	then echo docker; else echo /usr/bin/docker; fi)
+# The images' base, built from the Debian archive by scripts/make-base-image (no registry needed).
+BASE_IMAGE ?= zgate-base:bookworm
+IMAGE_TAG ?= dev
+IMAGES := relay agent connector
+
 .PHONY: help bootstrap sync certs clean-certs demo test e2e bench lint fmt \
-	all relay agent clean docker up down
+	all relay agent clean docker base-image up down dev-up dev-down logs-relay logs-agent \
+	container-test
 
 help: ## list the targets (the default)
 	@echo "usage: make TARGET   (targets marked [root] need root: sudo make TARGET)"
@@ -87,11 +103,34 @@ clean: ## remove dist/, build/ and the tool caches (not .zgate: see clean-certs)
 	rm -rf $(DIST) build .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
-docker: ## build the relay and agent images (docker compose build)
-	docker compose build
+base-image: ## [root] the images' base from the Debian archive (kept if present; FORCE=1 rebuilds)
+	DOCKER=$(DOCKER) scripts/make-base-image $(BASE_IMAGE)
 
-up: certs ## start relay, agent, Prometheus and Grafana (docker compose up -d)
-	docker compose up -d
+docker: base-image ## the relay, agent and connector images (zgate-*:dev, BuildKit, local base)
+	@for image in $(IMAGES); do \
+		echo "== zgate-$$image:$(IMAGE_TAG)"; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg PYTHON_IMAGE=$(BASE_IMAGE) \
+			-f services/$$image/Dockerfile -t zgate-$$image:$(IMAGE_TAG) .; \
+	done
 
-down: ## stop and remove the compose services (docker compose down)
-	docker compose down
+up: certs ## start relay, agent and the "internet" host (compose -p zgate; images: make docker)
+	@mkdir -p .zgate/www
+	$(COMPOSE_CMD) up -d --no-build
+
+down: ## stop and remove the compose services
+	$(COMPOSE_CMD) down
+
+dev-up: docker up ## build the images, then start the lab (make logs-relay, make dev-down)
+
+dev-down: ## stop the lab and delete its volumes (the services' state)
+	$(COMPOSE_CMD) down -v --remove-orphans
+
+logs-relay: ## follow the relay's logs
+	$(COMPOSE_CMD) logs -f relay
+
+logs-agent: ## follow the agent's logs
+	$(COMPOSE_CMD) logs -f agent
+
+container-test: ## [root] images + compose lab: ping, download, /metrics, Prometheus (tests/containers)
+	ZGATE_CONTAINER_TESTS=1 DOCKER=$(DOCKER) BASE_IMAGE=$(BASE_IMAGE) \
+		$(RUN) pytest tests/containers -m containers

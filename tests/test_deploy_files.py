@@ -72,6 +72,8 @@ class ServiceImage:
     exposed: frozenset[str]
     compose_service: str
     address: str
+    pki_files: tuple[str, ...]
+    """What compose mounts under /pki for the service (never the CA key)."""
 
 
 IMAGES = (
@@ -84,6 +86,7 @@ IMAGES = (
         exposed=frozenset({"4433/udp", "9101/tcp"}),
         compose_service="relay",
         address="172.28.0.10",
+        pki_files=("/pki/ca.pem", "/pki/crl.pem", "/pki/relay.pem", "/pki/relay.key"),
     ),
     ServiceImage(
         member_dir="services/agent",
@@ -108,6 +111,7 @@ IMAGES = (
         exposed=frozenset({"9102/tcp"}),
         compose_service="agent",
         address="172.28.0.20",
+        pki_files=("/pki/ca.pem", "/pki/clients/agent.pem", "/pki/clients/agent.key"),
     ),
 )
 IMAGE_IDS = [image.compose_service for image in IMAGES]
@@ -477,6 +481,20 @@ def test_final_stage_holds_only_the_venv_and_runtime_tools(image: ServiceImage) 
     assert {p if "/" in p else f"{p}/tcp" for p in exposed} == image.exposed
 
 
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("services/*/Dockerfile")), ids=lambda p: p.parent.name
+)
+def test_dockerfile_builds_without_a_registry_frontend_and_keeps_state(path: Path) -> None:
+    text = path.read_text()
+    # A `# syntax=` line makes BuildKit pull its frontend from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", text, flags=re.MULTILINE | re.IGNORECASE)
+    builder, final = dockerfile_stages(path)
+    builder_env = " ".join(i.args for i in builder if i.keyword == "ENV")
+    assert "UV_NATIVE_TLS=1" in builder_env, "uv must trust the build host's CA store"
+    assert [i.args for i in final if i.keyword == "WORKDIR"] == ["/var/lib/zgate"]
+    assert [json.loads(i.args) for i in final if i.keyword == "VOLUME"] == [["/var/lib/zgate"]]
+
+
 @pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
 def test_entrypoint_is_the_members_console_script(image: ServiceImage) -> None:
     final = dockerfile_stages(ROOT / image.member_dir / "Dockerfile")[1]
@@ -514,7 +532,24 @@ def test_check_dockerfiles_script_is_strict_and_executable() -> None:
 
 
 def test_compose_has_the_lab_services() -> None:
-    assert set(compose()["services"]) == {"relay", "agent", "prometheus", "grafana"}
+    assert set(compose()["services"]) == {"relay", "agent", "internet", "prometheus", "grafana"}
+
+
+def test_compose_file_suits_compose_1_29() -> None:
+    # Debian's docker-compose 1.29 refuses a top-level `name:`; the project name comes from
+    # `-p` (Makefile, container test) instead.
+    assert "name" not in compose()
+    assert "version" not in compose()
+
+
+def test_compose_monitoring_is_behind_a_profile() -> None:
+    # Their images come from a registry; `up` without the profile must work offline.
+    services = compose()["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+    for name in ("relay", "agent", "internet"):
+        assert "profiles" not in services[name]
+        assert str(services[name]["image"]).startswith("zgate-")
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
@@ -527,7 +562,14 @@ def test_compose_tunnel_endpoint(image: ServiceImage) -> None:
     assert str(service["image"]).startswith(f"{image.package}:")
     assert service["cap_add"] == ["NET_ADMIN"]
     assert service["devices"] == ["/dev/net/tun:/dev/net/tun"]
-    assert bind_mounts(service)["/pki"] == ("./.zgate/pki", True)
+    assert "privileged" not in service
+    mounts = bind_mounts(service)
+    assert {target for target in mounts if target.startswith("/pki")} == set(image.pki_files)
+    for target, (source, read_only) in mounts.items():
+        assert read_only, f"{target} is mounted read-write"
+        if target.startswith("/pki/"):
+            assert source == "./.zgate/pki/" + target.removeprefix("/pki/")
+        assert not source.endswith("ca.key"), "the CA key stays on the host"
     assert tuple(service["command"]) == image.cmd
     assert service["networks"]["zgate"]["ipv4_address"] == image.address
     assert published_ports(service) == image.exposed
@@ -539,7 +581,10 @@ def test_compose_relay_forwards_and_agent_targets_it() -> None:
     if isinstance(sysctls, list):
         sysctls = dict(item.split("=", 1) for item in sysctls)
     assert str(sysctls["net.ipv4.ip_forward"]) == "1"
-    assert "sysctls" not in services["agent"]
+    assert str(sysctls["net.ipv6.conf.all.forwarding"]) == "1"
+    # Docker disables IPv6 in containers; both tunnel ends carry IPv6.
+    assert str(sysctls["net.ipv6.conf.all.disable_ipv6"]) == "0"
+    assert services["agent"]["sysctls"] == {"net.ipv6.conf.all.disable_ipv6": "0"}
     relay_listen = option_value(services["relay"]["command"], "--listen")
     agent_relay = option_value(services["agent"]["command"], "--relay")
     assert relay_listen and agent_relay
@@ -558,6 +603,22 @@ def test_compose_network_addresses() -> None:
         address = ipaddress.IPv4Address(image.address)
         assert address in subnet
         assert address not in dynamic, "a fixed address inside ip_range could be handed out"
+
+
+def test_compose_internet_is_test_net_3_behind_the_relay_only() -> None:
+    services = compose()["services"]
+    network = compose()["networks"]["internet"]
+    assert network["internal"] is True, "no route from the lab to real public addresses"
+    (config,) = network["ipam"]["config"]
+    assert ipaddress.IPv4Network(config["subnet"]) == ipaddress.IPv4Network("203.0.113.0/24")
+    attached = {name for name, service in services.items() if "internet" in service["networks"]}
+    assert attached == {"relay", "internet"}
+    internet = services["internet"]
+    assert list(internet["networks"]) == ["internet"]
+    address = ipaddress.IPv4Address(internet["networks"]["internet"]["ipv4_address"])
+    assert address in ipaddress.IPv4Network(config["subnet"])
+    assert address not in ipaddress.IPv4Network(config["ip_range"])
+    assert "ports" not in internet and "cap_add" not in internet
 
 
 def test_compose_monitoring_mounts_the_deploy_files() -> None:
