@@ -47,6 +47,7 @@ DNS_ZONE = {
 }
 """What the internet host's DNS server answers (the relay's DNS service forwards to it)."""
 HTTP_PORT = 8080
+AGENT_RESOLV_NOTE = "# zgate lab: this agent namespace's own resolv.conf\n"
 UDP_ECHO_PORT = 7007
 # A direct agent <-> internet-host link that bypasses the tunnel (benchmark baseline);
 # TEST-NET-1 addresses, which exist only inside the lab's namespaces.
@@ -228,6 +229,9 @@ class Lab:
         self.ns(r, "ip", "link", "set", f"b{n}{self.tag}", "master", "br0", "up")
         self.ns(a, "ip", "addr", "add", f"198.51.100.{10 + n}/24", "dev", f"a{n}{self.tag}")
         self.ns(a, "ip", "link", "set", f"a{n}{self.tag}", "up")
+        # Its own resolv.conf, mounted over /etc/resolv.conf by `ip netns exec`: the agent
+        # points it at the relay while it runs (never the machine's own file).
+        self.use_resolver(a, "127.0.0.1", note=AGENT_RESOLV_NOTE)
         self.agents = max(self.agents, n)
         return a
 
@@ -285,13 +289,18 @@ class Lab:
             self.ns(c, "ip", "addr", "add", f"192.168.50.{1 + n}/24", "dev", site)
             self.ns(c, "ip", "link", "set", site, "up")
 
-    def use_resolver(self, ns: str, address: str) -> None:
+    def use_resolver(self, ns: str, address: str, *, note: str = "") -> None:
         """Make programs in ``ns`` resolve names with ``address`` (``ip netns exec`` mounts
         /etc/netns/NS/resolv.conf over /etc/resolv.conf); removed by teardown."""
         directory = Path("/etc/netns") / ns
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "resolv.conf").write_text(f"nameserver {address}\noptions timeout:2\n")
-        self.resolver_dirs.append(directory)
+        (directory / "resolv.conf").write_text(f"{note}nameserver {address}\noptions timeout:2\n")
+        if directory not in self.resolver_dirs:
+            self.resolver_dirs.append(directory)
+
+    def resolv_conf(self, ns: str) -> Path:
+        """The file programs in ``ns`` see as /etc/resolv.conf (see use_resolver)."""
+        return Path("/etc/netns") / ns / "resolv.conf"
 
     def start_site_services(self, blob_size: int = 4 * 1024 * 1024) -> Path:
         """HTTP (a random blob) and DNS (SITE_ZONE) on the site host; the blob's path."""
@@ -546,6 +555,8 @@ class Lab:
                 *self._tunnel_command("zgate-agent", "clients", client, 9102, "ztun0"),
                 "--mode",
                 mode,
+                "--state-dir",
+                str(self.workdir / f"agent{n}-state"),
                 *extra,
             ],
             env={"ZGATE_AGENT_BACKOFF_MAX": "2"},

@@ -167,6 +167,8 @@ def _cmd_down(args: argparse.Namespace) -> int:
             print(f"would remove {name} ({_processes(len(pids))} in it)")
             continue
         proc = run(["ip", "netns", "del", name], check=False)
+        # The namespace's own resolv.conf (Lab.use_resolver), which `ip netns del` keeps.
+        shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
         if proc.returncode == 0:
             print(f"removed {name} (stopped {_processes(len(pids))})")
         else:

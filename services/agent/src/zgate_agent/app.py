@@ -21,6 +21,7 @@ from typing import Any
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from zgate_agent.dns import AgentDns
 from zgate_agent.failures import describe_close, describe_timeout
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.routes import HostRoutes
@@ -100,6 +101,7 @@ class Agent:
         *,
         configure_host: bool = True,
         read_device: bool = True,
+        manage_dns: bool = False,
     ) -> None:
         self.settings = settings
         #: Whether run() reads the device itself; off when something else reads it and
@@ -117,6 +119,8 @@ class Agent:
         self._reader_installed = False
         self._was_connected = False
         self._announce = True  # log the next "connecting to" at info
+        #: The host's resolver pointed at the relay (the agent's CLI; not connectors).
+        self._dns = AgentDns(settings, device.name) if manage_dns and configure_host else None
 
     # ------------------------------------------------------------------ control
 
@@ -138,6 +142,7 @@ class Agent:
             "routes": [str(p) for p in self._routes.routes] if self._routes else [],
             "attempts": s.attempts,
             "last_error": s.last_error,
+            **({"dns": self._dns.status()} if self._dns is not None else {}),
         }
 
     def _set_state(self, state: str, error: str | None = None) -> None:
@@ -153,6 +158,8 @@ class Agent:
         tunnel) on the short backoff, permanent ones (certificates) on the long one."""
         loop = asyncio.get_running_loop()
         quiet_aioquic()
+        if self._dns is not None:
+            self._dns.recover()  # what a crashed agent left, before anything else
         if self.read_device:
             loop.add_reader(self.device.fileno(), self._device_readable)
             self._reader_installed = True
@@ -189,6 +196,8 @@ class Agent:
             if self._reader_installed:
                 loop.remove_reader(self.device.fileno())
                 self._reader_installed = False
+            if self._dns is not None:
+                self._dns.restore()
             removed = [str(p) for p in self._routes.routes] if self._routes is not None else []
             if self._routes is not None:
                 self._routes.remove()
@@ -393,7 +402,10 @@ class Agent:
         if self.configure_host:
             if self._routes is None:
                 self._routes = HostRoutes(self.device.name, relay_ip, self.settings.full_tunnel)
-            self._routes.apply(info.addresses, info.routes)
+            dns_routes = self._dns.extra_routes(info) if self._dns is not None else []
+            self._routes.apply(info.addresses, [*info.routes, *dns_routes])
+            if self._dns is not None:
+                self._dns.tunnel_up(info)
         self.session_opened(protocol, info)
         self._status.info = info
         self._protocol = protocol

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from prometheus_client import CollectorRegistry
 
 from zgate_agent.app import Agent
+from zgate_agent.dns import describe as describe_dns
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_host.errors import HostError
@@ -105,6 +106,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve /metrics and /status here; 'off' disables [127.0.0.1:9102]",
     )
+    up.add_argument(
+        "--no-dns",
+        dest="dns",
+        action="store_const",
+        const=False,
+        help="leave the host's resolver alone (default: resolve names through the relay "
+        "while the tunnel is up: systemd-resolved per-link DNS, else a managed "
+        "/etc/resolv.conf, restored on exit)",
+    )
+    up.add_argument(
+        "--dns-domain",
+        dest="dns_domains",
+        action="append",
+        metavar="DOMAIN",
+        help="with --split-tunnel: resolve names under DOMAIN through the relay (repeatable; "
+        "without any, a split-tunnel agent keeps the host's resolver)",
+    )
+    up.add_argument(
+        "--dns-server",
+        dest="dns_servers",
+        action="append",
+        metavar="IP",
+        help="the relay's DNS address (repeatable) [10.100.0.1 / fd7a:7a67::1, the first "
+        "address of the relay's default pools]",
+    )
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the agent's own files, e.g. the saved /etc/resolv.conf "
+        "[/var/lib/zgate/agent as root]",
+    )
     up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     up.add_argument("--log-format", choices=["json", "text"])
     st = sub.add_parser("status", help="show the state of a running agent's tunnel")
@@ -169,9 +202,8 @@ async def _up(settings: AgentSettings) -> int:
     with TunDevice.open(
         settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
     ) as device:
-        await run_until_stopped(
-            Agent(settings, device, metrics), metrics.registry, settings.metrics_address
-        )
+        agent = Agent(settings, device, metrics, manage_dns=True)
+        await run_until_stopped(agent, metrics.registry, settings.metrics_address)
     return 0
 
 
@@ -228,6 +260,8 @@ def show_status(
         print(f"mode:      {status.get('mode') or '-'}")
         print(f"addresses: {', '.join(status.get('addresses') or []) or '-'}")
         print(f"routes:    {', '.join(status.get('routes') or []) or '-'}")
+        if isinstance(status.get("dns"), dict):
+            print(f"dns:       {describe_dns(status['dns'])}")
         if status.get("last_error"):
             print(f"last error: {status['last_error']}")
     return 0 if status.get("state") == "connected" else 3

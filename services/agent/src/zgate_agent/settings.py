@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +13,15 @@ from pydantic_settings import SettingsConfigDict
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_proto.h3 import PacketMode
 
-__all__ = ["AgentSettings"]
+__all__ = ["AgentSettings", "default_agent_state_dir"]
+
+
+def default_agent_state_dir() -> Path:
+    """/var/lib/zgate/agent as root, else $XDG_STATE_HOME/zgate/agent (~/.local/state)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/zgate/agent")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "zgate" / "agent"
 
 
 class AgentSettings(LayeredSettings):
@@ -30,6 +40,26 @@ class AgentSettings(LayeredSettings):
     tun_mtu: int = Field(1400, ge=1280, le=65535, description="TUN device MTU")
     full_tunnel: bool = Field(
         True, description="route everything the relay advertises (default: all) into the tunnel"
+    )
+    dns: bool = Field(
+        True,
+        description="resolve names through the relay while the tunnel is up (systemd-resolved "
+        "per-link DNS, else a managed /etc/resolv.conf restored on exit)",
+    )
+    dns_domains: list[str] = Field(
+        default_factory=list,
+        description="split tunnel: resolve only names under these domains through the relay "
+        "(without any, a split-tunnel agent leaves the host's resolver alone)",
+    )
+    dns_servers: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        default_factory=list,
+        description="the relay's DNS addresses [the first address of its default pools: "
+        "10.100.0.1, fd7a:7a67::1]; needed when the relay's --pool is another",
+    )
+    state_dir: Path = Field(
+        default_factory=default_agent_state_dir,
+        description="the agent's own files (the saved /etc/resolv.conf) "
+        "[/var/lib/zgate/agent as root, else ~/.local/state/zgate/agent]",
     )
     max_datagram_size: int = Field(1452, ge=1350, le=65527, description="largest QUIC UDP payload")
     datagram_queue: int = Field(512, ge=8)
@@ -64,6 +94,17 @@ class AgentSettings(LayeredSettings):
     def _check_relay(cls, value: str) -> str:
         parse_hostport(value, 4433)
         return value
+
+    @field_validator("dns_domains")
+    @classmethod
+    def _check_dns_domains(cls, value: list[str]) -> list[str]:
+        domains = []
+        for domain in value:
+            name = domain.strip().strip(".").lower()
+            if not name or any(not label or " " in label for label in name.split(".")):
+                raise ValueError(f"not a DNS domain: {domain!r}")
+            domains.append(name)
+        return list(dict.fromkeys(domains))
 
     @field_validator("metrics")
     @classmethod
