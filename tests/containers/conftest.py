@@ -1,0 +1,27 @@
+"""The container tests build images and start the compose lab: minutes of work, run on purpose.
+
+They run under `make container-test` (which sets ZGATE_CONTAINER_TESTS=1) or when selected with
+`-m containers`; a plain `pytest` / `make test` skips them with a pointer to the make target.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markexpr = config.getoption("markexpr", "") or ""
+    selected = os.environ.get("ZGATE_CONTAINER_TESTS") == "1" or (
+        "containers" in markexpr and "not containers" not in markexpr
+    )
+    if selected:
+        return
+    skip = pytest.mark.skip(
+        reason="container test: builds images and starts the compose lab; run `make "
+        "container-test` (or pytest -m containers)"
+    )
+    for item in items:
+        if "containers" in item.keywords:
+            item.add_marker(skip)
