@@ -146,8 +146,16 @@ def test_recovery_decisions() -> None:
     assert recovery_for(backup, FileState("file", "nameserver 9.9.9.9\n")) is Recovery.FOREIGN
     assert recovery_for(backup, FileState("missing")) is Recovery.FOREIGN
     assert Backup.from_json(backup.to_json()) == backup
-    with pytest.raises(ValueError):
-        Backup.from_json('{"kind": "file"}')
+    fields = '"path": "p", "content": null, "mode": null, "written": ""'
+    for broken in [
+        '{"kind": "file"}',
+        "[1]",
+        "{",
+        '{"kind": "link", "target": null, ' + fields + "}",
+        '{"kind": "file", "target": null, ' + fields + "}",
+    ]:
+        with pytest.raises(ValueError):
+            Backup.from_json(broken)
 
 
 # ---------------------------------------------------------------------------- I/O

@@ -234,6 +234,10 @@ class Backup:
             kind = data["kind"]
             if kind not in ("file", "link", "missing") or not isinstance(data["written"], str):
                 raise ValueError(f"unknown kind {kind!r}")
+            if kind == "link" and not isinstance(data["target"], str):
+                raise ValueError("a link without a target")
+            if kind == "file" and not isinstance(data["content"], str):
+                raise ValueError("a file without its text")
             original = FileState(
                 kind=kind, content=data["content"], target=data["target"], mode=data["mode"]
             )
