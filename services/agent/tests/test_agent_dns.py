@@ -178,3 +178,21 @@ def test_managed_marker_is_in_the_file(tmp_path: Path) -> None:
     dns.tunnel_up(info("10.100.0.7/32"))
     assert is_managed(conf.read_text())
     dns.restore()
+
+
+def test_an_unexpected_error_is_one_warning_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dns, _ = make(tmp_path)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("surprise")
+
+    dns.resolver.apply = broken  # type: ignore[method-assign]
+    dns.resolver.restore = broken  # type: ignore[method-assign]
+    dns.tunnel_up(info("10.100.0.7/32"))
+    dns.restore()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.exc_info for r in warnings] == [None, None]
+    assert "KeyError: 'surprise'" in warnings[0].getMessage()
+    assert dns.status()["state"] == "failed"

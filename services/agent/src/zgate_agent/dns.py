@@ -44,8 +44,8 @@ class AgentDns:
         """At start, whatever the settings: restore what a crashed agent left behind."""
         try:
             self.resolver.recover()
-        except ResolverError as exc:
-            log.warning(f"DNS: could not recover the resolver configuration: {exc}")
+        except Exception as exc:  # one line, never a traceback: the tunnel comes first
+            log.warning(f"DNS: could not recover the resolver configuration: {_why(exc)}")
 
     def servers(self, info: TunnelInfo) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """The relay's DNS addresses for this tunnel (only families the tunnel carries)."""
@@ -76,8 +76,8 @@ class AgentDns:
             method = self.resolver.apply(
                 self.device, servers, domains, fallback=not self.settings.full_tunnel
             )
-        except ResolverError as exc:
-            self._fail(str(exc))
+        except Exception as exc:
+            self._fail(_why(exc))
             return
         if method is Method.RESOLV_CONF and domains and self._state != "on":
             log.info(
@@ -91,8 +91,8 @@ class AgentDns:
         """Put the host's resolver back (on exit)."""
         try:
             self.resolver.restore()
-        except ResolverError as exc:
-            log.warning(f"DNS: could not restore the resolver configuration: {exc}")
+        except Exception as exc:
+            log.warning(f"DNS: could not restore the resolver configuration: {_why(exc)}")
 
     def _fail(self, reason: str) -> None:
         self._state, self._reason = "failed", reason
@@ -105,6 +105,11 @@ class AgentDns:
         status: dict[str, Any] = {"state": self._state, "reason": self._reason}
         status.update(self.resolver.status())
         return status
+
+
+def _why(exc: Exception) -> str:
+    """A ResolverError says it all; anything else (a bug) at least names its type."""
+    return str(exc) if isinstance(exc, ResolverError) else f"{type(exc).__name__}: {exc}"
 
 
 def describe(dns: dict[str, Any]) -> str:
