@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,17 +10,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
+from zgate_host.state import default_state_dir
 from zgate_proto.h3 import PacketMode
 
-__all__ = ["AgentSettings", "default_agent_state_dir"]
-
-
-def default_agent_state_dir() -> Path:
-    """/var/lib/zgate/agent as root, else $XDG_STATE_HOME/zgate/agent (~/.local/state)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/zgate/agent")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "zgate" / "agent"
+__all__ = ["AgentSettings"]
 
 
 class AgentSettings(LayeredSettings):
@@ -57,7 +49,7 @@ class AgentSettings(LayeredSettings):
         "10.100.0.1, fd7a:7a67::1]; needed when the relay's --pool is another",
     )
     state_dir: Path = Field(
-        default_factory=default_agent_state_dir,
+        default_factory=lambda: default_state_dir("agent"),
         description="the agent's own files (the saved /etc/resolv.conf) "
         "[/var/lib/zgate/agent as root, else ~/.local/state/zgate/agent]",
     )
