@@ -217,7 +217,6 @@ class Agent:
         self._set_state("reconnecting", message)
         fields = {
             "relay": self.settings.relay,
-            "error": message,
             "permanent": error.permanent,
             "retry_in_seconds": round(delay, 1),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -29,6 +30,8 @@ from zgate_host.tun import TunDevice
 from zgate_pki import PkiError, check_identity_files
 
 __all__ = ["main", "run_until_stopped", "run_up", "show_status"]
+
+log = logging.getLogger("zgate.agent")
 
 DESCRIPTION = """\
 zgate agent: puts this machine's traffic through a zgate relay. It connects to the relay
@@ -204,6 +207,7 @@ async def _up(settings: AgentSettings) -> int:
     ) as device:
         agent = Agent(settings, device, metrics, manage_dns=True)
         await run_until_stopped(agent, metrics.registry, settings.metrics_address)
+    log.info("TUN device removed", extra={"device": settings.tun_name})
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from zgate_host.sysctl import enable_forwarding
 from zgate_host.tun import TunDevice
 
 __all__ = ["main"]
+
+log = logging.getLogger("zgate.connector")
 
 DESCRIPTION = """\
 zgate connector: publishes a private network through a zgate relay without opening any
@@ -115,6 +118,8 @@ async def _up(settings: ConnectorSettings) -> int:
             with contextlib.suppress(HostError):
                 connector.remove_nat()
             forwarding.restore()
+            log.info("NAT table removed, forwarding restored")
+    log.info("TUN device removed", extra={"device": settings.tun_name})
     return 0
 
 

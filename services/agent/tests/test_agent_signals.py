@@ -1,0 +1,150 @@
+"""A real `zgate-agent up` (TUN device, needs root) ends within a second of SIGINT or SIGTERM,
+whether it is connecting or waiting to retry, and logs its cleanup; no asyncio noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zgate_pki import init_pki, issue_certificate
+
+AGENT = Path(sys.executable).parent / "zgate-agent"
+BOUND = 1.0  # seconds from the signal to the process's exit
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (the agent opens a TUN device)"
+    if not Path("/dev/net/tun").exists():
+        return "needs /dev/net/tun"
+    if not AGENT.exists():
+        return f"needs {AGENT}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    reason = _skip_reason()
+    if reason is None:
+        return
+    # Under ZGATE_REQUIRE_E2E=1 (CI) nothing is skipped, as in tests/e2e.
+    if os.environ.get("ZGATE_REQUIRE_E2E") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A UDP port on 127.0.0.1 that reads and drops every datagram, answering none."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            try:
+                sock.recv(65535)
+            except (TimeoutError, OSError):
+                continue
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        done.set()
+        reader.join()
+        sock.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("phase", ["connecting", "waiting to retry"])
+def test_a_signal_ends_the_agent_within_a_second(
+    sig: signal.Signals, phase: str, silent_port: int, tmp_path: Path
+) -> None:
+    pki = tmp_path / "pki"
+    init_pki(pki)
+    issue_certificate(pki, "client", "alice")
+    tun = f"zgs{os.getpid() % 100000}{sig.value}{len(phase)}"[:15]
+    env = dict(os.environ, ZGATE_AGENT_BACKOFF_INITIAL="30")
+    command = [
+        str(AGENT),
+        "up",
+        "--relay",
+        f"127.0.0.1:{silent_port}",
+        "--server-name",
+        "localhost",
+        "--ca",
+        str(pki / "ca.pem"),
+        "--cert",
+        str(pki / "clients" / "alice.pem"),
+        "--key",
+        str(pki / "clients" / "alice.key"),
+        "--metrics",
+        "off",
+        "--no-dns",
+        "--tun-name",
+        tun,
+        "--connect-timeout",
+        "30" if phase == "connecting" else "0.3",
+        "--log-format",
+        "json",
+    ]
+    if (
+        "--no-dns"
+        not in subprocess.run([str(AGENT), "up", "--help"], capture_output=True, text=True).stdout
+    ):
+        command.remove("--no-dns")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stderr is not None
+    wanted = "connecting to" if phase == "connecting" else "tunnel down"
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if wanted in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(15), "".join(lines)
+        time.sleep(0.2)  # well inside the attempt, or the 15-30 s wait before the next
+        sent = time.monotonic()
+        process.send_signal(sig)
+        code = process.wait(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(5)
+    process.stderr.close()
+    output = "".join(lines)
+    assert took < BOUND, f"exit took {took:.3f}s\n{output}"
+    assert code == 0, output
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) == len(lines), output  # nothing but JSON lines: no traceback
+    messages = [r["msg"] for r in records]
+    assert messages[0] == f"connecting to 127.0.0.1:{silent_port} (server name localhost)"
+    assert "stopped" in messages
+    assert messages[-1] == "TUN device removed"
+    assert not [r for r in records if r["level"] in ("error", "critical")], output
+    assert not [r for r in records if r["logger"].split(".")[0] in ("asyncio", "quic")], output
+    if phase == "waiting to retry":
+        down = next(r for r in records if r["msg"].startswith("tunnel down"))
+        assert down["retry_in_seconds"] >= 15
