@@ -6,15 +6,17 @@ import ipaddress
 import itertools
 import random
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from zgate_agent.app import backoff_delays
-from zgate_agent.cli import main
+from zgate_agent.cli import build_parser, main
 from zgate_agent.routes import prefixes_for
 from zgate_agent.settings import AgentSettings
 from zgate_host.httpd import serve_status
+from zgate_host.settings import SettingsError, load_settings
 from zgate_proto.capsules import IPAddressRange
 
 ALL4 = IPAddressRange(ipaddress.IPv4Address(0), ipaddress.IPv4Address(2**32 - 1), 0)
@@ -107,3 +109,22 @@ def test_status_reports_the_tunnel(
     assert f"state:     {state}" in out
     assert "10.100.0.2/32" in out
     assert ("timed out" in out) == (state != "connected")
+
+
+def test_connect_timeout_from_flag_env_or_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert AgentSettings().connect_timeout == 10.0
+    config = tmp_path / "agent.yaml"
+    config.write_text("connect_timeout: 4\nbackoff_permanent: 90\n")
+    assert load_settings(AgentSettings, config, {}).connect_timeout == 4.0
+    assert load_settings(AgentSettings, config, {}).backoff_permanent == 90.0
+    monkeypatch.setenv("ZGATE_AGENT_CONNECT_TIMEOUT", "6")
+    assert load_settings(AgentSettings, config, {}).connect_timeout == 6.0
+    args = build_parser().parse_args(["up", "--connect-timeout", "2.5"])
+    assert load_settings(AgentSettings, config, {"connect_timeout": args.connect_timeout}) == (
+        load_settings(AgentSettings, config, {"connect_timeout": 2.5})
+    )
+    assert args.connect_timeout == 2.5
+    with pytest.raises(SettingsError, match="connect_timeout"):
+        load_settings(AgentSettings, None, {"connect_timeout": 0})

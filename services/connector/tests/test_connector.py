@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from zgate_connector.cli import main
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.settings import SettingsError, load_settings
-from zgate_pki import issue_certificate
+from zgate_pki import issue_certificate, revoke_certificate
 from zgate_relay.sites import SiteRoutes
 
 SITE = ipaddress.ip_network("192.168.50.0/24")
@@ -152,3 +153,64 @@ def test_the_example_settings_file_loads() -> None:
     settings = load_settings(ConnectorSettings, example, {})
     assert settings.site == [SITE]
     assert settings.relay_addresses == ["relay1.example.net:4433", "relay2.example.net:4433"]
+
+
+async def test_a_refused_connector_says_why_once_and_waits_long(pki: Path) -> None:
+    """The agent's failure handling is the connector's: a revoked connector certificate is
+    one plain line (naming `zgate pki issue connector`) and the long backoff."""
+    revoke_certificate(pki, "site-a")
+    async with running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as relay:
+        device = MemoryPacketDevice("mem-site-a")
+        settings = connector_settings(pki, relay.port).model_copy(
+            update={"backoff_permanent": 40.0}
+        )
+        group = ConnectorGroup(
+            settings, settings.relay_addresses, device, AgentMetrics(), configure_host=False
+        )
+        task = asyncio.create_task(group.run())
+        try:
+            await until(lambda: group.status()["last_error"] is not None, what="the error")
+            error = group.status()["last_error"]
+            assert "the relay refused our certificate --cert " in error
+            assert "it has been revoked" in error
+            assert "`zgate pki issue connector ID`" in error
+            await asyncio.sleep(0.3)
+            assert group.status()["attempts"] == 1
+        finally:
+            started = time.monotonic()
+            group.stop()
+            await asyncio.wait_for(task, 1)
+            assert time.monotonic() - started < 0.2
+            device.close()
+
+
+async def test_a_connector_group_stops_at_once_while_connecting(pki: Path) -> None:
+    loop = asyncio.get_running_loop()
+    silent = [
+        await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        for _ in range(2)
+    ]
+    ports = [transport.get_extra_info("sockname")[1] for transport, _ in silent]
+    device = MemoryPacketDevice("mem-site-a")
+    settings = connector_settings(pki, ports[0]).model_copy(
+        update={"relays": [f"127.0.0.1:{p}" for p in ports], "connect_timeout": 30.0}
+    )
+    group = ConnectorGroup(
+        settings, settings.relay_addresses, device, AgentMetrics(), configure_host=False
+    )
+    task = asyncio.create_task(group.run())
+    try:
+        await until(
+            lambda: all(link.status()["state"] == "connecting" for link in group.links),
+            what="both links connecting",
+        )
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        group.stop()
+        await asyncio.wait_for(task, 1)
+        assert time.monotonic() - started < 0.2
+        assert [link.status()["state"] for link in group.links] == ["stopped", "stopped"]
+    finally:
+        for transport, _ in silent:
+            transport.close()
+        device.close()

@@ -93,6 +93,9 @@ class Agent:
     """Runs the tunnel over ``device`` until :meth:`stop`; ``configure_host`` applies the
     addresses and routes to the real TUN device (off for the in-memory device)."""
 
+    #: What `zgate pki issue` makes for this side (named in hints about our certificate).
+    pki_kind = "client"
+
     def __init__(
         self,
         settings: AgentSettings,
@@ -289,7 +292,7 @@ class Agent:
             except TimeoutError:
                 started = bool(opened) and opened[0][0].handshake_done.is_set()
                 raise TunnelError(
-                    describe_timeout(host, port, s.connect_timeout, handshake_started=started)
+                    describe_timeout(host, port, s.connect_timeout, handshake_done=started)
                 ) from None
             except TunnelError as exc:
                 raise self._explain(exc, opened[0][0] if opened else None) from None
@@ -317,7 +320,7 @@ class Agent:
         s = self.settings
         host, _ = s.relay_address
         message, permanent = describe_close(
-            close, ca=s.ca, cert=s.cert, server_name=s.server_name or host
+            close, ca=s.ca, cert=s.cert, server_name=s.server_name or host, kind=self.pki_kind
         )
         return TunnelError(message, permanent=permanent)
 

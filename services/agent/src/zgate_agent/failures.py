@@ -53,6 +53,7 @@ class _Context:
     ca: Path
     cert: Path
     server_name: str
+    kind: str
 
 
 def _alert(code: int) -> int | None:
@@ -136,17 +137,17 @@ def _by_relay(close: CloseInfo, ctx: _Context) -> str | None:
     if alert == AlertDescription.certificate_revoked:
         return (
             f"the relay refused {ours}: it has been revoked; issue a new one "
-            f"(`zgate pki issue client ID`) and use it"
+            f"(`zgate pki issue {ctx.kind} ID`) and use it"
         )
     if alert == AlertDescription.certificate_expired:
         return (
             f"the relay refused {ours}: it has expired or is not valid yet by the relay's clock;"
-            f" issue a new one (`zgate pki issue client ID`) or check both clocks"
+            f" issue a new one (`zgate pki issue {ctx.kind} ID`) or check both clocks"
         )
     if alert == AlertDescription.unknown_ca:
         return (
             f"the relay refused {ours}: it was not issued by the relay's CA; use a "
-            f"certificate from the relay's PKI (`zgate pki issue client ID`)"
+            f"certificate from the relay's PKI (`zgate pki issue {ctx.kind} ID`)"
         )
     if alert == 116:  # certificate_required (RFC 8446); aioquic's enum lacks it
         return f"the relay refused the connection: it requires a client certificate ({ours})"
@@ -162,9 +163,12 @@ def _by_relay(close: CloseInfo, ctx: _Context) -> str | None:
     return f"the relay refused the TLS handshake: {close.reason or _alert_name(alert)}"
 
 
-def describe_close(close: CloseInfo, *, ca: Path, cert: Path, server_name: str) -> tuple[str, bool]:
-    """(one line for the operator, permanent?) for a connection that closed while opening."""
-    ctx = _Context(ca, cert, server_name)
+def describe_close(
+    close: CloseInfo, *, ca: Path, cert: Path, server_name: str, kind: str = "client"
+) -> tuple[str, bool]:
+    """(one line for the operator, permanent?) for a connection that closed while opening;
+    ``kind`` is what `zgate pki issue` makes for us (client or connector)."""
+    ctx = _Context(ca, cert, server_name, kind)
     alert = _alert(close.error_code)
     if close.by_peer:
         refused = _by_relay(close, ctx)
@@ -179,10 +183,10 @@ def describe_close(close: CloseInfo, *, ca: Path, cert: Path, server_name: str) 
     return _local(close, ctx), False
 
 
-def describe_timeout(host: str, port: int, seconds: float, *, handshake_started: bool) -> str:
+def describe_timeout(host: str, port: int, seconds: float, *, handshake_done: bool) -> str:
     """No (complete) answer from the relay within the connect timeout."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if handshake_started:
+    if handshake_done:
         return f"timed out after {seconds:g}s opening the tunnel with the relay at {where}"
     return (
         f"no answer from the relay at {where} within {seconds:g}s (is it running, and is "

@@ -46,6 +46,8 @@ class Connector(Agent):
     """One connector session: an agent that advertises the site once its session is open.
     The NAT into the site is the group's (one table for every relay's pool)."""
 
+    pki_kind = "connector"
+
     def __init__(
         self,
         settings: ConnectorSettings,

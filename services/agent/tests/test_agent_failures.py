@@ -1,0 +1,121 @@
+"""How each way a connection closes while opening is said, and whether it is permanent
+(the codes an in-process relay does not easily produce)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from zgate_agent.failures import CloseInfo, describe_close, describe_timeout
+
+CA = Path("/etc/zgate/ca.pem")
+CERT = Path("/etc/zgate/me.pem")
+
+
+def relay_certificate(start: datetime, end: datetime) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("relay.example.net")]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def said(
+    code: int,
+    reason: str = "",
+    *,
+    by_peer: bool,
+    cert: x509.Certificate | None = None,
+    name: str = "relay.example.net",
+    kind: str = "client",
+) -> tuple[str, bool]:
+    close = CloseInfo(code, reason, by_peer, handshake_done=by_peer, peer_certificate=cert)
+    return describe_close(close, ca=CA, cert=CERT, server_name=name, kind=kind)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (0x174, "client certificate required", "requires a client certificate"),
+        (0x133, "", "the handshake signature does not verify (is --key the key of --cert?)"),
+        (0x12A, "bad certificate", "the relay refused our certificate --cert /etc/zgate/me.pem"),
+        (0x146, "", "no TLS version in common"),
+        (0x150, "internal error", "the relay refused the TLS handshake: internal error"),
+    ],
+)
+def test_the_relays_alerts_are_permanent(code: int, reason: str, expected: str) -> None:
+    message, permanent = said(code, reason, by_peer=True)
+    assert expected in message
+    assert permanent
+
+
+def test_a_relay_closing_without_an_alert_is_transient() -> None:
+    assert said(0, "relay shutting down", by_peer=True) == (
+        "the relay closed the connection: relay shutting down",
+        False,
+    )
+
+
+def test_an_expired_relay_certificate_says_when() -> None:
+    end = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    cert = relay_certificate(end - timedelta(days=90), end)
+    message, permanent = said(0x12D, "Certificate is no longer valid", by_peer=False, cert=cert)
+    assert message.startswith("the relay's certificate expired on 2026-03-04 05:06:07 UTC;")
+    assert permanent
+
+
+def test_a_relay_certificate_not_valid_yet_says_from_when() -> None:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    cert = relay_certificate(start, start + timedelta(days=90))
+    message, _ = said(0x12D, "Certificate is not valid yet", by_peer=False, cert=cert)
+    assert f"not valid before {start:%Y-%m-%d %H:%M:%S} UTC" in message
+
+
+def test_a_name_mismatch_on_an_ip_suggests_relay_ip() -> None:
+    now = datetime.now(UTC)
+    cert = relay_certificate(now - timedelta(days=1), now + timedelta(days=1))
+    message, permanent = said(
+        0x12A, "hostname '192.0.2.7' doesn't match", by_peer=False, cert=cert, name="192.0.2.7"
+    )
+    assert message == (
+        "the relay's certificate is not valid for name 192.0.2.7 (it names: "
+        "relay.example.net); pass --server-name with one of those, or re-issue it with "
+        "`zgate pki init --relay-ip 192.0.2.7`"
+    )
+    assert permanent
+
+
+def test_no_h3_says_it_is_not_a_relay() -> None:
+    message, permanent = said(0x178, "No common ALPN protocols", by_peer=False)
+    assert "does not speak HTTP/3" in message and permanent
+
+
+def test_a_connector_is_told_to_issue_a_connector_certificate() -> None:
+    message, _ = said(0x12C, "certificate revoked", by_peer=True, kind="connector")
+    assert "`zgate pki issue connector ID`" in message
+
+
+def test_timeouts_say_where() -> None:
+    assert describe_timeout("2001:db8::1", 4433, 10, handshake_done=False) == (
+        "no answer from the relay at [2001:db8::1]:4433 within 10s (is it running, and is "
+        "UDP port 4433 reachable from here?)"
+    )
+    assert describe_timeout("relay", 4433, 2.5, handshake_done=True) == (
+        "timed out after 2.5s opening the tunnel with the relay at relay:4433"
+    )
