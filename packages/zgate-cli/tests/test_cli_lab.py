@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zgate_cli import lab as lab_module
 from zgate_cli import lab_cmd
 from zgate_cli.lab import VENV_BIN, Lab, have_tools, is_lab_namespace, wait_until
 from zgate_cli.main import build_parser, main
@@ -220,11 +222,67 @@ MIXED = [
 
 
 @pytest.fixture
-def fake_ip(monkeypatch: pytest.MonkeyPatch) -> FakeIp:
+def fake_ip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeIp:
     fake = FakeIp(list(MIXED), pids={"za1-12340": [4242, 4243]})
     monkeypatch.setattr(lab_cmd, "run", fake)
     monkeypatch.setattr(lab_cmd, "_is_root", lambda: True)
+    monkeypatch.setattr(lab_module, "LAB_RUN_DIR", tmp_path / "run")
     return fake
+
+
+def _record_owner(tag: str, pid: int, workdir: Path, *, temporary: bool = True) -> None:
+    lab_module.LAB_RUN_DIR.mkdir(parents=True, exist_ok=True)
+    record = {"pid": pid, "workdir": str(workdir), "temporary_workdir": temporary}
+    lab_module.owner_file(tag).write_text(json.dumps(record))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_down_leaves_a_running_lab_alone_unless_forced(
+    fake_ip: FakeIp,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(lab_cmd, "_stop_processes", lambda pids: None)
+    with subprocess.Popen(["sleep", "60"]) as owner:
+        try:
+            _record_owner("d0a1b2c", owner.pid, tmp_path / "work")
+            assert main(["lab", "down"]) == 0
+            assert sorted(fake_ip.deleted) == ["za1-12340", "zi-12340", "zr-12340"]
+            out = capsys.readouterr().out
+            assert f"lab d0a1b2c is in use by its owner (pid {owner.pid}): left alone" in out
+            assert lab_module.owner_file("d0a1b2c").exists()
+            assert main(["lab", "down", "--force", "--tag", "d0a1b2c"]) == 0
+            assert "za2-d0a1b2c" in fake_ip.deleted and "zr-d0a1b2c" in fake_ip.deleted
+            assert not lab_module.owner_file("d0a1b2c").exists()
+        finally:
+            owner.kill()
+
+
+def test_down_removes_an_abandoned_labs_temporary_pki(
+    fake_ip: FakeIp,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(lab_cmd, "_stop_processes", lambda pids: None)
+    work = tmp_path / "zgate-demo-x"
+    (work / "pki").mkdir(parents=True)
+    (work / "pki" / "ca.key").write_text("secret")
+    kept = tmp_path / "tests-own"
+    kept.mkdir()
+    _record_owner("d0a1b2c", _dead_pid(), work)
+    _record_owner("12340", _dead_pid(), kept, temporary=False)
+    assert main(["lab", "down"]) == 0
+    assert not work.exists()
+    assert kept.is_dir()  # a workdir the lab did not make is never deleted
+    assert f"removed its temporary files {work} (PKI, logs)" in capsys.readouterr().out
+    assert not lab_module.owner_file("d0a1b2c").exists()
 
 
 def test_down_removes_only_lab_namespaces(

@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
+#: Where each lab records its owner process and work directory, so that `zgate lab down`
+#: removes only abandoned labs (and their temporary PKI) unless told --force.
+LAB_RUN_DIR = Path("/run/zgate-lab")
 
 RELAY_LAN_IP = "198.51.100.1"
 RELAY_INET_IP = "203.0.113.1"
@@ -126,6 +129,9 @@ class Lab:
     daemons: list[Daemon] = field(default_factory=list)
     resolver_dirs: list[Path] = field(default_factory=list)
     agents: int = 0
+    #: Whether ``workdir`` (its PKI, logs) is this lab's own, for `zgate lab down` to delete
+    #: if the lab is abandoned.
+    temporary_workdir: bool = False
 
     def __post_init__(self) -> None:
         # The tag names veths too (15 characters at most), and `zgate lab down` finds a
@@ -164,6 +170,8 @@ class Lab:
         return run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=timeout)
 
     def add_ns(self, name: str) -> None:
+        if not self.namespaces:
+            self._claim()
         run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         self.ns(name, "ip", "link", "set", "lo", "up")
@@ -640,8 +648,19 @@ class Lab:
 
     # ---------------------------------------------------------------- teardown
 
+    def _claim(self) -> None:
+        """Record this process as the lab's owner (see `read_owner`)."""
+        LAB_RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        record = {
+            "pid": os.getpid(),
+            "workdir": str(self.workdir),
+            "temporary_workdir": self.temporary_workdir,
+        }
+        owner_file(self.tag).write_text(json.dumps(record) + "\n")
+
     def teardown(self) -> None:
         """Stop every daemon and delete every namespace, whatever state they are in."""
+        owner_file(self.tag).unlink(missing_ok=True)
         for daemon in reversed(self.daemons):
             with contextlib.suppress(Exception):
                 daemon.stop(timeout=10)
@@ -672,6 +691,31 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 _TAG = re.compile(r"[0-9a-z]{1,12}")
 _NAMESPACE = re.compile(r"(?:zr|zi|zs|za[1-9][0-9]?|zc[1-9][0-9]?)-[0-9a-z]{1,12}")
+
+
+@dataclass(frozen=True)
+class LabOwner:
+    """Who made a lab: its process and its work directory."""
+
+    pid: int
+    workdir: Path
+    temporary_workdir: bool
+
+
+def owner_file(tag: str) -> Path:
+    """Where the lab ``tag`` records its owner."""
+    return LAB_RUN_DIR / f"{tag}.json"
+
+
+def read_owner(tag: str) -> LabOwner | None:
+    """The owner a lab recorded, or None (no record, or one that cannot be read)."""
+    try:
+        record = json.loads(owner_file(tag).read_text())
+        return LabOwner(
+            int(record["pid"]), Path(record["workdir"]), bool(record["temporary_workdir"])
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def is_lab_namespace(name: str) -> bool:

@@ -34,7 +34,10 @@ from .lab import (
     RELAY_LAN_IP,
     VENV_BIN,
     Lab,
+    LabOwner,
     is_lab_namespace,
+    owner_file,
+    read_owner,
     run,
 )
 
@@ -156,16 +159,36 @@ def _cmd_down(args: argparse.Namespace) -> int:
     if not names:
         print("No zgate lab namespaces found; nothing to remove.")
         return 0
+    by_tag: dict[str, list[str]] = {}
+    for name in names:
+        by_tag.setdefault(name.rsplit("-", 1)[1], []).append(name)
+    failed = 0
+    for tag, members in sorted(by_tag.items()):
+        owner = read_owner(tag)
+        if owner is not None and _alive(owner.pid) and owner.pid != os.getpid() and not args.force:
+            print(
+                f"lab {tag} is in use by its owner (pid {owner.pid}): left alone; stop that "
+                f"process, or remove the lab anyway with --force --tag {tag}"
+            )
+            continue
+        failed += _remove_lab(members, owner, dry_run=args.dry_run)
+        if not args.dry_run:
+            owner_file(tag).unlink(missing_ok=True)
+    return 1 if failed else 0
+
+
+def _remove_lab(names: Sequence[str], owner: LabOwner | None, *, dry_run: bool) -> int:
+    """Stop what runs in ``names``, delete them and the lab's temporary files; failures."""
     failed = 0
     for name in names:
         # A crashed demo leaves its relay and agent running; a deleted namespace would keep
         # them (and their TUN devices) alive, so they go first.
         pids = _pids_in(name)
-        if pids and not args.dry_run:
-            _stop_processes(pids)
-        if args.dry_run:
+        if dry_run:
             print(f"would remove {name} ({_processes(len(pids))} in it)")
             continue
+        if pids:
+            _stop_processes(pids)
         proc = run(["ip", "netns", "del", name], check=False)
         # The namespace's own resolv.conf (Lab.use_resolver), which `ip netns del` keeps.
         shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
@@ -174,7 +197,13 @@ def _cmd_down(args: argparse.Namespace) -> int:
         else:
             failed += 1
             print(f"could not remove {name}: {proc.stderr.strip()}", file=sys.stderr)
-    return 1 if failed else 0
+    if owner is not None and owner.temporary_workdir and owner.workdir.is_dir():
+        if dry_run:
+            print(f"would remove its temporary files {owner.workdir} (PKI, logs)")
+        else:
+            shutil.rmtree(owner.workdir, ignore_errors=True)
+            print(f"removed its temporary files {owner.workdir} (PKI, logs)")
+    return failed
 
 
 # ------------------------------------------------------------------ lab demo
@@ -460,7 +489,8 @@ def _new_lab() -> Lab:
     while True:
         tag = "d" + secrets.token_hex(3)
         if not any(name.endswith(f"-{tag}") for name in taken):
-            return Lab(tag=tag, workdir=Path(tempfile.mkdtemp(prefix="zgate-demo-")))
+            workdir = Path(tempfile.mkdtemp(prefix="zgate-demo-"))
+            return Lab(tag=tag, workdir=workdir, temporary_workdir=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -537,13 +567,17 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     demo.set_defaults(handler=_cmd_demo)
     down = commands.add_parser(
         "down",
-        help="remove the namespaces a crashed lab left behind",
-        description="Stop the processes in, and delete, every network namespace named like a "
-        "zgate lab's (zr-TAG, zi-TAG, zaN-TAG), including those of labs still running "
-        "(a demo, the e2e tests, a benchmark): use --tag or --dry-run when one might be. "
-        "Other namespaces are left alone.",
+        help="remove the namespaces (and temporary PKI) of labs whose owner is gone",
+        description="Stop the processes in, and delete, the network namespaces named like a "
+        "zgate lab's (zr-TAG, zi-TAG, zsN-TAG, zaN-TAG, zcN-TAG) whose owner process (a demo, "
+        "the e2e tests, a benchmark) is gone, with the temporary work directory (PKI, logs) "
+        "a demo made. Labs still in use are left alone unless --force. Other namespaces are "
+        "never touched.",
     )
     down.add_argument("--tag", help="only the lab with this tag (the part after the dash)")
+    down.add_argument(
+        "--force", action="store_true", help="also remove labs whose owner is still running"
+    )
     down.add_argument(
         "--dry-run", action="store_true", help="list what would be removed, remove nothing"
     )
