@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -90,15 +88,6 @@ def test_expired_and_not_yet_valid(pki: PkiPaths) -> None:
     earlier = datetime.now(UTC) - timedelta(days=2)
     message = error_of(cert=pki.relay_cert, key=pki.relay_key, now=earlier)
     assert "is not valid yet" in message and "clock" in message
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_key_names_mode_and_owner(pki: PkiPaths, tmp_path: Path) -> None:
-    key = tmp_path / "locked.key"
-    shutil.copy(pki.relay_key, key)
-    key.chmod(0o000)
-    message = error_of(cert=pki.relay_cert, key=key)
-    assert "permission denied (mode 0000" in message
 
 
 def test_unreadable_key_as_root_is_reported(pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:

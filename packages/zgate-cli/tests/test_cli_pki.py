@@ -84,7 +84,7 @@ def test_init_refuses_to_overwrite_without_force(
 ) -> None:
     before = (pki_dir / "ca.pem").read_bytes()
     code, _, err = run(capsys, "pki", "init", "--dir", str(pki_dir))
-    assert code == 1
+    assert code == 2
     assert err.startswith("zgate pki: error: a CA already exists")
     assert err.count("\n") == 1
     assert "Traceback" not in err
@@ -143,7 +143,7 @@ def test_revoke_writes_the_serial_into_the_crl(
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
     code, _, err = run(capsys, "pki", "revoke", "alice", "--dir", str(pki_dir))
-    assert code == 1
+    assert code == 2
     assert err == "zgate pki: error: alice is already revoked\n"
 
 
@@ -213,14 +213,14 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "Traceback" not in err
 
 
-def test_failures_exit_1_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failures_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (
         ["pki", "issue", "client", "alice", "--dir", str(tmp_path)],
         ["pki", "list", "--dir", str(tmp_path / "nowhere")],
         ["pki", "revoke", "nobody", "--dir", str(tmp_path)],
     ):
         code, _, err = run(capsys, *argv)
-        assert code == 1, argv
+        assert code == 2, argv
         assert err.startswith("zgate pki: error: ")
         assert err.count("\n") == 1
 

@@ -70,7 +70,10 @@ def ensure_private_dir(path: Path) -> None:
 def pki_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on an existing PKI directory (`zgate pki` runs never interleave)."""
     if not directory.is_dir():
-        raise PkiError(f"no PKI in {directory} (run `zgate pki init` first)")
+        raise PkiError(
+            f"no PKI in {directory} (create one with `zgate pki init --dir {directory}`, "
+            f"or give the right --dir)"
+        )
     try:
         fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:

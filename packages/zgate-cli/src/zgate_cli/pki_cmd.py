@@ -44,7 +44,8 @@ _Handler = Callable[[argparse.Namespace], int]
 
 
 def _failures_to_exit_code(handler: _Handler) -> _Handler:
-    """Report a PkiError as one line on stderr and exit status 1 (no traceback)."""
+    """Report a PkiError as one line on stderr and exit status 2, as every zgate command
+    does for a configuration error (no traceback)."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
@@ -52,7 +53,7 @@ def _failures_to_exit_code(handler: _Handler) -> _Handler:
             return handler(args)
         except PkiError as exc:
             print(f"zgate pki: error: {exc}", file=sys.stderr)
-            return 1
+            return 2
 
     return run
 
