@@ -20,6 +20,7 @@ where that is a failure. Run it with `make container-test`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -214,6 +215,16 @@ class HostSnapshot:
         )
 
 
+def processes_by_netns() -> dict[int, int]:
+    """PID -> network namespace inode, for every process on the host."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                found[int(proc.name)] = os.stat(proc / "ns/net").st_ino
+    return found
+
+
 # --- the lab --------------------------------------------------------------------------------------
 
 
@@ -226,6 +237,10 @@ class Lab:
     blob_sha256: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     up: bool = False
+    netns: dict[str, str] = field(default_factory=dict)
+    """service -> Docker's handle on the container's network namespace (its sandbox file)."""
+    pids: dict[int, int] = field(default_factory=dict)
+    """PID -> namespace inode of every process that was in one of the lab's namespaces."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -273,6 +288,16 @@ class Lab:
         fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
         out = run([self.docker, "inspect", "-f", fmt, self.container(service)]).stdout.split()
         return out[0], out[1] if len(out) > 1 else ""
+
+    def record_netns(self) -> None:
+        """Remember each container's network namespace, to prove later that it is gone."""
+        for service in LAB_SERVICES:
+            fmt = "{{.State.Pid}} {{.NetworkSettings.SandboxKey}}"
+            inspect = [self.docker, "inspect", "-f", fmt, self.container(service)]
+            pid, sandbox = run(inspect).stdout.split()
+            self.netns[service] = sandbox
+            inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+            self.pids |= {p: ns for p, ns in processes_by_netns().items() if ns == inode}
 
     def published(self, service: str, port: int) -> str:
         """The host address:port compose published a service's TCP port on."""
@@ -392,6 +417,7 @@ def start(lab: Lab) -> None:
             return status if status.get("state") == "connected" else None
 
         wait_for("the agent's tunnel", connected, deadline=60)
+        lab.record_netns()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- logs ---\n{lab.logs()}") from None
     lab.timings["up"] = time.monotonic() - started
@@ -564,9 +590,21 @@ def test_down_leaves_nothing_behind(lab: Lab, host_before: HostSnapshot) -> None
     for listing in (["ps", "-aq"], ["network", "ls", "-q"], ["volume", "ls", "-q"]):
         left = run([lab.docker, *listing, "--filter", label]).stdout.split()
         assert left == [], f"docker {' '.join(listing)}: {left} left by {lab.project}"
+    # The containers' namespaces: Docker's handles gone, no process left in one, and none
+    # pinned under a name in `ip netns` (other tests on this machine may add their own there).
+    assert lab.netns and lab.pids, "the lab's network namespaces were never recorded"
+    # Docker unmounts a sandbox at once and deletes the empty file in a later sweep.
+    mounted = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    for service, sandbox in lab.netns.items():
+        real = str(Path(sandbox).resolve())
+        assert sandbox not in mounted and real not in mounted, (
+            f"{service}'s network namespace is still mounted at {sandbox}"
+        )
+    # Both a PID and a namespace inode may be reused, but not the pair within seconds.
+    still = lab.pids.items() & processes_by_netns().items()
+    assert not still, f"processes of the lab still run: {sorted(still)}"
     after = HostSnapshot.take()
-    assert after.netns <= host_before.netns, (
-        f"network namespaces left: {after.netns - host_before.netns}"
-    )
+    mine = {name for name in after.netns - host_before.netns if lab.project in name}
+    assert not mine, f"`ip netns` names left by the lab: {mine}"
     assert after.nft_tables <= host_before.nft_tables, f"nft tables left: {after.nft_tables}"
     assert after.zgate_links <= host_before.zgate_links, f"TUN devices left: {after.zgate_links}"
