@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from zgate_agent.app import Agent
 from zgate_agent.cli import main
 from zgate_agent.dns import AgentDns, describe
+from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_agent.tunnel import TunnelInfo
 from zgate_host.httpd import serve_status
+from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.resolver import HostResolver, is_managed, nameservers
 from zgate_proto.capsules import IPAddressRange
 from zgate_proto.h3 import PacketMode
@@ -196,3 +199,35 @@ def test_an_unexpected_error_is_one_warning_too(
     assert [r.exc_info for r in warnings] == [None, None]
     assert "KeyError: 'surprise'" in warnings[0].getMessage()
     assert dns.status()["state"] == "failed"
+
+
+async def test_a_reconnect_reuses_the_relay_address_while_dns_points_into_the_tunnel(
+    tmp_path: Path,
+) -> None:
+    """The host's resolver is the relay's DNS, behind the tunnel that is down: resolving
+    the relay's name again would time out, so the address it had is used."""
+    settings = AgentSettings(relay="relay.invalid:4433", state_dir=tmp_path)
+    device = MemoryPacketDevice("t0")
+    try:
+        agent = Agent(settings, device, AgentMetrics(), manage_dns=True)
+        dns, _ = make(tmp_path)
+        agent._dns = dns
+        asked: list[str] = []
+        answers = iter(["198.51.100.1", "198.51.100.2", "198.51.100.3"])
+
+        async def resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+            asked.append(host)
+            return ipaddress.ip_address(next(answers))
+
+        agent._resolve = resolve  # type: ignore[method-assign]
+        # The host's own resolver still: asked each time.
+        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.1"
+        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.2"
+        dns.tunnel_up(info("10.100.0.7/32"))
+        assert dns.active
+        # Now the resolver is behind the tunnel: the last address, without asking.
+        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.2"
+        assert asked == ["relay.example", "relay.example"]
+        dns.restore()
+    finally:
+        device.close()

@@ -124,6 +124,7 @@ class Agent:
         self._announce = True  # log the next "connecting to" at info
         #: The host's resolver pointed at the relay (the agent's CLI; not connectors).
         self._dns = AgentDns(settings, device.name) if manage_dns and configure_host else None
+        self._relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -284,7 +285,7 @@ class Agent:
                 ) from None
             try:
                 async with asyncio.timeout(s.connect_timeout):
-                    relay_ip = await self._resolve(host, port)
+                    relay_ip = await self._relay_address(host, port)
                     opened.append(await self._open(relay_ip, port, configuration))
                     protocol = opened[0][0]
                     await self._handshake(protocol)
@@ -463,6 +464,17 @@ class Agent:
         configuration.load_verify_locations(cafile=str(s.ca))
         configuration.load_cert_chain(str(s.cert), str(s.key))
         return configuration
+
+    async def _relay_address(
+        self, host: str, port: int
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The relay's address. Once the host's resolver points at the relay's DNS, a
+        reconnect reuses the address it had: that resolver is behind the tunnel, which is
+        down (and the route kept outside the tunnel is the one to that address)."""
+        if self._relay_ip is not None and self._dns is not None and self._dns.active:
+            return self._relay_ip
+        self._relay_ip = await self._resolve(host, port)
+        return self._relay_ip
 
     @staticmethod
     async def _resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -40,6 +40,11 @@ class AgentDns:
         """Whether the resolver is to be pointed at the relay at all."""
         return self._state != "off"
 
+    @property
+    def active(self) -> bool:
+        """Whether the host's resolver points at the relay now."""
+        return self._state == "on"
+
     def recover(self) -> None:
         """At start, whatever the settings: restore what a crashed agent left behind."""
         try:
