@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from zgate_cli.lab import Lab, have_tools
 from zgate_pki import init_pki, issue_certificate
 
 AGENT = Path(sys.executable).parent / "zgate-agent"
@@ -29,7 +30,7 @@ def _skip_reason() -> str | None:
         return "needs /dev/net/tun"
     if not AGENT.exists():
         return f"needs {AGENT}"
-    return None
+    return have_tools()
 
 
 @pytest.fixture(autouse=True)
@@ -148,3 +149,45 @@ def test_a_signal_ends_the_agent_within_a_second(
     if phase == "waiting to retry":
         down = next(r for r in records if r["msg"].startswith("tunnel down"))
         assert down["retry_in_seconds"] >= 15
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_connected_agent_within_a_second(
+    sig: signal.Signals, tmp_path: Path
+) -> None:
+    """A connected agent in the lab's namespaces (real relay, TUN device, routes): it
+    closes the session, removes its routes and its TUN device, and says so."""
+    lab = Lab(tag=f"sg{os.getpid() % 10000}{sig.value}", workdir=tmp_path / "lab")
+    try:
+        lab.build(agents=1)
+        lab.make_pki(clients=("agent1",))
+        lab.start_relay()
+        agent = lab.start_agent(1, extra=["--no-dns"] if _has_dns_flags() else [])
+        routes = lab.ns(lab.agent_ns(1), "ip", "route", "show", "dev", "ztun0").stdout
+        assert routes.strip(), "the agent routes through its TUN device"
+        sent = time.monotonic()
+        agent.proc.send_signal(sig)
+        code = agent.proc.wait(timeout=10)
+        took = time.monotonic() - sent
+        output = agent.log()
+        assert took < BOUND, f"exit took {took:.3f}s\n{output}"
+        assert code == 0, output
+        records = agent.json_log()
+        stopped = next(r for r in records if r["msg"] == "stopped")
+        assert stopped["removed"], output  # the routes it had added
+        assert records[-1]["msg"] == "TUN device removed", output
+        assert not [r for r in records if r["level"] in ("error", "critical")], output
+        link = lab.ns(lab.agent_ns(1), "ip", "link", "show", "ztun0", check=False)
+        assert link.returncode != 0, "the TUN device is gone"
+        # The relay heard the close: its session ended at once, not at its idle timeout.
+        start = time.monotonic()
+        while lab.relay_metric("zgate_relay_sessions") != 0:
+            assert time.monotonic() - start < 2, "the relay still holds the session"
+            time.sleep(0.05)
+    finally:
+        lab.teardown()
+
+
+def _has_dns_flags() -> bool:
+    help_text = subprocess.run([str(AGENT), "up", "--help"], capture_output=True, text=True)
+    return "--no-dns" in help_text.stdout

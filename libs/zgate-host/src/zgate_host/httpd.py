@@ -95,6 +95,10 @@ def serve_status(
     bare_host = host.strip("[]")
     server_cls = _StatusServer6 if ":" in bare_host else StatusServer
     server = server_cls((bare_host, port), Handler)
-    server.thread = threading.Thread(target=server.serve_forever, name="zgate-http", daemon=True)
+    # close() waits for the serving loop to notice: poll often, so that a service stopping
+    # (SIGTERM, Ctrl-C) is not held up by half a second (serve_forever's default).
+    server.thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="zgate-http", daemon=True
+    )
     server.thread.start()
     return server
