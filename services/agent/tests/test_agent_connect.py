@@ -218,6 +218,13 @@ CASES = [
     ),
     Case("revoked", ("the relay refused our certificate --cert ", "it has been revoked")),
     Case(
+        "key of another certificate (past the start-up check)",
+        (
+            "the relay refused our certificate --cert ",
+            "the handshake signature does not verify (is --key the key of --cert?)",
+        ),
+    ),
+    Case(
         "expired (by the relay's clock)",
         ("the relay refused our certificate --cert ", "expired", "zgate pki issue client"),
     ),
@@ -237,6 +244,8 @@ async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
         elif case.name.startswith("our certificate from another CA"):
             kw["cert"] = other_pki / "clients" / "alice.pem"
             kw["key"] = other_pki / "clients" / "alice.key"
+        elif case.name.startswith("key of another certificate"):
+            kw["key"] = pki / "clients" / "bob.key"
         elif case.name == "revoked":
             revoke_certificate(pki, "alice")
         elif case.name.startswith("expired"):
