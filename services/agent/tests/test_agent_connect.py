@@ -59,8 +59,11 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
 
 @pytest.fixture(autouse=True)
 async def loop_debug() -> AsyncIterator[None]:
-    """asyncio's debug mode: it reports more of what is left behind."""
-    asyncio.get_running_loop().set_debug(True)
+    """asyncio's debug mode: it reports more of what is left behind (not slow steps: this
+    machine may be busy)."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 60.0
     yield
 
 
