@@ -7,6 +7,7 @@ They run under `make container-test` (which sets ZGATE_CONTAINER_TESTS=1) or whe
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "containers" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    timings = getattr(config, "zgate_container_timings", None)
+    if timings:
+        line = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in timings.items())
+        terminalreporter.write_line(f"container lab timings: {line}")

@@ -70,6 +70,7 @@ REQUIRED_SERIES = (
 )
 
 T = TypeVar("T")
+TIMINGS_ATTRIBUTE = "zgate_container_timings"  # read by conftest.py's terminal summary
 
 
 # --- tools ----------------------------------------------------------------------------------------
@@ -310,8 +311,10 @@ class Lab:
         return _tail(done.stdout + done.stderr, 120)
 
     def down(self) -> None:
+        started = time.monotonic()
         self.run_compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=180)
         self.up = False
+        self.timings["down"] = time.monotonic() - started
 
 
 def remove_project(docker: str, project: str) -> None:
@@ -395,8 +398,8 @@ def make_pki_and_content(lab: Lab) -> None:
 def start(lab: Lab) -> None:
     started = time.monotonic()
     # Compose waits for the relay's health before it starts the agent (depends_on).
+    lab.up = True  # from here on, whatever `up` managed to create is taken down again
     lab.run_compose("up", "-d", "--no-build", *LAB_SERVICES, timeout=300)
-    lab.up = True
 
     def healthy() -> bool | None:
         states = {service: lab.state(service) for service in LAB_SERVICES}
@@ -429,7 +432,7 @@ def host_before() -> HostSnapshot:
 
 
 @pytest.fixture(scope="module")
-def lab(host_before: HostSnapshot) -> Iterator[Lab]:
+def lab(host_before: HostSnapshot, request: pytest.FixtureRequest) -> Iterator[Lab]:
     reason = unavailable()
     if reason:
         require(reason)
@@ -438,7 +441,9 @@ def lab(host_before: HostSnapshot) -> Iterator[Lab]:
     compose = compose_command(docker)
     assert compose is not None
     for project in stale_projects(docker):
-        remove_project(docker, project)
+        # A crashed run's leftovers hold the lab's fixed subnets; a live run's are its own.
+        if not Path(f"/proc/{project.removeprefix(PROJECT_PREFIX)}").exists():
+            remove_project(docker, project)
     workdir = Path(tempfile.mkdtemp(prefix="zgate-containers-"))
     the_lab = Lab(docker, compose, f"{PROJECT_PREFIX}{os.getpid()}", workdir)
     try:
@@ -448,11 +453,13 @@ def lab(host_before: HostSnapshot) -> Iterator[Lab]:
         yield the_lab
     finally:
         try:
-            the_lab.down()
+            if the_lab.up:
+                the_lab.down()
         finally:
             remove_project(docker, the_lab.project)
             shutil.rmtree(workdir, ignore_errors=True)
-            print("timings:", {k: round(v, 1) for k, v in the_lab.timings.items()})
+            # conftest.py prints them in the terminal summary.
+            setattr(request.config, TIMINGS_ATTRIBUTE, dict(the_lab.timings))
 
 
 # --- the tests ------------------------------------------------------------------------------------
