@@ -1,10 +1,12 @@
 """A real `zgate-agent up` (TUN device, needs root) ends within a second of SIGINT or SIGTERM,
-whether it is connecting or waiting to retry, and logs its cleanup; no asyncio noise."""
+whether it is connecting, waiting to retry or connected, and logs its cleanup; no asyncio
+noise. And no route to the relay is said at once (a network namespace, root too)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -191,3 +193,48 @@ def test_a_signal_ends_a_connected_agent_within_a_second(
 def _has_dns_flags() -> bool:
     help_text = subprocess.run([str(AGENT), "up", "--help"], capture_output=True, text=True)
     return "--no-dns" in help_text.stdout
+
+
+def test_no_route_to_the_relay_is_said_at_once(tmp_path: Path) -> None:
+    """In a network namespace without routes, an attempt fails at once as network
+    unreachable (transient), not as a connect timeout."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare")
+    pki = tmp_path / "pki"
+    init_pki(pki)
+    issue_certificate(pki, "client", "alice")
+    script = f"""
+import asyncio, time
+from pathlib import Path
+from zgate_agent.app import Agent
+from zgate_agent.metrics import AgentMetrics
+from zgate_agent.settings import AgentSettings
+from zgate_host.memdev import MemoryPacketDevice
+
+async def main():
+    pki = Path({str(pki)!r})
+    settings = AgentSettings(
+        relay="192.0.2.1:4433", ca=pki / "ca.pem", cert=pki / "clients" / "alice.pem",
+        key=pki / "clients" / "alice.key", metrics=None, connect_timeout=30,
+    )
+    agent = Agent(settings, MemoryPacketDevice("mem"), AgentMetrics(), configure_host=False)
+    task = asyncio.create_task(agent.run())
+    start = time.monotonic()
+    while agent.status()["last_error"] is None and time.monotonic() - start < 10:
+        await asyncio.sleep(0.01)
+    print(round(time.monotonic() - start, 3), agent.status()["last_error"])
+    agent.stop()
+    await task
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seconds, error = done.stdout.strip().split(" ", 1)
+    assert error == "cannot reach the relay at 192.0.2.1:4433: Network is unreachable"
+    assert float(seconds) < 1.0

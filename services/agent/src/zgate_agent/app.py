@@ -354,6 +354,10 @@ class Agent:
                 addr = (str(relay_ip), port)
             sock.setblocking(False)
             enlarge_udp_buffers(sock)
+            # A route lookup: no route to the relay is said at once (network unreachable),
+            # not as a silent connect timeout (QUIC's send errors go unreported).
+            with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+                probe.connect(addr)
         except OSError:
             sock.close()
             raise
