@@ -114,6 +114,8 @@ docker: base-image ## the relay, agent and connector images (zgate-*:dev, BuildK
 	done
 
 up: certs ## start relay, agent and the "internet" host (compose -p zgate; images: make docker)
+	@$(DOCKER) image inspect zgate-relay:$(IMAGE_TAG) zgate-agent:$(IMAGE_TAG) >/dev/null 2>&1 \
+		|| { echo "no zgate-relay/zgate-agent:$(IMAGE_TAG) images: run make docker (or make dev-up)" >&2; exit 1; }
 	@mkdir -p .zgate/www
 	$(COMPOSE_CMD) up -d --no-build
 
