@@ -4,6 +4,7 @@ its settings and command line."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import time
 from pathlib import Path
@@ -184,13 +185,30 @@ async def test_a_refused_connector_says_why_once_and_waits_long(pki: Path) -> No
             device.close()
 
 
-async def test_a_connector_group_stops_at_once_while_connecting(pki: Path) -> None:
+async def test_a_connector_group_stops_at_once_while_connecting(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 60.0
     silent = [
         await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
         for _ in range(2)
     ]
-    ports = [transport.get_extra_info("sockname")[1] for transport, _ in silent]
+    try:
+        ports = [transport.get_extra_info("sockname")[1] for transport, _ in silent]
+        await _stop_a_group_while_connecting(pki, ports)
+    finally:
+        for transport, _ in silent:
+            transport.close()
+    # Nothing the group started is left pending once it is gone.
+    gc.collect()
+    await asyncio.sleep(0)
+    noise = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert not noise, noise
+
+
+async def _stop_a_group_while_connecting(pki: Path, ports: list[int]) -> None:
     device = MemoryPacketDevice("mem-site-a")
     settings = connector_settings(pki, ports[0]).model_copy(
         update={"relays": [f"127.0.0.1:{p}" for p in ports], "connect_timeout": 30.0}
@@ -211,6 +229,4 @@ async def test_a_connector_group_stops_at_once_while_connecting(pki: Path) -> No
         assert time.monotonic() - started < 0.2
         assert [link.status()["state"] for link in group.links] == ["stopped", "stopped"]
     finally:
-        for transport, _ in silent:
-            transport.close()
         device.close()

@@ -172,13 +172,14 @@ class ConnectorGroup:
             loop.remove_reader(self.device.fileno())
 
     async def _watch(self) -> None:
-        while True:
-            waits = [asyncio.ensure_future(link.connected.wait()) for link in self.links]
+        waits = [asyncio.ensure_future(link.connected.wait()) for link in self.links]
+        try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the group stops before any link connected: no task left pending.
             for w in waits:
                 w.cancel()
-            self.connected.set()
-            return
+        self.connected.set()
 
     def stop(self) -> None:
         """Stop every link."""
