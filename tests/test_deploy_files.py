@@ -609,15 +609,21 @@ def test_compose_internet_is_test_net_3_behind_the_relay_only() -> None:
     services = compose()["services"]
     network = compose()["networks"]["internet"]
     assert network["internal"] is True, "no route from the lab to real public addresses"
-    (config,) = network["ipam"]["config"]
-    assert ipaddress.IPv4Network(config["subnet"]) == ipaddress.IPv4Network("203.0.113.0/24")
+    v4, v6 = network["ipam"]["config"]
+    # TEST-NET-3 and the IPv6 documentation prefix: never anyone's real addresses.
+    assert ipaddress.IPv4Network(v4["subnet"]) == ipaddress.IPv4Network("203.0.113.0/24")
+    assert ipaddress.IPv6Network(v6["subnet"]).subnet_of(ipaddress.IPv6Network("2001:db8::/32"))
+    assert network["enable_ipv6"] is True
     attached = {name for name, service in services.items() if "internet" in service["networks"]}
     assert attached == {"relay", "internet"}
     internet = services["internet"]
     assert list(internet["networks"]) == ["internet"]
-    address = ipaddress.IPv4Address(internet["networks"]["internet"]["ipv4_address"])
-    assert address in ipaddress.IPv4Network(config["subnet"])
-    assert address not in ipaddress.IPv4Network(config["ip_range"])
+    for name in ("relay", "internet"):
+        fixed = services[name]["networks"]["internet"]
+        address = ipaddress.IPv4Address(fixed["ipv4_address"])
+        assert address in ipaddress.IPv4Network(v4["subnet"])
+        assert address not in ipaddress.IPv4Network(v4["ip_range"])
+        assert ipaddress.IPv6Address(fixed["ipv6_address"]) in ipaddress.IPv6Network(v6["subnet"])
     assert "ports" not in internet and "cap_add" not in internet
 
 

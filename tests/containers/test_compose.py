@@ -7,10 +7,10 @@ What it does, in order (one lab for the module, always torn down):
      and a file of random bytes for the "internet" host (203.0.113.100, TEST-NET-3) to serve;
   3. `compose -p <unique> up` of compose.yaml itself with that project directory, then waits
      for health and the tunnel by polling against deadlines;
-  4. proves: the agent pings the internet host, downloads the file through the tunnel with the
-     right sha256, both /metrics answer on their published loopback ports, and Debian's
-     Prometheus, scraping a copy of deploy/prometheus.yml aimed at those ports, sees every
-     target up and the series the Grafana dashboard draws;
+  4. proves: the agent pings the internet host and downloads the file through the tunnel with
+     the right sha256, over IPv4 and IPv6 (2001:db8:203::100); both /metrics answer on their
+     published loopback ports; Debian's Prometheus, scraping a copy of deploy/prometheus.yml
+     aimed at those ports, sees every target up and the series the Grafana dashboard draws;
   5. `compose down -v`, and nothing of it is left: containers, networks, volumes, network
      namespaces, nftables tables or TUN devices on the host.
 
@@ -56,6 +56,7 @@ IMAGES = ("relay", "agent", "connector")
 LAB_SERVICES = ("relay", "agent", "internet")
 RELAY_ADDRESS = "172.28.0.10"
 INTERNET_HOST = "203.0.113.100"
+INTERNET_HOST6 = "2001:db8:203::100"
 PROJECT_PREFIX = "zgatect"
 BLOB_NAME = "blob.bin"
 BLOB_SIZE = 4 * 1024 * 1024
@@ -488,20 +489,22 @@ def test_tunnel_devices_carry_only_assigned_addresses(lab: Lab) -> None:
         assert "scope link" not in addresses, f"{service}: {addresses}"
 
 
-def test_agent_pings_the_internet_host_through_the_relay(lab: Lab) -> None:
-    done = lab.exec("agent", "ping", "-c", "4", "-W", "2", INTERNET_HOST)
+@pytest.mark.parametrize("host", [INTERNET_HOST, INTERNET_HOST6], ids=["ipv4", "ipv6"])
+def test_agent_pings_the_internet_host_through_the_relay(lab: Lab, host: str) -> None:
+    done = lab.exec("agent", "ping", "-c", "4", "-W", "2", host)
     assert " 0% packet loss" in done.stdout, done.stdout
     # The way there is the tunnel, not a Docker network: the agent shares none with the host.
-    route = lab.exec("agent", "ip", "route", "get", INTERNET_HOST).stdout
+    route = lab.exec("agent", "ip", "route", "get", host).stdout
     assert "dev zgate-agent0" in route, route
 
 
-def test_download_through_the_tunnel_is_intact(lab: Lab) -> None:
+@pytest.mark.parametrize("host", [INTERNET_HOST, f"[{INTERNET_HOST6}]"], ids=["ipv4", "ipv6"])
+def test_download_through_the_tunnel_is_intact(lab: Lab, host: str) -> None:
     done = lab.exec(
         "agent",
         "sh",
         "-c",
-        f"curl -fsS --max-time 60 -o /tmp/{BLOB_NAME} http://{INTERNET_HOST}/{BLOB_NAME}"
+        f"curl -fsS --max-time 60 -o /tmp/{BLOB_NAME} http://{host}/{BLOB_NAME}"
         f" && sha256sum /tmp/{BLOB_NAME} && rm /tmp/{BLOB_NAME}",
         timeout=90,
     )
