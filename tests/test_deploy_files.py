@@ -74,6 +74,8 @@ class ServiceImage:
     address: str
     pki_files: tuple[str, ...]
     """What compose mounts under /pki for the service (never the CA key)."""
+    compose_extra_args: tuple[str, ...] = ()
+    """What compose adds to the image's CMD (lab-only settings)."""
 
 
 IMAGES = (
@@ -87,6 +89,8 @@ IMAGES = (
         compose_service="relay",
         address="172.28.0.10",
         pki_files=("/pki/ca.pem", "/pki/crl.pem", "/pki/relay.pem", "/pki/relay.key"),
+        # Docker's embedded resolver as the upstream of the relay's DNS service.
+        compose_extra_args=("--dns-upstream", "127.0.0.11"),
     ),
     ServiceImage(
         member_dir="services/agent",
@@ -570,7 +574,7 @@ def test_compose_tunnel_endpoint(image: ServiceImage) -> None:
         if target.startswith("/pki/"):
             assert source == "./.zgate/pki/" + target.removeprefix("/pki/")
         assert not source.endswith("ca.key"), "the CA key stays on the host"
-    assert tuple(service["command"]) == image.cmd
+    assert tuple(service["command"]) == image.cmd + image.compose_extra_args
     assert service["networks"]["zgate"]["ipv4_address"] == image.address
     assert published_ports(service) == image.exposed
 

@@ -498,8 +498,12 @@ def test_agent_pings_the_internet_host_through_the_relay(lab: Lab, host: str) ->
     assert "dev zgate-agent0" in route, route
 
 
-@pytest.mark.parametrize("host", [INTERNET_HOST, f"[{INTERNET_HOST6}]"], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize(
+    "host", [INTERNET_HOST, f"[{INTERNET_HOST6}]", "internet"], ids=["ipv4", "ipv6", "by-name"]
+)
 def test_download_through_the_tunnel_is_intact(lab: Lab, host: str) -> None:
+    # By name, the agent asks the relay's DNS service through the tunnel (its resolv.conf
+    # points there), and the relay asks Docker's resolver.
     done = lab.exec(
         "agent",
         "sh",
