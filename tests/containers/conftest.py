@@ -1,7 +1,8 @@
 """The container tests build images and start the compose lab: minutes of work, run on purpose.
 
 They run under `make container-test` (which sets ZGATE_CONTAINER_TESTS=1) or when selected with
-`-m containers`; a plain `pytest` / `make test` skips them with a pointer to the make target.
+`-m containers`; a plain `pytest` / `make test` leaves them out (deselected, not skipped:
+`.ci/run` runs them on their own right after `make test`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     )
     if selected:
         return
-    skip = pytest.mark.skip(
-        reason="container test: builds images and starts the compose lab; run `make "
-        "container-test` (or pytest -m containers)"
-    )
-    for item in items:
-        if "containers" in item.keywords:
-            item.add_marker(skip)
+    deselected = [item for item in items if "containers" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if "containers" not in item.keywords]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

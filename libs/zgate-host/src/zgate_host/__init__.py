@@ -5,8 +5,12 @@ from zgate_host.errors import (
     CommandFailed,
     HostError,
     InvalidArgument,
+    IPv6Disabled,
     LinkNotFound,
     PermissionRequired,
+    SysctlNotWritable,
+    ToolMissing,
+    TunUnavailable,
 )
 from zgate_host.logs import BoundLogger, bind, configure_logging
 from zgate_host.memdev import MemoryPacketDevice
@@ -33,6 +37,7 @@ __all__ = [
     "CommandFailed",
     "ForwardingState",
     "HostError",
+    "IPv6Disabled",
     "InvalidArgument",
     "LinkNotFound",
     "MemoryPacketDevice",
@@ -41,7 +46,10 @@ __all__ = [
     "PermissionRequired",
     "PinnedRoute",
     "RouteInfo",
+    "SysctlNotWritable",
+    "ToolMissing",
     "TunDevice",
+    "TunUnavailable",
     "add_route",
     "bind",
     "configure_interface",
