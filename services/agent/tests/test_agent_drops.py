@@ -1,0 +1,298 @@
+"""The agent's drop paths and its fallback to stream mode, against a real relay in this
+process (loopback QUIC, in-memory devices): every packet it cannot send is counted by
+reason in ``zgate_agent_drops_total{reason}``, and the ones that should be answered are."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from pathlib import Path
+
+import pytest
+from aioquic.h3.connection import Setting
+from relay_harness import (
+    INTERNET,
+    AgentUnderTest,
+    RelayUnderTest,
+    make_pki,
+    running_relay,
+    start_agent,
+    udp4,
+    until,
+)
+
+import zgate_relay.server
+from zgate_agent.metrics import AgentMetrics
+from zgate_proto.h3 import DATAGRAM_OVERHEAD, ConnectIpH3Connection, PacketMode
+from zgate_proto.icmp import ICMPV4_QUOTE_LIMIT, ICMPv4Type, ICMPv6Type
+from zgate_proto.ip import (
+    IPProto,
+    internet_checksum,
+    ones_complement_sum,
+    parse_packet,
+)
+
+INTERNET6 = ipaddress.IPv6Address("2001:db8:203::10")
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    return make_pki(tmp_path / "pki", ["alice"])
+
+
+def drops(metrics: AgentMetrics, reason: str) -> float:
+    """``zgate_agent_drops_total{reason}`` as Prometheus reads it."""
+    value = metrics.registry.get_sample_value("zgate_agent_drops_total", {"reason": reason})
+    assert value is not None, reason
+    return value
+
+
+def address(agent: AgentUnderTest, version: int) -> str:
+    return next(
+        a.split("/")[0]
+        for a in agent.agent.status()["addresses"]
+        if ipaddress.ip_interface(a).version == version
+    )
+
+
+def udp4_df(src: str, dst: str, payload: bytes) -> bytes:
+    """An IPv4/UDP packet with Don't Fragment set (path MTU discovery's probes)."""
+    packet = bytearray(udp4(src, dst, payload))
+    packet[6] |= 0x40
+    packet[10:12] = b"\0\0"
+    packet[10:12] = internet_checksum(packet[:20]).to_bytes(2, "big")
+    return bytes(packet)
+
+
+def udp6(src: str, dst: str, payload: bytes, sport: int = 40000, dport: int = 7) -> bytes:
+    """An IPv6/UDP packet (checksum left 0: nothing here checks it)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        len(udp),
+        IPProto.UDP,
+        64,
+        ipaddress.IPv6Address(src).packed,
+        ipaddress.IPv6Address(dst).packed,
+    )
+    return header + udp
+
+
+async def next_from(relay: RelayUnderTest, timeout: float = 5.0) -> bytes:
+    return await relay.egress.received(timeout)
+
+
+# ------------------------------------------------------------------ not_connected
+
+
+async def test_packets_while_the_tunnel_is_down_are_dropped_and_counted(pki: Path) -> None:
+    async with running_relay(pki) as relay:
+        port = relay.port
+        agent = await start_agent(relay, "alice", connect_timeout=1.0)
+        own = agent.address4
+        before = drops(agent.metrics, "not_connected")
+        # A positive control: while the tunnel is up the same packet gets through.
+        agent.device.inject(udp4(own, str(INTERNET), b"up"))
+        assert parse_packet(await next_from(relay)).src_address == ipaddress.ip_address(own)
+    # The relay closed the connection on its way out: the agent sees it and retries.
+    await until(lambda: not agent.agent.connected.is_set(), what="the agent to notice")
+    assert agent.agent.status()["state"] != "connected"
+    try:
+        down = [udp4(own, str(INTERNET), f"down {i}".encode()) for i in range(5)]
+        for packet in down:
+            agent.device.inject(packet)
+        await until(
+            lambda: drops(agent.metrics, "not_connected") - before == len(down),
+            what="five not_connected drops",
+        )
+        assert drops(agent.metrics, "queue_full") == 0
+        assert not agent.device.drain()  # nothing looped back onto the device either
+        # The relay comes back on the same port: nothing of what was dropped is sent late.
+        async with running_relay(pki, port=port) as back:
+            await until(agent.agent.connected.is_set, what="the agent to reconnect")
+            own = agent.address4
+            agent.device.inject(udp4(own, str(INTERNET), b"back"))
+            first = await next_from(back)
+            assert first.endswith(b"back"), first
+            assert not back.egress.drain()
+            assert drops(agent.metrics, "not_connected") - before == len(down)
+    finally:
+        await agent.stop()
+
+
+# ------------------------------------------------------------------------ too_big
+
+
+async def test_a_packet_too_big_for_a_datagram_is_answered_with_icmp_frag_needed(
+    pki: Path,
+) -> None:
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice")
+        try:
+            stream = agent.agent._protocol.stream  # type: ignore[union-attr]
+            assert stream is not None
+            mtu = stream.max_datagram_packet
+            # 1452 (max_datagram_size) - 44 (QUIC overhead) - 2 (quarter stream id, context).
+            assert mtu == 1452 - DATAGRAM_OVERHEAD - 2 == 1406
+            own = agent.address4
+            before = drops(agent.metrics, "too_big")
+            big = udp4_df(own, str(INTERNET), bytes(mtu + 1 - 28))
+            assert len(big) == mtu + 1
+            agent.device.inject(big)
+            icmp = await agent.device.received()
+            assert drops(agent.metrics, "too_big") - before == 1
+            info = parse_packet(icmp)
+            assert info.version == 4
+            assert info.proto == IPProto.ICMP
+            assert str(info.src_address) == own and str(info.dst_address) == own
+            assert (info.icmp_type, info.icmp_code) == (ICMPv4Type.DESTINATION_UNREACHABLE, 4)
+            assert internet_checksum(icmp[:20]) == 0
+            message = icmp[info.header_len :]
+            assert internet_checksum(message) == 0
+            # RFC 1191 §4: the next-hop MTU in the low 16 bits of the second word.
+            assert struct.unpack("!HH", message[4:8]) == (0, mtu)
+            # The original packet from its IP header on, as much as fits in 576 bytes.
+            assert message[8:] == big[:ICMPV4_QUOTE_LIMIT]
+            # The packet itself went nowhere; one that fits still does.
+            fits = udp4_df(own, str(INTERNET), bytes(mtu - 28))
+            agent.device.inject(fits)
+            assert await next_from(relay) == fits
+            assert not relay.egress.drain()
+            assert drops(agent.metrics, "too_big") - before == 1
+        finally:
+            await agent.stop()
+
+
+async def test_an_ipv6_packet_too_big_is_answered_with_icmpv6_packet_too_big(
+    pki: Path,
+) -> None:
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice")
+        try:
+            stream = agent.agent._protocol.stream  # type: ignore[union-attr]
+            assert stream is not None
+            mtu = stream.max_datagram_packet
+            own = address(agent, 6)
+            before = drops(agent.metrics, "too_big")
+            big = udp6(own, str(INTERNET6), bytes(mtu + 1 - 48))
+            assert len(big) == mtu + 1
+            agent.device.inject(big)
+            icmp = await agent.device.received()
+            assert drops(agent.metrics, "too_big") - before == 1
+            info = parse_packet(icmp)
+            assert info.version == 6
+            assert info.proto == IPProto.ICMPV6
+            assert str(info.src_address) == own and str(info.dst_address) == own
+            assert (info.icmp_type, info.icmp_code) == (ICMPv6Type.PACKET_TOO_BIG, 0)
+            message = icmp[40:]
+            pseudo = icmp[8:40] + struct.pack("!I3xB", len(message), IPProto.ICMPV6)
+            assert internet_checksum(message, ones_complement_sum(pseudo)) == 0
+            # RFC 4443 §3.2: a 32-bit MTU, then as much of the packet as fits in 1280.
+            assert struct.unpack("!I", message[4:8]) == (mtu,)
+            assert message[8:] == big[: 1280 - 48]
+            assert not relay.egress.drain()
+        finally:
+            await agent.stop()
+
+
+# --------------------------------------------------------------------- queue_full
+
+
+async def test_the_send_queue_is_bounded_and_drops_at_the_tail(pki: Path) -> None:
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice", datagram_queue=8)
+        try:
+            own = agent.address4
+            before = drops(agent.metrics, "queue_full")
+            # 64 packets the agent reads in one batch: it queues them all before it sends,
+            # so the queue holds 8 and the other 56 are dropped.
+            burst = [udp4(own, str(INTERNET), f"#{i:02}".encode()) for i in range(64)]
+            for packet in burst:
+                agent.device.inject(packet)
+            await until(
+                lambda: drops(agent.metrics, "queue_full") - before == 56,
+                what="56 queue_full drops",
+            )
+            arrived = [await next_from(relay) for _ in range(8)]
+            assert arrived == burst[:8]
+            assert drops(agent.metrics, "not_connected") == 0
+            assert drops(agent.metrics, "too_big") == 0
+            # The queue drained: the next burst is sent again.
+            agent.device.inject(burst[0])
+            assert await next_from(relay) == burst[0]
+            assert drops(agent.metrics, "queue_full") - before == 56
+        finally:
+            await agent.stop()
+
+
+# ---------------------------------------------------------------------- fallback
+
+
+class _NoDatagramsH3(ConnectIpH3Connection):
+    """HTTP/3 without SETTINGS_H3_DATAGRAM: a relay that offers no HTTP datagrams."""
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        del settings[Setting.H3_DATAGRAM]
+        return settings
+
+
+@pytest.fixture
+def no_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relays started in this test offer no HTTP datagrams (the relay has no setting for
+    it: every zgate relay offers them)."""
+    monkeypatch.setattr(zgate_relay.server, "ConnectIpH3Connection", _NoDatagramsH3)
+
+
+async def test_without_relay_datagrams_the_agent_falls_back_to_stream_mode(
+    pki: Path, no_datagrams: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice", PacketMode.DATAGRAM)
+        try:
+            assert agent.agent.settings.mode is PacketMode.DATAGRAM
+            assert agent.agent.status()["mode"] == "stream"
+            warnings = [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "zgate.agent" and r.levelno == logging.WARNING
+            ]
+            assert warnings == ["relay offers no HTTP datagrams: falling back to stream mode"]
+            assert [s.stream.mode for s in relay.server.sessions] == [PacketMode.STREAM]
+            # Packets flow both ways as capsules.
+            own = agent.address4
+            up = udp4(own, str(INTERNET), b"up")
+            agent.device.inject(up)
+            assert await next_from(relay) == up
+            down = udp4(str(INTERNET), own, b"down", sport=7, dport=40000)
+            relay.egress.inject(down)
+            received = await agent.device.received()
+            assert received[20:] == down[20:]  # the relay decremented the TTL
+        finally:
+            await agent.stop()
+
+
+async def test_without_relay_datagrams_and_no_fallback_the_agent_says_so(
+    pki: Path, no_datagrams: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_relay(pki) as relay:
+        agent = await start_agent(
+            relay, "alice", PacketMode.DATAGRAM, wait=False, fallback=False, backoff_initial=5.0
+        )
+        try:
+            expected = "the relay does not offer HTTP datagrams and fallback is off"
+            await until(lambda: agent.agent.status()["last_error"] is not None, what="an error")
+            status = agent.agent.status()
+            assert status["last_error"] == expected
+            assert status["state"] == "reconnecting"
+            assert status["mode"] is None
+            assert not agent.agent.connected.is_set()
+            lines = [r.getMessage() for r in caplog.records if r.name == "zgate.agent"]
+            assert f"tunnel down: {expected}" in lines
+            assert relay.metrics.registry.get_sample_value("zgate_relay_sessions") == 0
+        finally:
+            await agent.stop()
