@@ -14,6 +14,16 @@ DEMO_ARGS ?=
 WIREGUARD ?= 0
 BENCH_ARGS ?=
 
+# `make test`: one --cov per import package, branch coverage, a JSON report for
+# scripts/coverage_floors.py (the floors: [tool.zgate.coverage-floors] in pyproject.toml).
+# PYTEST_ARGS="-x -k name" adds pytest options (a partial run then misses the floors).
+PYTEST_ARGS ?=
+COVERAGE_DIR := build/coverage
+COVERAGE_PACKAGES := zgate_proto zgate_policy zgate_pki zgate_host zgate_relay zgate_agent \
+	zgate_connector zgate_cli
+COVERAGE_ARGS := $(foreach package,$(COVERAGE_PACKAGES),--cov=$(package)) --cov-branch \
+	--cov-report=json:$(COVERAGE_DIR)/coverage.json
+
 # The wheels each service needs: the service and the workspace libraries it imports.
 RELAY_PACKAGES := zgate-proto zgate-policy zgate-pki zgate-host zgate-relay
 AGENT_PACKAGES := zgate-proto zgate-host zgate-pki zgate-agent
@@ -33,7 +43,7 @@ BASE_IMAGE ?= zgate-base:bookworm
 IMAGE_TAG ?= dev
 IMAGES := relay agent connector
 
-.PHONY: help bootstrap sync certs clean-certs demo test e2e bench lint fmt \
+.PHONY: help bootstrap sync certs clean-certs demo test coverage e2e bench lint fmt \
 	all relay agent clean docker base-image up down dev-up dev-down logs-relay logs-agent \
 	container-test
 
@@ -67,8 +77,16 @@ clean-certs: ## delete .zgate/ (the dev PKI and its CA key)
 demo: bootstrap ## [root] the one-machine demo in network namespaces (DEMO_ARGS=--keep ...)
 	$(RUN) zgate lab demo $(DEMO_ARGS)
 
-test: bootstrap ## the whole suite; [root] for the end-to-end part (skipped otherwise)
-	$(RUN) pytest
+test: bootstrap ## the whole suite with branch coverage per package, held to floors; [root] for e2e
+	@rm -f $(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/coverage.json
+	@# Exit 5 (no test collected) is a failure like any other non-zero status.
+	$(RUN) pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)
+	$(RUN) python scripts/coverage_floors.py --json $(COVERAGE_DIR)/coverage.json
+
+coverage: ## per-file report and HTML (build/coverage/html) of the last make test's coverage
+	$(RUN) coverage report --show-missing --skip-covered
+	$(RUN) coverage html
+	@echo "HTML report: $(COVERAGE_DIR)/html/index.html"
 
 e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
 	$(RUN) pytest tests/e2e

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -766,7 +765,7 @@ def test_systemd_unit_hardening_keeps_net_admin(image: ServiceImage) -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@pytest.mark.needs(tools=("systemd-analyze",), reason="to verify the systemd units")
 @pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
 def test_systemd_analyze_accepts_the_unit(image: ServiceImage, tmp_path: Path) -> None:
     source = ROOT / f"deploy/systemd/zgate-{image.compose_service}.service"

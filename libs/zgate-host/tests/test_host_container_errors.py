@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -290,9 +289,8 @@ def test_nft_missing_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -
 
 # --- with root: a read-only /proc/sys and IPv6 off, for real ---
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="needs root and unshare(1) for a private mount and network namespace",
+needs_root = pytest.mark.needs(
+    root=True, tools=("unshare",), reason="a private mount and network namespace"
 )
 
 # Runs in `unshare --mount --net`: a fresh network namespace whose new interfaces start with

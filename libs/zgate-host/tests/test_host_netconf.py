@@ -31,7 +31,7 @@ from zgate_host import (
 )
 from zgate_host import netconf as netconf_module
 
-skip_unless_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+skip_unless_root = pytest.mark.needs(root=True, tools=("ip",), reason="network namespaces")
 _names = itertools.count()
 
 RELAY = IPv4Address("198.51.100.10")

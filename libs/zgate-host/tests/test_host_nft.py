@@ -13,8 +13,8 @@ import pytest
 
 from zgate_host import CommandFailed, HostError, InvalidArgument, NatTable, run_nft
 
-skip_unless_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root for network namespaces and nftables"
+skip_unless_root = pytest.mark.needs(
+    root=True, tools=("ip", "nft"), reason="network namespaces and nftables"
 )
 _names = itertools.count()
 

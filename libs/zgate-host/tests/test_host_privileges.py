@@ -67,7 +67,7 @@ def test_run_in_netns_returns_results_and_raises_errors() -> None:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+@pytest.mark.needs(root=True, tools=("ip",), reason="network namespaces")
 def test_run_in_netns_enters_the_namespace_and_leaves_the_caller_alone() -> None:
     name = f"zgh-{os.getpid()}-priv"
     with pytest.raises(HostError, match="does not exist"):

@@ -15,7 +15,7 @@ from zgate_host.sysctl import IPV4_FORWARDING, IPV6_FORWARDING, read_sysctl, wri
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.needs(root=True, tools=("ip",), reason="network namespaces"),
 ]
 _names = itertools.count()
 

@@ -31,8 +31,8 @@ from zgate_host.netns import run_in_netns
 from zgate_host.sysctl import write_sysctl
 from zgate_host.tun import validate_ifname
 
-skip_unless_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root for network namespaces and TUN devices"
+skip_unless_root = pytest.mark.needs(
+    root=True, tools=("ip",), reason="network namespaces and TUN devices"
 )
 _names = itertools.count()
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from zgate_needs import skip_or_fail
 
 from zgate_host.udp import (
     GSO_MAX_BYTES,
@@ -115,7 +116,7 @@ def test_loopback_batches_arrive_whole_and_in_order(
 def test_gro_coalesced_reads_are_split(pair: tuple[socket.socket, socket.socket]) -> None:
     rx_sock, tx_sock = pair
     if not (supports_gso(tx_sock) and enable_gro(rx_sock)):
-        pytest.skip("this kernel has no UDP GSO/GRO")
+        skip_or_fail("this kernel has no UDP GSO/GRO")
     got: list[bytes] = []
     rx = UdpBatchIO(rx_sock, lambda data, addr: got.append(data))
     tx = UdpBatchIO(tx_sock, lambda data, addr: None)

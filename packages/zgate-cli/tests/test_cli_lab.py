@@ -489,7 +489,7 @@ def test_metrics_parsing() -> None:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="needs root")
+@pytest.mark.needs(root=True, tools=("ip",), reason="network namespaces")
 def test_down_stops_processes_and_deletes_only_that_labs_namespaces(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from zgate_needs import skip_or_fail
 
 from zgate_cli.lab import Lab, have_tools
 from zgate_pki import init_pki, issue_certificate
@@ -199,7 +200,7 @@ def test_no_route_to_the_relay_is_said_at_once(tmp_path: Path) -> None:
     """In a network namespace without routes, an attempt fails at once as network
     unreachable (transient), not as a connect timeout."""
     if shutil.which("unshare") is None:
-        pytest.skip("needs unshare")
+        skip_or_fail("needs unshare")
     pki = tmp_path / "pki"
     init_pki(pki)
     issue_certificate(pki, "client", "alice")

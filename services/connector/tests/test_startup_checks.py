@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from zgate_needs import skip_or_fail
 
 from zgate_agent.cli import main as agent_main
 from zgate_connector.cli import main as connector_main
@@ -116,7 +117,7 @@ def test_unreadable_key_names_the_file_mode_and_owner(
     try:
         pwd.getpwnam("nobody")
     except KeyError:
-        pytest.skip("no user 'nobody' to read the file as")
+        skip_or_fail("no user 'nobody' to read the file as")
     # A directory every user may enter, holding a key only root may read.
     shared = Path(f"/tmp/zgate-agent-test-{os.getpid()}")
     shared.mkdir(mode=0o755, exist_ok=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +53,7 @@ def test_flags_beat_environment_beat_yaml(tmp_path: Path, monkeypatch: pytest.Mo
     assert settings.listen_address == ("0.0.0.0", 3333)  # flag over env
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv to run as an unprivileged user",
-)
+@pytest.mark.needs(root=True, tools=("setpriv",), reason="to run as an unprivileged user")
 def test_without_net_admin_it_says_what_it_needs(tmp_path: Path) -> None:
     tmp_path.chmod(0o777)
     proc = subprocess.run(

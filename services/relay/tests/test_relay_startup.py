@@ -249,10 +249,7 @@ def test_expired_and_not_yet_valid_relay_certificate(
     assert "is not valid yet" in line and "clock" in line
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv to run as another user",
-)
+@pytest.mark.needs(root=True, tools=("setpriv",), reason="to run as another user")
 def test_key_unreadable_for_the_service_user(elsewhere: Path) -> None:
     # pytest's own temporary folders are private to root: use one that others may enter.
     shared = Path(tempfile.mkdtemp(prefix="zgate-startup-"))
