@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -36,6 +37,7 @@ from zgate_relay.fqdn import FqdnBindings
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOCAL = ipaddress.ip_address("127.0.0.1")
 WAIT = 5.0  # generous bound on any single await; tests finish far sooner
+POISON = "192.0.2.66"  # the address a forged answer tries to plant
 
 ZONE = {
     "www.corp.example.": [("A", 300, "203.0.113.10"), ("AAAA", 120, "2001:db8::10")],
@@ -56,13 +58,15 @@ class Upstream:
 
     truncate_udp: set[str] = field(default_factory=set)  # names answered TC over UDP
     silent: bool = False
-    forge_first: bool = False  # send a reply with a wrong id before the real one
+    forge_first: bool = False  # send a poisoned reply with a wrong id before the real one
+    echo_first: bool = False  # send the query itself back (right id, no QR) before the answer
     hold: asyncio.Event | None = None
     zone: dict[str, list[tuple[str, int, str]]] = field(default_factory=lambda: dict(ZONE))
     port: int = 0
     udp_queries: int = 0
     tcp_queries: int = 0
     held: int = 0
+    received: list[bytes] = field(default_factory=list)  # every query, as it arrived
     sent: list[bytes] = field(default_factory=list)
     udp: asyncio.DatagramTransport | None = None
     tcp: asyncio.Server | None = None
@@ -105,6 +109,20 @@ class Upstream:
         self.sent.append(reply)
         return reply
 
+    def decoys(self, wire: bytes) -> list[bytes]:
+        """What an attacker (or a confused server) sends before the real answer."""
+        out = []
+        if self.echo_first:
+            out.append(wire)
+        if self.forge_first:
+            forged = dns.message.make_response(dns.message.from_wire(wire))
+            forged.id ^= 0xFFFF  # every id but the right one would do
+            forged.answer.append(
+                dns.rrset.from_text(forged.question[0].name, 86400, "IN", "A", POISON)
+            )
+            out.append(forged.to_wire())
+        return out
+
     async def start(self) -> None:
         if self.port:
             return  # already serving
@@ -117,15 +135,14 @@ class Upstream:
 
             def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
                 upstream.udp_queries += 1
+                upstream.received.append(data)
                 task = loop.create_task(self.reply(data, addr))
                 upstream.tasks.add(task)
                 task.add_done_callback(upstream.tasks.discard)
 
             async def reply(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-                if upstream.forge_first:
-                    forged = bytearray(upstream.answer(data, over_udp=True))
-                    forged[0] ^= 0xFF
-                    self.transport.sendto(bytes(forged), addr)
+                for decoy in upstream.decoys(data):
+                    self.transport.sendto(decoy, addr)
                 reply = await upstream.respond(data, over_udp=True)
                 if reply is not None:
                     self.transport.sendto(reply, addr)
@@ -136,6 +153,9 @@ class Upstream:
                     size = int.from_bytes(await reader.readexactly(2), "big")
                     data = await reader.readexactly(size)
                     upstream.tcp_queries += 1
+                    upstream.received.append(data)
+                    for decoy in upstream.decoys(data):
+                        writer.write(len(decoy).to_bytes(2, "big") + decoy)
                     reply = await upstream.respond(data, over_udp=False)
                     if reply is not None:
                         writer.write(len(reply).to_bytes(2, "big") + reply)
@@ -256,7 +276,9 @@ async def test_answer_passes_through_unchanged_and_is_recorded() -> None:
         q = query("WWW.corp.example", "A")
         reply = await udp_ask(r.port, q.to_wire())
         assert reply == q.id.to_bytes(2, "big") + r.upstream.sent[0][2:]
-        assert r.upstream.sent[0][:2] != reply[:2] or q.id == int.from_bytes(reply[:2], "big")
+        # The query went upstream unchanged but for its id, and the answer came back for it.
+        assert r.upstream.received[0][2:] == q.to_wire()[2:]
+        assert r.upstream.sent[0][:2] == r.upstream.received[0][:2]
         assert dns.message.from_wire(reply).rcode() == dns.rcode.NOERROR
         assert r.answers == [
             (LOCAL, "www.corp.example", [ipaddress.ip_address("203.0.113.10")], 300)
@@ -382,11 +404,61 @@ async def test_unreachable_upstream_fails_fast() -> None:
         assert dns.message.from_wire(reply).rcode() == dns.rcode.SERVFAIL
 
 
-async def test_forged_reply_with_a_wrong_id_is_ignored() -> None:
+@pytest.mark.parametrize("over_tcp", [False, True], ids=["udp", "tcp"])
+async def test_forged_reply_with_a_wrong_id_is_ignored(over_tcp: bool) -> None:
     async with rig(Upstream(forge_first=True)) as r:
         q = query("www.corp.example")
-        reply = await udp_ask(r.port, q.to_wire())
+        if over_tcp:
+            (reply,) = await tcp_ask(r.port, q.to_wire())
+        else:
+            reply = await udp_ask(r.port, q.to_wire())
+        # The forged answer arrived first and named another address: it must be neither
+        # forwarded nor bound, and the real answer must still get through.
         assert reply == q.id.to_bytes(2, "big") + r.upstream.sent[0][2:]
+        assert POISON not in dns.message.from_wire(reply).to_text()
+        assert [str(a) for _, _, addresses, _ in r.answers for a in addresses] == ["203.0.113.10"]
+        assert r.proxy.stats.failures == 0
+
+
+@pytest.mark.parametrize("over_tcp", [False, True], ids=["udp", "tcp"])
+async def test_query_echoed_back_is_not_taken_for_the_answer(over_tcp: bool) -> None:
+    async with rig(Upstream(echo_first=True)) as r:
+        q = query("www.corp.example")
+        if over_tcp:
+            (reply,) = await tcp_ask(r.port, q.to_wire())
+        else:
+            reply = await udp_ask(r.port, q.to_wire())
+        parsed = dns.message.from_wire(reply)
+        assert parsed.flags & dns.flags.QR and parsed.rcode() == dns.rcode.NOERROR
+        assert reply == q.id.to_bytes(2, "big") + r.upstream.sent[0][2:]
+
+
+@pytest.mark.parametrize("over_tcp", [False, True], ids=["udp", "tcp"])
+async def test_upstream_query_ids_are_random_and_the_client_gets_its_own_back(
+    over_tcp: bool,
+) -> None:
+    # Agents' ids are predictable here on purpose (the same id, then a counter); what the
+    # upstream sees must not be: neither the agent's id, nor a sequence, nor a narrow range.
+    count = 64
+    client_ids = [0x1234] * (count // 2) + list(range(1, count // 2 + 1))
+    async with rig() as r:
+        for client_id in client_ids:
+            q = query("www.corp.example", id=client_id)
+            if over_tcp:
+                (reply,) = await tcp_ask(r.port, q.to_wire())
+            else:
+                reply = await udp_ask(r.port, q.to_wire())
+            assert dns.message.from_wire(reply).id == client_id
+            assert reply[2:] == r.upstream.sent[-1][2:]
+        upstream_ids = [int.from_bytes(wire[:2], "big") for wire in r.upstream.received]
+    assert len(upstream_ids) == count
+    # A random 16-bit id equals the agent's 1 time in 65 536; a couple of coincidences, or
+    # of repeats among 64 draws (birthday: ~3 % for one), are chance, more are not.
+    assert sum(u == c for u, c in zip(upstream_ids, client_ids, strict=True)) <= 1
+    assert len(set(upstream_ids)) >= count - 3
+    steps = [(b - a) % 65536 for a, b in itertools.pairwise(upstream_ids)]
+    assert sum(step in (0, 1, 65535) for step in steps) <= 2  # not a counter
+    assert len({u >> 8 for u in upstream_ids}) >= 16  # all 16 bits in use, not a small range
 
 
 async def test_garbage_is_dropped_and_counted() -> None:

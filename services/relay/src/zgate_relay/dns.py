@@ -547,7 +547,8 @@ class DnsProxy:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
                 raw = await reader.readexactly(size)
-                if raw[:2] == out[:2]:
+                # As over UDP: only a response (QR set) to our id ends the wait.
+                if len(raw) >= HEADER_SIZE and raw[:2] == out[:2] and raw[2] & 0x80:
                     return raw
         finally:
             writer.close()
