@@ -26,9 +26,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Namespaces + PKI + internet services + a relay (agents are started by the tests)."""
+    """Namespaces + PKI + internet services + a relay (agents are started by the tests);
+    agents have a WAN around the tunnel, counted."""
     tmp = tmp_path_factory.mktemp("lab")
-    the_lab = Lab(tag=f"{os.getpid() % 10000}{next(_counter)}", workdir=tmp)
+    # leak_path: agents have a way to the internet host around the tunnel, so that a leak
+    # would get through and be counted (Lab.leaked_packets).
+    the_lab = Lab(tag=f"{os.getpid() % 10000}{next(_counter)}", workdir=tmp, leak_path=True)
     try:
         the_lab.build(agents=3)
         the_lab.make_pki(clients=("agent1", "agent2", "agent3", "victim"))

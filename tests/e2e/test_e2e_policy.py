@@ -47,12 +47,21 @@ rules:
     from: [agent2, mallory]
     to: [named]
     ports: [tcp/8080]
+  - id: agent2-other-ports
+    action: allow
+    from: [agent2]
+    to: [203.0.113.10/32]
+    ports: [tcp/9999, udp/7007]
 tests:
   - {from: agent1, to: "tcp://203.0.113.10:8080", expect: allow}
   - {from: agent1, to: "udp://203.0.113.10:7007", expect: deny}
   - {from: agent2, to: "tcp://203.0.113.10:8080", expect: deny}
   - {from: agent2, to: "tcp://www.example.test:8080", expect: allow}
+  - {from: agent2, to: "tcp://203.0.113.10:9999", expect: allow}
+  - {from: agent1, to: "tcp://203.0.113.10:9999", expect: deny}
 """
+OTHER_PORT = 9999
+"""A second web server on the internet host, outside agent1's port range but agent2's."""
 
 # The same without ops-web: agent1 loses the web server.
 POLICY_WITHOUT_OPS = POLICY.replace(
@@ -79,7 +88,7 @@ def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     import os
 
     tmp = tmp_path_factory.mktemp("plab")
-    the_lab = Lab(tag=f"p{os.getpid() % 10000}", workdir=tmp)
+    the_lab = Lab(tag=f"p{os.getpid() % 10000}", workdir=tmp, leak_path=True)
     try:
         the_lab.build(agents=3)
         the_lab.make_pki(clients=("agent1", "agent2", "mallory"))
@@ -88,6 +97,7 @@ def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             [zgate, "pki", "issue", "client", "agent3", "--group", "ops", "--dir", str(the_lab.pki)]
         )
         the_lab.blob = the_lab.start_inet_services()  # type: ignore[attr-defined]
+        the_lab.start_http_server("http-other", the_lab.inet_ns, OTHER_PORT, tmp / "www")
         policy = tmp / "policy.yaml"
         policy.write_text(POLICY)
         the_lab.policy = policy  # type: ignore[attr-defined]
@@ -123,12 +133,13 @@ def curl(lab: Lab, n: int, url: str, *extra: str) -> subprocess.CompletedProcess
 
 
 def audit_record(
-    lab: Lab, match: Callable[[dict[str, object]], bool], what: str
+    lab: Lab, match: Callable[[dict[str, object]], bool], what: str, since: int = 0
 ) -> dict[str, object]:
+    """The newest audit record that matches, among those from the ``since``-th on."""
     found: list[dict[str, object]] = []
 
     def seen() -> bool:
-        found[:] = [r for r in lab.audit_records() if match(r)]
+        found[:] = [r for r in lab.audit_records()[since:] if match(r)]
         return bool(found)
 
     wait_until(seen, 10, what)
@@ -156,10 +167,10 @@ def test_allow_by_cidr_and_port_range_with_a_nested_group(plab: Lab, agent1: obj
     assert isinstance(record["session"], str) and record["session"]
 
 
-def test_deny_by_protocol_and_by_port(plab: Lab, agent1: object) -> None:
-    # UDP to the same host: the web resource is TCP 8000-8100 and ICMP only.
-    proc = plab.ns(
-        plab.agent_ns(1),
+def udp_echoes(lab: Lab, n: int) -> dict[str, int]:
+    """Three requests from agent n to the internet host's UDP echo server."""
+    proc = lab.ns(
+        lab.agent_ns(n),
         sys.executable,
         "-m",
         "zgate_cli.lab_udp",
@@ -168,17 +179,55 @@ def test_deny_by_protocol_and_by_port(plab: Lab, agent1: object) -> None:
         str(UDP_ECHO_PORT),
         "3",
     )
-    assert json.loads(proc.stdout) == {"sent": 3, "echoed": 0}
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_deny_by_protocol_and_by_port(plab: Lab, agent1: object) -> None:
+    """agent1 may reach the web server's TCP 8000-8100 and ICMP only: UDP to the echo server
+    and TCP to the second web server are denied. agent2, whom a rule allows both, gets
+    through on the same ports: what agent1 meets is the policy, not a missing listener."""
+    other = f"http://{INET_IP}:{OTHER_PORT}/"
+    agent2 = plab.start_agent(2)
+    try:
+        assert udp_echoes(plab, 2) == {"sent": 3, "echoed": 3}
+        assert curl(plab, 2, other).stdout == "200"
+    finally:
+        agent2.stop()
+    denials = plab.relay_metric("zgate_policy_decisions_total", rule="default", verdict="deny")
+    # UDP to the same host: the web resource is TCP 8000-8100 and ICMP only.
+    assert udp_echoes(plab, 1) == {"sent": 3, "echoed": 0}
     record = audit_record(
         plab,
-        lambda r: r["event"] == "flow.deny" and r["proto"] == "udp" and r["dport"] == UDP_ECHO_PORT,
+        lambda r: (
+            r["event"] == "flow.deny"
+            and r["client"] == "client/agent1"
+            and r["proto"] == "udp"
+            and r["dport"] == UDP_ECHO_PORT
+        ),
         "the flow.deny record",
     )
     assert record["rule"] == "default"
-    assert record["client"] == "client/agent1"
     # TCP outside the port range is denied too.
-    assert curl(plab, 1, f"http://{INET_IP}:9999/").stdout != "200"
-    assert plab.relay_metric("zgate_policy_decisions_total", rule="default", verdict="deny") >= 2
+    assert curl(plab, 1, other).stdout != "200"
+    record = audit_record(
+        plab,
+        lambda r: (
+            r["event"] == "flow.deny"
+            and r["client"] == "client/agent1"
+            and r["proto"] == "tcp"
+            and r["dport"] == OTHER_PORT
+        ),
+        "the flow.deny record of TCP 9999",
+    )
+    assert record["rule"] == "default"
+    wait_until(
+        lambda: (
+            plab.relay_metric("zgate_policy_decisions_total", rule="default", verdict="deny")
+            >= denials + 2
+        ),
+        5,
+        "the denials counted",
+    )
 
 
 def test_denied_flow_gets_icmp_administratively_prohibited(plab: Lab, agent1: object) -> None:
@@ -352,10 +401,14 @@ def test_sessions_are_audited(plab: Lab, agent1: object) -> None:
     assert opened["kind"] == "client"
     assert opened["mode"] == "datagram"
     assert any(a.startswith("10.100.") for a in opened["addresses"])  # type: ignore[union-attr]
+    # A session of its own to close (not one an earlier test happened to leave behind).
+    start = len(plab.audit_records())
+    assert plab.start_agent(2).stop() == 0
     closed = audit_record(
         plab,
         lambda r: r["event"] == "session.close" and r["client"] == "client/agent2",
         "session.close",
+        since=start,
     )
     assert closed["reason"]
     assert float(closed["duration_s"]) > 0  # type: ignore[arg-type]

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from zgate_cli.lab import HTTP_PORT, INET_IP, INET_IP6, UDP_ECHO_PORT, Lab, wait_until
+from zgate_cli.lab import (
+    HTTP_PORT,
+    INET_IP,
+    INET_IP6,
+    UDP_ECHO_PORT,
+    Lab,
+    metric_value,
+    wait_until,
+)
 
 UDP_CLIENT = ["-m", "zgate_cli.lab_udp", "client"]
 
@@ -63,9 +71,12 @@ def test_ping_through_the_tunnel_in_both_modes(lab: Lab, mode: str) -> None:
     assert "0.0.0.0/1" not in lab.ns(lab.agent_ns(3), "ip", "route").stdout
 
 
-def test_agent_has_no_way_out_but_the_tunnel(lab: Lab) -> None:
-    # Without an agent running, the internet host is unreachable from agent 2's namespace.
-    assert ping_loss(lab, 2, INET_IP, 3) == 100.0
+def test_without_an_agent_the_leak_path_reaches_the_internet(lab: Lab) -> None:
+    """The lab gives agent namespaces a default route around the tunnel (their WAN), and
+    counts what crosses it: the leak checks below rely on both."""
+    before = lab.leaked_packets(2)
+    assert ping_loss(lab, 2, INET_IP, 3) == 0.0
+    assert lab.leaked_packets(2) - before >= 3
 
 
 def test_http_download_of_20_mb_is_intact(lab: Lab, agent1: object) -> None:
@@ -156,3 +167,51 @@ def test_two_agents_reach_each_other_only_through_the_relay(lab: Lab, agent1: ob
         )
     finally:
         agent2.stop()
+
+
+def test_nothing_leaks_while_the_relay_is_down(lab: Lab) -> None:
+    """The relay stops; the agent keeps its TUN device and routes, so its host's traffic is
+    dropped and counted by the agent, and none of it takes the WAN around the tunnel."""
+    agent = lab.start_agent(3)
+    relay = lab.relay  # type: ignore[attr-defined]
+    try:
+        assert relay.stop() == 0
+        wait_until(
+            lambda: (lab.agent_status(3) or {}).get("state") != "connected",
+            20,
+            "the agent to notice the relay is gone",
+        )
+        leaked = lab.leaked_packets(3)
+        dropped = metric_value(
+            lab.agent_metrics_text(3), "zgate_agent_drops_total", reason="not_connected"
+        )
+        loss = ping_loss(lab, 3, INET_IP, 5)
+        udp = lab.ns(lab.agent_ns(3), sys.executable, *UDP_CLIENT, INET_IP, str(UDP_ECHO_PORT), "3")
+        http = lab.ns(
+            lab.agent_ns(3),
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            f"http://{INET_IP}:{HTTP_PORT}/",
+            check=False,
+        )
+        assert lab.leaked_packets(3) == leaked, "packets went around the tunnel"
+        assert loss == 100.0
+        assert json.loads(udp.stdout)["echoed"] == 0
+        assert http.returncode != 0
+        # They went into the tunnel's device instead, and the agent dropped them.
+        wait_until(
+            lambda: (
+                metric_value(
+                    lab.agent_metrics_text(3), "zgate_agent_drops_total", reason="not_connected"
+                )
+                >= dropped + 10
+            ),
+            5,
+            "the agent to count the dropped packets",
+        )
+    finally:
+        agent.stop()
+        if relay.proc.poll() is not None:
+            lab.relay = lab.start_relay()  # type: ignore[attr-defined]

@@ -15,6 +15,14 @@ With a private site (add_site):
 
 Agents have no route to the internet except through the tunnel, and none to the site
 except through the relay and a connector.
+
+With ``Lab(leak_path=True)`` (the end-to-end tests) each agent also has a way out that
+bypasses the tunnel, as a laptop has its home router:
+
+    agentN ns  198.18.N.2/24 (default route) --- inet ns 198.18.N.1/24   "the agent's WAN"
+
+Everything that arrives at the internet host over it is counted (`Lab.leaked_packets`): a
+packet that went around the tunnel reaches the internet host there, and is seen.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ SITE_NET = "192.168.50.0/24"
 SITE_HOST_IP = "192.168.50.10"
 SITE_ZONE = {"wiki.corp.internal": [SITE_HOST_IP]}
 """What the site's own DNS server answers (only the site can resolve these)."""
+LEAK_TABLE = "zgate_lab_leaks"
+"""The internet host's nftables table that counts what arrives over the agents' WANs."""
 PLAIN_AGENT_IP = "192.0.2.1"
 PLAIN_INET_IP = "192.0.2.10"
 IPERF_PORT = 5201
@@ -132,6 +142,10 @@ class Lab:
     #: Whether ``workdir`` (its PKI, logs) is this lab's own, for `zgate lab down` to delete
     #: if the lab is abandoned.
     temporary_workdir: bool = False
+    #: Whether agent namespaces get a WAN to the internet host besides the LAN (see the
+    #: module's docstring): without it a leak around the tunnel has nowhere to go, so a
+    #: test that nothing leaks could not fail.
+    leak_path: bool = False
 
     def __post_init__(self) -> None:
         # The tag names veths too (15 characters at most), and `zgate lab down` finds a
@@ -210,11 +224,16 @@ class Lab:
         self.ns(r, "ip", "link", "add", "br0", "type", "bridge")
         self.ns(r, "ip", "addr", "add", f"{RELAY_LAN_IP}/24", "dev", "br0")
         self.ns(r, "ip", "link", "set", "br0", "up")
+        if self.leak_path:
+            rules = f"""table inet {LEAK_TABLE} {{
+                chain prerouting {{ type filter hook prerouting priority raw; policy accept; }}
+            }}"""
+            run(["ip", "netns", "exec", i, "nft", "-f", "-"], input=rules)
         for n in range(1, agents + 1):
             self.add_agent_ns(n)
 
     def add_agent_ns(self, n: int) -> str:
-        """One more agent namespace on the LAN (no route anywhere else)."""
+        """One more agent namespace on the LAN (and its WAN, with ``leak_path``)."""
         a, r = self.agent_ns(n), self.relay_ns
         self.add_ns(a)
         run(
@@ -240,8 +259,41 @@ class Lab:
         # Its own resolv.conf, mounted over /etc/resolv.conf by `ip netns exec`: the agent
         # points it at the relay while it runs (never the machine's own file).
         self.use_resolver(a, "127.0.0.1", note=AGENT_RESOLV_NOTE)
+        if self.leak_path:
+            self._add_wan(n)
         self.agents = max(self.agents, n)
         return a
+
+    def _add_wan(self, n: int) -> None:
+        """Agent n's own way to the internet host: a veth in 198.18.N.0/24 (RFC 2544's
+        benchmarking range) with the agent's default route, every arrival counted."""
+        a, i = self.agent_ns(n), self.inet_ns
+        near, far = f"w{n}{self.tag}", f"v{n}{self.tag}"
+        run(
+            ["ip", "link", "add", near, "netns", a, "type", "veth", "peer", "name", far, "netns", i]
+        )
+        # IPv4 only, and no IPv6 at all on it: no router solicitations or MLD reports that
+        # the counter would mistake for leaks.
+        for ns, dev, address in ((a, near, f"198.18.{n}.2/24"), (i, far, f"198.18.{n}.1/24")):
+            self.ns(ns, "sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
+            self.ns(ns, "ip", "addr", "add", address, "dev", dev)
+            self.ns(ns, "ip", "link", "set", dev, "up")
+        self.ns(a, "ip", "route", "add", "default", "via", f"198.18.{n}.1", "dev", near)
+        rules = f"""add counter inet {LEAK_TABLE} agent{n}
+            add rule inet {LEAK_TABLE} prerouting iifname "{far}" counter name "agent{n}"
+        """
+        run(["ip", "netns", "exec", i, "nft", "-f", "-"], input=rules)
+
+    def leaked_packets(self, n: int) -> int:
+        """How many packets the internet host has received over agent n's WAN, which only
+        a packet that went around the tunnel takes (needs ``leak_path``)."""
+        proc = self.ns(
+            self.inet_ns, "nft", "-j", "list", "counter", "inet", LEAK_TABLE, f"agent{n}"
+        )
+        for item in json.loads(proc.stdout)["nftables"]:
+            if "counter" in item:
+                return int(item["counter"]["packets"])
+        raise AssertionError(f"no leak counter for agent{n}:\n{proc.stdout}")
 
     def add_site(self, connectors: int = 1) -> None:
         """A private site (192.168.50.0/24, a bridge in its own namespace with the site host
@@ -391,8 +443,11 @@ class Lab:
         for connector in connectors:
             run([zgate, "pki", "issue", "connector", connector, "--dir", str(self.pki)])
 
-    def start_inet_services(self, blob_size: int = 20 * 1024 * 1024) -> Path:
-        """HTTP server (a random blob of ``blob_size`` bytes) and UDP echo on the internet host."""
+    def start_inet_services(
+        self, blob_size: int = 20 * 1024 * 1024, dns_zone: dict[str, list[str]] | None = None
+    ) -> Path:
+        """HTTP server (a random blob of ``blob_size`` bytes), UDP echo and DNS (``dns_zone``,
+        by default DNS_ZONE) on the internet host."""
         www = self.workdir / "www"
         www.mkdir(exist_ok=True)
         blob = www / "blob.bin"
@@ -417,18 +472,42 @@ class Lab:
             self.inet_ns,
             [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)],
         )
-        zone = [f"{name}={','.join(addresses)}" for name, addresses in DNS_ZONE.items()]
+        zone = [
+            f"{name}={','.join(addresses)}"
+            for name, addresses in (DNS_ZONE if dns_zone is None else dns_zone).items()
+        ]
         self.spawn(
             "dns", self.inet_ns, [sys.executable, "-m", "zgate_cli.lab_dns", "serve", "53", *zone]
         )
-        wait_until(
-            lambda: (
-                self.ns(self.inet_ns, "ss", "-ltn", check=False).stdout.count(f":{HTTP_PORT}") > 0
-            ),
-            10,
-            "the internet host's HTTP server",
-        )
+        self.wait_listening(self.inet_ns, HTTP_PORT, "the internet host's HTTP server")
         return blob
+
+    def start_http_server(self, name: str, ns: str, port: int, directory: Path) -> Daemon:
+        """One more HTTP server (on every address of ``ns``), once it listens."""
+        server = self.spawn(
+            name,
+            ns,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "::",
+                str(port),
+                "--directory",
+                str(directory),
+            ],
+        )
+        self.wait_listening(ns, port, f"the HTTP server {name}")
+        return server
+
+    def wait_listening(self, ns: str, port: int, what: str) -> None:
+        """Wait until something in ``ns`` listens on TCP ``port``."""
+        wait_until(
+            lambda: f":{port} " in self.ns(ns, "ss", "-ltnH", check=False).stdout,
+            10,
+            what,
+        )
 
     def add_plain_link(self, n: int = 1) -> str:
         """Join agent n straight to the internet host by a veth in 192.0.2.0/24, no tunnel.
