@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from ipaddress import IPv4Network, IPv6Network
@@ -62,6 +62,7 @@ from typing import TypeVar
 
 # bench/packet_path.py: Python puts this script's directory first on sys.path.
 import packet_path
+import quiet
 import wireguard
 import yaml
 
@@ -445,6 +446,8 @@ class PathResult:
     errors: list[str]
     drops: Drops
     peak_rss_mb: dict[str, float]  # relay/agent: peak RSS at the end, and its growth
+    #: The round (0-based) each sample was measured in: bench/summarize.py pairs paths by it.
+    rounds: list[int] = field(default_factory=list)
 
 
 def memory_growth(target: Target, before: dict[str, float | None]) -> dict[str, float]:
@@ -467,6 +470,7 @@ def run_path(
         progress(f"{name}: run {i + 1}/{args.baseline_repeat}")
         try:
             result.samples.append(measure(lab, target, args, result.drops, udp=not args.light))
+            result.rounds.append(i)
         except (BenchError, subprocess.TimeoutExpired) as exc:
             result.errors.append(str(exc).splitlines()[0])
             progress(f"{name}: run {i + 1} failed: {exc}")
@@ -546,6 +550,7 @@ def run_tunnel_rounds(
                         with_flood=last and full,
                     )
                     result.samples.append(sample)
+                    result.rounds.append(i)
                     if last:
                         result.peak_rss_mb = memory_growth(target, before)
             except (BenchError, subprocess.TimeoutExpired) as exc:
@@ -886,15 +891,20 @@ def competing_processes() -> list[str]:
 
 
 def wait_quiet(timeout: float) -> list[str]:
-    """Wait up to ``timeout`` seconds for no competing process; those still running."""
+    """Wait up to ``timeout`` seconds for no competing process and a low load average (see
+    bench/quiet.py); the competing processes still running."""
     deadline = time.monotonic() + timeout
-    while (competing := competing_processes()) and time.monotonic() < deadline:
+    limit = quiet.Thresholds().load_per_cpu_at_start * (os.cpu_count() or 1)
+    while time.monotonic() < deadline:
+        competing = competing_processes()
+        if not competing and quiet.read_loadavg()[0] <= limit:
+            return competing
         time.sleep(2)
-    return competing
+    return competing_processes()
 
 
-def machine(competing: list[str]) -> dict[str, object]:
-    """What the figures were measured on, and how busy it was."""
+def machine(load: dict[str, object]) -> dict[str, object]:
+    """What the figures were measured on, and how busy it was (`load`: quiet.assess)."""
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     meminfo = Path("/proc/meminfo").read_text()
@@ -910,8 +920,9 @@ def machine(competing: list[str]) -> dict[str, object]:
         "wireguard-go": None if wireguard.available() else wireguard.version(),
         "network": "Linux network namespaces joined by veth pairs (and a bridge); no NIC",
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-        "competing_processes_at_start": competing,
-        "competing_processes_at_end": competing_processes(),
+        "competing_processes_at_start": load["competing_processes_at_start"],
+        "competing_processes_at_end": load["competing_processes_at_end"],
+        "load": load,
     }
 
 
@@ -986,7 +997,7 @@ def report(
     results: dict[str, PathResult],
     args: argparse.Namespace,
     notes: RunNotes,
-    competing: list[str],
+    load: dict[str, object],
     took: float,
 ) -> dict[str, object]:
     """The JSON document written to --json."""
@@ -997,7 +1008,9 @@ def report(
         "ratios": rates,
         "enforcement": enforcement_cost(paths, rates, notes.router_us),
         "targets": wireguard_targets(rates),
-        "machine": machine(competing),
+        "machine": machine(load),
+        # False when bench/quiet.py saw load, steal or a slowdown: read the figures with care.
+        "quiet": load["quiet"],
         "code": code_version(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(took),
@@ -1015,6 +1028,7 @@ def report(
             "policy1k": notes.policy_check,
         },
         "samples": {n: [asdict(s) for s in r.samples] for n, r in results.items()},
+        "sample_rounds": {n: r.rounds for n, r in results.items()},
         "errors": {n: r.errors for n, r in results.items() if r.errors},
         "drops": {n: r.drops for n, r in results.items() if r.drops},
         "peak_rss_mb": {n: r.peak_rss_mb for n, r in results.items() if r.peak_rss_mb},
@@ -1098,7 +1112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="first wait up to this long for competing zgate/iperf3/pytest processes to end",
+        help="first wait up to this long for competing zgate/iperf3/pytest processes to end "
+        "and the load average to fall to 0.5 per CPU",
     )
     parser.add_argument(
         "--paths",
@@ -1157,6 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
             sep="\n  ",
             file=sys.stderr,
         )
+    # About a second of how busy the machine is, and the calibration loop, before the lab.
+    load_at_start = quiet.snapshot(sample_s=1.0, competing=competing)
     started, notes = time.monotonic(), RunNotes()
     try:
         with lab_session(args.keep) as lab:
@@ -1167,7 +1184,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, RuntimeError, AssertionError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    doc = report(results, args, notes, competing, time.monotonic() - started)
+    load = quiet.assess(load_at_start, quiet.snapshot(competing=competing_processes()))
+    doc = report(results, args, notes, load, time.monotonic() - started)
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
     if line := enforcement_line(doc["enforcement"]):  # type: ignore[arg-type]
         print(f"\n{line}")
@@ -1179,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nerrors: {json.dumps(doc['errors'], indent=1)}")
     if doc["drops"]:
         print(f"\npackets dropped by zgate: {json.dumps(doc['drops'])}")
+    if warn := quiet.warning(load):
+        print(f"\n{warn}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\nwritten to {args.json}")
