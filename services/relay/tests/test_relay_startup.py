@@ -361,3 +361,24 @@ def test_debug_adds_the_traceback(tmp_path: Path, elsewhere: Path) -> None:
     proc = serve("--pki", tmp_path / "pkii", "--debug", *QUIET, cwd=elsewhere)
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "StartupError" in proc.stderr
+
+
+def test_dns_port_in_use(pki: PkiPaths, elsewhere: Path, busy_udp: int) -> None:
+    proc = subprocess.run(
+        [SERVE, "--pki", str(pki.directory), *QUIET, "--dns-upstream", "192.0.2.53"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=elsewhere,
+        env={**os.environ, "ZGATE_RELAY_DNS_PORT": str(busy_udp)},
+    )
+    line = one_line_error(proc)
+    assert f"127.0.0.1']:{busy_udp}" in line and "Address already in use" in line
+    assert "--pool" in line and "--no-dns" in line
+
+
+def test_bad_dns_upstream(pki: PkiPaths, elsewhere: Path) -> None:
+    args = ["--pki", pki.directory, *QUIET, "--dns-upstream", "resolver.example"]
+    line = one_line_error(serve(*args, cwd=elsewhere))
+    assert "DNS upstream 'resolver.example' is not IP[:port]" in line
+    assert "--dns-upstream" in line

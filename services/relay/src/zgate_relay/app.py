@@ -17,11 +17,12 @@ from pathlib import Path
 
 from zgate_host.httpd import serve_status
 from zgate_host.privileges import require_net_admin
+from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, PkiError
 from zgate_policy import PolicyError
 from zgate_policy.flows import FlowTable
 from zgate_relay.audit import AuditLog
-from zgate_relay.dns import DnsProxy, SuffixUpstreams
+from zgate_relay.dns import DnsError, DnsProxy, SuffixUpstreams
 from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
@@ -56,9 +57,19 @@ def system_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
     return servers
 
 
-async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run a relay until it is told to stop (SIGTERM/SIGINT)."""
-    if settings.egress:
+async def run_relay(
+    settings: RelaySettings,
+    *,
+    ready: asyncio.Event | None = None,
+    egress_device: PacketDevice | None = None,
+) -> None:
+    """Run a relay until it is told to stop (SIGTERM/SIGINT).
+
+    ``ready`` is set once it serves. ``egress_device`` replaces the egress TUN device, its
+    forwarding and NAT (tests: an in-memory device, no root); the caller closes it.
+    """
+    own_egress = settings.egress and egress_device is None
+    if own_egress:
         require_net_admin("the relay's egress (TUN device, forwarding, nftables NAT)")
     geoip = _open_geoip(settings)
     prepare_state(settings)
@@ -118,7 +129,9 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
     except PkiError as exc:
         audit.close()
         raise StartupError(f"{exc} (PKI directory {pki})") from None
-    egress = _open_egress(settings, pool) if settings.egress else None
+    egress = _open_egress(settings, pool) if own_egress else None
+    if egress is not None:
+        egress_device = egress.device
     server = RelayServer(
         configuration=build_server_configuration(
             pki / "relay.pem",
@@ -129,7 +142,7 @@ async def run_relay(settings: RelaySettings, *, ready: asyncio.Event | None = No
         verifier=verifier,
         pool=pool,
         metrics=metrics,
-        egress=egress.device if egress else None,
+        egress=egress_device,
         routes=settings.routes,
         datagram_queue=settings.datagram_queue,
         max_capsule_size=settings.max_capsule_size,
@@ -242,10 +255,19 @@ async def _start_dns(
         if session is not None:
             fqdns.record(session.identity.ident, name, addresses, ttl, loop.time())
 
-    choose = SuffixUpstreams(upstreams, settings.site_dns).choose_upstream
-    proxy = DnsProxy(choose_upstream=choose, on_answer=on_answer, freebind=True)
     addresses = [str(g) for g in gateways] if settings.egress else ["127.0.0.1"]
-    port = await proxy.start(addresses, settings.dns_port)
+    try:
+        choose = SuffixUpstreams(upstreams, settings.site_dns).choose_upstream
+        proxy = DnsProxy(choose_upstream=choose, on_answer=on_answer, freebind=True)
+        port = await proxy.start(addresses, settings.dns_port)
+    except DnsError as exc:
+        hint = (
+            " (another relay with the same --pool on this machine?): give this one another "
+            "--pool, or --no-dns"
+            if "in use" in str(exc)
+            else ": check --dns-upstream and --site-dns, or run with --no-dns"
+        )
+        raise StartupError(f"{exc}{hint}") from None
     metrics.watch_dns(proxy.stats.as_dict)
     log.info(
         "DNS service for agents",
