@@ -5,8 +5,9 @@
 
 `handshake` tries a QUIC/TLS handshake and prints {"connected": bool, "error_code": int,
 "reason": str}. `malformed` opens a CONNECT-IP session (stream mode), then sends WHAT
-(garbage-datagrams | truncated-capsule | oversized-capsule) and prints whether the session
-survived and how it ended.
+(garbage-datagrams: GARBAGE datagrams with an unknown context ID and as many for an unknown
+stream | truncated-capsule | oversized-capsule) and prints whether the session survived and
+how it ended.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ from zgate_agent.tunnel import TunnelError, TunnelProtocol
 from zgate_proto.capsules import CapsuleType
 from zgate_proto.h3 import PacketMode
 from zgate_proto.varint import encode_varint
+
+GARBAGE = 50
+"""How many datagrams of each kind `malformed --what garbage-datagrams` sends."""
+UNKNOWN_CONTEXT = 7
+"""A context ID the session never registered (RFC 9484 uses only 0 for IP packets)."""
 
 
 def configuration(args: argparse.Namespace) -> QuicConfiguration:
@@ -96,9 +102,16 @@ async def malformed(args: argparse.Namespace) -> dict[str, Any]:
         assert stream is not None
         sid = stream.stream_id
         if args.what == "garbage-datagrams":
-            for _ in range(50):
-                protocol._quic.send_datagram_frame(encode_varint(sid // 4) + os.urandom(64))
-                protocol._quic.send_datagram_frame(os.urandom(40))
+            # GARBAGE datagrams of each kind: the session's stream with a context ID other
+            # than 0 (unknown_context), and a stream that is no session (unknown_stream).
+            for _ in range(GARBAGE):
+                payload = os.urandom(64)
+                protocol._quic.send_datagram_frame(
+                    encode_varint(sid // 4) + encode_varint(UNKNOWN_CONTEXT) + payload
+                )
+                protocol._quic.send_datagram_frame(
+                    encode_varint(sid // 4 + 1000) + encode_varint(0) + payload
+                )
         elif args.what == "truncated-capsule":
             capsule = encode_varint(CapsuleType.DATAGRAM) + encode_varint(1000) + b"\x00" * 10
             protocol.h3.send_data(sid, capsule, end_stream=True)
