@@ -88,6 +88,10 @@ coverage: ## per-file report and HTML (build/coverage/html) of the last make tes
 	$(RUN) coverage html
 	@echo "HTML report: $(COVERAGE_DIR)/html/index.html"
 
+.PHONY: mutants
+mutants: ## mutation testing (mutmut) of the sans-IO core; MUTANTS_ARGS="relay.dns --timeout 900"
+	$(RUN) python scripts/mutants.py $(MUTANTS_ARGS)
+
 e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
 	$(RUN) pytest tests/e2e
 
