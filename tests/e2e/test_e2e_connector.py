@@ -19,10 +19,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from zgate_cli.lab import HTTP_PORT, SITE_HOST_IP, Lab, wait_until
+from zgate_cli.lab import DNS_ZONE, HTTP_PORT, INET_IP, SITE_HOST_IP, Lab, wait_until
 
 _counter = itertools.count()
 SITE_URL = f"http://{SITE_HOST_IP}:{HTTP_PORT}/blob.bin"
+DECOY_IP = "203.0.113.66"
+DECOY_ZONE = {
+    **DNS_ZONE,
+    "wiki.corp.internal": [DECOY_IP],
+    "nothing.corp.internal": [DECOY_IP],
+}
+"""The internet's DNS server (the relay's upstream) answers the site's private names too,
+wrongly: a private name the relay asked there instead of the site shows as DECOY_IP."""
+FAILOVER_BOUND = 4.5
+"""Seconds after a connector's SIGKILL by which requests succeed again. docs/connectors.md:
+2.1-3.1 s measured; by design at most about 3 s (the relay notices the silence 1-3 s after
+the kill: 2-s deadline, pings every second, a check every second; a request's retried SYN
+then goes to the survivor). The rest is slack for one late check on a loaded machine."""
 POLICY = """
 default: deny
 groups:
@@ -47,13 +60,15 @@ rules:
 @pytest.fixture(scope="module")
 def site_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Relay (policy: only agent1 may reach the site's web server), two agents, a site with
-    two connectors' namespaces."""
+    two connectors' namespaces, an internet host whose DNS server knows decoys of the site's
+    names."""
     tmp = tmp_path_factory.mktemp("site-lab")
-    lab = Lab(tag=f"s{os.getpid() % 10000}{next(_counter)}", workdir=tmp)
+    lab = Lab(tag=f"s{os.getpid() % 10000}{next(_counter)}", workdir=tmp, leak_path=True)
     try:
         lab.build(agents=2)
         lab.add_site(connectors=2)
         lab.make_pki(clients=("agent1", "agent2"), connectors=("site-a", "site-a-2", "rogue"))
+        lab.start_inet_services(blob_size=1024, dns_zone=DECOY_ZONE)
         lab.blob = lab.start_site_services()  # type: ignore[attr-defined]
         policy = tmp / "policy.yaml"
         policy.write_text(POLICY)
@@ -102,6 +117,21 @@ def last_allow(lab: Lab, client: str) -> dict[str, object]:
     )
 
 
+def resolve(lab: Lab, name: str) -> list[str]:
+    """The addresses the relay's DNS service answers agent2 for ``name``."""
+    proc = lab.ns(
+        lab.agent_ns(2),
+        sys.executable,
+        "-m",
+        "zgate_cli.lab_dns",
+        "query",
+        "10.100.0.1",
+        name,
+        check=False,
+    )
+    return proc.stdout.split()
+
+
 def test_agent_fetches_a_file_from_the_site_through_the_connector(site_lab: Lab) -> None:
     lab = site_lab
     connector = lab.start_connector(1, "site-a")
@@ -142,34 +172,19 @@ def test_private_names_resolve_through_the_connector_and_feed_fqdn_rules(site_la
             "the site's routes at the relay",
         )
         assert fetch(lab, 2, timeout=3).returncode != 0  # by address, before any answer
-        answer = lab.ns(
-            lab.agent_ns(2),
-            sys.executable,
-            "-m",
-            "zgate_cli.lab_dns",
-            "query",
-            "10.100.0.1",
-            "wiki.corp.internal",
-        )
-        assert answer.stdout.split() == [SITE_HOST_IP]
+        # The relay's upstream answers public names (so a private name sent there would get
+        # its decoy answer)...
+        assert INET_IP in resolve(lab, "www.example.test")
+        # ... but the private name is asked in the site.
+        assert resolve(lab, "wiki.corp.internal") == [SITE_HOST_IP]
         got = fetch(lab, 2, f"http://{SITE_HOST_IP}:{HTTP_PORT}/blob.bin")
         assert got.returncode == 0, got.stderr
         # And by name, as a user would: the agent points its resolver at the relay.
         assert_blob(fetch(lab, 2, f"http://wiki.corp.internal:{HTTP_PORT}/blob.bin"), lab)
         record = last_allow(lab, "client/agent2")
         assert (record["rule"], record["fqdn"]) == ("wiki-by-name", "wiki.corp.internal")
-        # A name the site does not know is no answer at all, not the internet's.
-        missing = lab.ns(
-            lab.agent_ns(2),
-            sys.executable,
-            "-m",
-            "zgate_cli.lab_dns",
-            "query",
-            "10.100.0.1",
-            "nothing.corp.internal",
-            check=False,
-        )
-        assert missing.stdout.split() == []
+        # A name the site does not know is no answer at all, not the internet's decoy.
+        assert resolve(lab, "nothing.corp.internal") == []
     finally:
         connector.stop()
 
@@ -207,8 +222,21 @@ def test_requests_keep_succeeding_when_a_connector_dies(site_lab: Lab) -> None:
                 f"{ident}'s routes",
             )
         # Both carry traffic: 20 requests from different source ports spread over them.
+        start = len(lab.audit_records())
         for _ in range(20):
             assert fetch(lab, 1, small, timeout=5).returncode == 0
+
+        def carried() -> dict[str, int]:
+            """How many of the requests' flows each connector carried, by the audit log."""
+            flows: dict[str, int] = {}
+            for r in lab.audit_records()[start:]:
+                if r["event"] == "flow.allow" and r["client"] == "client/agent1":
+                    flows[str(r["connector"])] = flows.get(str(r["connector"]), 0) + 1
+            return flows
+
+        wait_until(lambda: sum(carried().values()) >= 20, 5, "the requests' audit records")
+        flows = carried()
+        assert set(flows) == {"site-a", "site-a-2"}, flows
         one.proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         one.proc.wait(timeout=5)
@@ -225,10 +253,10 @@ def test_requests_keep_succeeding_when_a_connector_dies(site_lab: Lab) -> None:
         recovered = results[-10][0]
         # Published for the closing note (pytest -s shows it).
         print(
-            f"\nfailover: {len(failures)} failed requests, all good again {recovered:.2f} s "
-            "after the kill"
+            f"\nfailover: flows before the kill {flows}; {len(failures)} failed requests, "
+            f"all good again {recovered:.2f} s after the kill"
         )
-        assert recovered < 10
+        assert recovered < FAILOVER_BOUND, results
         assert lab.relay_metric("zgate_relay_connector_sessions", connector="site-a") == 0
     finally:
         two.stop()
