@@ -13,7 +13,8 @@ there is the per-run range this prints.
 
 Rounds are paired by `sample_rounds` (written since this script exists); in older files, by
 position when both paths have one sample per round, else that run is left out of the pool
-and the script says so.
+and the script says so. `veth` is measured before the rounds (`--baseline-repeat` times), so
+its ratios pair its n-th repetition with the n-th round: read the `.../veth` lines as rough.
 """
 
 from __future__ import annotations
