@@ -106,10 +106,12 @@ def table(packages: Mapping[str, Tally], floors: Mapping[str, Mapping[str, float
     for package in sorted(packages):
         t = packages[package]
         floor = floors.get(package, {})
+        statements = f"{t.covered_statements}/{t.statements}"
+        branches = f"{t.covered_branches}/{t.branches}"
         lines.append(
-            f"{package:<16} {t.covered_statements:>6}/{t.statements:<6} "
+            f"{package:<16} {statements:>13} "
             f"{t.percent('line'):>7.1f} {floor.get('line', float('nan')):>6g}"
-            f" {t.covered_branches:>5}/{t.branches:<5} "
+            f" {branches:>11} "
             f"{t.percent('branch'):>9.1f} {floor.get('branch', float('nan')):>6g}"
         )
     return "\n".join(lines)
