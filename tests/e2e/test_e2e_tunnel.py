@@ -196,7 +196,13 @@ def test_nothing_leaks_while_the_relay_is_down(lab: Lab) -> None:
             f"http://{INET_IP}:{HTTP_PORT}/",
             check=False,
         )
-        assert lab.leaked_packets(3) == leaked, "packets went around the tunnel"
+        if lab.leaked_packets(3) != leaked:
+            routes = lab.ns(lab.agent_ns(3), "ip", "route", check=False).stdout
+            pytest.fail(
+                f"{lab.leaked_packets(3) - leaked} packets went around the tunnel\n"
+                f"agent3 alive: {agent.proc.poll() is None}, status {lab.agent_status(3)}\n"
+                f"routes:\n{routes}\nlog:\n{agent.log()[-3000:]}"
+            )
         assert loss == 100.0
         assert json.loads(udp.stdout)["echoed"] == 0
         assert http.returncode != 0
