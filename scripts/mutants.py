@@ -72,6 +72,8 @@ PACKAGES = {
         ("zgate_relay.router", "zgate_relay.pool", "zgate_relay.dns"),
         (
             "tests/test_relay_router.py",
+            "tests/test_relay_sites.py",
+            "tests/test_relay_enforce.py",
             "tests/test_relay_pool.py",
             "tests/test_relay_dns.py",
             "tests/test_relay_core_mutants.py",
