@@ -75,8 +75,8 @@ PACKAGES = {
             "tests/test_relay_sites.py",
             "tests/test_relay_enforce.py",
             "tests/test_relay_pool.py",
+            "tests/test_relay_pool_edges.py",
             "tests/test_relay_dns.py",
-            "tests/test_relay_core_mutants.py",
         ),
     ),
 }
