@@ -169,14 +169,22 @@ def test_no_dev_pki_without_pki(tmp_path: Path, elsewhere: Path) -> None:
     assert "--no-dev-pki" in line and "zgate pki init" in line
 
 
-def test_key_that_does_not_match_the_certificate(
-    pki: PkiPaths, tmp_path: Path, elsewhere: Path
+@pytest.mark.parametrize(
+    ("file", "expected"),
+    [
+        ("relay.key", "private key {path} does not belong to relay certificate"),
+        ("ca.pem", "was not signed by the CA in {path}"),
+    ],
+)
+def test_a_file_from_another_pki(
+    pki: PkiPaths, tmp_path: Path, elsewhere: Path, file: str, expected: str
 ) -> None:
+    # The relay's key, or its CA, swapped for another PKI's: they no longer fit together.
     other = init_pki(tmp_path / "other")
     broken = copy_pki(pki, tmp_path / "broken")
-    shutil.copy(other.relay_key, broken.relay_key)
+    shutil.copy(other.directory / file, broken.directory / file)
     line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
-    assert f"private key {broken.relay_key} does not belong to relay certificate" in line
+    assert expected.format(path=broken.directory / file) in line
 
 
 def test_missing_certificate(pki: PkiPaths, tmp_path: Path, elsewhere: Path) -> None:
@@ -203,16 +211,6 @@ def test_malformed_pem(
     line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
     assert str(broken.directory / file) in line and expected in line
     assert "See https://" not in line
-
-
-def test_ca_that_did_not_sign_the_relay_certificate(
-    pki: PkiPaths, tmp_path: Path, elsewhere: Path
-) -> None:
-    other = init_pki(tmp_path / "other")
-    broken = copy_pki(pki, tmp_path / "broken")
-    shutil.copy(other.ca_cert, broken.ca_cert)
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
-    assert f"was not signed by the CA in {broken.ca_cert}" in line
 
 
 def _resign_relay(paths: PkiPaths, start: datetime, end: datetime) -> None:
