@@ -354,11 +354,48 @@ async def test_answer_too_big_for_the_agents_udp_is_truncated_then_served_over_t
         q = query("big.corp.example")  # no EDNS: 512 bytes at most over UDP
         small = dns.message.from_wire(await udp_ask(r.port, q.to_wire()))
         assert small.flags & dns.flags.TC and small.id == q.id and not small.answer
+        assert small.flags & dns.flags.QR and small.rcode() == dns.rcode.NOERROR
         assert len(r.answers[0][2]) == 60  # bound from the full answer all the same
         (full,) = await tcp_ask(r.port, q.to_wire())
         assert len(full) > 512
         assert len(dns.message.from_wire(full).answer[0]) == 60
         assert r.upstream.tcp_queries == 2  # the retry after UDP, then the agent's own TCP
+
+
+async def test_edns_payload_size_lets_a_big_answer_through_udp() -> None:
+    async with rig(Upstream(truncate_udp={"big.corp.example."})) as r:
+        q = query("big.corp.example", use_edns=0, payload=4096)  # EDNS version 0
+        reply = await udp_ask(r.port, q.to_wire())
+        assert len(reply) > 512
+        parsed = dns.message.from_wire(reply)
+        assert not parsed.flags & dns.flags.TC and len(parsed.answer[0]) == 60
+
+
+async def test_in_flight_bound_refuses_the_excess_over_tcp_too() -> None:
+    hold = asyncio.Event()
+    async with rig(Upstream(hold=hold), max_in_flight=1) as r:
+        first, second = query("www.corp.example"), query("www.corp.example", "AAAA")
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        try:
+            for q in (first, second):
+                writer.write(len(q.to_wire()).to_bytes(2, "big") + q.to_wire())
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), WAIT), "big")
+            refused = dns.message.from_wire(await reader.readexactly(size))
+            assert refused.id == second.id and refused.rcode() == dns.rcode.REFUSED
+            assert r.proxy.stats.overloaded == 1
+            hold.set()
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), WAIT), "big")
+            answered = dns.message.from_wire(await reader.readexactly(size))
+            assert answered.id == first.id and answered.rcode() == dns.rcode.NOERROR
+        finally:
+            writer.close()
+
+
+async def test_idle_tcp_connection_is_closed() -> None:
+    async with rig(tcp_idle_timeout=0.2) as r:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the relay
+        writer.close()
 
 
 async def test_pipelined_tcp_queries_are_all_answered() -> None:
@@ -377,6 +414,7 @@ async def test_silent_upstream_gives_servfail() -> None:
         q = query("www.corp.example")
         reply = dns.message.from_wire(await udp_ask(r.port, q.to_wire()))
         assert reply.rcode() == dns.rcode.SERVFAIL and reply.id == q.id
+        assert not reply.flags & dns.flags.TC  # nothing more to get over TCP
         assert r.proxy.stats.failures == 1 and r.answers == []
 
 
