@@ -72,6 +72,7 @@ PACKAGES = {
         ("zgate_relay.router", "zgate_relay.pool", "zgate_relay.dns"),
         (
             "tests/test_relay_router.py",
+            "tests/test_relay_router_edges.py",
             "tests/test_relay_sites.py",
             "tests/test_relay_enforce.py",
             "tests/test_relay_pool.py",
