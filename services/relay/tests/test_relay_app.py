@@ -158,8 +158,13 @@ async def relay(settings: RelaySettings) -> AsyncIterator[Running]:
         yield Running(settings, egress, task)
     finally:
         if not task.done():
-            os.kill(os.getpid(), signal.SIGTERM)
-            with contextlib.suppress(Exception):
+            # SIGTERM only once run_relay's handler is installed (ready); before that the
+            # default action would end the test run itself.
+            if ready.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, WAIT)
         egress.close()
 
