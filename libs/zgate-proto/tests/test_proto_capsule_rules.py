@@ -209,3 +209,16 @@ def test_a_failed_decoder_says_so_and_too_large_names_the_type() -> None:
         decoder.eof()
     assert again.value.reason == "decoder_failed"
     assert "used after an error" in str(again.value)
+
+
+def test_a_range_from_a_network_covers_all_protocols_by_default() -> None:
+    assert IPAddressRange.from_network(ip_network("10.0.0.0/30")) == span("10.0.0.0", "10.0.0.3")
+
+
+def test_a_capsule_of_exactly_the_maximum_size_is_accepted() -> None:
+    ranges = RouteAdvertisement(tuple(span(f"10.0.{i}.0", f"10.0.{i}.255") for i in range(6)))
+    wire = encode_capsule(ranges)
+    value_size = len(wire) - 2  # 60 bytes: one byte each for type and length
+    assert CapsuleDecoder(max_capsule_size=value_size).feed(wire) == [ranges]
+    with pytest.raises(CapsuleTooLarge):
+        CapsuleDecoder(max_capsule_size=value_size - 1).feed(wire)
