@@ -66,6 +66,7 @@ class Upstream:
     udp_queries: int = 0
     tcp_queries: int = 0
     held: int = 0
+    held_more: asyncio.Event = field(default_factory=asyncio.Event)  # set as `held` grows
     received: list[bytes] = field(default_factory=list)  # every query, as it arrived
     sent: list[bytes] = field(default_factory=list)
     udp: asyncio.DatagramTransport | None = None
@@ -104,6 +105,7 @@ class Upstream:
             return None
         if self.hold is not None:
             self.held += 1
+            self.held_more.set()
             await self.hold.wait()
         reply = self.answer(wire, over_udp=over_udp)
         self.sent.append(reply)
@@ -389,6 +391,34 @@ async def test_in_flight_bound_refuses_the_excess_over_tcp_too() -> None:
             assert answered.id == first.id and answered.rcode() == dns.rcode.NOERROR
         finally:
             writer.close()
+
+
+async def test_tcp_queries_sent_before_a_half_close_are_still_answered() -> None:
+    hold = asyncio.Event()
+    async with rig(Upstream(hold=hold)) as r:
+        queries = [query("www.corp.example"), query("www.corp.example", "AAAA")]
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        try:
+            for q in queries:
+                writer.write(len(q.to_wire()).to_bytes(2, "big") + q.to_wire())
+            writer.write_eof()  # the agent is done sending, not done listening
+            await until_held(r.upstream, 2)
+            hold.set()
+            answered = set()
+            for _ in queries:
+                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), WAIT), "big")
+                answered.add(dns.message.from_wire(await reader.readexactly(size)).id)
+            assert answered == {q.id for q in queries}
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # then closed
+        finally:
+            writer.close()
+
+
+async def until_held(upstream: Upstream, count: int) -> None:
+    async with asyncio.timeout(WAIT):
+        while upstream.held < count:
+            upstream.held_more.clear()
+            await upstream.held_more.wait()
 
 
 async def test_idle_tcp_connection_is_closed() -> None:
