@@ -475,6 +475,12 @@ def test_quoted_ipv6_chains_cut_short_have_no_key() -> None:
         # Chain ends right after the bytes read: a "later fragment" reads none after it.
         head = ipv6(AGENT6, WORLD6, kind, b"")
         assert reply_key_from_packet(error(ROUTER6, AGENT6, head + bytes(need - 1))) is None
+    # The same where the outer packet itself ends inside the extension header (its bytes
+    # past the quote are not there to read): no key, no IndexError.
+    for kind, need in ((DST_OPTS, 2), (ROUTING, 2), (AH, 2), (FRAGMENT, 8)):
+        for cut in range(need):
+            head = ipv6(AGENT6, WORLD6, kind, bytes([GRE, 0, 0, 8, 0, 0, 0, 1])[:cut])
+            assert reply_key_from_packet(error(ROUTER6, AGENT6, head)) is None, (kind, cut)
     # ... and those bytes are enough: a chain that ends the quote right after them, with a
     # protocol without ports next, has a key (the rest of the header is not read).
     for kind in (DST_OPTS, HOP_BY_HOP, ROUTING, AH):
