@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 COVERAGE_DIR := build/coverage
 COVERAGE_PACKAGES := zgate_proto zgate_policy zgate_pki zgate_host zgate_relay zgate_agent \
-	zgate_connector zgate_cli
+	zgate_connector zgate_cli zgate_lab
 COVERAGE_ARGS := $(foreach package,$(COVERAGE_PACKAGES),--cov=$(package)) --cov-branch \
 	--cov-report=json:$(COVERAGE_DIR)/coverage.json
 
@@ -75,7 +75,7 @@ clean-certs: ## delete .zgate/ (the dev PKI and its CA key)
 	rm -rf .zgate
 
 demo: bootstrap ## [root] the one-machine demo in network namespaces (DEMO_ARGS=--keep ...)
-	$(RUN) zgate lab demo $(DEMO_ARGS)
+	$(RUN) zgate-lab demo $(DEMO_ARGS)
 
 test: bootstrap ## the whole suite with branch coverage per package, held to floors; [root] for e2e
 	@rm -f $(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/coverage.json

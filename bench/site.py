@@ -4,7 +4,7 @@ Run as root from the workspace root:
 
     uv run --frozen python bench/site.py [--seconds 5] [--repeat 3] [--json FILE]
 
-One lab (zgate_cli.lab): an agent, the relay, the internet host (203.0.113.10) and a private
+One lab (zgate_lab.lab): an agent, the relay, the internet host (203.0.113.10) and a private
 site (192.168.50.10) reachable only through one connector. iperf3 TCP, one stream, upload and
 download, alternating between the two targets in each round on the same relay, agent and
 connector (datagram mode, the relay's built-in allow-all policy):
@@ -29,7 +29,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from zgate_cli.lab import INET_IP, SITE_HOST_IP, SITE_NET, Lab, have_tools, wait_until
+from zgate_lab.lab import INET_IP, SITE_HOST_IP, SITE_NET, Lab, have_tools, wait_until
 
 PORT = 5202
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "site.json"

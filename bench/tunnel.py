@@ -5,7 +5,7 @@ Run as root from the workspace root:
     uv run --frozen python bench/tunnel.py [--seconds 5] [--repeat 3] [--json FILE]
     uv run --frozen python bench/tunnel.py --enforcement     # only what access control costs
 
-One run builds a lab (zgate_cli.lab: agent, relay and "internet" namespaces, plus a direct
+One run builds a lab (zgate_lab.lab: agent, relay and "internet" namespaces, plus a direct
 agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures these paths:
 
     veth                      agent ns -> internet host over one veth, no tunnel
@@ -66,8 +66,8 @@ import quiet
 import wireguard
 import yaml
 
-from zgate_cli.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
-from zgate_cli.lab import run as run_cmd
+from zgate_lab.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
+from zgate_lab.lab import run as run_cmd
 from zgate_relay.policy import BUILTIN_POLICY
 
 

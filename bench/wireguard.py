@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from zgate_cli.lab import RELAY_LAN_IP, Daemon, Lab, run, wait_until
+from zgate_lab.lab import RELAY_LAN_IP, Daemon, Lab, run, wait_until
 
 PORT = 51820
 RELAY_TUNNEL_IP = "10.201.0.1"

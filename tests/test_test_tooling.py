@@ -133,4 +133,5 @@ def test_the_repository_has_a_floor_for_every_package() -> None:
         "zgate_agent",
         "zgate_connector",
         "zgate_cli",
+        "zgate_lab",
     }

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from zgate_cli.lab import Lab, have_tools
+from zgate_lab.lab import Lab, have_tools
 
 _counter = itertools.count()
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from zgate_cli.lab import DNS_ZONE, HTTP_PORT, INET_IP, SITE_HOST_IP, Lab, wait_until
+from zgate_lab.lab import DNS_ZONE, HTTP_PORT, INET_IP, SITE_HOST_IP, Lab, wait_until
 
 _counter = itertools.count()
 SITE_URL = f"http://{SITE_HOST_IP}:{HTTP_PORT}/blob.bin"
@@ -123,7 +123,7 @@ def resolve(lab: Lab, name: str) -> list[str]:
         lab.agent_ns(2),
         sys.executable,
         "-m",
-        "zgate_cli.lab_dns",
+        "zgate_lab.lab_dns",
         "query",
         "10.100.0.1",
         name,

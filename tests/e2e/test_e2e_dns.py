@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from zgate_cli.lab import DNS_ZONE, HTTP_PORT, VENV_BIN, Lab
 from zgate_host.resolver import is_managed, nameservers
+from zgate_lab.lab import DNS_ZONE, HTTP_PORT, VENV_BIN, Lab
 
 NAME = "www.example.test"
 

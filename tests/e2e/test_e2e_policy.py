@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zgate_cli.lab import (
+from zgate_lab.lab import (
     HTTP_PORT,
     INET_IP,
     INET_IP_OTHER,
@@ -173,7 +173,7 @@ def udp_echoes(lab: Lab, n: int) -> dict[str, int]:
         lab.agent_ns(n),
         sys.executable,
         "-m",
-        "zgate_cli.lab_udp",
+        "zgate_lab.lab_udp",
         "client",
         INET_IP,
         str(UDP_ECHO_PORT),
@@ -270,7 +270,7 @@ def test_fqdn_rule_matches_what_the_client_resolved_through_the_relay(plab: Lab)
             plab.agent_ns(2),
             sys.executable,
             "-m",
-            "zgate_cli.lab_dns",
+            "zgate_lab.lab_dns",
             "query",
             "10.100.0.1",
             "www.example.test",

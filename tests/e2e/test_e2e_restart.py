@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from zgate_cli.lab import INET_IP, Daemon, Lab, metric_value, wait_until
+from zgate_lab.lab import INET_IP, Daemon, Lab, metric_value, wait_until
 
 #: A clean stop (SIGTERM) sends CONNECTION_CLOSE: the agent's /status leaves "connected"
 #: within this many seconds of the signal (measured: 0.01-0.06 s by

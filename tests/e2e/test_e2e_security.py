@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zgate_cli.lab import INET_IP, RELAY_LAN_IP, VENV_BIN, Lab, run, wait_until
+from zgate_lab.lab import INET_IP, RELAY_LAN_IP, VENV_BIN, Lab, run, wait_until
 
 PROBE = str(Path(__file__).parent / "probe.py")
 GARBAGE = 50

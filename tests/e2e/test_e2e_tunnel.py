@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zgate_cli.lab import (
+from zgate_lab.lab import (
     HTTP_PORT,
     INET_IP,
     INET_IP6,
@@ -20,7 +20,7 @@ from zgate_cli.lab import (
     wait_until,
 )
 
-UDP_CLIENT = ["-m", "zgate_cli.lab_udp", "client"]
+UDP_CLIENT = ["-m", "zgate_lab.lab_udp", "client"]
 
 
 def ping_loss(lab: Lab, n: int, dest: str, count: int = 20, *extra: str) -> float:

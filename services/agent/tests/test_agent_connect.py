@@ -17,12 +17,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from relay_harness import RelayUnderTest, agent_settings, make_pki, running_relay, until
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
+from zgate_lab.harness import RelayUnderTest, agent_settings, make_pki, running_relay, until
 from zgate_pki import revoke_certificate
 from zgate_proto.h3 import PacketMode
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 from aioquic.h3.connection import Setting
-from relay_harness import (
+
+import zgate_relay.server
+from zgate_agent.metrics import AgentMetrics
+from zgate_lab.harness import (
     INTERNET,
     AgentUnderTest,
     RelayUnderTest,
@@ -21,9 +24,6 @@ from relay_harness import (
     udp4,
     until,
 )
-
-import zgate_relay.server
-from zgate_agent.metrics import AgentMetrics
 from zgate_proto.h3 import DATAGRAM_OVERHEAD, ConnectIpH3Connection, PacketMode
 from zgate_proto.icmp import ICMPV4_QUOTE_LIMIT, ICMPv4Type, ICMPv6Type
 from zgate_proto.ip import (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from zgate_needs import skip_or_fail
 
-from zgate_cli.lab import Lab, have_tools
+from zgate_lab.lab import Lab, have_tools
 from zgate_pki import init_pki, issue_certificate
 
 AGENT = Path(sys.executable).parent / "zgate-agent"

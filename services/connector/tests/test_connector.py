@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_harness import make_pki, running_relay, start_agent, udp4, until
 
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.app import Connector, ConnectorGroup, site_advertisement
@@ -18,6 +17,7 @@ from zgate_connector.cli import main
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.settings import SettingsError, load_settings
+from zgate_lab.harness import make_pki, running_relay, start_agent, udp4, until
 from zgate_pki import issue_certificate, revoke_certificate
 from zgate_relay.sites import SiteRoutes
 

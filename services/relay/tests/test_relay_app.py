@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_harness import INTERNET, make_pki, udp4, until
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
+from zgate_lab.harness import INTERNET, make_pki, udp4, until
 from zgate_pki import revoke_certificate
 from zgate_proto.h3 import PacketMode
 from zgate_proto.ip import parse_packet

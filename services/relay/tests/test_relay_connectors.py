@@ -9,8 +9,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from relay_harness import AgentUnderTest, make_pki, running_relay, start_agent, udp4, until
 
+from zgate_lab.harness import AgentUnderTest, make_pki, running_relay, start_agent, udp4, until
 from zgate_pki import issue_certificate
 from zgate_proto.capsules import RouteAdvertisement
 from zgate_relay.session import routes_for

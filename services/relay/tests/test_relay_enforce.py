@@ -4,25 +4,26 @@ budget, DNS to the relay always allowed, GeoIP and FQDN inputs, policy swaps."""
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from relay_harness import udp4
-from test_relay_geoip import country, write_db
 
+from zgate_lab.harness import ENG_WEB_POLICY as POLICY
+from zgate_lab.harness import POLICY_NOW, RELAY_GATEWAY4, tcp4, udp4
+from zgate_lab.harness import compile_policy as compiled
+from zgate_lab.harness import geoip_country as country
+from zgate_lab.harness import make_enforcer as enforcer
+from zgate_lab.harness import write_geoip_db as write_db
 from zgate_pki import Identity
-from zgate_policy import CompiledPolicy, PolicyInvalid, load_and_compile
-from zgate_policy.flows import FlowTable
-from zgate_proto.ip import ipv4_checksum, parse_packet
-from zgate_relay.enforce import RELAY_DNS_RULE, Enforcer, IcmpBudget
+from zgate_policy import PolicyInvalid
+from zgate_proto.ip import parse_packet
+from zgate_relay.enforce import RELAY_DNS_RULE, IcmpBudget
 from zgate_relay.fqdn import FqdnBindings
 from zgate_relay.geoip import GeoIP
 
-NOW = datetime(2026, 11, 25, tzinfo=UTC)
-GATEWAY = ipaddress.IPv4Address("10.100.0.1").packed
+NOW = POLICY_NOW
+GATEWAY = RELAY_GATEWAY4
 
 
 @dataclass
@@ -33,49 +34,6 @@ class Session:
 
 ALICE = Session("s-alice", Identity("client", "alice", "zgate.local", ("eng",), 1))
 BOB = Session("s-bob", Identity("client", "bob", "zgate.local", (), 2))
-
-
-def compiled(text: str, *, geoip: bool = False) -> CompiledPolicy:
-    return load_and_compile(text, geoip_available=geoip, now=NOW)
-
-
-def enforcer(policy: CompiledPolicy, **kw: object) -> Enforcer:
-    return Enforcer(
-        policy,
-        flows=FlowTable(),
-        relay_name="r1",
-        relay_addresses=frozenset({GATEWAY}),
-        wall_clock=lambda: NOW,
-        **kw,
-    )  # type: ignore[arg-type]
-
-
-def tcp4(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        40,
-        1,
-        0,
-        64,
-        6,
-        0,
-        ipaddress.IPv4Address(src).packed,
-        ipaddress.IPv4Address(dst).packed,
-    )
-    header = header[:10] + struct.pack("!H", ipv4_checksum(header)) + header[12:]
-    return header + tcp
-
-
-POLICY = """
-default: deny
-groups:
-  eng: []        # members come from certificates (--group eng)
-rules:
-  - {id: eng-web, action: allow, from: ["group:eng"], to: [203.0.113.0/24], ports: [tcp/443]}
-"""
 
 
 def test_first_packet_decides_and_replies_pass_only_for_allowed_flows() -> None:

@@ -11,26 +11,10 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet  # type: ignore[import-untyped]
 
+from zgate_lab.harness import geoip_country as country
+from zgate_lab.harness import write_geoip_db as write_db
 from zgate_relay.geoip import GeoIP, GeoIPError, country_of
-
-
-def write_db(path: Path, networks: dict[str, dict[str, Any]], *, ip_version: int = 6) -> Path:
-    """A MaxMind DB mapping each network to its record."""
-    writer = MMDBWriter(
-        ip_version=ip_version, ipv4_compatible=ip_version == 6, database_type="Test-Country"
-    )
-    for network, record in networks.items():
-        writer.insert_network(IPSet([network]), record)
-    writer.to_db_file(str(path))
-    return path
-
-
-def country(code: str) -> dict[str, Any]:
-    """The GeoIP2-Country record layout."""
-    return {"country": {"iso_code": code, "names": {"en": code}}, "continent": {"code": "EU"}}
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from relay_harness import INTERNET, make_pki, running_relay, start_agent, udp4, until
 
+from zgate_lab.harness import INTERNET, make_pki, running_relay, start_agent, udp4, until
 from zgate_pki import revoke_certificate
 from zgate_proto.capsules import CapsuleType
 from zgate_proto.h3 import PacketMode

@@ -5,8 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from relay_harness import udp4
-
+from zgate_lab.harness import udp4
 from zgate_pki import Identity
 from zgate_proto.capsules import AddressRequest, RequestedAddress
 from zgate_relay.pool import AddressPool

@@ -7,8 +7,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from relay_harness import udp4
-
+from zgate_lab.harness import udp4
 from zgate_pki import Identity
 from zgate_relay.router import EGRESS, Drop, Router
 from zgate_relay.session import RelaySession

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from relay_harness import udp4
-from test_relay_enforce import POLICY, compiled, enforcer, tcp4
 
+from zgate_lab.harness import ENG_WEB_POLICY as POLICY
+from zgate_lab.harness import compile_policy as compiled
+from zgate_lab.harness import make_enforcer as enforcer
+from zgate_lab.harness import tcp4, udp4
 from zgate_pki import Identity
 from zgate_proto.capsules import IPAddressRange
 from zgate_relay.router import EGRESS, Drop, Router

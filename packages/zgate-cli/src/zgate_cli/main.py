@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import lab_cmd, pki_cmd, policy_cmd
+from . import pki_cmd, policy_cmd
 
 __all__ = ["build_parser", "main"]
 
@@ -17,7 +17,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (
     pki_cmd.register,
     policy_cmd.register,
-    lab_cmd.register,
 )
 
 
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command group registered."""
     parser = argparse.ArgumentParser(
         prog="zgate",
-        description="zgate operator CLI: manage the PKI, run a demo lab (later: policies).",
+        description="zgate operator CLI: manage the PKI, check and explain policies.",
     )
     groups = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for register in COMMAND_GROUPS:

@@ -1,5 +1,5 @@
-"""UDP tools for the lab's hosts: `python -m zgate_cli.lab_udp echo PORT` serves a UDP echo
-(IPv4 and IPv6); `python -m zgate_cli.lab_udp client HOST PORT COUNT` sends COUNT requests
+"""UDP tools for the lab's hosts: `python -m zgate_lab.lab_udp echo PORT` serves a UDP echo
+(IPv4 and IPv6); `python -m zgate_lab.lab_udp client HOST PORT COUNT` sends COUNT requests
 and prints, as JSON, how many came back intact."""
 
 from __future__ import annotations

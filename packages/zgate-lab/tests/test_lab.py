@@ -1,4 +1,4 @@
-"""``zgate lab``: parsing, refusals, the demo's step runner and clean-up, ``lab down``, and
+"""``zgate-lab``: parsing, refusals, the demo's step runner and clean-up, ``zgate-lab down``, and
 (as root) the demo itself end to end."""
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zgate_cli import lab as lab_module
-from zgate_cli import lab_cmd
-from zgate_cli.lab import VENV_BIN, Lab, have_tools, is_lab_namespace, wait_until
-from zgate_cli.main import build_parser, main
+from zgate_cli.main import main as zgate_main
+from zgate_lab import lab as lab_module
+from zgate_lab import lab_cmd
+from zgate_lab.lab import VENV_BIN, Lab, have_tools, is_lab_namespace, wait_until
+from zgate_lab.main import build_parser, main
 
 LAB_NAME = re.compile(r"\b(?:zr|zi|za\d+)-d[0-9a-f]{6}\b")
 
@@ -49,36 +50,38 @@ _E2E_SKIP = _e2e_skip_reason()
 # ---------------------------------------------------------------- parsing
 
 
-def test_lab_help_lists_demo_and_down(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab", "--help"]) == 0
-    out = capsys.readouterr().out
-    assert "demo" in out and "down" in out
-
-
-def test_top_level_help_lists_lab(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_demo_and_down(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
-    assert re.search(r"^\s+lab\s", capsys.readouterr().out, re.MULTILINE)
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+demo\s", out, re.MULTILINE)
+    assert re.search(r"^\s+down\s", out, re.MULTILINE)
+
+
+def test_the_operator_cli_does_not_carry_the_lab(capsys: pytest.CaptureFixture[str]) -> None:
+    assert zgate_main(["--help"]) == 0
+    assert not re.search(r"^\s+lab\s", capsys.readouterr().out, re.MULTILINE)
+    assert zgate_main(["demo"]) == 2
 
 
 def test_demo_defaults_to_datagram_mode_without_keep() -> None:
-    args = build_parser().parse_args(["lab", "demo"])
+    args = build_parser().parse_args(["demo"])
     assert (args.mode, args.keep) == ("datagram", False)
-    args = build_parser().parse_args(["lab", "demo", "--mode", "stream", "--keep"])
+    args = build_parser().parse_args(["demo", "--mode", "stream", "--keep"])
     assert (args.mode, args.keep) == ("stream", True)
 
 
 def test_demo_rejects_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab", "demo", "--mode", "pigeon"]) == 2
+    assert main(["demo", "--mode", "pigeon"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
 def test_lab_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["lab"]) == 2
+    assert main([]) == 2
     assert "required" in capsys.readouterr().err
 
 
 def test_down_options() -> None:
-    args = build_parser().parse_args(["lab", "down", "--tag", "d0a1b2c", "--dry-run"])
+    args = build_parser().parse_args(["down", "--tag", "d0a1b2c", "--dry-run"])
     assert (args.tag, args.dry_run) == ("d0a1b2c", True)
 
 
@@ -96,11 +99,11 @@ def test_refuses_without_root_in_one_line(
     monkeypatch.setattr(lab_cmd, "_is_root", lambda: False)
     monkeypatch.setattr(lab_cmd, "_new_lab", _never_build)
     monkeypatch.setattr(lab_cmd, "lab_namespaces", lambda tag=None: pytest.fail("listed"))
-    assert main(["lab", command]) == 1
+    assert main([command]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
-    assert f"zgate lab {command}: needs root" in captured.err
+    assert f"zgate-lab {command}: needs root" in captured.err
 
 
 @pytest.mark.parametrize(
@@ -123,7 +126,7 @@ def test_demo_says_it_needs_the_relay_and_agent_packages(
     monkeypatch.setattr(lab_cmd, "_is_root", lambda: True)
     monkeypatch.setattr(lab_cmd, "VENV_BIN", tmp_path)
     monkeypatch.setattr(lab_cmd, "_new_lab", _never_build)
-    assert main(["lab", "demo"]) == 1
+    assert main(["demo"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "needs the relay and agent packages" in err
@@ -139,7 +142,7 @@ def test_demo_names_a_missing_host_tool(
     monkeypatch.setattr(lab_cmd, "VENV_BIN", tmp_path)
     monkeypatch.setattr(lab_cmd, "_new_lab", _never_build)
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "nft" else "/x")
-    assert main(["lab", "demo"]) == 1
+    assert main(["demo"]) == 1
     assert "needs the 'nft' command (Debian package nftables)" in capsys.readouterr().err
 
 
@@ -252,12 +255,12 @@ def test_down_leaves_a_running_lab_alone_unless_forced(
     with subprocess.Popen(["sleep", "60"]) as owner:
         try:
             _record_owner("d0a1b2c", owner.pid, tmp_path / "work")
-            assert main(["lab", "down"]) == 0
+            assert main(["down"]) == 0
             assert sorted(fake_ip.deleted) == ["za1-12340", "zi-12340", "zr-12340"]
             out = capsys.readouterr().out
             assert f"lab d0a1b2c is in use by its owner (pid {owner.pid}): left alone" in out
             assert lab_module.owner_file("d0a1b2c").exists()
-            assert main(["lab", "down", "--force", "--tag", "d0a1b2c"]) == 0
+            assert main(["down", "--force", "--tag", "d0a1b2c"]) == 0
             assert "za2-d0a1b2c" in fake_ip.deleted and "zr-d0a1b2c" in fake_ip.deleted
             assert not lab_module.owner_file("d0a1b2c").exists()
         finally:
@@ -278,7 +281,7 @@ def test_down_removes_an_abandoned_labs_temporary_pki(
     kept.mkdir()
     _record_owner("d0a1b2c", _dead_pid(), work)
     _record_owner("12340", _dead_pid(), kept, temporary=False)
-    assert main(["lab", "down"]) == 0
+    assert main(["down"]) == 0
     assert not work.exists()
     assert kept.is_dir()  # a workdir the lab did not make is never deleted
     assert f"removed its temporary files {work} (PKI, logs)" in capsys.readouterr().out
@@ -290,7 +293,7 @@ def test_down_removes_only_lab_namespaces(
 ) -> None:
     stopped: list[list[int]] = []
     monkeypatch.setattr(lab_cmd, "_stop_processes", lambda pids: stopped.append(list(pids)))
-    assert main(["lab", "down"]) == 0
+    assert main(["down"]) == 0
     assert sorted(fake_ip.deleted) == sorted(
         ["zr-12340", "zi-12340", "za1-12340", "za2-d0a1b2c", "zr-d0a1b2c"]
     )
@@ -302,7 +305,7 @@ def test_down_with_a_tag_removes_that_lab_only(
     fake_ip: FakeIp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lab_cmd, "_stop_processes", lambda pids: None)
-    assert main(["lab", "down", "--tag", "d0a1b2c"]) == 0
+    assert main(["down", "--tag", "d0a1b2c"]) == 0
     assert sorted(fake_ip.deleted) == ["za2-d0a1b2c", "zr-d0a1b2c"]
 
 
@@ -310,7 +313,7 @@ def test_down_dry_run_removes_nothing(
     fake_ip: FakeIp, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(lab_cmd, "_stop_processes", lambda pids: pytest.fail("stopped"))
-    assert main(["lab", "down", "--dry-run"]) == 0
+    assert main(["down", "--dry-run"]) == 0
     assert fake_ip.deleted == []
     assert "would remove za1-12340 (2 processes in it)" in capsys.readouterr().out
 
@@ -320,7 +323,7 @@ def test_down_with_nothing_to_do(
 ) -> None:
     monkeypatch.setattr(lab_cmd, "run", FakeIp(["myns", "docker-1"]))
     monkeypatch.setattr(lab_cmd, "_is_root", lambda: True)
-    assert main(["lab", "down"]) == 0
+    assert main(["down"]) == 0
     assert "nothing to remove" in capsys.readouterr().out
 
 
@@ -389,7 +392,7 @@ def test_demo_stops_at_the_failing_step_and_cleans_up(
         monkeypatch, tmp_path, [("First", first), ("Second", _fails), ("Third", third)]
     )
     (lab.workdir / "relay.log").write_text("the relay's log\n")
-    assert main(["lab", "demo"]) == 1
+    assert main(["demo"]) == 1
     out = capsys.readouterr().out
     assert ran == ["first"]
     assert lab.torn_down
@@ -406,7 +409,7 @@ def test_demo_passes_and_removes_its_work_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lab = _fake_demo(monkeypatch, tmp_path, [("Only", lambda: ["fine"])])
-    assert main(["lab", "demo"]) == 0
+    assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert lab.torn_down
     assert out.rstrip().endswith(
@@ -420,10 +423,10 @@ def test_demo_fails_when_clean_up_leaves_a_namespace(
 ) -> None:
     _fake_demo(monkeypatch, tmp_path, [("Only", lambda: [])])
     monkeypatch.setattr(lab_cmd, "lab_namespaces", lambda tag=None: ["zr-dfake00"])
-    assert main(["lab", "demo"]) == 1
+    assert main(["demo"]) == 1
     out = capsys.readouterr().out
     assert "clean-up left namespaces behind: zr-dfake00" in out
-    assert "zgate lab down --tag dfake00" in out
+    assert "zgate-lab down --tag dfake00" in out
 
 
 def _interrupted() -> list[str]:
@@ -444,7 +447,7 @@ def test_ctrl_c_or_sigterm_still_cleans_up(
 ) -> None:
     previous = signal.getsignal(signal.SIGTERM)
     lab = _fake_demo(monkeypatch, tmp_path, [("Slow", step)])
-    assert main(["lab", "demo"]) == 130
+    assert main(["demo"]) == 130
     assert lab.torn_down
     assert "interrupted; logs kept in" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is previous
@@ -461,7 +464,7 @@ def test_keep_prints_how_to_poke_and_waits_for_enter(
         return ""
 
     monkeypatch.setattr("builtins.input", enter)
-    assert main(["lab", "demo", "--keep"]) == 0
+    assert main(["demo", "--keep"]) == 0
     out = capsys.readouterr().out
     assert waited == [False], "the lab stays up until Enter"
     assert lab.torn_down
@@ -502,7 +505,7 @@ def test_down_stops_processes_and_deletes_only_that_labs_namespaces(
             subprocess.run(["ip", "netns", "add", name], check=True)
         sleeper = subprocess.Popen(["ip", "netns", "exec", ours[1], "sleep", "300"])
         wait_until(lambda: bool(lab_cmd._pids_in(ours[1])), 10, "sleep to enter the namespace")
-        assert main(["lab", "down", "--tag", tag]) == 0
+        assert main(["down", "--tag", tag]) == 0
         assert sleeper.wait(timeout=15) == -signal.SIGTERM
         assert f"removed za1-{tag} (stopped 1 process)" in capsys.readouterr().out
         names = _netns_names()
@@ -518,7 +521,7 @@ def test_down_stops_processes_and_deletes_only_that_labs_namespaces(
 
 def _run_demo(*args: str, stdin: str = "") -> tuple[int, str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "zgate_cli.main", "lab", "demo", *args],
+        [sys.executable, "-m", "zgate_lab.main", "demo", *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """A tiny authoritative DNS server and client for the lab's hosts (dnspython).
 
-    python -m zgate_cli.lab_dns serve PORT NAME=ADDR[,ADDR...] ...   answers A/AAAA (TTL 60)
-    python -m zgate_cli.lab_dns query SERVER NAME [PORT]           prints the addresses
+    python -m zgate_lab.lab_dns serve PORT NAME=ADDR[,ADDR...] ...   answers A/AAAA (TTL 60)
+    python -m zgate_lab.lab_dns query SERVER NAME [PORT]           prints the addresses
 
 Unknown names get NXDOMAIN. UDP and TCP.
 """

@@ -1,8 +1,8 @@
-"""``zgate lab``: a one-command demo of the tunnel in network namespaces, and its clean-up.
+"""``zgate-lab``: a one-command demo of the tunnel in network namespaces, and its clean-up.
 
-``zgate lab demo`` builds a :class:`~zgate_cli.lab.Lab` (an agent, a relay and an "internet"
+``zgate-lab demo`` builds a :class:`~zgate_lab.lab.Lab` (an agent, a relay and an "internet"
 host, each in its own namespace), pings and downloads through the tunnel, prints what
-happened in plain words and removes everything again. ``zgate lab down`` removes what a
+happened in plain words and removes everything again. ``zgate-lab down`` removes what a
 crashed lab left behind.
 """
 
@@ -41,7 +41,7 @@ from .lab import (
     run,
 )
 
-__all__ = ["DEMO_BLOB_SIZE", "lab_namespaces", "register"]
+__all__ = ["DEMO_BLOB_SIZE", "add_commands", "lab_namespaces"]
 
 #: Small enough for a demo of ~15 s, big enough that a corrupted transfer would show.
 DEMO_BLOB_SIZE: Final = 2 * 1024 * 1024
@@ -82,10 +82,10 @@ def _is_root() -> bool:
 
 
 def _missing_prerequisite(command: str) -> str | None:
-    """One line saying why ``zgate lab <command>`` cannot run here, or None."""
+    """One line saying why ``zgate-lab <command>`` cannot run here, or None."""
     if not _is_root():
         return (
-            f"zgate lab {command}: needs root (it creates network namespaces, TUN devices and "
+            f"zgate-lab {command}: needs root (it creates network namespaces, TUN devices and "
             "nftables rules); run it with sudo"
         )
     if command != "demo":
@@ -94,13 +94,13 @@ def _missing_prerequisite(command: str) -> str | None:
     if missing:
         packages = " and ".join(sorted({_SCRIPTS[name] for name in missing}))
         return (
-            f"zgate lab demo: needs the relay and agent packages ({packages}): no "
-            f"{', '.join(repr(m) for m in missing)} in {VENV_BIN}; install them next to "
-            "zgate-cli or run it from the workspace: uv run --frozen zgate lab demo"
+            f"zgate-lab demo: needs the relay and agent packages ({packages}): no "
+            f"{', '.join(repr(m) for m in missing)} in {VENV_BIN}; install zgate-lab "
+            "with its dependencies or run it from the workspace: uv run --frozen zgate-lab demo"
         )
     for tool, package in _TOOLS.items():
         if shutil.which(tool) is None:
-            return f"zgate lab demo: needs the {tool!r} command (Debian package {package})"
+            return f"zgate-lab demo: needs the {tool!r} command (Debian package {package})"
     return None
 
 
@@ -157,7 +157,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
         return 1
     names = lab_namespaces(args.tag)
     if not names:
-        print("No zgate lab namespaces found; nothing to remove.")
+        print("No zgate-lab namespaces found; nothing to remove.")
         return 0
     by_tag: dict[str, list[str]] = {}
     for name in names:
@@ -498,7 +498,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 1
     lab = _new_lab()
-    _say("zgate lab demo: an agent, a relay and an internet host, each in its own network")
+    _say("zgate-lab demo: an agent, a relay and an internet host, each in its own network")
     _say("namespace on this machine. The agent reaches the internet host only through its")
     _say("MASQUE CONNECT-IP tunnel (HTTP/3 over QUIC, client certificates) to the relay.")
     _say(f"Work directory (PKI, logs; kept only if something fails): {lab.workdir}")
@@ -526,7 +526,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     if left:
         _say(f"demo FAILED: clean-up left namespaces behind: {', '.join(left)}")
-        _say(f"remove them with: zgate lab down --tag {lab.tag}")
+        _say(f"remove them with: zgate-lab down --tag {lab.tag}")
         return 1
     shutil.rmtree(lab.workdir, ignore_errors=True)
     _say("demo passed: ping, IPv4 and IPv6 downloads through the tunnel, checksums OK")
@@ -536,15 +536,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ registration
 
 
-def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``lab`` command group to the top-level ``zgate`` parser."""
-    lab = groups.add_parser(
-        "lab",
-        help="a demo of the tunnel in network namespaces (needs root)",
-        description="Throw-away labs of network namespaces on this machine: an agent, a "
-        "relay and an internet host. Needs root.",
-    )
-    commands = lab.add_subparsers(title="commands", metavar="COMMAND", required=True)
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` and ``down`` to the ``zgate-lab`` parser's sub-commands."""
     demo = commands.add_parser(
         "demo",
         help="build a lab, ping and download through the tunnel, clean up",
@@ -569,7 +562,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "down",
         help="remove the namespaces (and temporary PKI) of labs whose owner is gone",
         description="Stop the processes in, and delete, the network namespaces named like a "
-        "zgate lab's (zr-TAG, zi-TAG, zsN-TAG, zaN-TAG, zcN-TAG) whose owner process (a demo, "
+        "zgate-lab's (zr-TAG, zi-TAG, zsN-TAG, zaN-TAG, zcN-TAG) whose owner process (a demo, "
         "the e2e tests, a benchmark) is gone, with the temporary work directory (PKI, logs) "
         "a demo made. Labs still in use are left alone unless --force. Other namespaces are "
         "never touched.",

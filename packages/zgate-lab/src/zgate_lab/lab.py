@@ -1,5 +1,5 @@
 """A throw-away lab of network namespaces: for the end-to-end tests, the benchmarks and
-`zgate lab demo`.
+`zgate-lab demo`.
 
 Topology (all names carry a unique suffix; nothing is routed to the machine's real
 interfaces):
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
-#: Where each lab records its owner process and work directory, so that `zgate lab down`
+#: Where each lab records its owner process and work directory, so that `zgate-lab down`
 #: removes only abandoned labs (and their temporary PKI) unless told --force.
 LAB_RUN_DIR = Path("/run/zgate-lab")
 
@@ -58,7 +58,7 @@ DNS_ZONE = {
 }
 """What the internet host's DNS server answers (the relay's DNS service forwards to it)."""
 HTTP_PORT = 8080
-AGENT_RESOLV_NOTE = "# zgate lab: this agent namespace's own resolv.conf\n"
+AGENT_RESOLV_NOTE = "# zgate-lab: this agent namespace's own resolv.conf\n"
 UDP_ECHO_PORT = 7007
 # A direct agent <-> internet-host link that bypasses the tunnel (benchmark baseline);
 # TEST-NET-1 addresses, which exist only inside the lab's namespaces.
@@ -139,7 +139,7 @@ class Lab:
     daemons: list[Daemon] = field(default_factory=list)
     resolver_dirs: list[Path] = field(default_factory=list)
     agents: int = 0
-    #: Whether ``workdir`` (its PKI, logs) is this lab's own, for `zgate lab down` to delete
+    #: Whether ``workdir`` (its PKI, logs) is this lab's own, for `zgate-lab down` to delete
     #: if the lab is abandoned.
     temporary_workdir: bool = False
     #: Whether agent namespaces get a WAN to the internet host besides the LAN (see the
@@ -148,7 +148,7 @@ class Lab:
     leak_path: bool = False
 
     def __post_init__(self) -> None:
-        # The tag names veths too (15 characters at most), and `zgate lab down` finds a
+        # The tag names veths too (15 characters at most), and `zgate-lab down` finds a
         # crashed lab's namespaces by their names alone (see is_lab_namespace).
         if not _TAG.fullmatch(self.tag):
             raise ValueError(f"lab tag must be 1-12 lowercase letters or digits, got {self.tag!r}")
@@ -386,7 +386,7 @@ class Lab:
         self.spawn(
             "site-dns",
             self.site_ns,
-            [sys.executable, "-m", "zgate_cli.lab_dns", "serve", "53", *zone],
+            [sys.executable, "-m", "zgate_lab.lab_dns", "serve", "53", *zone],
         )
         wait_until(
             lambda: f":{HTTP_PORT}" in self.ns(self.site_ns, "ss", "-ltn", check=False).stdout,
@@ -470,14 +470,14 @@ class Lab:
         self.spawn(
             "udpecho",
             self.inet_ns,
-            [sys.executable, "-m", "zgate_cli.lab_udp", "echo", str(UDP_ECHO_PORT)],
+            [sys.executable, "-m", "zgate_lab.lab_udp", "echo", str(UDP_ECHO_PORT)],
         )
         zone = [
             f"{name}={','.join(addresses)}"
             for name, addresses in (DNS_ZONE if dns_zone is None else dns_zone).items()
         ]
         self.spawn(
-            "dns", self.inet_ns, [sys.executable, "-m", "zgate_cli.lab_dns", "serve", "53", *zone]
+            "dns", self.inet_ns, [sys.executable, "-m", "zgate_lab.lab_dns", "serve", "53", *zone]
         )
         self.wait_listening(self.inet_ns, HTTP_PORT, "the internet host's HTTP server")
         return blob
