@@ -21,7 +21,9 @@ from zgate_policy.flows import (
     FlowTable,
     _parse_quoted,
     _quoted_key,
+    flow_key_from_info,
     flow_key_from_packet,
+    reply_key_from_info,
     reply_key_from_packet,
 )
 from zgate_proto.icmp import (
@@ -30,7 +32,7 @@ from zgate_proto.icmp import (
     packet_too_big,
     time_exceeded,
 )
-from zgate_proto.ip import internet_checksum
+from zgate_proto.ip import internet_checksum, parse_packet
 
 Address = IPv4Address | IPv6Address
 
@@ -231,6 +233,17 @@ def test_an_error_from_the_agent_quotes_a_packet_to_it(
     # Towards the agent, the quote must be of a packet from it.
     assert reply_key_from_packet(error(router, agent, answer)) is None
     assert reply_key_from_packet(error(router, agent, ip(world, router, UDP, udp(1, 2)))) is None
+
+
+@BOTH
+def test_the_info_variants_read_errors_too(agent: Address, world: Address, router: Address) -> None:
+    """``*_key_from_info`` (for a packet the caller parsed) give an error the same key."""
+    quoted = ip(agent, world, UDP, udp(40000, 53))
+    expected = FlowKey(UDP, agent.packed, 40000, world.packed, 53)
+    towards = error(router, agent, quoted)
+    assert reply_key_from_info(parse_packet(towards), towards) == expected
+    from_agent = error(agent, world, ip(world, agent, UDP, udp(53, 40000)))
+    assert flow_key_from_info(parse_packet(from_agent), from_agent) == expected
 
 
 # --- which ICMP messages are errors ----------------------------------------------------------
