@@ -63,6 +63,7 @@ PACKAGES = {
         (
             "tests/test_policy_matcher.py",
             "tests/test_policy_flows.py",
+            "tests/test_policy_flows_quoted.py",
             "tests/test_policy_property.py",
             "tests/test_policy_checks.py",
         ),
