@@ -9,7 +9,7 @@ from typing import Final
 
 from . import pki_cmd, policy_cmd
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_parser"]
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -37,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 on success, 1 when the command failed, 2 on a usage error.
     """
-    parser = build_parser()
+    return run_parser(build_parser(), argv, "zgate")
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None, program: str) -> int:
+    """Parse `argv` and run the chosen command's ``handler``; its exit status, 2 for a usage
+    error, 130 on Ctrl-C. Shared by the command-line programs built on sub-commands."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
@@ -47,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("zgate: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
         return 130
 
 

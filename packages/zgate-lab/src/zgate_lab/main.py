@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from zgate_cli.main import run_parser
 
 from . import lab_cmd
 
@@ -29,17 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 on success, 1 when the command failed, 2 on a usage error.
     """
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
-        return exc.code if isinstance(exc.code, int) else 2
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        print("zgate-lab: interrupted", file=sys.stderr)
-        return 130
+    return run_parser(build_parser(), argv, "zgate-lab")
 
 
 if __name__ == "__main__":
