@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-#: The ratios tunnel.py reports (top path / bottom path); kept in step with tunnel.RATIOS by
-#: tests/test_bench_smoke.py (importing tunnel.py here would pull in the whole lab).
+#: The ratios tunnel.py reports and this script pools (top path / bottom path); tunnel.py
+#: imports this table (this module imports nothing heavy, tunnel.py the whole lab).
 RATIOS = {
     "zgate-datagram/wireguard-go": ("zgate-datagram", "wireguard-go"),
     "zgate-stream/wireguard-go": ("zgate-stream", "wireguard-go"),

@@ -65,6 +65,7 @@ import packet_path
 import quiet
 import wireguard
 import yaml
+from summarize import RATIOS
 
 from zgate_lab.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
 from zgate_lab.lab import run as run_cmd
@@ -105,16 +106,6 @@ RATIO_FIELDS = (
     "tcp_rtt_ms",
     "loaded_rtt_ms",
 )
-RATIOS = {
-    "zgate-datagram/wireguard-go": ("zgate-datagram", "wireguard-go"),
-    "zgate-stream/wireguard-go": ("zgate-stream", "wireguard-go"),
-    "zgate-datagram/veth": ("zgate-datagram", "veth"),
-    "zgate-stream/veth": ("zgate-stream", "veth"),
-    "wireguard-go/veth": ("wireguard-go", "veth"),
-    "zgate-stream/zgate-datagram": ("zgate-stream", "zgate-datagram"),
-    "allow-all/noenforce": ("zgate-datagram", "zgate-datagram-noenforce"),
-    "policy1k/noenforce": ("zgate-datagram-policy1k", "zgate-datagram-noenforce"),
-}
 #: Issue 4's goal against wireguard-go in the same run: TCP at least this ratio, RTT at most.
 WG_TCP_TARGET = 1.0
 WG_RTT_TARGET = 1.5
