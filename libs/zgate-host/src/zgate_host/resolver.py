@@ -366,9 +366,30 @@ class HostResolver:
 
     def recover(self) -> Recovery:
         """At start, before anything else: deal with a backup a crashed agent left."""
+        settled = self._settle_backup()
+        if settled is None:
+            return Recovery.NOTHING
+        decision, path, original = settled
+        if decision is Recovery.RESTORE:
+            log.info(
+                "DNS: restored the resolver configuration a previous agent left (it did not "
+                "stop cleanly)",
+                extra={"file": str(path), "original": _describe(original)},
+            )
+        elif decision is Recovery.FOREIGN:
+            log.info(
+                "DNS: a previous agent's backup of the resolver configuration is stale: the "
+                "file changed since that agent wrote it, so it is left as it is",
+                extra={"file": str(path), "backup": str(self.backup_path)},
+            )
+        return decision
+
+    def _settle_backup(self) -> tuple[Recovery, Path, FileState] | None:
+        """Put the saved original back unless the file changed since it was managed, then
+        drop the backup; what was decided, or None when there was no backup."""
         backup = self._read_backup()
         if backup is None:
-            return Recovery.NOTHING
+            return None
         path = Path(backup.path)
         try:
             current = observe(path, mountinfo=self.mountinfo)
@@ -377,19 +398,8 @@ class HostResolver:
         decision = recovery_for(backup, current)
         if decision is Recovery.RESTORE:
             self._restore_original(path, backup.original)
-            log.info(
-                "DNS: restored the resolver configuration a previous agent left (it did not "
-                "stop cleanly)",
-                extra={"file": str(path), "original": _describe(backup.original)},
-            )
-        elif decision is Recovery.FOREIGN:
-            log.info(
-                "DNS: a previous agent's backup of the resolver configuration is stale: the "
-                "file changed since that agent wrote it, so it is left as it is",
-                extra={"file": str(path), "backup": str(self.backup_path)},
-            )
         self._drop_backup()
-        return decision
+        return decision, path, backup.original
 
     # -------------------------------------------------------------------- apply
 
@@ -517,20 +527,15 @@ class HostResolver:
                 self.run([resolvectl, "revert", device])  # the link may be gone already
             log.info("DNS: restored (per-link settings reverted)", extra={"device": device})
             return
-        backup = self._read_backup()
-        if backup is None:
+        settled = self._settle_backup()
+        self.managed_path = None
+        if settled is None:
             return
-        path = Path(backup.path)
-        try:
-            current = observe(path, mountinfo=self.mountinfo)
-        except OSError as exc:
-            raise ResolverError(f"cannot read {path}: {_reason(exc)}") from exc
-        decision = recovery_for(backup, current)
+        decision, path, original = settled
         if decision is Recovery.RESTORE:
-            self._restore_original(path, backup.original)
             log.info(
                 "DNS: restored the original resolver configuration",
-                extra={"file": str(path), "original": _describe(backup.original)},
+                extra={"file": str(path), "original": _describe(original)},
             )
         elif decision is Recovery.FOREIGN:
             log.warning(
@@ -538,8 +543,6 @@ class HostResolver:
                 path,
                 extra={"file": str(path)},
             )
-        self._drop_backup()
-        self.managed_path = None
 
     def _restore_original(self, path: Path, original: FileState) -> None:
         try:
