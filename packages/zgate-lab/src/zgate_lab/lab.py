@@ -196,23 +196,7 @@ class Lab:
         self.add_ns(self.inet_ns)
         r, i = self.relay_ns, self.inet_ns
         # relay <-> internet
-        run(
-            [
-                "ip",
-                "link",
-                "add",
-                f"ri{self.tag}",
-                "netns",
-                r,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"ir{self.tag}",
-                "netns",
-                i,
-            ]
-        )
+        add_veth(f"ri{self.tag}", r, f"ir{self.tag}", i)
         self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP}/24", "dev", f"ri{self.tag}")
         self.ns(r, "ip", "addr", "add", f"{RELAY_INET_IP6}/64", "dev", f"ri{self.tag}", "nodad")
         self.ns(r, "ip", "link", "set", f"ri{self.tag}", "up")
@@ -236,23 +220,7 @@ class Lab:
         """One more agent namespace on the LAN (and its WAN, with ``leak_path``)."""
         a, r = self.agent_ns(n), self.relay_ns
         self.add_ns(a)
-        run(
-            [
-                "ip",
-                "link",
-                "add",
-                f"a{n}{self.tag}",
-                "netns",
-                a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                f"b{n}{self.tag}",
-                "netns",
-                r,
-            ]
-        )
+        add_veth(f"a{n}{self.tag}", a, f"b{n}{self.tag}", r)
         self.ns(r, "ip", "link", "set", f"b{n}{self.tag}", "master", "br0", "up")
         self.ns(a, "ip", "addr", "add", f"198.51.100.{10 + n}/24", "dev", f"a{n}{self.tag}")
         self.ns(a, "ip", "link", "set", f"a{n}{self.tag}", "up")
@@ -269,9 +237,7 @@ class Lab:
         benchmarking range) with the agent's default route, every arrival counted."""
         a, i = self.agent_ns(n), self.inet_ns
         near, far = f"w{n}{self.tag}", f"v{n}{self.tag}"
-        run(
-            ["ip", "link", "add", near, "netns", a, "type", "veth", "peer", "name", far, "netns", i]
-        )
+        add_veth(near, a, far, i)
         # IPv4 only, and no IPv6 at all on it: no router solicitations or MLD reports that
         # the counter would mistake for leaks.
         for ns, dev, address in ((a, near, f"198.18.{n}.2/24"), (i, far, f"198.18.{n}.1/24")):
@@ -307,44 +273,12 @@ class Lab:
             c = self.connector_ns(n)
             self.add_ns(c)
             lan, lan_peer = f"c{n}{self.tag}", f"d{n}{self.tag}"
-            run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    lan,
-                    "netns",
-                    c,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    lan_peer,
-                    "netns",
-                    r,
-                ]
-            )
+            add_veth(lan, c, lan_peer, r)
             self.ns(r, "ip", "link", "set", lan_peer, "master", "br0", "up")
             self.ns(c, "ip", "addr", "add", f"198.51.100.{30 + n}/24", "dev", lan)
             self.ns(c, "ip", "link", "set", lan, "up")
             site, site_peer = f"s{n}{self.tag}", f"t{n}{self.tag}"
-            run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    site,
-                    "netns",
-                    c,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    site_peer,
-                    "netns",
-                    s,
-                ]
-            )
+            add_veth(site, c, site_peer, s)
             self.ns(s, "ip", "link", "set", site_peer, "master", "brs", "up")
             self.ns(c, "ip", "addr", "add", f"192.168.50.{1 + n}/24", "dev", site)
             self.ns(c, "ip", "link", "set", site, "up")
@@ -517,9 +451,7 @@ class Lab:
         """
         a, i = self.agent_ns(n), self.inet_ns
         near, far = f"p{n}{self.tag}", f"q{n}{self.tag}"
-        run(
-            ["ip", "link", "add", near, "netns", a, "type", "veth", "peer", "name", far, "netns", i]
-        )
+        add_veth(near, a, far, i)
         self.ns(a, "ip", "addr", "add", f"{PLAIN_AGENT_IP}/24", "dev", near)
         self.ns(a, "ip", "link", "set", near, "up")
         self.ns(i, "ip", "addr", "add", f"{PLAIN_INET_IP}/24", "dev", far)
@@ -749,6 +681,27 @@ class Lab:
         for directory in self.resolver_dirs:
             shutil.rmtree(directory, ignore_errors=True)
         self.resolver_dirs.clear()
+
+
+def add_veth(name: str, ns: str, peer: str, peer_ns: str) -> None:
+    """A veth pair: ``name`` in namespace ``ns``, ``peer`` in ``peer_ns``."""
+    run(
+        [
+            "ip",
+            "link",
+            "add",
+            name,
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            peer_ns,
+        ]
+    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
