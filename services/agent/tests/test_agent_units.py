@@ -128,3 +128,19 @@ def test_connect_timeout_from_flag_env_or_yaml(
     assert args.connect_timeout == 2.5
     with pytest.raises(SettingsError, match="connect_timeout"):
         load_settings(AgentSettings, None, {"connect_timeout": 0})
+
+
+def test_certificate_files_default_to_the_state_dir_not_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    from zgate_agent.settings import AgentSettings
+
+    state = tmp_path / "state"
+    settings = AgentSettings(state_dir=state)
+    assert (settings.ca, settings.cert, settings.key) == (
+        state / "ca.pem",
+        state / "agent.pem",
+        state / "agent.key",
+    )
+    given = AgentSettings(state_dir=state, ca=Path("/etc/zgate/ca.pem"))
+    assert given.ca == Path("/etc/zgate/ca.pem") and given.key == state / "agent.key"

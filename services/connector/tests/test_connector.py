@@ -230,3 +230,14 @@ async def _stop_a_group_while_connecting(pki: Path, ports: list[int]) -> None:
         assert [link.status()["state"] for link in group.links] == ["stopped", "stopped"]
     finally:
         device.close()
+
+
+def test_connector_files_default_to_its_own_state_dir(tmp_path: Path) -> None:
+    from zgate_connector.settings import ConnectorSettings
+
+    settings = ConnectorSettings(relays=["relay:4433"], site=["192.168.50.0/24"])
+    assert settings.state_dir.name == "connector"
+    assert settings.cert == settings.state_dir / "connector.pem"
+    assert settings.ca == settings.state_dir / "ca.pem"
+    moved = ConnectorSettings(relays=["relay:4433"], site=["192.168.50.0/24"], state_dir=tmp_path)
+    assert moved.key == tmp_path / "connector.key"

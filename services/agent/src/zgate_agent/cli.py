@@ -58,9 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="connect and run the tunnel until stopped (SIGTERM/SIGINT)")
     up.add_argument("--config", type=Path, help="YAML settings file (keys as the long flags)")
     up.add_argument("--relay", metavar="HOST:PORT", help="relay address [127.0.0.1:4433]")
-    up.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the relay")
-    up.add_argument("--cert", type=Path, metavar="FILE", help="this agent's certificate")
-    up.add_argument("--key", type=Path, metavar="FILE", help="this agent's private key")
+    up.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA certificate of the relay [STATE_DIR/ca.pem]"
+    )
+    up.add_argument(
+        "--cert", type=Path, metavar="FILE", help="this agent's certificate [STATE_DIR/agent.pem]"
+    )
+    up.add_argument(
+        "--key", type=Path, metavar="FILE", help="this agent's private key [STATE_DIR/agent.key]"
+    )
     up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
     up.add_argument(
         "--connect-timeout",
@@ -138,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         metavar="DIR",
-        help="the agent's own files, e.g. the saved /etc/resolv.conf "
-        "[/var/lib/zgate/agent as root]",
+        help="the agent's own files: the saved /etc/resolv.conf, and ca.pem, agent.pem, "
+        "agent.key when --ca/--cert/--key are not given "
+        "[/var/lib/zgate/agent as root, else ~/.local/state/zgate/agent]",
     )
     up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     up.add_argument("--log-format", choices=["json", "text"])

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
@@ -22,9 +22,9 @@ class AgentSettings(LayeredSettings):
     model_config = SettingsConfigDict(env_prefix="ZGATE_AGENT_", extra="forbid")
 
     relay: str = Field("127.0.0.1:4433", description="relay HOST:PORT")
-    ca: Path = Field(Path(".zgate/pki/ca.pem"), description="CA certificate to trust")
-    cert: Path = Field(Path(".zgate/pki/clients/agent.pem"), description="client certificate")
-    key: Path = Field(Path(".zgate/pki/clients/agent.key"), description="client private key")
+    ca: Path = Field(Path("ca.pem"), description="CA certificate to trust [<state_dir>/ca.pem]")
+    cert: Path = Field(Path("agent.pem"), description="client certificate [<state_dir>/agent.pem]")
+    key: Path = Field(Path("agent.key"), description="client private key [<state_dir>/agent.key]")
     server_name: str | None = Field(None, description="TLS name of the relay [relay host]")
     mode: PacketMode = Field(PacketMode.DATAGRAM, description="datagram or stream")
     fallback: bool = Field(True, description="use stream mode if the relay has no datagrams")
@@ -80,6 +80,16 @@ class AgentSettings(LayeredSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _files_in_state_dir(self) -> AgentSettings:
+        # Certificate files not configured are looked for in the state directory, never in
+        # the working directory; what an operator gives (flag, env, YAML) is taken as given.
+        given = set(self.model_fields_set)  # read first: the assignments below add to it
+        for name in ("ca", "cert", "key"):
+            if name not in given:
+                setattr(self, name, self.state_dir / getattr(self, name))
+        return self
 
     @field_validator("relay")
     @classmethod

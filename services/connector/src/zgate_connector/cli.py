@@ -55,9 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="a relay to keep a session with (repeatable: one session per relay) [127.0.0.1:4433]",
     )
-    up.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the relay")
-    up.add_argument("--cert", type=Path, metavar="FILE", help="this connector's certificate")
-    up.add_argument("--key", type=Path, metavar="FILE", help="this connector's private key")
+    up.add_argument(
+        "--ca", type=Path, metavar="FILE", help="CA certificate of the relay [STATE_DIR/ca.pem]"
+    )
+    up.add_argument(
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="this connector's certificate [STATE_DIR/connector.pem]",
+    )
+    up.add_argument(
+        "--key",
+        type=Path,
+        metavar="FILE",
+        help="this connector's private key [STATE_DIR/connector.key]",
+    )
     up.add_argument("--server-name", metavar="NAME", help="TLS name of the relay [relay host]")
     up.add_argument(
         "--connect-timeout",
@@ -85,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         metavar="HOST:PORT",
         help="serve /metrics and /status here; 'off' disables [127.0.0.1:9103]",
+    )
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the certificate files are looked for when not given "
+        "[/var/lib/zgate/connector as root, else ~/.local/state/zgate/connector]",
     )
     up.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     up.add_argument("--log-format", choices=["json", "text"])

@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from zgate_agent.settings import AgentSettings
 from zgate_host.settings import parse_hostport
+from zgate_host.state import default_state_dir
 
 __all__ = ["ConnectorSettings"]
 
@@ -38,9 +39,16 @@ class ConnectorSettings(AgentSettings):
         description="masquerade agents' packets into the site (nftables table zgate_connector)",
     )
     cert: Path = Field(
-        Path(".zgate/pki/connectors/connector.pem"), description="connector certificate"
+        Path("connector.pem"), description="connector certificate [<state_dir>/connector.pem]"
     )
-    key: Path = Field(Path(".zgate/pki/connectors/connector.key"), description="its private key")
+    key: Path = Field(
+        Path("connector.key"), description="its private key [<state_dir>/connector.key]"
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: default_state_dir("connector"),
+        description="the connector's files [/var/lib/zgate/connector as root, else "
+        "~/.local/state/zgate/connector]",
+    )
     tun_name: str = Field("zgate-conn0", description="TUN device name")
     full_tunnel: bool = Field(
         False, description="route only the agents' pool (what the relay advertises) inside"
