@@ -26,13 +26,11 @@ def prepare_state(settings: RelaySettings) -> None:
     An explicitly configured PKI directory that holds no PKI is an error: a typo in
     ``--pki`` must not quietly start a relay with a brand-new CA.
     """
-    uses_state = not settings.pki_given or (
-        settings.audit_log is not None and settings.audit_log.is_relative_to(settings.state_dir)
-    )
-    if uses_state:
-        settings.state_dir = ensure_state_dir(settings.state_dir)
-        if not settings.pki_given:
-            settings.pki = settings.state_dir / "pki"
+    # Created only when something lives in it: a relay given --pki and an audit log
+    # elsewhere (or none) needs no writable state directory.
+    audit = settings.audit_log
+    if not settings.pki_given or (audit is not None and audit.is_relative_to(settings.state_dir)):
+        ensure_state_dir(settings.state_dir)
     if settings.audit_log is not None and not settings.audit_log.parent.is_dir():
         raise StartupError(
             f"--audit-log {settings.audit_log}: folder {settings.audit_log.parent} does not "
