@@ -22,8 +22,8 @@ from zgate_pki import (
     issue_certificate,
     revoke_certificate,
 )
-from zgate_relay import mtls
-from zgate_relay.mtls import MtlsServerConnection, build_server_configuration
+from zgate_proto.engines import _aioquic_mtls as mtls
+from zgate_proto.engines._aioquic_mtls import MtlsServerConnection, build_server_configuration
 
 CLIENT_ADDR = ("198.51.100.7", 40000)
 SERVER_ADDR = ("203.0.113.1", 443)
