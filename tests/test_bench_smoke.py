@@ -116,7 +116,9 @@ def test_quiet_assess_marks_a_busy_run(tmp_path: Path) -> None:
     assert warning is not None and "NOT quiet" in warning
 
 
-def _run(when: str, rounds: dict[str, list[int]] | None, up: dict[str, list[float]]) -> dict:
+def _run(
+    when: str, rounds: dict[str, list[int]] | None, up: dict[str, list[float]]
+) -> dict[str, object]:
     samples = {path: [{"tcp_mbps": v, "tcp_down_mbps": v} for v in vs] for path, vs in up.items()}
     doc: dict[str, object] = {"when": when, "samples": samples, "ratios": {}, "quiet": True}
     if rounds is not None:

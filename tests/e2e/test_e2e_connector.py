@@ -214,13 +214,11 @@ def test_requests_keep_succeeding_when_a_connector_dies(site_lab: Lab) -> None:
     two = lab.start_connector(2, "site-a-2")
     try:
         for ident in ("site-a", "site-a-2"):
-            wait_until(
-                lambda i=ident: (
-                    lab.relay_metric("zgate_relay_connector_sessions", connector=i) == 1
-                ),
-                10,
-                f"{ident}'s routes",
-            )
+
+            def connected(ident: str = ident) -> bool:
+                return lab.relay_metric("zgate_relay_connector_sessions", connector=ident) == 1
+
+            wait_until(connected, 10, f"{ident}'s routes")
         # Both carry traffic: 20 requests from different source ports spread over them.
         start = len(lab.audit_records())
         for _ in range(20):

@@ -163,7 +163,7 @@ def test_allow_by_cidr_and_port_range_with_a_nested_group(plab: Lab, agent1: obj
     assert record["rule"] == "ops-web"
     assert record["verdict"] == "allow"
     assert record["policy_version"] == policy_version(plab.policy)  # type: ignore[attr-defined]
-    assert record["src"].startswith("10.100.")  # type: ignore[union-attr]
+    assert isinstance(record["src"], str) and record["src"].startswith("10.100.")
     assert isinstance(record["session"], str) and record["session"]
 
 
@@ -400,7 +400,9 @@ def test_sessions_are_audited(plab: Lab, agent1: object) -> None:
     )
     assert opened["kind"] == "client"
     assert opened["mode"] == "datagram"
-    assert any(a.startswith("10.100.") for a in opened["addresses"])  # type: ignore[union-attr]
+    addresses = opened["addresses"]
+    assert isinstance(addresses, list)
+    assert any(a.startswith("10.100.") for a in addresses)
     # A session of its own to close (not one an earlier test happened to leave behind).
     start = len(plab.audit_records())
     assert plab.start_agent(2).stop() == 0

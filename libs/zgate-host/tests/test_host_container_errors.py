@@ -23,7 +23,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from zgate_host import HostError, PermissionRequired, TunDevice, configure_interface
 from zgate_host import netconf as netconf_module
 from zgate_host import nft as nft_module
-from zgate_host import sysctl as sysctl_module
 from zgate_host import tun as tun_module
 from zgate_host.errors import (
     IPv6Disabled,
@@ -127,7 +126,6 @@ def test_sysctl_refused_for_a_user_blames_privileges(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(Path, "write_text", refuse)
     with pytest.raises(PermissionRequired, match=r"net.ipv4.ip_forward: .*EACCES.*NET_ADMIN"):
         write_sysctl(IPV4_FORWARDING, "1")
-    assert sysctl_module.SysctlNotWritable is SysctlNotWritable
 
 
 def test_no_dev_net_tun_names_the_device_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,7 +202,10 @@ def fake_iproute(monkeypatch: pytest.MonkeyPatch) -> type[FakeIPRoute]:
     return FakeIPRoute
 
 
-ADDRESSES = [IPv4Interface("10.77.0.1/16"), IPv6Interface("fd7a:7a67::1/64")]
+ADDRESSES: list[IPv4Interface | IPv6Interface] = [
+    IPv4Interface("10.77.0.1/16"),
+    IPv6Interface("fd7a:7a67::1/64"),
+]
 
 
 def test_ipv6_disabled_in_a_container_is_named_not_blamed_on_privileges(

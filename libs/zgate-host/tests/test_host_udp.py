@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from zgate_needs import skip_or_fail
 
 from zgate_host.udp import (
     GSO_MAX_BYTES,
@@ -113,7 +112,9 @@ def test_loopback_batches_arrive_whole_and_in_order(
         assert tx.stats.send_calls == len(batch)
 
 
-def test_gro_coalesced_reads_are_split(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_gro_coalesced_reads_are_split(
+    pair: tuple[socket.socket, socket.socket], skip_or_fail: Callable[[str], NoReturn]
+) -> None:
     rx_sock, tx_sock = pair
     if not (supports_gso(tx_sock) and enable_gro(rx_sock)):
         skip_or_fail("this kernel has no UDP GSO/GRO")
