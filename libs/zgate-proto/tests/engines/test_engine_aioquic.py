@@ -1,7 +1,9 @@
-"""The mTLS shim: an aioquic client and an MtlsServerConnection, in memory, with a fake clock."""
+"""The aioquic engine adapter: its mTLS shim (an aioquic client and an MtlsServerConnection,
+in memory, with a fake clock), its version pin, and what only aioquic does."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,11 @@ from zgate_pki import (
     revoke_certificate,
 )
 from zgate_proto.engines import _aioquic_mtls as mtls
+from zgate_proto.engines import base as engine_base
+from zgate_proto.engines import get_engine
+from zgate_proto.engines._aioquic import ENGINE, AioquicConn
 from zgate_proto.engines._aioquic_mtls import MtlsServerConnection, build_server_configuration
+from zgate_proto.engines.base import ClientConfig, QuicEngine, ServerConfig
 
 CLIENT_ADDR = ("198.51.100.7", 40000)
 SERVER_ADDR = ("203.0.113.1", 443)
@@ -385,3 +391,209 @@ def test_every_refusal_reason_is_listed() -> None:
         "tls_version",
         "handshake_failed",
     }
+
+
+# ---- the engine adapter (zgate_proto.engines._aioquic) ----------------------------------------
+
+
+def test_the_adapter_is_an_engine() -> None:
+    engine: QuicEngine = get_engine("aioquic")
+    assert engine is ENGINE
+    assert (engine.name, engine.version) == ("aioquic", mtls.SUPPORTED_AIOQUIC_VERSION)
+
+
+@pytest.mark.parametrize("module", ["_aioquic", "_aioquic_mtls"])
+def test_the_adapter_refuses_to_load_on_another_aioquic_release(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aioquic
+
+    import zgate_proto.engines
+
+    path = Path(zgate_proto.engines.__file__).parent / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(f"zgate_test_copy_of_{module}", path)
+    assert spec is not None and spec.loader is not None
+    monkeypatch.setattr(aioquic, "__version__", "1.8.0")
+    with pytest.raises(ImportError, match=r"aioquic 1\.8\.0 is installed"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@dataclass
+class EnginePair:
+    """A client and a server AioquicConn on an in-memory network with a fake clock."""
+
+    server_config: ServerConfig
+    client: AioquicConn
+    server: AioquicConn | None = None
+    now: float = 1.0
+    client_events: list[Any] = field(default_factory=list)
+    server_events: list[Any] = field(default_factory=list)
+
+    def step(self, horizon: float) -> bool:
+        moved = False
+        for data, _ in self.client.flush(self.now):
+            moved = True
+            if self.server is None:
+                self.server = ENGINE.accept(self.server_config, data, CLIENT_ADDR, self.now)
+            else:
+                self.server.feed(data, CLIENT_ADDR, self.now)
+        if self.server is not None:
+            for data, _ in self.server.flush(self.now):
+                moved = True
+                self.client.feed(data, SERVER_ADDR, self.now)
+        conns = [c for c in (self.client, self.server) if c is not None]
+        for conn, events in zip(conns, (self.client_events, self.server_events), strict=False):
+            while (event := conn.next_event()) is not None:
+                events.append(event)
+        if moved:
+            return True
+        deadlines = [d for c in conns if (d := c.deadline()) is not None]
+        if not deadlines or min(deadlines) > self.now + horizon:
+            return False
+        self.now = max(self.now, min(deadlines))
+        for conn in conns:
+            if (at := conn.deadline()) is not None and at <= self.now:
+                conn.handle_timer(self.now)
+        return True
+
+    def settle(self, horizon: float = 0.2) -> None:
+        for _ in range(5000):
+            if not self.step(horizon):
+                return
+        raise AssertionError("the network never settled")
+
+    def terminations(self, events: list[Any]) -> list[engine_base.ConnectionTerminated]:
+        return [e for e in events if isinstance(e, engine_base.ConnectionTerminated)]
+
+
+def engine_pair(pki: PkiPaths, verifier: ChainVerifier, ca: Path | None = None) -> EnginePair:
+    client = ClientConfig(
+        server_name="localhost",
+        ca_file=ca or pki.ca_cert,
+        cert_file=pki.leaf_cert("client", "alice"),
+        key_file=pki.leaf_key("client", "alice"),
+    )
+    config = ServerConfig(cert_file=pki.relay_cert, key_file=pki.relay_key, verifier=verifier)
+    return EnginePair(config, ENGINE.connect(client, SERVER_ADDR, 1.0))
+
+
+def test_the_first_event_names_the_connection_id_it_chose(
+    pki: PkiPaths, verifier: ChainVerifier
+) -> None:
+    pair = engine_pair(pki, verifier)
+    pair.settle()
+    assert pair.server is not None
+    first_client, first_server = pair.client_events[0], pair.server_events[0]
+    assert first_client == engine_base.ConnectionIdIssued(pair.client._quic.host_cid)
+    assert isinstance(first_server, engine_base.ConnectionIdIssued)
+    # the server's first own ID, which the client switched to from the original one
+    assert first_server.connection_id != pair.server._quic.original_destination_connection_id
+
+
+def test_a_tls_failure_ends_the_connection_without_waiting_for_the_closing_period(
+    pki: PkiPaths, verifier: ChainVerifier, tmp_path: Path
+) -> None:
+    # The client trusts another CA: its TLS stack refuses the relay's certificate.
+    other = init_pki(tmp_path / "other")
+    pair = engine_pair(pki, verifier, ca=other.ca_cert)
+    pair.settle(horizon=0.0)  # no timer fires: aioquic's closing period never ends
+
+    [ended] = pair.terminations(pair.client_events)
+    assert ended.error_code == CRYPTO_ERROR + tls.AlertDescription.bad_certificate
+    assert (ended.by_peer, ended.handshake_done) == (False, False)
+    assert pair.server is not None
+    [server_end] = pair.terminations(pair.server_events)
+    assert server_end.by_peer is True
+    assert pair.server.refusal is not None
+    assert pair.server.refusal[0] == "handshake_failed"
+    # and aioquic's own late event does not come as a second one
+    pair.settle(horizon=120.0)
+    assert len(pair.terminations(pair.client_events)) == 1
+    assert len(pair.terminations(pair.server_events)) == 1
+
+
+def test_an_idle_connection_times_out_once(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    pair = engine_pair(pki, verifier)
+    pair.settle()
+    pair.settle(horizon=120.0)
+
+    for events in (pair.client_events, pair.server_events):
+        [ended] = pair.terminations(events)
+        assert (ended.reason, ended.by_peer, ended.handshake_done) == ("Idle timeout", False, True)
+    assert pair.client.closed
+    assert pair.client.deadline() is None
+
+
+def test_lost_packets_are_counted(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    pair = engine_pair(pki, verifier)
+    pair.settle()
+    assert pair.client.stats().packets_lost == 0
+    pair.client.send_stream(0, b"lost", end_stream=True)
+    assert pair.client.flush(pair.now)  # never delivered
+    for _ in range(5):  # an ACK delay may come first, then the probe timeout
+        at = pair.client.deadline()
+        assert at is not None
+        pair.now = at
+        pair.client.handle_timer(at)
+        pair.client.flush(pair.now)
+        if pair.client.stats().packets_lost:
+            break
+    assert pair.client.stats().packets_lost >= 1
+
+
+def test_accept_wants_an_initial(pki: PkiPaths, verifier: ChainVerifier) -> None:
+    config = ServerConfig(cert_file=pki.relay_cert, key_file=pki.relay_key, verifier=verifier)
+    assert ENGINE.accept(config, b"\x40" + bytes(1199), CLIENT_ADDR, 1.0) is None  # 1-RTT
+    assert ENGINE.accept(config, b"\xc0\x00", CLIENT_ADDR, 1.0) is None  # cut short
+    # A well-formed v1 Initial header whose payload does not decrypt.
+    header = b"\xc3" + (1).to_bytes(4, "big") + b"\x08" + b"D" * 8 + b"\x00\x00"
+    header += (0x4000 | (1200 - len(header) - 2)).to_bytes(2, "big")
+    forged = header + bytes(1200 - len(header))
+    assert ENGINE.accept(config, forged, CLIENT_ADDR, 1.0) is None
+
+
+def test_the_server_context_is_loaded_once_and_reused(
+    pki: PkiPaths, verifier: ChainVerifier
+) -> None:
+    config = ServerConfig(
+        cert_file=pki.relay_cert,
+        key_file=pki.relay_key,
+        verifier=verifier,
+        connection_id_length=16,
+        max_datagram_size=1350,
+    )
+    context = ENGINE.server_context(config)
+    assert (context.connection_id_length, context.max_datagram_size) == (16, 1350)
+    pair = engine_pair(pki, verifier)
+    pair.server_config = config
+    pair.settle()
+    assert pair.server is not None
+    assert pair.server._quic.configuration is context
+
+    broken = ServerConfig(cert_file=pki.relay_cert, key_file=pki.ca_key, verifier=verifier)
+    with pytest.raises(PkiError, match="does not match"):
+        ENGINE.server_context(broken)
+
+
+def test_unreadable_client_files_raise_os_or_value_errors(pki: PkiPaths) -> None:
+    missing = ClientConfig(
+        server_name="localhost",
+        ca_file=pki.ca_cert,
+        cert_file=pki.directory / "missing.pem",
+        key_file=pki.leaf_key("client", "alice"),
+    )
+    with pytest.raises(OSError):
+        ENGINE.connect(missing, SERVER_ADDR, 1.0)
+    garbage = pki.directory / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises((OSError, ValueError)):
+        ENGINE.connect(
+            ClientConfig(
+                server_name="localhost",
+                ca_file=pki.ca_cert,
+                cert_file=garbage,
+                key_file=garbage,
+            ),
+            SERVER_ADDR,
+            1.0,
+        )
