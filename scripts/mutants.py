@@ -65,7 +65,8 @@ PACKAGES = {
             "tests/test_policy_flows.py",
             "tests/test_policy_flows_quoted.py",
             "tests/test_policy_property.py",
-            "tests/test_policy_checks.py",
+            "tests/test_policy_testing.py",
+            "tests/test_policy_lint.py",
         ),
     ),
     "relay": Package(

@@ -1,5 +1,5 @@
-"""``zgate-lab``: parsing, refusals, the demo's step runner and clean-up, ``zgate-lab down``, and
-(as root) the demo itself end to end."""
+"""``zgate-lab demo`` and ``zgate-lab down`` (zgate_lab.lab_cmd): refusals, the demo's step runner
+and clean-up, ``down``, and (as root) the demo itself end to end."""
 
 from __future__ import annotations
 
@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from zgate_cli.main import main as zgate_main
 from zgate_lab import lab as lab_module
 from zgate_lab import lab_cmd
-from zgate_lab.lab import VENV_BIN, Lab, have_tools, is_lab_namespace, wait_until
-from zgate_lab.main import build_parser, main
+from zgate_lab.lab import VENV_BIN, Lab, have_tools, wait_until
+from zgate_lab.main import main
 
 LAB_NAME = re.compile(r"\b(?:zr|zi|za\d+)-d[0-9a-f]{6}\b")
 
@@ -45,44 +42,6 @@ def _e2e_skip_reason() -> str | None:
 
 
 _E2E_SKIP = _e2e_skip_reason()
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def test_help_lists_demo_and_down(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"^\s+demo\s", out, re.MULTILINE)
-    assert re.search(r"^\s+down\s", out, re.MULTILINE)
-
-
-def test_the_operator_cli_does_not_carry_the_lab(capsys: pytest.CaptureFixture[str]) -> None:
-    assert zgate_main(["--help"]) == 0
-    assert not re.search(r"^\s+lab\s", capsys.readouterr().out, re.MULTILINE)
-    assert zgate_main(["demo"]) == 2
-
-
-def test_demo_defaults_to_datagram_mode_without_keep() -> None:
-    args = build_parser().parse_args(["demo"])
-    assert (args.mode, args.keep) == ("datagram", False)
-    args = build_parser().parse_args(["demo", "--mode", "stream", "--keep"])
-    assert (args.mode, args.keep) == ("stream", True)
-
-
-def test_demo_rejects_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--mode", "pigeon"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
-
-
-def test_lab_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
-    assert "required" in capsys.readouterr().err
-
-
-def test_down_options() -> None:
-    args = build_parser().parse_args(["down", "--tag", "d0a1b2c", "--dry-run"])
-    assert (args.tag, args.dry_run) == ("d0a1b2c", True)
 
 
 # ---------------------------------------------------------------- refusals
@@ -144,45 +103,6 @@ def test_demo_names_a_missing_host_tool(
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "nft" else "/x")
     assert main(["demo"]) == 1
     assert "needs the 'nft' command (Debian package nftables)" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- lab names
-
-
-@given(tag=st.from_regex(r"[0-9a-z]{1,12}", fullmatch=True), n=st.integers(1, 99))
-def test_every_name_a_lab_gives_is_recognised(tag: str, n: int) -> None:
-    lab = Lab(tag=tag, workdir=Path("/nonexistent"))
-    assert is_lab_namespace(lab.relay_ns)
-    assert is_lab_namespace(lab.inet_ns)
-    assert is_lab_namespace(lab.agent_ns(n))
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "zr-",
-        "zr-ABC",
-        "zr-12-x",
-        "xzr-12",
-        "za-12",
-        "za0-12",
-        "za100-12",
-        "zq-12",
-        "zr12",
-        "zr-1234567890123",
-        "docker",
-        "cni-1234",
-        "zr-12 ",
-    ],
-)
-def test_other_names_are_not_ours(name: str) -> None:
-    assert not is_lab_namespace(name)
-
-
-@pytest.mark.parametrize("tag", ["", "Upper", "with-dash", "x" * 13])
-def test_lab_refuses_a_tag_it_could_not_find_again(tag: str) -> None:
-    with pytest.raises(ValueError, match="lab tag"):
-        Lab(tag=tag, workdir=Path("/nonexistent"))
 
 
 # ---------------------------------------------------------------- lab down, faked
