@@ -99,7 +99,7 @@ bench: ## [root] the tunnel benchmark: veth, both zgate modes, wireguard-go (WIR
 	WITH_WIREGUARD=$(WIREGUARD) scripts/bootstrap
 	$(RUN) python bench/tunnel.py $(BENCH_ARGS)
 
-lint: ## ruff check, ruff format --check, mypy --strict
+lint: ## ruff check, ruff format --check, mypy strict (sources, tests, bench: [tool.mypy] files)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy
