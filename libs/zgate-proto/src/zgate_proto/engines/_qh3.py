@@ -531,6 +531,9 @@ class Qh3Engine:
             alpn_protocols=list(config.alpn),
             max_datagram_frame_size=config.max_datagram_frame_size or None,
             max_datagram_size=config.max_datagram_size,
+            # qh3's client would otherwise probe its way past max_datagram_size (to 1472
+            # bytes), which the configuration promises never to send.
+            probe_datagram_size=False,
             idle_timeout=config.idle_timeout,
             server_name=config.server_name,
         )
