@@ -27,6 +27,7 @@ from qh3.quic.tls_bridge import QuicTlsBridge
 
 from zgate_pki import (
     ChainVerifier,
+    PkiError,
     PkiPaths,
     init_pki,
     issue_certificate,
@@ -733,3 +734,47 @@ def test_another_qh3_release_refuses_to_load(module: str, monkeypatch: pytest.Mo
         spec.loader.exec_module(copy)
     with pytest.raises(ImportError, match=r"2\.1\.1"):
         require_version("qh3", qh3.__version__, _qh3_mtls.SUPPORTED_QH3_VERSION)
+
+
+def test_a_client_can_turn_datagrams_off(pki: PkiPaths) -> None:
+    config = ClientConfig(
+        server_name="localhost",
+        ca_file=pki.ca_cert,
+        cert_file=pki.leaf_cert("client", "alice"),
+        key_file=pki.leaf_key("client", "alice"),
+        max_datagram_frame_size=0,
+    )
+    wire = qh3_pair(pki, config)
+
+    assert wire.srv.peer_max_datagram_frame_size == 0
+    assert wire.srv.send_datagram(b"x") is SendStatus.TOO_BIG
+    assert wire.client.peer_max_datagram_frame_size == 65536
+
+
+def test_unusable_client_files_fail_at_connect(pki: PkiPaths, tmp_path: Path) -> None:
+    engine = Qh3Engine()
+    with pytest.raises(OSError):
+        engine.connect(
+            ClientConfig(
+                server_name="localhost",
+                ca_file=tmp_path / "missing.pem",
+                cert_file=pki.leaf_cert("client", "alice"),
+                key_file=pki.leaf_key("client", "alice"),
+            ),
+            SERVER_ADDR,
+            START,
+        )
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises((OSError, ValueError)):
+        engine.connect(client_config(pki, garbage, garbage), SERVER_ADDR, START)
+
+
+def test_a_relay_key_that_does_not_match_is_refused_at_load(pki: PkiPaths) -> None:
+    config = ServerConfig(
+        cert_file=pki.relay_cert,
+        key_file=pki.leaf_key("client", "alice"),
+        verifier=ChainVerifier(pki.ca_cert, pki.crl),
+    )
+    with pytest.raises(PkiError, match="does not match"):
+        Qh3Engine().server_context(config)

@@ -529,7 +529,8 @@ class Qh3Engine:
         configuration = QuicConfiguration(
             is_client=True,
             alpn_protocols=list(config.alpn),
-            max_datagram_frame_size=config.max_datagram_frame_size or None,
+            # Not None for 0: qh3's client would then advertise 65536.
+            max_datagram_frame_size=config.max_datagram_frame_size,
             max_datagram_size=config.max_datagram_size,
             # qh3's client would otherwise probe its way past max_datagram_size (to 1472
             # bytes), which the configuration promises never to send.
@@ -537,6 +538,8 @@ class Qh3Engine:
             idle_timeout=config.idle_timeout,
             server_name=config.server_name,
         )
+        with open(config.ca_file, "rb"):
+            pass  # qh3 reads the CA file only at the handshake: fail here instead
         configuration.load_verify_locations(cafile=str(config.ca_file))
         try:
             configuration.load_cert_chain(config.cert_file, config.key_file)
