@@ -24,14 +24,10 @@ def test_packet_path_benchmark_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     stages = json.loads(out.read_text())["us_per_packet"]
-    assert set(stages) == {
-        "router",
-        "router+flows",
-        "router+policy1k",
-        "quic-datagram",
-        "quic-stream",
-        "tun-coalesce",
-    }
+    # The QUIC stages are timed once per engine ("quic-datagram[qh3]") or once in all.
+    quic = {stage for stage in stages if stage.startswith("quic-")}
+    assert set(stages) - quic == {"router", "router+flows", "router+policy1k", "tun-coalesce"}
+    assert {stage.split("[")[0] for stage in quic} == {"quic-datagram", "quic-stream"}
     assert all(value > 0 for value in stages.values())
     assert "enforcement adds" in proc.stdout
 
