@@ -80,6 +80,10 @@ class Wire:
     watch_client: Callable[[list[tuple[bytes, Address]]], None] | None = None
     #: Time each exchange takes (0: the clock moves only to fire timers).
     tick: float = 0.0
+    #: Client datagrams the network loses: (their sequence number, payload) -> lost?
+    lose: Callable[[int, bytes], bool] | None = None
+    lost: list[bytes] = field(default_factory=list)
+    client_datagrams: int = 0
 
     @property
     def srv(self) -> QuicConn:
@@ -97,6 +101,10 @@ class Wire:
         if self.watch_client is not None:
             self.watch_client(out)
         for data, _ in out:
+            self.client_datagrams += 1
+            if self.lose is not None and self.lose(self.client_datagrams, data):
+                self.lost.append(data)
+                continue
             if self.server is None:
                 self.server = self.server_engine.accept(
                     self.server_config, data, CLIENT_ADDR, self.now
@@ -558,6 +566,34 @@ def test_datagrams_leave_within_the_congestion_window(pki: PkiPaths) -> None:
 
     assert max(overshoot) <= 1200  # never more than one packet past the window
     assert received(wire.server_events) == payloads  # all of them, in order
+
+
+def test_lost_datagram_frames_shrink_the_window_and_are_counted(pki: PkiPaths) -> None:
+    wire = qh3_pair(pki, client_config(pki, datagram_queue=5000))
+    client = wire.client
+    overshoot: list[int] = []
+
+    def watch(out: list[tuple[bytes, Address]]) -> None:
+        stats = client.stats()
+        overshoot.append(stats.bytes_in_flight - stats.cwnd)
+
+    wire.watch_client = watch
+    wire.lose = lambda seq, data: seq % 7 == 0
+    payloads = [i.to_bytes(4, "big") * 275 for i in range(5000)]
+    assert all(client.send_datagram(p) is SendStatus.SENT for p in payloads)
+    wire.settle(lambda: client.datagrams_queued == 0, horizon=5.0)
+    wire.lose = None
+    wire.settle(horizon=5.0)
+
+    got = received(wire.server_events)
+    # Each 1100-byte frame fills a packet: a lost datagram that big took exactly one frame.
+    lost_frames = [d for d in wire.lost if len(d) > 1100]
+    assert len(got) + len(lost_frames) == 5000
+    arrived = set(got)
+    assert got == [p for p in payloads if p in arrived]  # in order, no duplicates
+    assert client.stats().packets_lost >= len(lost_frames) - 5  # the core counted them
+    assert client.stats().cwnd < 200_000  # losses kept the window small
+    assert max(overshoot) <= 1200
 
 
 def test_raw_qh3_would_ignore_the_window(pki: PkiPaths) -> None:

@@ -118,7 +118,12 @@ def _utcnow() -> datetime:
 
 
 class Qh3Conn:
-    """One qh3 connection behind zgate's :class:`~zgate_proto.engines.base.QuicConn`."""
+    """One qh3 connection behind zgate's :class:`~zgate_proto.engines.base.QuicConn`.
+
+    After the handshake :meth:`feed` only collects datagrams; every other method hands the
+    collection to qh3 first, so the caller sees no difference except the cost (feed a
+    wake-up's datagrams, then take events and flush, as the pump does).
+    """
 
     __slots__ = (
         "_auth",
@@ -287,6 +292,9 @@ class Qh3Conn:
 
     def _fail(self, exc: QuicConnectionError) -> None:
         """The core failed for a reason other than back-pressure: close the connection."""
+        if self._quic._close_event is not None:
+            logger.debug("qh3 failed while closing: %s", exc)  # once per flush: keep quiet
+            return
         logger.warning("qh3 connection failed: %s", exc)
         with contextlib.suppress(QuicConnectionError):
             self._quic.close(QuicErrorCode.INTERNAL_ERROR, None, exc.reason_phrase)
