@@ -74,6 +74,7 @@ type options struct {
 	gateway    netip.Addr
 	path       string
 	timeout    time.Duration
+	cidLength  int
 }
 
 func main() {
@@ -100,6 +101,8 @@ func parseFlags() (options, error) {
 	flag.StringVar(&gateway, "gateway", "10.100.0.1", "tunnel address to ping (the relay's gateway)")
 	flag.StringVar(&opts.path, "path", "/.well-known/masque/ip/*/*/", "CONNECT-IP request path")
 	flag.DurationVar(&opts.timeout, "timeout", 15*time.Second, "give up after this long")
+	flag.IntVar(&opts.cidLength, "connection-id-length", 0,
+		"length of the client's connection IDs; 0 keeps quic-go's default, zero-length IDs (RFC 9000 §5.1)")
 	flag.Parse()
 	if opts.caFile == "" {
 		return opts, errors.New("-ca is required")
@@ -112,6 +115,9 @@ func parseFlags() (options, error) {
 		return opts, fmt.Errorf("-gateway %q: not an IPv4 address", gateway)
 	}
 	opts.gateway = addr
+	if opts.cidLength != 0 && (opts.cidLength < 4 || opts.cidLength > 20) {
+		return opts, fmt.Errorf("-connection-id-length %d: quic-go takes 4 to 20 (or 0)", opts.cidLength)
+	}
 	return opts, nil
 }
 
@@ -143,6 +149,7 @@ func run(opts options) error {
 		EnableDatagrams:      true,
 		HandshakeIdleTimeout: opts.timeout,
 		MaxIdleTimeout:       opts.timeout,
+		ConnectionIDLength:   opts.cidLength,
 	})
 	if err != nil {
 		return at("handshake", err)

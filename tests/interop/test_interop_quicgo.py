@@ -192,7 +192,7 @@ def relay(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[
 
 
 def relay_args(pki: Pki, tmp_path: Path) -> list[str]:
-    """`zgate-relay serve` flags: loopback only, no NAT, DNS, metrics or audit to set up."""
+    """`zgate-relay serve` flags: loopback only, no NAT, DNS or metrics; files in ``tmp_path``."""
     options = {
         "--pki": str(pki.directory),
         "--listen": f"127.0.0.1:{LISTEN_PORT}",
@@ -200,7 +200,7 @@ def relay_args(pki: Pki, tmp_path: Path) -> list[str]:
         "--tun-name": TUN_NAME,
         "--state-dir": str(tmp_path / "relay-state"),
         "--metrics": "off",
-        "--audit-log": "off",
+        "--audit-log": str(tmp_path / "audit.log"),
         "--log-format": "json",
     }
     return [*flags(options), "--no-nat", "--no-dns", "--no-dev-pki"]
@@ -246,8 +246,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
 
 
-def run_client(client: Path, relay: Relay, pki: Pki, *, with_cert: bool = True) -> ClientRun:
-    """Run the quic-go client in the relay's namespace and collect its report."""
+def run_client(
+    client: Path, relay: Relay, pki: Pki, *, with_cert: bool = True, cid_length: int = 0
+) -> ClientRun:
+    """Run the quic-go client in the relay's namespace and collect its report; ``cid_length``
+    0 is quic-go's default for a client that owns its socket: zero-length connection IDs."""
     credentials = (
         ["-cert", str(pki.client_cert), "-key", str(pki.client_key)] if with_cert else ["-no-cert"]
     )
@@ -257,6 +260,7 @@ def run_client(client: Path, relay: Relay, pki: Pki, *, with_cert: bool = True) 
         "-ca": str(pki.ca),
         "-gateway": str(GATEWAY),
         "-timeout": f"{CLIENT_TIMEOUT_SECONDS}s",
+        "-connection-id-length": str(cid_length),
     }
     done = subprocess.run(
         ["ip", "netns", "exec", relay.namespace, str(client), *flags(options), *credentials],
@@ -304,18 +308,24 @@ def assert_session_works(run: ClientRun, relay: Relay) -> None:
     assert reply["from"] == str(GATEWAY) and reply["to"] == str(address), str(run)
 
 
-def test_interop_quicgo_session_and_ping(quicgo_client: Path, pki: Pki, relay: Relay) -> None:
+@pytest.mark.parametrize("cid_length", [0, 8], ids=["zero-length-cid", "8-byte-cid"])
+def test_interop_quicgo_session_and_ping(
+    quicgo_client: Path, pki: Pki, relay: Relay, cid_length: int
+) -> None:
     """A quic-go client opens a CONNECT-IP session, gets its address and routes, and its ping
-    to the relay's gateway is answered through the tunnel."""
-    assert_session_works(run_client(quicgo_client, relay, pki), relay)
+    to the relay's gateway is answered through the tunnel; with quic-go's default zero-length
+    client connection IDs (RFC 9000 §5.1: the server must cope) and with 8-byte ones."""
+    run = run_client(quicgo_client, relay, pki, cid_length=cid_length)
+    assert_session_works(run, relay)
 
 
 def test_interop_quicgo_refused_without_certificate(
     quicgo_client: Path, pki: Pki, relay: Relay
 ) -> None:
     """Without a client certificate the relay refuses the handshake with certificate_required
-    (QUIC close code 0x174) and keeps serving others."""
-    refused = run_client(quicgo_client, relay, pki, with_cert=False)
+    (QUIC close code 0x174) and keeps serving others. 8-byte connection IDs: this case is
+    about the refusal; zero-length ones have their own case above."""
+    refused = run_client(quicgo_client, relay, pki, with_cert=False, cid_length=8)
 
     assert refused.returncode == 1, str(refused)
     error = refused.events[-1]
@@ -325,4 +335,4 @@ def test_interop_quicgo_refused_without_certificate(
     assert not any(event["event"] == "response" for event in refused.events), str(refused)
 
     assert relay.proc.poll() is None, f"the relay died after a refusal:\n{relay.log_tail()}"
-    assert_session_works(run_client(quicgo_client, relay, pki), relay)
+    assert_session_works(run_client(quicgo_client, relay, pki, cid_length=8), relay)
