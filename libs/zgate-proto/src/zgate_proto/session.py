@@ -21,6 +21,7 @@ them. ``accept``/``reject``/``close_session`` on a session the peer already clos
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 from collections.abc import Mapping, Sequence
@@ -283,6 +284,17 @@ ClientEvent = (
 
 _NO_ERRORS: Final = frozenset((0, ErrorCode.H3_NO_ERROR))
 
+#: What engines raise for a stream that can no longer take a write, reset or stop: the
+#: peer's STOP_SENDING resets our side inside the engine before its event reaches us, so a
+#: session may meet such a stream through no fault of its own (the qh3 adapter raises
+#: ValueError, aioquic's own RuntimeError passes through its adapter).
+_STREAM_GONE: Final = (ValueError, RuntimeError)
+
+
+def _quietly() -> contextlib.suppress:
+    """For writes that end or answer a stream: one the engine already ended needs none."""
+    return contextlib.suppress(*_STREAM_GONE)
+
 
 def _datagram_prefix(stream_id: int) -> bytes:
     """Quarter stream ID and context ID 0: the fixed head of each of a session's datagrams."""
@@ -457,7 +469,8 @@ class ServerConnection:
         session.move(_OPEN)
         session.mode = mode
         headers = [*response_headers(200), (MODE_HEADER, mode.value.encode("ascii"))]
-        self._h3.send_headers(stream_id, headers)
+        with _quietly():
+            self._h3.send_headers(stream_id, headers)
         self.send_capsules(stream_id, capsules)
 
     def reject(self, stream_id: int, status: int) -> None:
@@ -481,9 +494,11 @@ class ServerConnection:
         return session
 
     def _refuse(self, stream_id: int, status: int, *, peer_done: bool = False) -> None:
-        self._h3.send_headers(stream_id, response_headers(status), end_stream=True)
+        with _quietly():
+            self._h3.send_headers(stream_id, response_headers(status), end_stream=True)
         if not peer_done:
-            self._quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+            with _quietly():
+                self._quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
 
     # --------------------------------------------------------------------- sending
 
@@ -501,14 +516,19 @@ class ServerConnection:
         # queueing delay for every packet. Drop at the tail instead, like a router queue.
         if self._quic.stream_backlog(stream_id) > self._max_backlog:
             return SendStatus.QUEUE_FULL
-        self._h3.send_data(stream_id, encode_ip_datagram_capsule(packet))
+        try:
+            self._h3.send_data(stream_id, encode_ip_datagram_capsule(packet))
+        except _STREAM_GONE:
+            return SendStatus.CLOSED  # reset by the peer's STOP_SENDING, event not seen yet
         return SendStatus.SENT
 
     def send_capsules(self, stream_id: int, capsules: Sequence[Capsule]) -> None:
         """Send control capsules on an open session (nothing once it is closed)."""
         session = self._sessions.get(stream_id)
         if capsules and session is not None and session.state is _OPEN:
-            self._h3.send_data(stream_id, b"".join(encode_capsule(c) for c in capsules))
+            data = b"".join(encode_capsule(c) for c in capsules)
+            with _quietly():
+                self._h3.send_data(stream_id, data)
 
     def close_session(self, stream_id: int, *, error_code: int | None = None) -> None:
         """End a session: FIN on the stream, or, with ``error_code``, reset it and ask the
@@ -520,11 +540,14 @@ class ServerConnection:
         if session.state is _REQUESTED and error_code is None:
             error_code = ErrorCode.H3_REQUEST_REJECTED
         session.move(_CLOSED)
-        if error_code is None:
-            self._h3.send_data(stream_id, b"", end_stream=True)
-        else:
-            self._quic.reset_stream(stream_id, error_code)
-            self._quic.stop_stream(stream_id, error_code)
+        with _quietly():
+            if error_code is None:
+                self._h3.send_data(stream_id, b"", end_stream=True)
+            else:
+                self._quic.reset_stream(stream_id, error_code)
+        if error_code is not None:
+            with _quietly():
+                self._quic.stop_stream(stream_id, error_code)
 
     # ------------------------------------------------------------------- receiving
 
@@ -569,7 +592,8 @@ class ServerConnection:
             session = self._sessions.pop(event.stream_id, None)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
-                self._quic.reset_stream(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+                with _quietly():
+                    self._quic.reset_stream(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
                 reason = _reset_reason("peer", event.error_code)
                 out.append(
                     SessionClosed(event.stream_id, reason, event.error_code not in _NO_ERRORS)
@@ -578,7 +602,8 @@ class ServerConnection:
             session = self._sessions.get(event.stream_id)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
-                self._quic.reset_stream(event.stream_id, event.error_code)
+                with _quietly():
+                    self._quic.reset_stream(event.stream_id, event.error_code)
                 reason = _stop_reason("peer", event.error_code)
                 out.append(
                     SessionClosed(event.stream_id, reason, event.error_code not in _NO_ERRORS)
@@ -639,10 +664,11 @@ class ServerConnection:
             # skipped by the decoder (RFC 9297 §3.2).
         if ended:
             del self._sessions[stream_id]
-            if session.state is _OPEN:
-                self._h3.send_data(stream_id, b"", end_stream=True)
-            else:  # never answered: there is no response to end cleanly
-                self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            with _quietly():
+                if session.state is _OPEN:
+                    self._h3.send_data(stream_id, b"", end_stream=True)
+                else:  # never answered: there is no response to end cleanly
+                    self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             session.move(_CLOSED)
             out.append(SessionClosed(stream_id, "peer ended the stream", False))
 
@@ -651,11 +677,13 @@ class ServerConnection:
     ) -> None:
         stream_id = session.stream_id
         session.move(_CLOSED)
-        self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+        with _quietly():
+            self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
         if ended:
             del self._sessions[stream_id]
         else:
-            self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            with _quietly():
+                self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
         out.append(SessionClosed(stream_id, f"malformed capsule: {exc}", True))
 
     def _connection_terminated(self, event: ConnectionTerminated) -> list[ServerEvent]:
@@ -727,6 +755,7 @@ class ClientSession:
         self._state = ClientState.WAITING_SETTINGS
         self._stream_id = -1
         self._prefix = b""
+        self._stopped: int | None = None  # STOP_SENDING code received before the answer
         self._assigned = False
         self._routed = False
         self._terminated = False
@@ -800,7 +829,10 @@ class ClientSession:
             return self._quic.send_datagram(self._prefix + packet)
         if self._quic.stream_backlog(self._stream_id) > self._max_backlog:
             return SendStatus.QUEUE_FULL
-        self._h3.send_data(self._stream_id, encode_ip_datagram_capsule(packet))
+        try:
+            self._h3.send_data(self._stream_id, encode_ip_datagram_capsule(packet))
+        except _STREAM_GONE:
+            return SendStatus.CLOSED  # reset by the relay's STOP_SENDING, event not seen yet
         return SendStatus.SENT
 
     def send_capsules(self, capsules: Sequence[Capsule]) -> None:
@@ -810,7 +842,9 @@ class ClientSession:
             return
         if self._state is not ClientState.OPEN:
             raise SessionError("capsules can be sent once the session is open")
-        self._h3.send_data(self._stream_id, b"".join(encode_capsule(c) for c in capsules))
+        data = b"".join(encode_capsule(c) for c in capsules)
+        with _quietly():
+            self._h3.send_data(self._stream_id, data)
 
     def close(self) -> None:
         """End the session: FIN on the CONNECT stream (if the request was sent)."""
@@ -819,7 +853,8 @@ class ClientSession:
         sent = self._state is not ClientState.WAITING_SETTINGS
         self._move(ClientState.CLOSED)
         if sent:
-            self._h3.send_data(self._stream_id, b"", end_stream=True)
+            with _quietly():
+                self._h3.send_data(self._stream_id, b"", end_stream=True)
 
     # ------------------------------------------------------------------- receiving
 
@@ -901,12 +936,19 @@ class ClientSession:
             self._data(event.data, event.stream_ended, out)
         elif isinstance(event, StreamWasReset):
             self._move(ClientState.CLOSED)
-            self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            with _quietly():
+                self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             reason = _reset_reason("the relay", event.error_code)
             out.append(SessionClosed(stream_id, reason, event.error_code not in _NO_ERRORS))
         elif isinstance(event, SendingStopped):
+            with _quietly():
+                self._quic.reset_stream(stream_id, event.error_code)
+            if self._state is ClientState.REQUESTED and event.error_code in _NO_ERRORS:
+                # RFC 9114 §4.1.1: the relay needs no more of the request, and its answer
+                # (a refusal, most likely) is on its way: wait for it.
+                self._stopped = event.error_code
+                return
             self._move(ClientState.CLOSED)
-            self._quic.reset_stream(stream_id, event.error_code)
             reason = _stop_reason("the relay", event.error_code)
             out.append(SessionClosed(stream_id, reason, event.error_code not in _NO_ERRORS))
 
@@ -918,7 +960,8 @@ class ClientSession:
             validate_connect_ip_response(headers)
         except RequestError as exc:
             # The request is over; the relay may already have reset our side with STOP_SENDING.
-            self._quic.reset_stream(self._stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            with _quietly():
+                self._quic.reset_stream(self._stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             self._refused(f"the relay refused the CONNECT-IP request: {exc}", exc.status, out)
             return
         answered = _mode_header(headers)
@@ -928,6 +971,11 @@ class ClientSession:
             self._mode = answered
         self._move(ClientState.OPEN)
         out.append(SessionAccepted(self._mode, headers))
+        if self._stopped is not None:  # accepted, yet it will not read what we send
+            self._move(ClientState.CLOSED)
+            out.append(
+                SessionClosed(self._stream_id, _stop_reason("the relay", self._stopped), False)
+            )
 
     def _data(self, data: bytes, ended: bool, out: list[ClientEvent]) -> None:
         if self._state is not ClientState.OPEN:
@@ -939,9 +987,11 @@ class ClientSession:
                 self._decoder.eof()
         except DecodeError as exc:
             self._move(ClientState.CLOSED)
-            self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            with _quietly():
+                self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
             if not ended:
-                self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+                with _quietly():
+                    self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
             out.append(SessionClosed(stream_id, f"malformed capsule from the relay: {exc}", True))
             return
         for capsule in capsules:
@@ -957,5 +1007,6 @@ class ClientSession:
                 out.append(RoutesAdvertised(stream_id, capsule.ranges))
         if ended:
             self._move(ClientState.CLOSED)
-            self._h3.send_data(stream_id, b"", end_stream=True)
+            with _quietly():
+                self._h3.send_data(stream_id, b"", end_stream=True)
             out.append(SessionClosed(stream_id, "the relay ended the CONNECT-IP stream", False))
