@@ -151,6 +151,9 @@ func run(opts options) error {
 		MaxIdleTimeout:       opts.timeout,
 		ConnectionIDLength:   opts.cidLength,
 	})
+	if errors.Is(err, context.DeadlineExceeded) {
+		return at("handshake", fmt.Errorf("no handshake with %s within %s: %w", opts.addr, opts.timeout, err))
+	}
 	if err != nil {
 		return at("handshake", err)
 	}
