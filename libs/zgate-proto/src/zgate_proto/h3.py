@@ -3,12 +3,15 @@ CONNECT-IP stream that carries IP packets in either of the two standard modes.
 
 Still sans-IO: nothing here owns a socket or a clock. The caller feeds QUIC events into
 :class:`ConnectIpH3Connection` and pulls datagrams out of the QUIC connection as usual.
+
+Superseded by :mod:`zgate_proto.http3` and :mod:`zgate_proto.session`, whose PacketMode,
+MODE_HEADER and DATAGRAM_OVERHEAD (and engines.base's SendStatus) are re-exported here, so
+old and new code share one of each until the last user of this module moves over.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,8 @@ from zgate_proto.capsules import (
     encode_datagram_capsule,
 )
 from zgate_proto.datagram import CONTEXT_ID_IP, decode_ip_datagram
+from zgate_proto.engines.base import SendStatus
+from zgate_proto.session import DATAGRAM_OVERHEAD, MODE_HEADER, PacketMode
 
 __all__ = [
     "DATAGRAM_OVERHEAD",
@@ -35,35 +40,6 @@ __all__ = [
     "SendStatus",
     "StreamInput",
 ]
-
-#: Bytes a QUIC 1-RTT packet carrying one DATAGRAM frame adds around the frame's data,
-#: at worst: short header (1) + connection ID (up to 20) + packet number (up to 4) + AEAD
-#: tag (16) + frame type (1) + length varint (2). aioquic never splits a DATAGRAM frame, and
-#: one that cannot fit an empty packet stays at the head of its queue for ever, so every
-#: datagram is checked against this bound before it is queued.
-DATAGRAM_OVERHEAD = 44
-
-#: Request header by which a zgate agent tells the relay how it wants packets sent back.
-#: Peers that do not send it get datagrams when they support them (RFC 9484's default).
-MODE_HEADER = b"zgate-packet-mode"
-
-
-class PacketMode(enum.StrEnum):
-    """How IP packets travel on a CONNECT-IP stream (both are RFC 9484 / RFC 9297)."""
-
-    DATAGRAM = "datagram"
-    """QUIC DATAGRAM frames, context ID 0: unreliable, no head-of-line blocking."""
-    STREAM = "stream"
-    """DATAGRAM capsules (type 0x00) on the CONNECT stream: reliable and ordered."""
-
-
-class SendStatus(enum.Enum):
-    """What became of a packet handed to :meth:`ConnectIpStream.send_packet`."""
-
-    SENT = "sent"
-    TOO_BIG = "too_big"
-    QUEUE_FULL = "queue_full"
-    CLOSED = "closed"
 
 
 class ConnectIpH3Connection(H3Connection):
