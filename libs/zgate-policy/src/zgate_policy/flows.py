@@ -27,10 +27,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple, Protocol
+from typing import Final, Literal, Protocol
 
-from zgate_proto.errors import PacketError
-from zgate_proto.ip import PacketInfo, parse_packet
+from zgate_proto.ip import PacketInfo
+from zgate_proto.packet import FlowKey, PacketView, parse_packet
 
 __all__ = [
     "END_REASONS",
@@ -45,8 +45,10 @@ __all__ = [
     "Timeouts",
     "flow_key_from_info",
     "flow_key_from_packet",
+    "flow_key_from_view",
     "reply_key_from_info",
     "reply_key_from_packet",
+    "reply_key_from_view",
     "tcp_flags",
 ]
 
@@ -76,24 +78,12 @@ _ECHO_REQUEST: Final = {4: 8, 6: 128}
 _ECHO_REPLY: Final = {4: 0, 6: 129}
 _ICMP_FOR: Final = {4: _ICMP, 6: _ICMPV6}
 _IPV6_OPTION_LIKE: Final = frozenset((0, 43, 60))  # hop-by-hop, routing, destination
-# The fast path's protocols and the smallest total length parse_packet accepts for each.
-_FAST_MIN_V4: Final = {_TCP: 40, _UDP: 28}
-_FAST_MIN_V6: Final = {_TCP: 60, _UDP: 48}
-
-
-class FlowKey(NamedTuple):
-    """A flow's 5-tuple from the agent's side: ``src`` is the agent's address (raw 4 or 16
-    bytes). For ICMP echo, ``sport`` and ``dport`` are the echo identifier.
-
-    A named tuple rather than a dataclass: it is built and hashed for every packet, and a
-    tuple does both several times faster. It is immutable and has no ``__dict__``.
-    """
-
-    proto: int
-    src: bytes
-    sport: int
-    dst: bytes
-    dport: int
+#: What the key functions read a packet's headers from: the relay's one parse
+#: (:class:`~zgate_proto.packet.PacketView`) or :func:`zgate_proto.ip.parse_packet`'s.
+_Parsed = PacketView | PacketInfo
+#: FlowKey(...) without the Python-level __new__ a named tuple adds: half the cost, on the
+#: path of every packet.
+_new_key = tuple.__new__
 
 
 class DecisionLike(Protocol):
@@ -113,59 +103,34 @@ class DecisionLike(Protocol):
 # --- keys ------------------------------------------------------------------------------
 
 
-def _fast_key(packet: bytes, reply: bool) -> FlowKey | None:
-    """The key of a plain IPv4 or IPv6 TCP/UDP packet that is no fragment (the common case;
-    its checks are the ones parse_packet would make, so the answer is the same), from the
-    packet's sender (``reply``: from its receiver); None for anything else."""
-    if len(packet) < 40:
-        return None
-    first = packet[0]
-    if first == 0x45:
-        total = (packet[2] << 8) | packet[3]
-        proto = packet[9]
-        minimum = _FAST_MIN_V4.get(proto)
-        if minimum is None or not minimum <= total <= len(packet) or _v4_fragment(packet):
-            return None
-        src, dst, ports = packet[12:16], packet[16:20], 20
-    elif first >> 4 == 6:
-        total = 40 + ((packet[4] << 8) | packet[5])
-        proto = packet[6]
-        minimum = _FAST_MIN_V6.get(proto)
-        if minimum is None or not minimum <= total <= len(packet):
-            return None
-        src, dst, ports = packet[8:24], packet[24:40], 40
-    else:
-        return None
-    sport = (packet[ports] << 8) | packet[ports + 1]
-    dport = (packet[ports + 2] << 8) | packet[ports + 3]
-    return (
-        FlowKey(proto, dst, dport, src, sport) if reply else FlowKey(proto, src, sport, dst, dport)
-    )
+def flow_key_from_view(view: PacketView) -> FlowKey | None:
+    """The key of the flow a packet from an agent belongs to (the agent's side is the
+    packet's source), or None when it has none (an error about an error, say)."""
+    sport, dport = view.sport, view.dport
+    if sport is not None and dport is not None:  # TCP, UDP, SCTP: the common case
+        return _new_key(FlowKey, (view.proto, view.src, sport, view.dst, dport))
+    return _key_from_info(view, view.data, outbound=True, allow_error=True)
+
+
+def reply_key_from_view(view: PacketView) -> FlowKey | None:
+    """The key of the flow a packet towards an agent answers (addresses and ports swapped
+    back to the agent's side), or None when it has none."""
+    sport, dport = view.sport, view.dport
+    if sport is not None and dport is not None:
+        return _new_key(FlowKey, (view.proto, view.dst, dport, view.src, sport))
+    return _key_from_info(view, view.data, outbound=False, allow_error=True)
 
 
 def flow_key_from_packet(packet: bytes) -> FlowKey | None:
-    """The key of the flow a packet from an agent belongs to, or None if it is malformed."""
-    key = _fast_key(packet, False)
-    if key is not None:
-        return key
-    try:
-        info = parse_packet(packet)
-    except PacketError:
-        return None
-    return _key_from_info(info, packet, outbound=True, allow_error=True)
+    """:func:`flow_key_from_view` of raw bytes; None if they are no well-formed packet."""
+    view = parse_packet(packet)
+    return flow_key_from_view(view) if view is not None else None
 
 
 def reply_key_from_packet(packet: bytes) -> FlowKey | None:
-    """The key of the flow a packet towards an agent answers (addresses and ports swapped
-    back to the agent's side), or None if it is malformed."""
-    key = _fast_key(packet, True)
-    if key is not None:
-        return key
-    try:
-        info = parse_packet(packet)
-    except PacketError:
-        return None
-    return _key_from_info(info, packet, outbound=False, allow_error=True)
+    """:func:`reply_key_from_view` of raw bytes; None if they are no well-formed packet."""
+    view = parse_packet(packet)
+    return reply_key_from_view(view) if view is not None else None
 
 
 def flow_key_from_info(info: PacketInfo, packet: bytes) -> FlowKey | None:
@@ -181,27 +146,8 @@ def reply_key_from_info(info: PacketInfo, packet: bytes) -> FlowKey | None:
 def tcp_flags(packet: bytes) -> int | None:
     """The TCP flags byte of a TCP packet; None for other protocols, later fragments and
     malformed packets (an ICMP error about a TCP flow included)."""
-    size = len(packet)
-    if size >= 40:
-        if packet[0] == 0x45:
-            total = (packet[2] << 8) | packet[3]
-            if packet[9] == _TCP and 40 <= total <= size and not _v4_fragment(packet):
-                return packet[33]
-        elif (
-            packet[0] >> 4 == 6
-            and packet[6] == _TCP
-            and 60 <= 40 + ((packet[4] << 8) | packet[5]) <= size
-        ):
-            return packet[53]
-    try:
-        return parse_packet(packet).tcp_flags
-    except PacketError:
-        return None
-
-
-def _v4_fragment(packet: bytes) -> bool:
-    """More-fragments set or a non-zero offset: the fast path leaves these to parse_packet."""
-    return bool(packet[6] & 0x3F or packet[7])
+    view = parse_packet(packet)
+    return view.tcp_flags if view is not None else None
 
 
 def _key(proto: int, src: bytes, sport: int, dst: bytes, dport: int, outbound: bool) -> FlowKey:
@@ -212,7 +158,7 @@ def _key(proto: int, src: bytes, sport: int, dst: bytes, dport: int, outbound: b
 
 
 def _key_from_info(
-    info: PacketInfo, packet: bytes, *, outbound: bool, allow_error: bool
+    info: _Parsed, packet: bytes, *, outbound: bool, allow_error: bool
 ) -> FlowKey | None:
     if info.sport is not None and info.dport is not None:
         return _key(info.proto, info.src, info.sport, info.dst, info.dport, outbound)
@@ -229,7 +175,7 @@ def _key_from_info(
     return _icmp_key(info, packet, outbound)
 
 
-def _icmp_key(info: PacketInfo, packet: bytes, outbound: bool) -> FlowKey | None:
+def _icmp_key(info: _Parsed, packet: bytes, outbound: bool) -> FlowKey | None:
     """ICMP messages other than errors: echo by identifier, the rest without ports."""
     assert info.icmp_type is not None
     echo = _ECHO_REQUEST if outbound else _ECHO_REPLY

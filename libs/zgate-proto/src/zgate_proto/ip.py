@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from zgate_proto.errors import PacketError
+from zgate_proto.packet import parse_or_raise
 
 __all__ = [
     "IPProto",
@@ -48,12 +49,6 @@ class IPProto(IntEnum):
     IPV6_NONXT = 59
     IPV6_OPTS = 60
     SCTP = 132
-
-
-# Plain ints: comparing against IntEnum members costs an attribute lookup per packet.
-_HOPOPT, _ICMP, _TCP, _FRAG, _AH, _ICMPV6 = 0, 1, 6, 44, 51, 58
-_PORT_PROTOCOLS: dict[int, int] = {6: 20, 17: 8, 132: 12}  # TCP, UDP, SCTP: minimum size
-_IPV6_OPTION_LIKE: frozenset[int] = frozenset((0, 43, 60))  # hop-by-hop, routing, dest.
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,141 +89,26 @@ class PacketInfo:
 
 
 def parse_packet(packet: _Buffer) -> PacketInfo:
-    """Parse the IP (and transport) headers of ``packet``. Raises PacketError."""
-    if not packet:
-        raise PacketError("empty packet", reason="too_short")
-    version = packet[0] >> 4
-    if version == 4:
-        return _parse_ipv4(packet)
-    if version == 6:
-        return _parse_ipv6(packet)
-    raise PacketError(f"IP version {version}", reason="bad_version")
+    """Parse the IP (and transport) headers of ``packet``. Raises PacketError.
 
-
-def _parse_ipv4(packet: _Buffer) -> PacketInfo:
-    size = len(packet)
-    if size < 20:
-        raise PacketError("IPv4 packet shorter than its header", reason="too_short")
-    header_len = (packet[0] & 0x0F) << 2
-    if header_len < 20:
-        raise PacketError(f"IPv4 header length {header_len} < 20", reason="bad_header_length")
-    total_len = (packet[2] << 8) | packet[3]
-    if total_len < header_len:
-        raise PacketError("IPv4 total length shorter than its header", reason="bad_total_length")
-    if total_len > size:
-        raise PacketError("IPv4 total length beyond the packet", reason="bad_total_length")
-    flags_offset = (packet[6] << 8) | packet[7]
-    offset = (flags_offset & 0x1FFF) << 3
-    is_fragment = bool(flags_offset & 0x2000) or offset != 0
-    proto = packet[9]
-    src = bytes(packet[12:16])
-    dst = bytes(packet[16:20])
-    if offset:
-        return PacketInfo(
-            4, src, dst, proto, None, None, None, None, header_len, total_len, True, None, offset
-        )
-    sport, dport, icmp_type, icmp_code, tcp_flags = _transport(
-        packet, header_len, total_len, proto, _ICMP
-    )
+    The parser is :func:`zgate_proto.packet.parse_or_raise` (the relay's one parse per
+    packet); this form copies what it found into a frozen :class:`PacketInfo`."""
+    view = parse_or_raise(packet if type(packet) is bytes else bytes(packet))
     return PacketInfo(
-        4,
-        src,
-        dst,
-        proto,
-        sport,
-        dport,
-        icmp_type,
-        icmp_code,
-        header_len,
-        total_len,
-        is_fragment,
-        tcp_flags,
+        view.version,
+        view.src,
+        view.dst,
+        view.proto,
+        view.sport,
+        view.dport,
+        view.icmp_type,
+        view.icmp_code,
+        view.header_len,
+        view.total_len,
+        view.is_fragment,
+        view.tcp_flags,
+        view.fragment_offset,
     )
-
-
-def _parse_ipv6(packet: _Buffer) -> PacketInfo:
-    size = len(packet)
-    if size < 40:
-        raise PacketError("IPv6 packet shorter than its header", reason="too_short")
-    total_len = 40 + ((packet[4] << 8) | packet[5])
-    if total_len > size:
-        raise PacketError("IPv6 payload length beyond the packet", reason="bad_total_length")
-    src = bytes(packet[8:24])
-    dst = bytes(packet[24:40])
-    proto = packet[6]
-    pos = 40
-    is_fragment = False
-    offset = 0
-    # RFC 9484 §4.8: walk the chain to the outermost non-extension protocol number. Each
-    # header is at least 8 bytes long, so the walk ends within the packet.
-    while True:
-        if proto in _IPV6_OPTION_LIKE:
-            if proto == _HOPOPT and pos != 40:
-                raise PacketError("hop-by-hop options not first", reason="bad_extension_header")
-            if pos + 8 > total_len:
-                raise PacketError("truncated extension header", reason="bad_extension_header")
-            proto, pos = packet[pos], pos + ((packet[pos + 1] + 1) << 3)
-        elif proto == _FRAG:
-            if pos + 8 > total_len:
-                raise PacketError("truncated fragment header", reason="bad_extension_header")
-            field = (packet[pos + 2] << 8) | packet[pos + 3]
-            offset = field & 0xFFF8  # 13-bit offset in 8-byte units, already shifted
-            is_fragment = is_fragment or offset != 0 or bool(field & 1)
-            proto, pos = packet[pos], pos + 8
-            if offset:
-                break  # the rest is fragment data, not headers
-        elif proto == _AH:
-            if pos + 8 > total_len:
-                raise PacketError("truncated AH header", reason="bad_extension_header")
-            proto, pos = packet[pos], pos + ((packet[pos + 1] + 2) << 2)
-        else:
-            break  # upper layer, ESP or No Next Header
-        if pos > total_len:
-            raise PacketError("extension header beyond the packet", reason="bad_extension_header")
-    if offset:
-        return PacketInfo(
-            6, src, dst, proto, None, None, None, None, pos, total_len, True, None, offset
-        )
-    sport, dport, icmp_type, icmp_code, tcp_flags = _transport(
-        packet, pos, total_len, proto, _ICMPV6
-    )
-    return PacketInfo(
-        6,
-        src,
-        dst,
-        proto,
-        sport,
-        dport,
-        icmp_type,
-        icmp_code,
-        pos,
-        total_len,
-        is_fragment,
-        tcp_flags,
-    )
-
-
-def _transport(
-    packet: _Buffer, pos: int, total_len: int, proto: int, icmp: int
-) -> tuple[int | None, int | None, int | None, int | None, int | None]:
-    """(sport, dport, icmp_type, icmp_code, tcp_flags) of the upper-layer header at pos.
-
-    A first fragment too short for its transport header is refused like a truncated packet:
-    tiny fragments are a classic way around port filters (RFC 1858).
-    """
-    minimum = _PORT_PROTOCOLS.get(proto)
-    if minimum is not None:
-        if pos + minimum > total_len:
-            raise PacketError(f"truncated protocol {proto} header", reason="truncated_transport")
-        sport = (packet[pos] << 8) | packet[pos + 1]
-        dport = (packet[pos + 2] << 8) | packet[pos + 3]
-        flags = packet[pos + 13] if proto == _TCP else None
-        return sport, dport, None, None, flags
-    if proto == icmp:
-        if pos + 4 > total_len:
-            raise PacketError("truncated ICMP header", reason="truncated_transport")
-        return None, None, packet[pos], packet[pos + 1], None
-    return None, None, None, None, None
 
 
 def ip_version(packet: _Buffer) -> int:

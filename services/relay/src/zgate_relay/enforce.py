@@ -4,6 +4,7 @@ Every packet from an agent belongs to a flow. The first packet of a flow is deci
 policy, and the decision is kept in the flow table, so later packets cost one dict lookup.
 Packets towards an agent pass only as replies to a flow the policy allowed. Everything the
 auditor needs is queued in :attr:`Enforcer.events` for the pump to write, never per packet.
+Packets come as the router's :class:`~zgate_proto.packet.PacketView`: parsed once, there.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from zgate_policy.flows import (
     Flow,
     FlowKey,
     FlowTable,
-    flow_key_from_packet,
-    reply_key_from_packet,
-    tcp_flags,
+    flow_key_from_view,
+    reply_key_from_view,
 )
 from zgate_proto.icmp import admin_prohibited
+from zgate_proto.packet import PacketView
 
-__all__ = ["RELAY_DNS_RULE", "EnforcedSession", "Enforcer", "IcmpBudget", "Verdict"]
+__all__ = [
+    "RELAY_DNS_RULE",
+    "EnforcedSession",
+    "Enforcer",
+    "IcmpBudget",
+    "Verdict",
+    "gateway_for",
+]
 
 #: The rule id under which agents' queries to the relay's own DNS service are allowed:
 #: the FQDN rules depend on that service, so no policy may cut agents off from it.
@@ -117,40 +125,43 @@ class Enforcer:
     # ---------------------------------------------------------------- packets
 
     def outbound(
-        self, session: EnforcedSession, packet: bytes, now: float, connector: str | None = None
+        self, session: EnforcedSession, view: PacketView, now: float, connector: str | None = None
     ) -> Verdict:
         """A packet an agent sent (its source already checked): its flow's verdict.
-        ``connector``: the connector that will carry it, named in the flow's records."""
-        key = flow_key_from_packet(packet)
+        ``connector``: the connector that will carry it, named in the flow's records.
+
+        The TCP flags move the flow's state only when the packet itself is TCP (the view
+        has none for an ICMP error about a TCP flow)."""
+        key = flow_key_from_view(view)
         if key is None:
             return _MALFORMED
         flows = self.flows
         flow = flows.get(key)
         if flow is None:
             # An answer to a flow another agent opened towards this one?
-            reply = reply_key_from_packet(packet)
+            reply = reply_key_from_view(view)
             opened = flows.get(reply) if reply is not None else None
             if opened is not None and opened.verdict == "allow":
-                flows.seen_in(opened, len(packet), _tcp_flags(packet, opened.key), now)
+                flows.seen_in(opened, len(view.data), view.tcp_flags, now)
                 return ALLOWED
             flow = self._new_flow(session, key, now, connector)
             if flow is None:
                 return _TABLE_FULL
-        flows.seen_out(flow, len(packet), _tcp_flags(packet, key), now)
+        flows.seen_out(flow, len(view.data), view.tcp_flags, now)
         if flow.verdict == "allow":
             return ALLOWED
-        return self._denied(session, packet, now)
+        return self._denied(session, view, now)
 
-    def inbound(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
+    def inbound(self, session: EnforcedSession, view: PacketView, now: float) -> Verdict:
         """A packet towards an agent: only replies to a flow of that session's that the
         policy allowed get through."""
-        key = reply_key_from_packet(packet)
+        key = reply_key_from_view(view)
         if key is None:
             return _MALFORMED
         flow = self.flows.get(key)
         if flow is None or flow.verdict != "allow" or flow.session_id != session.session_id:
             return _NO_FLOW
-        self.flows.seen_in(flow, len(packet), _tcp_flags(packet, key), now)
+        self.flows.seen_in(flow, len(view.data), view.tcp_flags, now)
         return ALLOWED
 
     def _decide(
@@ -194,15 +205,14 @@ class Enforcer:
         )
         return flow
 
-    def _denied(self, session: EnforcedSession, packet: bytes, now: float) -> Verdict:
+    def _denied(self, session: EnforcedSession, view: PacketView, now: float) -> Verdict:
         if not self.icmp_budget.take(session.session_id, now):
             return _DENIED
         # The answer comes from the relay's tunnel address of the packet's family.
-        size = 4 if packet[0] >> 4 == 4 else 16
-        gateway = next((a for a in self.relay_addresses if len(a) == size), None)
+        gateway = gateway_for(self.relay_addresses, view.version)
         if gateway is None:
             return _DENIED
-        icmp = admin_prohibited(packet, ipaddress.ip_address(gateway))
+        icmp = admin_prohibited(view.data, gateway)
         return Verdict(False, "policy_denied", icmp) if icmp is not None else _DENIED
 
     # ------------------------------------------------------------ lifecycle
@@ -255,6 +265,11 @@ class Enforcer:
         return events
 
 
-def _tcp_flags(packet: bytes, key: FlowKey) -> int | None:
-    # The shared parser, called only for TCP: for other protocols it would parse in full.
-    return tcp_flags(packet) if key.proto == _TCP else None
+def gateway_for(
+    addresses: Collection[bytes], version: int
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The relay's own address (of ``addresses``, raw) of IP ``version``: where the ICMP
+    errors it sends come from. None when it has none of that family."""
+    size = 4 if version == 4 else 16
+    raw = next((a for a in addresses if len(a) == size), None)
+    return ipaddress.ip_address(raw) if raw is not None else None
