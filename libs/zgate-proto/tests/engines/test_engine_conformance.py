@@ -34,7 +34,9 @@ from zgate_proto.engines.base import (
     QuicEvent,
     SendStatus,
     ServerConfig,
+    StopSendingReceived,
     StreamDataReceived,
+    StreamReset,
 )
 
 CLIENT_ADDR: Address = ("198.51.100.7", 40000)
@@ -426,6 +428,20 @@ def test_stream_data_flows_both_ways_with_fin(engine: QuicEngine, pki: PkiPaths)
     net.settle()
     assert stream_data(net.client_events, sid) == (b"answer", True)
     assert net.client.next_stream_id() == sid + 4
+
+
+def test_streams_can_be_reset_and_stopped(engine: QuicEngine, pki: PkiPaths) -> None:
+    net = connected(engine, pki)
+    sid = net.client.next_stream_id()
+    net.client.send_stream(sid, b"request")
+    net.settle()
+    net.client.reset_stream(sid, 0x10C)
+    net.srv.stop_stream(sid, 0x10D)
+    net.settle()
+
+    assert StreamReset(sid, 0x10C) in net.server_events
+    assert StopSendingReceived(sid, 0x10D) in net.client_events
+    assert not net.client.closed and not net.srv.closed
 
 
 def test_stream_backlog_grows_while_the_peer_does_not_ack(
