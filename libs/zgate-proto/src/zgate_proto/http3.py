@@ -45,6 +45,7 @@ __all__ = [
     "SendingStopped",
     "Setting",
     "SettingsReceived",
+    "StreamEvent",
     "StreamType",
     "StreamWasReset",
     "encode_frame",
@@ -154,37 +155,40 @@ class SettingsReceived(H3Event):
 
 
 @dataclass(frozen=True, slots=True)
-class HeadersReceived(H3Event):
-    """A HEADERS frame arrived on a request stream (``stream_ended``: FIN came with it)."""
+class StreamEvent(H3Event):
+    """Base of the events about one request stream."""
 
     stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersReceived(StreamEvent):
+    """A HEADERS frame arrived on a request stream (``stream_ended``: FIN came with it)."""
+
     headers: Headers
     stream_ended: bool
 
 
 @dataclass(frozen=True, slots=True)
-class DataReceived(H3Event):
+class DataReceived(StreamEvent):
     """Payload of DATA frames arrived on a request stream; ``data`` may be empty when only
     the FIN arrived (``stream_ended``)."""
 
-    stream_id: int
     data: bytes
     stream_ended: bool
 
 
 @dataclass(frozen=True, slots=True)
-class StreamWasReset(H3Event):
+class StreamWasReset(StreamEvent):
     """The peer reset a request stream (RESET_STREAM): nothing more arrives on it."""
 
-    stream_id: int
     error_code: int
 
 
 @dataclass(frozen=True, slots=True)
-class SendingStopped(H3Event):
+class SendingStopped(StreamEvent):
     """The peer asked us to stop sending on a request stream (STOP_SENDING)."""
 
-    stream_id: int
     error_code: int
 
 

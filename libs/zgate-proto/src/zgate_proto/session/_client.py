@@ -1,0 +1,381 @@
+"""The client side: the one CONNECT-IP session of an agent or connector."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from zgate_proto.capsules import (
+    AddressAssign,
+    Capsule,
+    CapsuleDecoder,
+    DatagramCapsule,
+    IPAddressRange,
+    RouteAdvertisement,
+    encode_capsule,
+    encode_ip_datagram_capsule,
+)
+from zgate_proto.engines.base import (
+    ConnectionTerminated,
+    DatagramReceived,
+    QuicConn,
+    QuicEvent,
+    SendStatus,
+)
+from zgate_proto.errors import DecodeError, RequestError
+from zgate_proto.http3 import (
+    DataReceived,
+    ErrorCode,
+    H3Connection,
+    H3Event,
+    Headers,
+    HeadersReceived,
+    SendingStopped,
+    SettingsReceived,
+    StreamEvent,
+    StreamWasReset,
+)
+from zgate_proto.request import (
+    DEFAULT_TEMPLATE,
+    build_connect_ip_request,
+    validate_connect_ip_response,
+)
+from zgate_proto.session._events import (
+    MODE_HEADER,
+    AddressesAssigned,
+    ClientEvent,
+    DropReason,
+    Network,
+    PacketDropped,
+    PacketMode,
+    PacketReceived,
+    RoutesAdvertised,
+    SessionAccepted,
+    SessionClosed,
+    SessionError,
+    SessionRefused,
+)
+from zgate_proto.session._wire import (
+    MAX_IP_PACKET,
+    NO_ERRORS,
+    STREAM_GONE,
+    capsule_packet,
+    connection_closed,
+    datagram_prefix,
+    mode_header,
+    quietly,
+    reset_reason,
+    split_datagram,
+    stop_reason,
+)
+
+__all__ = ["ClientSession", "ClientState"]
+
+
+class ClientState(enum.Enum):
+    """Where the client's session is."""
+
+    WAITING_SETTINGS = "waiting_settings"  # the relay's SETTINGS have not arrived yet
+    REQUESTED = "requested"  # the extended CONNECT was sent
+    OPEN = "open"  # 2xx received: packets flow
+    CLOSED = "closed"  # refused, or ended by either side
+
+
+_CLIENT_MOVES: Final[Mapping[ClientState, frozenset[ClientState]]] = {
+    ClientState.WAITING_SETTINGS: frozenset((ClientState.REQUESTED, ClientState.CLOSED)),
+    ClientState.REQUESTED: frozenset((ClientState.OPEN, ClientState.CLOSED)),
+    ClientState.OPEN: frozenset((ClientState.CLOSED,)),
+    ClientState.CLOSED: frozenset(),
+}
+
+
+class ClientSession:
+    """One CONNECT-IP session on a client QUIC connection (sans-IO).
+
+    Sends the extended CONNECT, with :data:`MODE_HEADER`, as soon as the relay's SETTINGS
+    arrive: ``mode`` is the mode asked for; with ``fallback`` a DATAGRAM session becomes a
+    STREAM one when the relay offers no HTTP datagrams. The mode the relay answers with is
+    the one used. ``target``, ``ipproto`` and ``template`` scope the request (RFC 9484
+    §4.6); the request is built at once, so a bad authority raises ProtoError here.
+    """
+
+    def __init__(
+        self,
+        quic: QuicConn,
+        *,
+        authority: str,
+        mode: PacketMode,
+        fallback: bool = True,
+        max_capsule_size: int = 65536 + 64,
+        max_stream_backlog: int = 256 * 1024,
+        target: str = "*",
+        ipproto: int | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        datagrams: bool = True,
+    ) -> None:
+        self._quic = quic
+        self._request = build_connect_ip_request(authority, target, ipproto, template)
+        self._h3 = H3Connection(quic, is_client=True, datagrams=datagrams)
+        self._mode = mode
+        self._fallback = fallback
+        self._max_capsule_size = max_capsule_size
+        self._max_backlog = max_stream_backlog
+        self._decoder = CapsuleDecoder(max_capsule_size=max_capsule_size)
+        self._state = ClientState.WAITING_SETTINGS
+        self._stream_id = -1
+        self._prefix = b""
+        self._stopped: int | None = None  # STOP_SENDING code received before the answer
+        self._assigned = False
+        self._routed = False
+        self._terminated = False
+        self._addresses: tuple[Network, ...] = ()
+        self._routes: tuple[IPAddressRange, ...] = ()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def h3(self) -> H3Connection:
+        """The HTTP/3 layer (peer settings, for diagnostics)."""
+        return self._h3
+
+    @property
+    def quic(self) -> QuicConn:
+        """The QUIC connection underneath."""
+        return self._quic
+
+    @property
+    def state(self) -> ClientState:
+        """Where the session is."""
+        return self._state
+
+    @property
+    def stream_id(self) -> int:
+        """The CONNECT stream's ID (-1 before the request is sent)."""
+        return self._stream_id
+
+    @property
+    def mode(self) -> PacketMode:
+        """The packet mode: asked for, then after fallback, then as the relay answered."""
+        return self._mode
+
+    @property
+    def addresses(self) -> tuple[Network, ...]:
+        """Our tunnel addresses (the last ADDRESS_ASSIGN)."""
+        return self._addresses
+
+    @property
+    def routes(self) -> tuple[IPAddressRange, ...]:
+        """What the relay lets us reach (the last ROUTE_ADVERTISEMENT)."""
+        return self._routes
+
+    @property
+    def ready(self) -> bool:
+        """Open, and ADDRESS_ASSIGN and ROUTE_ADVERTISEMENT both arrived."""
+        return self._state is ClientState.OPEN and self._assigned and self._routed
+
+    @property
+    def max_packet(self) -> int:
+        """The largest IP packet that can be sent now (0 before the request is sent)."""
+        if self._stream_id < 0:
+            return 0
+        if self._mode is PacketMode.DATAGRAM:
+            return max(0, self._quic.max_datagram_payload - len(self._prefix))
+        return min(self._max_capsule_size - 1, MAX_IP_PACKET)
+
+    def _move(self, state: ClientState) -> None:
+        if state not in _CLIENT_MOVES[self._state]:
+            raise SessionError(f"session cannot go from {self._state.value} to {state.value}")
+        self._state = state
+
+    # --------------------------------------------------------------------- sending
+
+    def send_packet(self, packet: bytes) -> SendStatus:
+        """Send one IP packet in the session's mode (see ServerConnection.send_packet);
+        CLOSED unless the session is open."""
+        if self._state is not ClientState.OPEN:
+            return SendStatus.CLOSED
+        if self._mode is PacketMode.DATAGRAM:
+            return self._quic.send_datagram(self._prefix + packet)
+        if self._quic.stream_backlog(self._stream_id) > self._max_backlog:
+            return SendStatus.QUEUE_FULL
+        try:
+            self._h3.send_data(self._stream_id, encode_ip_datagram_capsule(packet))
+        except STREAM_GONE:
+            return SendStatus.CLOSED  # reset by the relay's STOP_SENDING, event not seen yet
+        return SendStatus.SENT
+
+    def send_capsules(self, capsules: Sequence[Capsule]) -> None:
+        """Send control capsules (e.g. ADDRESS_REQUEST, a connector's ROUTE_ADVERTISEMENT)
+        once the session is open (SessionError before; nothing once closed)."""
+        if self._state is ClientState.CLOSED or not capsules:
+            return
+        if self._state is not ClientState.OPEN:
+            raise SessionError("capsules can be sent once the session is open")
+        data = b"".join(encode_capsule(c) for c in capsules)
+        with quietly():
+            self._h3.send_data(self._stream_id, data)
+
+    def close(self) -> None:
+        """End the session: FIN on the CONNECT stream (if the request was sent)."""
+        if self._state is ClientState.CLOSED:
+            return
+        sent = self._state is not ClientState.WAITING_SETTINGS
+        self._move(ClientState.CLOSED)
+        if sent:
+            with quietly():
+                self._h3.send_data(self._stream_id, b"", end_stream=True)
+
+    # ------------------------------------------------------------------- receiving
+
+    def receive(self, event: QuicEvent) -> list[ClientEvent]:
+        """The session events one QUIC event leads to."""
+        if type(event) is DatagramReceived:
+            return [self._datagram(event.data)]
+        if self._terminated:
+            return []
+        if isinstance(event, ConnectionTerminated):
+            self._terminated = True
+            out: list[ClientEvent] = []
+            if self._state in (ClientState.REQUESTED, ClientState.OPEN):
+                error = event.error_code not in NO_ERRORS
+                out.append(
+                    SessionClosed(self._stream_id, event.reason or "connection closed", error)
+                )
+            self._state = ClientState.CLOSED  # from any state: the connection is gone
+            out.append(connection_closed(event))
+            return out
+        out = []
+        for h3_event in self._h3.handle_event(event):
+            if isinstance(h3_event, SettingsReceived):
+                self._settings(out)
+            elif isinstance(h3_event, StreamEvent) and h3_event.stream_id == self._stream_id:
+                self._stream_event(h3_event, out)
+        return out
+
+    def _datagram(self, data: bytes) -> PacketDropped | PacketReceived:
+        prefix = self._prefix
+        if prefix and data.startswith(prefix):
+            stream_id, packet = self._stream_id, data[len(prefix) :]
+        else:
+            stream_id, split = split_datagram(data)
+            if stream_id != self._stream_id or stream_id < 0:
+                reason = DropReason.UNKNOWN_STREAM if stream_id >= 0 else split
+                assert isinstance(reason, DropReason)
+                return PacketDropped(stream_id, reason)
+            if not isinstance(split, bytes):
+                assert isinstance(split, DropReason)
+                return PacketDropped(stream_id, split)
+            packet = split
+        if self._state is ClientState.CLOSED:
+            return PacketDropped(stream_id, DropReason.UNKNOWN_STREAM)
+        return PacketReceived(stream_id, packet)
+
+    def _settings(self, out: list[ClientEvent]) -> None:
+        if self._state is not ClientState.WAITING_SETTINGS:
+            return
+        if not self._h3.peer_supports_extended_connect():
+            self._refused("the relay does not offer extended CONNECT (RFC 9220)", 0, out)
+            return
+        if self._mode is PacketMode.DATAGRAM and not self._h3.peer_supports_datagrams():
+            if not self._fallback:
+                self._refused("the relay does not offer HTTP datagrams and fallback is off", 0, out)
+                return
+            self._mode = PacketMode.STREAM
+        self._stream_id = self._quic.next_stream_id(unidirectional=False)
+        self._prefix = datagram_prefix(self._stream_id)
+        headers = [*self._request, (MODE_HEADER, self._mode.value.encode("ascii"))]
+        self._h3.send_headers(self._stream_id, headers)
+        self._move(ClientState.REQUESTED)
+
+    def _refused(self, reason: str, status: int, out: list[ClientEvent]) -> None:
+        self._move(ClientState.CLOSED)
+        out.append(SessionRefused(reason, status))
+
+    def _stream_event(self, event: H3Event, out: list[ClientEvent]) -> None:
+        if self._state is ClientState.CLOSED:
+            return
+        stream_id = self._stream_id
+        if isinstance(event, HeadersReceived):
+            if self._state is ClientState.REQUESTED:
+                self._response(event.headers, out)
+            if event.stream_ended and self._state is ClientState.OPEN:
+                self._data(b"", True, out)
+        elif isinstance(event, DataReceived):
+            self._data(event.data, event.stream_ended, out)
+        elif isinstance(event, StreamWasReset):
+            self._move(ClientState.CLOSED)
+            with quietly():
+                self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            reason = reset_reason("the relay", event.error_code)
+            out.append(SessionClosed(stream_id, reason, event.error_code not in NO_ERRORS))
+        elif isinstance(event, SendingStopped):
+            with quietly():
+                self._quic.reset_stream(stream_id, event.error_code)
+            if self._state is ClientState.REQUESTED and event.error_code in NO_ERRORS:
+                # RFC 9114 §4.1.1: the relay needs no more of the request, and its answer
+                # (a refusal, most likely) is on its way: wait for it.
+                self._stopped = event.error_code
+                return
+            self._move(ClientState.CLOSED)
+            reason = stop_reason("the relay", event.error_code)
+            out.append(SessionClosed(stream_id, reason, event.error_code not in NO_ERRORS))
+
+    def _response(self, headers: Headers, out: list[ClientEvent]) -> None:
+        for name, value in headers:
+            if name == b":status" and value.startswith(b"1") and len(value) == 3:
+                return  # interim response: the final one follows
+        try:
+            validate_connect_ip_response(headers)
+        except RequestError as exc:
+            # The request is over; the relay may already have reset our side with STOP_SENDING.
+            with quietly():
+                self._quic.reset_stream(self._stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self._refused(f"the relay refused the CONNECT-IP request: {exc}", exc.status, out)
+            return
+        answered = mode_header(headers)
+        if answered is not None and (
+            answered is PacketMode.STREAM or self._h3.peer_supports_datagrams()
+        ):
+            self._mode = answered
+        self._move(ClientState.OPEN)
+        out.append(SessionAccepted(self._mode, headers))
+        if self._stopped is not None:  # accepted, yet it will not read what we send
+            self._move(ClientState.CLOSED)
+            out.append(
+                SessionClosed(self._stream_id, stop_reason("the relay", self._stopped), False)
+            )
+
+    def _data(self, data: bytes, ended: bool, out: list[ClientEvent]) -> None:
+        if self._state is not ClientState.OPEN:
+            return  # DATA before the response never gets here: HTTP/3 refuses it
+        stream_id = self._stream_id
+        try:
+            capsules = self._decoder.feed(data) if data else []
+            if ended:
+                self._decoder.eof()
+        except DecodeError as exc:
+            self._move(ClientState.CLOSED)
+            with quietly():
+                self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            if not ended:
+                with quietly():
+                    self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+            out.append(SessionClosed(stream_id, f"malformed capsule from the relay: {exc}", True))
+            return
+        for capsule in capsules:
+            if type(capsule) is DatagramCapsule:
+                out.append(capsule_packet(stream_id, capsule))
+            elif isinstance(capsule, AddressAssign):
+                self._assigned = True
+                self._addresses = tuple(a.prefix for a in capsule.addresses)
+                out.append(AddressesAssigned(self._addresses))
+            elif isinstance(capsule, RouteAdvertisement):
+                self._routed = True
+                self._routes = capsule.ranges
+                out.append(RoutesAdvertised(stream_id, capsule.ranges))
+        if ended:
+            self._move(ClientState.CLOSED)
+            with quietly():
+                self._h3.send_data(stream_id, b"", end_stream=True)
+            out.append(SessionClosed(stream_id, "the relay ended the CONNECT-IP stream", False))

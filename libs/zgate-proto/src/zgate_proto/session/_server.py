@@ -1,0 +1,414 @@
+"""The server side: every CONNECT-IP session on one relay QUIC connection."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from zgate_proto.capsules import (
+    AddressRequest,
+    Capsule,
+    CapsuleDecoder,
+    DatagramCapsule,
+    RouteAdvertisement,
+    encode_capsule,
+    encode_ip_datagram_capsule,
+)
+from zgate_proto.engines.base import (
+    ConnectionTerminated,
+    DatagramReceived,
+    QuicConn,
+    QuicEvent,
+    SendStatus,
+)
+from zgate_proto.errors import DecodeError, RequestError
+from zgate_proto.http3 import (
+    DataReceived,
+    ErrorCode,
+    H3Connection,
+    H3Event,
+    HeadersReceived,
+    SendingStopped,
+    StreamWasReset,
+)
+from zgate_proto.request import parse_connect_ip_request, response_headers
+from zgate_proto.session._events import (
+    MODE_HEADER,
+    AddressRequested,
+    DropReason,
+    PacketDropped,
+    PacketMode,
+    PacketReceived,
+    RequestRejected,
+    RoutesAdvertised,
+    ServerEvent,
+    SessionClosed,
+    SessionError,
+    SessionRequested,
+)
+from zgate_proto.session._wire import (
+    MAX_IP_PACKET,
+    NO_ERRORS,
+    STREAM_GONE,
+    capsule_packet,
+    connection_closed,
+    datagram_prefix,
+    mode_header,
+    quietly,
+    reset_reason,
+    split_datagram,
+    stop_reason,
+)
+
+__all__ = ["ServerConnection", "ServerSessionState"]
+
+
+class ServerSessionState(enum.Enum):
+    """Where one server-side session is."""
+
+    REQUESTED = "requested"  # SessionRequested returned, no answer yet
+    OPEN = "open"  # accepted: packets flow
+    CLOSED = "closed"  # answered with an error, ended by either side
+
+
+_SERVER_MOVES: Final[Mapping[ServerSessionState, frozenset[ServerSessionState]]] = {
+    ServerSessionState.REQUESTED: frozenset((ServerSessionState.OPEN, ServerSessionState.CLOSED)),
+    ServerSessionState.OPEN: frozenset((ServerSessionState.CLOSED,)),
+    ServerSessionState.CLOSED: frozenset(),
+}
+
+
+class _ServerSession:
+    """One CONNECT stream on the server, kept until the peer's side of it has ended (so
+    that nothing more it sends is mistaken for a new request)."""
+
+    __slots__ = ("decoder", "mode", "prefix", "state", "stream_id")
+
+    def __init__(self, stream_id: int, mode: PacketMode, max_capsule_size: int) -> None:
+        self.stream_id = stream_id
+        self.mode = mode
+        self.state = ServerSessionState.REQUESTED
+        self.prefix = datagram_prefix(stream_id)
+        self.decoder = CapsuleDecoder(max_capsule_size=max_capsule_size)
+
+    def move(self, state: ServerSessionState) -> None:
+        if state not in _SERVER_MOVES[self.state]:
+            raise SessionError(
+                f"session on stream {self.stream_id} cannot go from {self.state.value} "
+                f"to {state.value}"
+            )
+        self.state = state
+
+
+_REQUESTED = ServerSessionState.REQUESTED
+_OPEN = ServerSessionState.OPEN
+_CLOSED = ServerSessionState.CLOSED
+
+
+class ServerConnection:
+    """Every CONNECT-IP session on one server QUIC connection (sans-IO).
+
+    Feed it every event of ``quic.next_event()`` with :meth:`receive`.
+    ``datagrams=False`` stops it offering HTTP datagrams (for a QUIC connection that does
+    not accept DATAGRAM frames).
+    """
+
+    def __init__(
+        self,
+        quic: QuicConn,
+        *,
+        max_capsule_size: int = 65536 + 64,
+        max_stream_backlog: int = 256 * 1024,
+        datagrams: bool = True,
+    ) -> None:
+        self._quic = quic
+        self._h3 = H3Connection(quic, is_client=False, datagrams=datagrams)
+        self._max_capsule_size = max_capsule_size
+        self._max_backlog = max_stream_backlog
+        self._sessions: dict[int, _ServerSession] = {}
+        self._terminated = False
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def h3(self) -> H3Connection:
+        """The HTTP/3 layer (peer settings, for diagnostics)."""
+        return self._h3
+
+    @property
+    def quic(self) -> QuicConn:
+        """The QUIC connection underneath."""
+        return self._quic
+
+    @property
+    def session_ids(self) -> tuple[int, ...]:
+        """Stream IDs of the sessions requested or open now."""
+        return tuple(s for s, v in self._sessions.items() if v.state is not _CLOSED)
+
+    def state(self, stream_id: int) -> ServerSessionState:
+        """The state of the session on ``stream_id`` (CLOSED once forgotten)."""
+        session = self._sessions.get(stream_id)
+        return _CLOSED if session is None else session.state
+
+    def mode(self, stream_id: int) -> PacketMode:
+        """The packet mode of a requested or open session; SessionError for none."""
+        return self._live(stream_id).mode
+
+    def max_packet(self, stream_id: int) -> int:
+        """The largest IP packet the session can send now (for ICMP packet-too-big)."""
+        session = self._live(stream_id)
+        if session.mode is PacketMode.DATAGRAM:
+            return max(0, self._quic.max_datagram_payload - len(session.prefix))
+        return min(self._max_capsule_size - 1, MAX_IP_PACKET)
+
+    def _live(self, stream_id: int) -> _ServerSession:
+        session = self._sessions.get(stream_id)
+        if session is None or session.state is _CLOSED:
+            raise SessionError(f"no session on stream {stream_id}")
+        return session
+
+    # ------------------------------------------------------------------- answering
+
+    def accept(self, stream_id: int, mode: PacketMode, capsules: Sequence[Capsule] = ()) -> None:
+        """Answer a requested session 200 (with :data:`MODE_HEADER`), then send
+        ``capsules`` (ADDRESS_ASSIGN, ROUTE_ADVERTISEMENT). Does nothing if the peer
+        closed the session meanwhile (or there never was a request); SessionError if it was
+        already answered, or for DATAGRAM mode towards a peer that cannot receive datagrams."""
+        session = self._requested(stream_id)
+        if session is None:
+            return
+        if mode is PacketMode.DATAGRAM and not self._h3.peer_supports_datagrams():
+            raise SessionError("the peer cannot receive HTTP datagrams: use STREAM mode")
+        session.move(_OPEN)
+        session.mode = mode
+        headers = [*response_headers(200), (MODE_HEADER, mode.value.encode("ascii"))]
+        with quietly():
+            self._h3.send_headers(stream_id, headers)
+        self.send_capsules(stream_id, capsules)
+
+    def reject(self, stream_id: int, status: int) -> None:
+        """Answer a requested session with a non-2xx ``status`` and end the stream (and
+        ask the client to stop sending, RFC 9114 §4.1.1). Does nothing if the peer closed
+        the session meanwhile."""
+        if 200 <= status <= 299:
+            raise SessionError(f"reject() needs a refusing status, not {status}")
+        session = self._requested(stream_id)
+        if session is None:
+            return
+        session.move(_CLOSED)
+        self._refuse(stream_id, status)
+
+    def _requested(self, stream_id: int) -> _ServerSession | None:
+        session = self._sessions.get(stream_id)
+        if session is None or session.state is _CLOSED:
+            return None  # closed by the peer (or never requested: nothing to answer)
+        if session.state is not _REQUESTED:
+            raise SessionError(f"the request on stream {stream_id} was already answered")
+        return session
+
+    def _refuse(self, stream_id: int, status: int, *, peer_done: bool = False) -> None:
+        with quietly():
+            self._h3.send_headers(stream_id, response_headers(status), end_stream=True)
+        if not peer_done:
+            with quietly():
+                self._quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+
+    # --------------------------------------------------------------------- sending
+
+    def send_packet(self, stream_id: int, packet: bytes) -> SendStatus:
+        """Send one IP packet in the session's mode: a DATAGRAM frame (TOO_BIG when it does
+        not fit one, QUEUE_FULL when the engine's queue is full) or a DATAGRAM capsule
+        (QUEUE_FULL while the stream's unsent backlog exceeds ``max_stream_backlog``).
+        CLOSED unless the session is open."""
+        session = self._sessions.get(stream_id)
+        if session is None or session.state is not _OPEN:
+            return SendStatus.CLOSED
+        if session.mode is PacketMode.DATAGRAM:
+            return self._quic.send_datagram(session.prefix + packet)
+        # The engine buffers stream data without limit: under overload that is seconds of
+        # queueing delay for every packet. Drop at the tail instead, like a router queue.
+        if self._quic.stream_backlog(stream_id) > self._max_backlog:
+            return SendStatus.QUEUE_FULL
+        try:
+            self._h3.send_data(stream_id, encode_ip_datagram_capsule(packet))
+        except STREAM_GONE:
+            return SendStatus.CLOSED  # reset by the peer's STOP_SENDING, event not seen yet
+        return SendStatus.SENT
+
+    def send_capsules(self, stream_id: int, capsules: Sequence[Capsule]) -> None:
+        """Send control capsules on an open session (nothing once it is closed)."""
+        session = self._sessions.get(stream_id)
+        if capsules and session is not None and session.state is _OPEN:
+            data = b"".join(encode_capsule(c) for c in capsules)
+            with quietly():
+                self._h3.send_data(stream_id, data)
+
+    def close_session(self, stream_id: int, *, error_code: int | None = None) -> None:
+        """End a session: FIN on the stream, or, with ``error_code``, reset it and ask the
+        peer to stop sending. A session still waiting for an answer is reset
+        (H3_REQUEST_REJECTED unless a code is given). No event follows."""
+        session = self._sessions.get(stream_id)
+        if session is None or session.state is _CLOSED:
+            return
+        if session.state is _REQUESTED and error_code is None:
+            error_code = ErrorCode.H3_REQUEST_REJECTED
+        session.move(_CLOSED)
+        with quietly():
+            if error_code is None:
+                self._h3.send_data(stream_id, b"", end_stream=True)
+            else:
+                self._quic.reset_stream(stream_id, error_code)
+        if error_code is not None:
+            with quietly():
+                self._quic.stop_stream(stream_id, error_code)
+
+    # ------------------------------------------------------------------- receiving
+
+    def receive(self, event: QuicEvent) -> list[ServerEvent]:
+        """The session events one QUIC event leads to."""
+        if type(event) is DatagramReceived:
+            return [self._datagram(event.data)]
+        if self._terminated:
+            return []
+        if isinstance(event, ConnectionTerminated):
+            return self._connection_terminated(event)
+        out: list[ServerEvent] = []
+        for h3_event in self._h3.handle_event(event):
+            self._h3_event(h3_event, out)
+        return out
+
+    def _datagram(self, data: bytes) -> PacketDropped | PacketReceived:
+        # The common case (a low stream ID, context ID 0) without a call.
+        if len(data) > 1 and data[0] < 0x40 and data[1] == 0:
+            stream_id: int = data[0] << 2
+            packet: bytes | DropReason = data[2:]
+        else:
+            stream_id, packet = split_datagram(data)
+            if stream_id < 0:
+                return PacketDropped(-1, DropReason.MALFORMED_DATAGRAM)
+        session = self._sessions.get(stream_id)
+        if session is None or session.state is _CLOSED:
+            return PacketDropped(stream_id, DropReason.UNKNOWN_STREAM)
+        if type(packet) is bytes:
+            return PacketReceived(stream_id, packet)
+        assert isinstance(packet, DropReason)
+        return PacketDropped(stream_id, packet)
+
+    def _h3_event(self, event: H3Event, out: list[ServerEvent]) -> None:
+        if isinstance(event, DataReceived):
+            session = self._sessions.get(event.stream_id)
+            if session is not None:
+                self._data(session, event.data, event.stream_ended, out)
+        elif isinstance(event, HeadersReceived):
+            self._headers(event, out)
+        elif isinstance(event, StreamWasReset):
+            session = self._sessions.pop(event.stream_id, None)
+            if session is not None and session.state is not _CLOSED:
+                session.move(_CLOSED)
+                with quietly():
+                    self._quic.reset_stream(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+                reason = reset_reason("peer", event.error_code)
+                out.append(
+                    SessionClosed(event.stream_id, reason, event.error_code not in NO_ERRORS)
+                )
+        elif isinstance(event, SendingStopped):
+            session = self._sessions.get(event.stream_id)
+            if session is not None and session.state is not _CLOSED:
+                session.move(_CLOSED)
+                with quietly():
+                    self._quic.reset_stream(event.stream_id, event.error_code)
+                reason = stop_reason("peer", event.error_code)
+                out.append(
+                    SessionClosed(event.stream_id, reason, event.error_code not in NO_ERRORS)
+                )
+
+    def _headers(self, event: HeadersReceived, out: list[ServerEvent]) -> None:
+        stream_id = event.stream_id
+        session = self._sessions.get(stream_id)
+        if session is not None:  # trailers: nothing in them matters here
+            if event.stream_ended:
+                self._data(session, b"", True, out)
+            return
+        try:
+            parse_connect_ip_request(event.headers)
+        except RequestError as exc:
+            self._refuse(stream_id, exc.status, peer_done=event.stream_ended)
+            if not event.stream_ended:
+                closed = _ServerSession(stream_id, PacketMode.STREAM, 0)
+                closed.state = _CLOSED
+                self._sessions[stream_id] = closed
+            out.append(RequestRejected(stream_id, exc.status, exc.reason, str(exc)))
+            return
+        asked = mode_header(event.headers)
+        if asked is PacketMode.STREAM or not self._h3.peer_supports_datagrams():
+            mode = PacketMode.STREAM
+        else:
+            mode = PacketMode.DATAGRAM
+        session = self._sessions[stream_id] = _ServerSession(
+            stream_id, mode, self._max_capsule_size
+        )
+        out.append(SessionRequested(stream_id, event.headers, mode))
+        if event.stream_ended:
+            self._data(session, b"", True, out)
+
+    def _data(
+        self, session: _ServerSession, data: bytes, ended: bool, out: list[ServerEvent]
+    ) -> None:
+        stream_id = session.stream_id
+        if session.state is _CLOSED:
+            if ended:
+                del self._sessions[stream_id]
+            return
+        try:
+            capsules = session.decoder.feed(data) if data else []
+            if ended:
+                session.decoder.eof()  # a capsule cut short by FIN is malformed (RFC 9297 §3.3)
+        except DecodeError as exc:
+            self._malformed(session, ended, exc, out)
+            return
+        for capsule in capsules:
+            if type(capsule) is DatagramCapsule:
+                out.append(capsule_packet(stream_id, capsule))
+            elif isinstance(capsule, AddressRequest):
+                out.append(AddressRequested(stream_id, capsule))
+            elif isinstance(capsule, RouteAdvertisement):
+                out.append(RoutesAdvertised(stream_id, capsule.ranges))
+            # ADDRESS_ASSIGN from a client means nothing to a relay; unknown types were
+            # skipped by the decoder (RFC 9297 §3.2).
+        if ended:
+            del self._sessions[stream_id]
+            with quietly():
+                if session.state is _OPEN:
+                    self._h3.send_data(stream_id, b"", end_stream=True)
+                else:  # never answered: there is no response to end cleanly
+                    self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            session.move(_CLOSED)
+            out.append(SessionClosed(stream_id, "peer ended the stream", False))
+
+    def _malformed(
+        self, session: _ServerSession, ended: bool, exc: DecodeError, out: list[ServerEvent]
+    ) -> None:
+        stream_id = session.stream_id
+        session.move(_CLOSED)
+        with quietly():
+            self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+        if ended:
+            del self._sessions[stream_id]
+        else:
+            with quietly():
+                self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
+        out.append(SessionClosed(stream_id, f"malformed capsule: {exc}", True))
+
+    def _connection_terminated(self, event: ConnectionTerminated) -> list[ServerEvent]:
+        self._terminated = True
+        reason = event.reason or "connection closed"
+        error = event.error_code not in NO_ERRORS
+        out: list[ServerEvent] = [
+            SessionClosed(stream_id, reason, error)
+            for stream_id, session in self._sessions.items()
+            if session.state is not _CLOSED
+        ]
+        self._sessions.clear()
+        out.append(connection_closed(event))
+        return out
