@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from zgate_proto.capsules import (
     AddressAssign,
     AddressRequest,
     AssignedAddress,
-    Capsule,
     IPAddressRange,
     RequestedAddress,
     RouteAdvertisement,
@@ -305,5 +304,28 @@ def test_address_request_and_route_advertisement_reach_the_relay(link: Link) -> 
     assert peers.client.addresses == (ipaddress.ip_network("10.100.0.9/32"),)
 
 
-def capsules_of(*items: Capsule) -> Sequence[Capsule]:
-    return items
+def test_the_largest_packet_fits_one_datagram_and_one_byte_more_does_not(link: Link) -> None:
+    peers = Peers(link)
+    peers.open()
+    sid = peers.client.stream_id
+    up, down = peers.client.max_packet, peers.srv.max_packet(sid)
+    assert up > 1000 and down > 1000
+    assert peers.client.send_packet(bytes(up + 1)) is SendStatus.TOO_BIG
+    assert peers.srv.send_packet(sid, bytes(down + 1)) is SendStatus.TOO_BIG
+    assert peers.client.send_packet(b"\x45" * up) is SendStatus.SENT
+    assert peers.srv.send_packet(sid, b"\x46" * down) is SendStatus.SENT
+    peers.run(lambda: bool(peers.server_got(PacketReceived) and peers.client_got(PacketReceived)))
+    assert peers.server_got(PacketReceived) == [PacketReceived(sid, b"\x45" * up)]
+    assert peers.client_got(PacketReceived) == [PacketReceived(sid, b"\x46" * down)]
+
+
+def test_a_client_reset_closes_the_session_on_the_relay(link: Link) -> None:
+    peers = Peers(link)
+    peers.open()
+    sid = peers.client.stream_id
+    link.client.reset_stream(sid, 0x10C)
+    peers.run(lambda: bool(peers.server_got(SessionClosed)))
+    assert peers.server_got(SessionClosed) == [
+        SessionClosed(sid, "peer reset the stream (error 0x10c)", True)
+    ]
+    assert peers.srv.session_ids == ()

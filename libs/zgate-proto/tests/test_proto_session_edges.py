@@ -344,7 +344,7 @@ def test_a_reset_from_either_side_closes_the_session(link: Link) -> None:
     assert not peers.server_got(SessionClosed)
 
 
-def test_a_client_reset_closes_the_session_on_the_relay() -> None:
+def test_a_reset_with_no_error_is_a_normal_end() -> None:
     peers, client, _ = memory_peers()
     peers.open()
     sid = peers.client.stream_id
