@@ -726,7 +726,9 @@ def test_qh3_client_and_aioquic_server(pki: PkiPaths) -> None:
     wire.settle(wire.handshake_over)
     assert isinstance(wire.srv, AioquicConn)
     assert wire.srv.peer_identity is not None and str(wire.srv.peer_identity) == "client/alice"
-    assert wire.client.peer_chain[0] == wire.client._quic.get_peercert().public_bytes()  # type: ignore[attr-defined]
+    assert isinstance(wire.client, Qh3Conn)
+    relay_leaf = wire.client._quic.get_peercert()
+    assert relay_leaf is not None and wire.client.peer_chain[0] == relay_leaf.public_bytes()
 
     exercise(wire)
 

@@ -318,8 +318,8 @@ class Qh3Conn:
         while True:
             try:
                 transmit = poll(now)
-            except RuntimeError as exc:
-                if str(exc) != _CAPACITY_EXHAUSTED:
+            except Exception as exc:  # flush never raises: back-pressure, or a broken core
+                if not (isinstance(exc, RuntimeError) and str(exc) == _CAPACITY_EXHAUSTED):
                     self._fail(QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)))
                 break
             if transmit is None:

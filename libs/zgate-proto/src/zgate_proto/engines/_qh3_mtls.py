@@ -11,7 +11,8 @@ certificates without forking qh3 (see docs/design/quic-engines.md):
    handshake must be a full one) and checks that the context offers TLS 1.3 only;
 3. it sets the context's ALPS flag, so that the server does not pre-compute the client's
    Finished (the transcript will hold the client's Certificate and CertificateVerify first);
-   no ALPS extension goes on the wire, since qh3 only echoes one when ``_alps_supported``;
+   no ALPS extension goes on the wire, since qh3 only echoes one when ``_alps_supported``
+   (the server context's ``alps_negotiated`` then reads True: nothing in zgate looks at it);
 4. one module-level wrapper of ``qh3.tls.push_encrypted_extensions`` writes a
    CertificateRequest right after the EncryptedExtensions, inside the same transcript update;
    it is inert unless armed, for one call, with the exact buffer of the handshake in progress;
