@@ -26,6 +26,7 @@ from zgate_proto.http3._events import (
 from zgate_proto.http3._frames import (
     BUFFERED_FRAMES,
     CRITICAL_STREAMS,
+    DATA,
     ErrorCode,
     FrameReader,
     FrameType,
@@ -41,6 +42,8 @@ from zgate_proto.http3._frames import (
 from zgate_proto.varint import encode_varint
 
 __all__ = ["H3Connection"]
+
+_DATA_TYPE = encode_varint(FrameType.DATA)
 
 
 class _Phase(enum.Enum):
@@ -163,7 +166,7 @@ class H3Connection:
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         """Send ``data`` in one DATA frame (none when empty: then only the FIN, if asked)."""
         if data:
-            frame = encode_varint(FrameType.DATA) + encode_varint(len(data)) + data
+            frame = b"".join((_DATA_TYPE, encode_varint(len(data)), data))
             self._quic.send_stream(stream_id, frame, end_stream)
         elif end_stream:
             self._quic.send_stream(stream_id, b"", True)
@@ -211,7 +214,7 @@ class H3Connection:
         events: list[H3Event] = []
         chunks: list[bytes] = []
         for frame_type, payload in stream.reader.feed(data) if data else ():
-            if frame_type == FrameType.DATA:
+            if frame_type == DATA:
                 if stream.phase is not _Phase.BODY:
                     raise ProtocolViolation(
                         ErrorCode.H3_FRAME_UNEXPECTED,

@@ -11,6 +11,7 @@ from zgate_proto.varint import encode_varint
 __all__ = [
     "BUFFERED_FRAMES",
     "CRITICAL_STREAMS",
+    "DATA",
     "MAX_FRAME_SIZE",
     "ErrorCode",
     "FrameReader",
@@ -103,6 +104,9 @@ BUFFERED_FRAMES: Final = frozenset(
         *_HTTP2_FRAMES,
     )
 )
+#: FrameType.DATA as a plain int: the per-packet comparisons skip IntEnum's __eq__.
+DATA: Final = 0
+
 #: The largest HEADERS or control frame we buffer; a CONNECT-IP request is a few hundred
 #: bytes, so anything near this is abuse (H3_EXCESSIVE_LOAD).
 MAX_FRAME_SIZE: Final = 64 * 1024
@@ -165,11 +169,12 @@ class FrameReader:
         return not self._pending and not self._left
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The frames (or pieces of DATA payload) that ``data`` completes."""
         out: list[tuple[int, bytes]] = []
         if self._left:
             take = min(self._left, len(data))
             if self._passing:
-                out.append((FrameType.DATA, data[:take]))
+                out.append((DATA, data[:take]))
             self._left -= take
             data = data[take:]
         if self._pending:
@@ -177,19 +182,26 @@ class FrameReader:
             self._pending = b""
         pos, end = 0, len(data)
         while pos < end:
-            frame_type, cursor = read_varint(data, pos)
-            if frame_type >= 0:
-                length, cursor = read_varint(data, cursor)
-            if frame_type < 0 or length < 0:
-                self._pending = data[pos:]
-                break
+            # The hot case, a DATA frame of 64..16383 bytes (one capsule with one packet),
+            # is read inline; read_varint handles the rest.
+            if data[pos] == DATA and pos + 2 < end and 0x40 <= data[pos + 1] < 0x80:
+                frame_type, length = DATA, ((data[pos + 1] & 0x3F) << 8) | data[pos + 2]
+                cursor = pos + 3
+            else:
+                frame_type, cursor = read_varint(data, pos)
+                length = -1
+                if frame_type >= 0:
+                    length, cursor = read_varint(data, cursor)
+                if length < 0:
+                    self._pending = data[pos:]
+                    break
             stop = cursor + length
             if self.first_type < 0:
                 self.first_type = frame_type
-            if frame_type == FrameType.DATA or frame_type not in BUFFERED_FRAMES:
-                passing = frame_type == FrameType.DATA
+            if frame_type == DATA or frame_type not in BUFFERED_FRAMES:
+                passing = frame_type == DATA
                 if passing and length and cursor < end:
-                    out.append((FrameType.DATA, data[cursor:stop]))
+                    out.append((DATA, data[cursor:stop]))
                 if stop > end:
                     self._left, self._passing = stop - end, passing
                     break
