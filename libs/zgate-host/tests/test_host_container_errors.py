@@ -8,7 +8,6 @@ with root the same situations are made for real in a throwaway mount + network n
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytun  # type: ignore[import-not-found]
 from pyroute2.netlink.exceptions import NetlinkError
 
 from zgate_host import HostError, PermissionRequired, TunDevice, configure_interface
@@ -128,25 +128,38 @@ def test_sysctl_refused_for_a_user_blames_privileges(monkeypatch: pytest.MonkeyP
         write_sysctl(IPV4_FORWARDING, "1")
 
 
-def test_no_dev_net_tun_names_the_device_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(*args: object) -> int:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+def refuse_tun(monkeypatch: pytest.MonkeyPatch, code: int, *, node_too: bool) -> None:
+    """pytun fails with errno ``code``; with ``node_too`` opening the device node does as
+    well (the open failed), otherwise it works (TUNSETIFF failed)."""
 
-    monkeypatch.setattr(os, "open", missing)
+    def device(*args: object, **kwargs: object) -> object:
+        raise pytun.Error(code, os.strerror(code))
+
+    monkeypatch.setattr(pytun, "TunTapDevice", device)
+    if node_too:
+
+        def node(*args: object) -> int:
+            raise PermissionError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "open", node)
+
+
+def test_no_dev_net_tun_names_the_device_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Not mocked: pytun and the device probe both really find nothing there.
+    monkeypatch.setattr(tun_module, "_TUN_PATH", str(tmp_path / "tun"))
     with pytest.raises(TunUnavailable) as caught:
         TunDevice.open()
     message = str(caught.value)
-    assert "/dev/net/tun is missing" in message
+    assert f"{tmp_path / 'tun'} is missing" in message
     assert "devices: [/dev/net/tun:/dev/net/tun]" in message
     assert "--device /dev/net/tun" in message
     assert isinstance(caught.value, HostError)
 
 
 def test_tun_refused_by_a_device_cgroup(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object) -> int:
-        raise PermissionError(errno.EPERM, "Operation not permitted")
-
-    monkeypatch.setattr(os, "open", refuse)
+    refuse_tun(monkeypatch, errno.EPERM, node_too=True)
     with pytest.raises(PermissionRequired, match=r"opening /dev/net/tun: .*\(EPERM\).*devices:"):
         TunDevice.open()
 
@@ -155,11 +168,7 @@ def test_tunsetiff_without_net_admin(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     fake = tmp_path / "tun"
     fake.write_bytes(b"")
     monkeypatch.setattr(tun_module, "_TUN_PATH", str(fake))
-
-    def ioctl(*args: object) -> bytes:
-        raise PermissionError(errno.EPERM, "Operation not permitted")
-
-    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    refuse_tun(monkeypatch, errno.EPERM, node_too=False)  # the node opens: TUNSETIFF failed
     with pytest.raises(PermissionRequired) as caught:
         TunDevice.open("zgate%d")
     message = str(caught.value)

@@ -15,6 +15,7 @@ from ipaddress import IPv4Interface, IPv6Interface, ip_address
 from pathlib import Path
 
 import pytest
+import pytun  # type: ignore[import-not-found]
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from zgate_host import (
     configure_interface,
     link_exists,
 )
+from zgate_host import tun as tun_module
 from zgate_host.netns import run_in_netns
 from zgate_host.sysctl import write_sysctl
 from zgate_host.tun import validate_ifname
@@ -111,12 +113,26 @@ def test_bad_names_and_mtus_are_refused_before_touching_the_kernel() -> None:
 
 
 def test_missing_permission_names_what_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object) -> int:
+    def refuse(*args: object, **kwargs: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied")
 
+    monkeypatch.setattr(pytun, "TunTapDevice", refuse)  # pytun.Error is an OSError
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionRequired, match=r"/dev/net/tun.*CAP_NET_ADMIN"):
         TunDevice.open()
+
+
+def test_a_node_that_is_no_tun_device_fails_at_tunsetiff(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Not mocked: pytun opens a plain file, and the kernel refuses the ioctl on it.
+    fake = tmp_path / "tun"
+    fake.write_bytes(b"")
+    monkeypatch.setattr(tun_module, "_TUN_PATH", str(fake))
+    with pytest.raises(HostError, match=r"creating TUN 'zq%d' \(TUNSETIFF\): .*ENOTTY") as caught:
+        TunDevice.open("zq%d")
+    assert caught.value.code == errno.ENOTTY
+    assert not isinstance(caught.value, PermissionRequired)
 
 
 @given(st.text(max_size=20))
@@ -135,14 +151,17 @@ def test_validate_ifname_accepts_only_kernel_names(name: str) -> None:
 
 @pytest.mark.root
 @skip_unless_root
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "vnet-hdr"])
 @pytest.mark.parametrize(
     ("addr", "peer"),
     [("10.77.0.1/24", "10.77.0.2"), ("2001:db8:77::1/64", "2001:db8:77::2")],
 )
 def test_ping_reaches_the_tun_and_a_written_reply_reaches_ping(
-    netns: str, addr: str, peer: str
+    netns: str, addr: str, peer: str, offload: bool
 ) -> None:
-    with TunDevice.open("zt%d", mtu=1400, netns=netns) as tun:
+    """With ``offload`` (IFF_VNET_HDR) reads strip the virtio_net_hdr and writes add one:
+    the same ping works."""
+    with TunDevice.open("zt%d", mtu=1400, netns=netns, offload=offload) as tun:
         iface = IPv4Interface(addr) if "." in addr else IPv6Interface(addr)
         configure_interface(tun.name, [iface], netns=netns)
         ping = subprocess.Popen(
@@ -169,6 +188,9 @@ def test_open_reads_back_the_kernel_name_and_close_removes_the_link(netns: str) 
     tun = TunDevice.open("zq%d", mtu=1380, netns=netns)
     assert tun.name.startswith("zq") and tun.name[2:].isdigit()
     assert tun.fileno() == tun.fd >= 0
+    # pytun opens the node blocking and inheritable; the pump wants neither.
+    assert not os.get_blocking(tun.fd)
+    assert not os.get_inheritable(tun.fd)
     shown = subprocess.run(
         ["ip", "-n", netns, "link", "show", tun.name], capture_output=True, text=True, check=True
     ).stdout
@@ -204,8 +226,9 @@ def test_rejected_writes_are_counted_not_raised(netns: str) -> None:
 
 @pytest.mark.root
 @skip_unless_root
-def test_read_batch_drains_at_most_max_packets(netns: str) -> None:
-    with TunDevice.open("zr0", netns=netns) as tun:
+@pytest.mark.parametrize("offload", [False, True], ids=["plain", "vnet-hdr"])
+def test_read_batch_drains_at_most_max_packets(netns: str, offload: bool) -> None:
+    with TunDevice.open("zr0", netns=netns, offload=offload) as tun:
         # No IPv6 on this link: router solicitations would interleave with the test's packets.
         write_sysctl(Path("/proc/sys/net/ipv6/conf/zr0/disable_ipv6"), "1", netns=netns)
         configure_interface(tun.name, [IPv4Interface("10.79.0.1/24")], netns=netns)
