@@ -183,6 +183,10 @@ class MemoryQuicConn:
     def stream_backlog(self, stream_id: int) -> int:
         return self._backlog.get(stream_id, 0)
 
+    def stream_finished(self, stream_id: int) -> bool:
+        """Test helper: our sending side of the stream ended with FIN."""
+        return stream_id in self._finished
+
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         self.reset_calls.append((stream_id, error_code))
         if stream_id in self._reset or stream_id in self._finished:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zgate_proto.capsules import AddressAssign, encode_raw_capsule
-from zgate_proto.engines.base import SendStatus, StreamDataReceived
+from zgate_proto.engines.base import DatagramReceived, SendStatus, StreamDataReceived
 from zgate_proto.http3 import (
     ErrorCode,
     FrameType,
@@ -30,6 +30,7 @@ from zgate_proto.session import (
     PacketMode,
     PacketReceived,
     RequestRejected,
+    ServerSessionState,
     SessionAccepted,
     SessionClosed,
     SessionError,
@@ -543,3 +544,29 @@ def test_a_stream_reset_under_the_session_makes_sending_report_closed() -> None:
     peers.run()
     [closed] = peers.client_got(SessionClosed)
     assert closed.error and "stopped reading" in closed.reason
+
+
+def test_the_relay_answers_a_fin_with_its_own_and_then_forgets_the_stream() -> None:
+    peers, client, server = memory_peers()
+    peers.open()
+    sid = peers.client.stream_id
+    assert peers.srv.state(sid) is ServerSessionState.OPEN
+    peers.client.close()
+    peers.run()
+    assert server.stream_finished(sid) and client.stream_finished(sid)
+    assert peers.srv.state(sid) is ServerSessionState.CLOSED
+    assert peers.srv.receive(DatagramReceived(b"\x00\x00x")) == [
+        PacketDropped(sid, DropReason.UNKNOWN_STREAM)
+    ]
+
+
+def test_a_session_closed_by_the_relay_ignores_what_still_arrives() -> None:
+    peers, client, _ = memory_peers(PacketMode.STREAM)
+    peers.open()
+    sid = peers.client.stream_id
+    peers.srv.close_session(sid)
+    client.send_stream(sid, encode_frame(FrameType.DATA, encode_raw_capsule(0, b"\x00late")))
+    peers.run()
+    assert not peers.server_got(PacketReceived) and not peers.server_got(SessionClosed)
+    assert peers.srv.state(sid) is ServerSessionState.CLOSED
+    assert peers.srv.session_ids == ()
