@@ -202,8 +202,10 @@ class QuicConn(Protocol):
     """One QUIC connection, client or server side (sans-IO)."""
 
     is_client: bool
-    #: The peer's current address (where :meth:`flush`'s datagrams go).
-    peer_address: Address
+
+    @property
+    def peer_address(self) -> Address:
+        """The peer's current address (where :meth:`flush`'s datagrams go)."""
 
     # ---- input
     def feed(self, data: bytes, addr: Address, now: float) -> None:
