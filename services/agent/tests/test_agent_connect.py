@@ -24,10 +24,18 @@ from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_lab.harness import RelayUnderTest, agent_settings, make_pki, running_relay, until
 from zgate_pki import revoke_certificate
-from zgate_proto.h3 import PacketMode
+from zgate_proto.engines import ENGINES
+from zgate_proto.session import PacketMode
 
 # A permanent failure waits 20-40 s before its next attempt: longer than any test here.
 SLOW = {"backoff_permanent": 40.0, "backoff_permanent_max": 600.0}
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The agent's QUIC engine (the relay's is the relay's concern)."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -82,9 +90,10 @@ class Running:
         return time.monotonic() - start
 
 
-def run_agent(relay: RelayUnderTest | None, port: int = 0, **kw: object) -> Running:
-    """Alice's agent on an in-memory device, against ``relay`` or (with ``pki=``) ``port``."""
-    values: dict[str, object] = {"connect_timeout": 5.0}
+def run_agent(relay: RelayUnderTest | None, port: int = 0, *, engine: str, **kw: object) -> Running:
+    """Alice's agent on an in-memory device, against ``relay`` or (with ``pki=``) ``port``,
+    on QUIC engine ``engine``."""
+    values: dict[str, object] = {"connect_timeout": 5.0, "quic_engine": engine}
     values.update(kw)
     if relay is None:  # a port that never answers
         pki = Path(str(values.pop("pki")))
@@ -153,9 +162,9 @@ def reissued(pki: Path, client: str, start: datetime, end: datetime, out: Path) 
 
 
 async def test_connecting_is_logged_before_the_first_attempt_ends(
-    pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
 ) -> None:
-    running = run_agent(None, silent_port, pki=pki, connect_timeout=30.0)
+    running = run_agent(None, silent_port, engine=engine, pki=pki, connect_timeout=30.0)
     try:
         await until(lambda: bool(agent_records(logs)), what="a first line")
         first = agent_records(logs)[0]
@@ -170,10 +179,16 @@ async def test_connecting_is_logged_before_the_first_attempt_ends(
 
 
 async def test_no_answer_is_transient_and_retried_soon(
-    pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
 ) -> None:
     running = run_agent(
-        None, silent_port, pki=pki, connect_timeout=0.3, backoff_initial=0.05, backoff_max=0.1
+        None,
+        silent_port,
+        engine=engine,
+        pki=pki,
+        connect_timeout=0.3,
+        backoff_initial=0.05,
+        backoff_max=0.1,
     )
     try:
         await until(lambda: running.agent.status()["attempts"] >= 3, what="quick retries")
@@ -236,8 +251,21 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
-    case: Case, pki: Path, other_pki: Path, tmp_path: Path, logs: pytest.LogCaptureFixture
+    engine: str,
+    case: Case,
+    pki: Path,
+    other_pki: Path,
+    tmp_path: Path,
+    logs: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if engine == "qh3" and case.name == "server name mismatch":
+        # The names come from the relay's certificate, which the qh3 adapter's peer_chain
+        # gives only after a completed handshake (the aioquic adapter's also after our
+        # side refused it).
+        request.applymarker(
+            pytest.mark.xfail(reason="qh3 adapter: no peer_chain after a refusal", strict=True)
+        )
     async with running_relay(pki) as relay:
         kw: dict[str, object] = dict(SLOW)
         if case.name.startswith("unknown CA"):
@@ -256,7 +284,7 @@ async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
             kw["cert"] = reissued(
                 pki, "alice", now - timedelta(days=30), now - timedelta(days=1), tmp_path / "x.pem"
             )
-        running = run_agent(relay, **kw)
+        running = run_agent(relay, engine=engine, **kw)
         try:
             await until(lambda: bool(agent_records(logs, logging.ERROR)), what="the error line")
             await asyncio.sleep(0.3)  # no second attempt follows soon
@@ -279,11 +307,12 @@ async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
 
 
 async def test_the_permanent_backoff_grows_to_its_maximum(
-    pki: Path, other_pki: Path, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, other_pki: Path, logs: pytest.LogCaptureFixture
 ) -> None:
     async with running_relay(pki) as relay:
         running = run_agent(
             relay,
+            engine=engine,
             ca=other_pki / "ca.pem",
             backoff_initial=5.0,
             backoff_permanent=0.1,
@@ -304,9 +333,9 @@ async def test_the_permanent_backoff_grows_to_its_maximum(
 
 
 async def test_stop_while_connecting_ends_at_once(
-    pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
 ) -> None:
-    running = run_agent(None, silent_port, pki=pki, connect_timeout=30.0)
+    running = run_agent(None, silent_port, engine=engine, pki=pki, connect_timeout=30.0)
     await until(lambda: running.agent.status()["state"] == "connecting", what="connecting")
     await asyncio.sleep(0.2)  # a few handshake retransmissions in flight
     took = await running.stop()
@@ -316,10 +345,16 @@ async def test_stop_while_connecting_ends_at_once(
 
 
 async def test_stop_while_waiting_to_retry_ends_at_once(
-    pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, silent_port: int, logs: pytest.LogCaptureFixture
 ) -> None:
     running = run_agent(
-        None, silent_port, pki=pki, connect_timeout=0.1, backoff_initial=30.0, backoff_max=30.0
+        None,
+        silent_port,
+        engine=engine,
+        pki=pki,
+        connect_timeout=0.1,
+        backoff_initial=30.0,
+        backoff_max=30.0,
     )
     await until(lambda: running.agent.status()["state"] == "reconnecting", what="the backoff")
     took = await running.stop()
@@ -327,10 +362,10 @@ async def test_stop_while_waiting_to_retry_ends_at_once(
 
 
 async def test_stop_while_connected_closes_the_session_at_once(
-    pki: Path, logs: pytest.LogCaptureFixture
+    engine: str, pki: Path, logs: pytest.LogCaptureFixture
 ) -> None:
     async with running_relay(pki) as relay:
-        running = run_agent(relay)
+        running = run_agent(relay, engine=engine)
         await asyncio.wait_for(running.agent.connected.wait(), 10)
         sessions = relay.metrics.registry.get_sample_value("zgate_relay_sessions")
         assert sessions == 1

@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry
 from zgate_agent.app import Agent
 from zgate_agent.cli import main
 from zgate_agent.dns import AgentDns, describe
+from zgate_agent.link import TunnelInfo
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
-from zgate_agent.tunnel import TunnelInfo
 from zgate_host.httpd import serve_status
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.resolver import HostResolver, is_managed, nameservers
 from zgate_proto.capsules import IPAddressRange
-from zgate_proto.h3 import PacketMode
+from zgate_proto.session import PacketMode
 
 ORIGINAL = "nameserver 192.0.2.53\nsearch corp.example\n"
 EVERYTHING = (

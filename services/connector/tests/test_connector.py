@@ -19,10 +19,18 @@ from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.settings import SettingsError, load_settings
 from zgate_lab.harness import make_pki, running_relay, start_agent, udp4, until
 from zgate_pki import issue_certificate, revoke_certificate
+from zgate_proto.engines import ENGINES
 from zgate_relay.sites import SiteRoutes
 
 SITE = ipaddress.ip_network("192.168.50.0/24")
 HOST = "192.168.50.10"
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The connector's (and its test agents') QUIC engine."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -32,9 +40,10 @@ def pki(tmp_path: Path) -> Path:
     return directory
 
 
-def connector_settings(pki: Path, port: int) -> ConnectorSettings:
+def connector_settings(pki: Path, port: int, engine: str) -> ConnectorSettings:
     return ConnectorSettings(
         relay=f"127.0.0.1:{port}",
+        quic_engine=engine,
         ca=pki / "ca.pem",
         cert=pki / "connectors" / "site-a.pem",
         key=pki / "connectors" / "site-a.key",
@@ -46,14 +55,17 @@ def connector_settings(pki: Path, port: int) -> ConnectorSettings:
     )  # type: ignore[call-arg]
 
 
-async def test_agent_reaches_the_site_through_the_connector(pki: Path) -> None:
+async def test_agent_reaches_the_site_through_the_connector(engine: str, pki: Path) -> None:
     async with running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as relay:
         device = MemoryPacketDevice("mem-site-a")
         connector = Connector(
-            connector_settings(pki, relay.port), device, AgentMetrics(), configure_host=False
+            connector_settings(pki, relay.port, engine),
+            device,
+            AgentMetrics(),
+            configure_host=False,
         )
         task = asyncio.create_task(connector.run())
-        alice = await start_agent(relay, "alice")
+        alice = await start_agent(relay, "alice", quic_engine=engine)
         try:
             await asyncio.wait_for(connector.connected.wait(), 10)
             routes = relay.metrics.connector_prefixes.labels("site-a")
@@ -102,7 +114,7 @@ def test_status_without_a_running_connector(capsys: pytest.CaptureFixture[str]) 
     assert "zgate-connector up" in capsys.readouterr().err
 
 
-async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
+async def test_one_connector_serves_the_site_to_two_relays(engine: str, pki: Path) -> None:
     """A session per relay on one device: each relay's agent reaches the site, and each
     reply goes back through the relay its agent came from (both use the same pool, so the
     agents may even hold the same address)."""
@@ -111,7 +123,7 @@ async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
         running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as second,
     ):
         device = MemoryPacketDevice("mem-site-a")
-        settings = connector_settings(pki, first.port).model_copy(
+        settings = connector_settings(pki, first.port, engine).model_copy(
             update={"relays": [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]}
         )
         metrics = AgentMetrics(prefix="zgate_connector")
@@ -119,8 +131,10 @@ async def test_one_connector_serves_the_site_to_two_relays(pki: Path) -> None:
             settings, settings.relay_addresses, device, metrics, configure_host=False
         )
         task = asyncio.create_task(group.run())
-        alice = await start_agent(first, "alice")
-        bob = await start_agent(second, "alice")  # the same client on the other relay
+        alice = await start_agent(first, "alice", quic_engine=engine)
+        bob = await start_agent(
+            second, "alice", quic_engine=engine
+        )  # the same client on the other relay
         try:
             for relay in (first, second):
                 routes = relay.metrics.connector_prefixes.labels("site-a")
@@ -156,13 +170,13 @@ def test_the_example_settings_file_loads() -> None:
     assert settings.relay_addresses == ["relay1.example.net:4433", "relay2.example.net:4433"]
 
 
-async def test_a_refused_connector_says_why_once_and_waits_long(pki: Path) -> None:
+async def test_a_refused_connector_says_why_once_and_waits_long(engine: str, pki: Path) -> None:
     """The agent's failure handling is the connector's: a revoked connector certificate is
     one plain line (naming `zgate pki issue connector`) and the long backoff."""
     revoke_certificate(pki, "site-a")
     async with running_relay(pki, sites=SiteRoutes({"site-a": [SITE]})) as relay:
         device = MemoryPacketDevice("mem-site-a")
-        settings = connector_settings(pki, relay.port).model_copy(
+        settings = connector_settings(pki, relay.port, engine).model_copy(
             update={"backoff_permanent": 40.0}
         )
         group = ConnectorGroup(
@@ -186,7 +200,7 @@ async def test_a_refused_connector_says_why_once_and_waits_long(pki: Path) -> No
 
 
 async def test_a_connector_group_stops_at_once_while_connecting(
-    pki: Path, caplog: pytest.LogCaptureFixture
+    engine: str, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
@@ -197,7 +211,7 @@ async def test_a_connector_group_stops_at_once_while_connecting(
     ]
     try:
         ports = [transport.get_extra_info("sockname")[1] for transport, _ in silent]
-        await _stop_a_group_while_connecting(pki, ports)
+        await _stop_a_group_while_connecting(engine, pki, ports)
     finally:
         for transport, _ in silent:
             transport.close()
@@ -208,9 +222,9 @@ async def test_a_connector_group_stops_at_once_while_connecting(
     assert not noise, noise
 
 
-async def _stop_a_group_while_connecting(pki: Path, ports: list[int]) -> None:
+async def _stop_a_group_while_connecting(engine: str, pki: Path, ports: list[int]) -> None:
     device = MemoryPacketDevice("mem-site-a")
-    settings = connector_settings(pki, ports[0]).model_copy(
+    settings = connector_settings(pki, ports[0], engine).model_copy(
         update={"relays": [f"127.0.0.1:{p}" for p in ports], "connect_timeout": 30.0}
     )
     group = ConnectorGroup(

@@ -3,6 +3,11 @@
 The TUN device lives for the whole run, across reconnects, so applications keep their
 sockets; while the tunnel is down its packets are dropped (and counted), never leaked
 around the tunnel.
+
+Each attempt is one UDP socket in a :class:`zgate_host.pump.Pump` driving one
+:class:`~zgate_agent.link.ClientLink` (a QUIC connection of the chosen engine and its
+CONNECT-IP session). The agent decides: when to give up and retry, routes and DNS, what to
+answer a packet too big for the path.
 """
 
 from __future__ import annotations
@@ -15,60 +20,58 @@ import random
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-
 from zgate_agent.dns import AgentDns
 from zgate_agent.failures import describe_close, describe_timeout
+from zgate_agent.link import ClientLink, PacketSink, TunnelInfo
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
-from zgate_agent.tunnel import TunnelError, TunnelInfo, TunnelProtocol
-from zgate_host.sockets import enlarge_udp_buffers
+from zgate_host.pump import Pump
 from zgate_host.tun import PacketDevice
-from zgate_proto.h3 import PacketMode, SendStatus
+from zgate_proto.engines import get_engine
+from zgate_proto.engines.base import Address, ClientConfig, QuicConn
 from zgate_proto.icmp import packet_too_big
+from zgate_proto.session import ClientSession, PacketMode
 
-__all__ = ["Agent", "backoff_delays", "quiet_aioquic"]
+__all__ = ["Agent", "TunnelError", "backoff_delays", "quiet_quic_logs"]
 
 log = logging.getLogger("zgate.agent")
 
 
+class TunnelError(Exception):
+    """The tunnel could not be opened or was lost; the message says why. ``permanent``:
+    retrying cannot help until someone fixes a file or the relay's PKI."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
 class _Demote(logging.Filter):
-    """aioquic logs every connection error at warning ("Error: 298, reason: ..."): the agent
-    says the same once, plainly, so aioquic's own lines go to debug."""
+    """The QUIC engines log every connection error at warning ("Error: 298, reason: ..."):
+    the agent says the same once, plainly, so their own lines go to debug."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno > logging.DEBUG:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger("quic").isEnabledFor(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 _DEMOTE = _Demote()
+#: The loggers of the QUIC engines (aioquic's and qh3's are both called "quic").
+_ENGINE_LOGGERS = ("quic",)
 
 
-def quiet_aioquic() -> None:
-    """Send aioquic's log lines to debug (shown only with --log-level debug)."""
-    quic = logging.getLogger("quic")
-    if _DEMOTE not in quic.filters:
-        quic.addFilter(_DEMOTE)
-
-
-def _discard(protocol: TunnelProtocol, transport: asyncio.DatagramTransport) -> None:
-    """Close a connection at once: send CONNECTION_CLOSE (unless it is closed already),
-    stop its timers and close the socket, without QUIC's closing period."""
-    if protocol._quic._close_event is None:
-        with contextlib.suppress(Exception):
-            protocol.close(error_code=0, reason_phrase="agent stopping")
-    for handle in (protocol._timer, protocol._transmit_task):
-        if handle is not None:
-            handle.cancel()
-    protocol._timer = None
-    protocol._transmit_task = None
-    transport.close()
+def quiet_quic_logs() -> None:
+    """Send the QUIC engines' log lines to debug (shown only with --log-level debug)."""
+    for name in _ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _DEMOTE not in logger.filters:
+            logger.addFilter(_DEMOTE)
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
@@ -114,12 +117,13 @@ class Agent:
         self.metrics = metrics
         self.configure_host = configure_host
         self._stop = asyncio.Event()
-        self._protocol: TunnelProtocol | None = None
-        self._device_out: list[bytes] = []  # packets from the relay, this batch
+        self._link: ClientLink | None = None  # the live tunnel's
+        self._pump: Pump | None = None
+        #: Set by the link when its state changed, and by stop().
+        self._changed = asyncio.Event()
         self._routes: HostRoutes | None = None
         self._status = _State(since=time.time())
         self.connected = asyncio.Event()
-        self._reader_installed = False
         self._was_connected = False
         self._announce = True  # log the next "connecting to" at info
         #: The host's resolver pointed at the relay (the agent's CLI; not connectors).
@@ -131,6 +135,7 @@ class Agent:
     def stop(self) -> None:
         """Ask the run loop to end (closes the tunnel, removes the routes)."""
         self._stop.set()
+        self._changed.set()
 
     def status(self) -> dict[str, Any]:
         """A snapshot for `zgate-agent status` (read from the HTTP thread)."""
@@ -161,12 +166,10 @@ class Agent:
         """Connect and reconnect until stopped: transient failures (no answer, a lost
         tunnel) on the short backoff, permanent ones (certificates) on the long one."""
         loop = asyncio.get_running_loop()
-        quiet_aioquic()
+        quiet_quic_logs()
         if self._dns is not None:
             self._dns.recover()  # what a crashed agent left, before anything else
-        if self.read_device:
-            loop.add_reader(self.device.fileno(), self._device_readable)
-            self._reader_installed = True
+        self._watch_device()
         s = self.settings
         transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
         permanent = backoff_delays(s.backoff_permanent, s.backoff_permanent_max, random.Random())
@@ -197,9 +200,9 @@ class Agent:
         finally:
             self._set_state("stopped")
             self.metrics.connected.set(0)
-            if self._reader_installed:
-                loop.remove_reader(self.device.fileno())
-                self._reader_installed = False
+            if self.read_device:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(self.device.fileno())
             if self._dns is not None:
                 self._dns.restore()
             removed = [str(p) for p in self._routes.routes] if self._routes is not None else []
@@ -274,29 +277,41 @@ class Agent:
                 "attempt": self._status.attempts,
             },
         )
-        opened: list[tuple[TunnelProtocol, asyncio.DatagramTransport]] = []
         try:
-            try:
-                configuration = self._quic_configuration(host)
-            except (OSError, ValueError, ssl.SSLError) as exc:
-                raise TunnelError(
-                    f"cannot load --ca {s.ca}, --cert {s.cert} or --key {s.key}: {exc}",
-                    permanent=True,
-                ) from None
+            engine = get_engine(s.quic_engine)
+        except (ImportError, ValueError) as exc:
+            raise TunnelError(f"QUIC engine {s.quic_engine}: {exc}", permanent=True) from None
+        link: ClientLink | None = None
+        pump: Pump | None = None
+        try:
             try:
                 async with asyncio.timeout(s.connect_timeout):
                     relay_ip = await self._relay_address(host, port)
-                    opened.append(await self._open(relay_ip, port, configuration))
-                    protocol = opened[0][0]
-                    await self._handshake(protocol)
-                    info = await self._open_session(protocol, host, port)
+                    sock, addr = self._open(relay_ip, port)
+                    try:
+                        quic = engine.connect(
+                            self._client_config(server_name),
+                            addr,
+                            asyncio.get_running_loop().time(),
+                        )
+                    except (OSError, ValueError, ssl.SSLError) as exc:
+                        sock.close()
+                        raise TunnelError(
+                            f"cannot load --ca {s.ca}, --cert {s.cert} or --key {s.key}: {exc}",
+                            permanent=True,
+                        ) from None
+                    link = self._new_link(quic, host, port)
+                    pump = Pump(sock, link, gso=s.udp_offload)
+                    pump.wake()  # the Initial
+                    await self._until(link, lambda: link.handshake_done, "handshake")
+                    await self._until(link, lambda: link.ready, "session")
             except TimeoutError:
-                started = bool(opened) and opened[0][0].handshake_done.is_set()
+                started = link is not None and link.handshake_done
                 raise TunnelError(
                     describe_timeout(host, port, s.connect_timeout, handshake_done=started)
                 ) from None
             except TunnelError as exc:
-                raise self._explain(exc, opened[0][0] if opened else None) from None
+                raise self._explain(exc, link) from None
             except socket.gaierror as exc:
                 raise TunnelError(
                     f"cannot resolve the relay's name {host}: {exc.strerror or exc}"
@@ -305,18 +320,49 @@ class Agent:
                 raise TunnelError(
                     f"cannot reach the relay at {self._where()}: {exc.strerror or exc}"
                 ) from None
-            await self._session(protocol, info, host, port, relay_ip)
+            assert link is not None and pump is not None
+            await self._session(link, pump, host, port, relay_ip)
         finally:
-            self._protocol = None
+            self._link = None
+            self._pump = None
             self.connected.clear()
             self.metrics.connected.set(0)
-            for protocol, transport in opened:
-                _discard(protocol, transport)
+            if pump is not None:
+                # CONNECTION_CLOSE at once (unless closed already), without QUIC's closing
+                # period: a relay that does not answer would hold the stop for seconds.
+                assert link is not None
+                with contextlib.suppress(Exception):
+                    link.close("agent stopping")
+                    pump.wake()
+                pump.close()
+                self._watch_device()
 
-    def _explain(self, error: TunnelError, protocol: TunnelProtocol | None) -> TunnelError:
-        """Turn a connection closed while opening into what the operator should know."""
-        close = protocol.close_info if protocol is not None else None
+    def _new_link(self, quic: QuicConn, host: str, port: int) -> ClientLink:
+        s = self.settings
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        session = ClientSession(quic, authority=authority, mode=s.mode, fallback=s.fallback)
+        self._changed.clear()
+        return ClientLink(quic, session, self.packet_sink(), self.metrics, notify=self._changed.set)
+
+    def packet_sink(self) -> PacketSink:
+        """Where the relay's packets go: the device (a connector also notes who sent them)."""
+        return self.device
+
+    async def _until(self, link: ClientLink, done: Callable[[], bool], what: str) -> None:
+        """Until ``done()``; a TunnelError if the attempt fails first."""
+        while not done():
+            if link.failure is not None:
+                raise TunnelError(f"{what} failed: {link.failure}")
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _explain(self, error: TunnelError, link: ClientLink | None) -> TunnelError:
+        """Turn a connection closed while opening into what the operator should know; a
+        session the relay refused says why as it is."""
+        close = link.close_info if link is not None else None
         if close is None:
+            if link is not None and link.failure is not None:
+                return TunnelError(link.failure, permanent=error.permanent)
             return error
         s = self.settings
         host, _ = s.relay_address
@@ -325,18 +371,11 @@ class Agent:
         )
         return TunnelError(message, permanent=permanent)
 
-    async def _open(
-        self,
-        relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-        port: int,
-        configuration: QuicConfiguration,
-    ) -> tuple[TunnelProtocol, asyncio.DatagramTransport]:
-        """A UDP socket and a QUIC connection to the relay, its handshake started.
-
-        Not aioquic's ``connect()``: leaving it early (a timeout, a stop) waits out QUIC's
-        closing period, seconds against a relay that does not answer, and leaves a future
-        whose exception nobody retrieves."""
-        loop = asyncio.get_running_loop()
+    def _open(
+        self, relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+    ) -> tuple[socket.socket, Address]:
+        """A UDP socket for the relay (dual-stack when the host has IPv6, the relay's IPv4
+        address mapped into it) and the relay's address as that socket names it."""
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         except OSError:  # no IPv6 on this host
@@ -348,12 +387,11 @@ class Agent:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 sock.bind(("::", 0, 0, 0))
                 mapped = f"::ffff:{relay_ip}" if relay_ip.version == 4 else str(relay_ip)
-                addr: tuple[Any, ...] = (mapped, port, 0, 0)
+                addr: Address = (mapped, port, 0, 0)
             else:
                 sock.bind(("0.0.0.0", 0))
                 addr = (str(relay_ip), port)
             sock.setblocking(False)
-            enlarge_udp_buffers(sock)
             # A route lookup: no route to the relay is said at once (network unreachable),
             # not as a silent connect timeout (QUIC's send errors go unreported).
             with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
@@ -361,51 +399,34 @@ class Agent:
         except OSError:
             sock.close()
             raise
-        connection = QuicConnection(configuration=configuration)
+        return sock, addr
 
-        def create_protocol() -> TunnelProtocol:
-            protocol = TunnelProtocol(connection)
-            protocol.udp_offload = self.settings.udp_offload
-            return protocol
-
-        transport, protocol = await loop.create_datagram_endpoint(create_protocol, sock=sock)
-        protocol.connect(addr)
-        return protocol, transport
-
-    @staticmethod
-    async def _handshake(protocol: TunnelProtocol) -> None:
-        """Until our side of the TLS handshake completes, or the connection closes."""
-        done = asyncio.ensure_future(protocol.handshake_done.wait())
-        closed = asyncio.ensure_future(protocol.terminated.wait())
-        try:
-            await asyncio.wait({done, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            done.cancel()
-            closed.cancel()
-        if protocol.terminated.is_set():
-            raise TunnelError(f"the handshake with the relay failed: {protocol.close_reason}")
-
-    async def _open_session(self, protocol: TunnelProtocol, host: str, port: int) -> TunnelInfo:
-        protocol.on_packet = self._packet_from_relay
-        protocol.on_batch_end = self._flush_device
-        protocol.on_unknown_context = self._unknown_context
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return await protocol.open_session(
-            authority,
-            self.settings.mode,
-            fallback=self.settings.fallback,
-            max_queued=self.settings.datagram_queue,
-            timeout=self.settings.connect_timeout,
+    def _client_config(self, server_name: str) -> ClientConfig:
+        s = self.settings
+        return ClientConfig(
+            server_name=server_name,
+            ca_file=s.ca,
+            cert_file=s.cert,
+            key_file=s.key,
+            idle_timeout=s.idle_timeout,
+            max_datagram_size=s.max_datagram_size,
+            datagram_queue=s.datagram_queue,
         )
 
     async def _session(
         self,
-        protocol: TunnelProtocol,
-        info: TunnelInfo,
+        link: ClientLink,
+        pump: Pump,
         host: str,
         port: int,
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     ) -> None:
+        info = link.info()
+        if info.mode is not self.settings.mode:
+            log.warning(
+                f"relay offers no HTTP datagrams: falling back to {info.mode.value} mode",
+                extra={"relay": self._where()},
+            )
         if self.configure_host:
             if self._routes is None:
                 self._routes = HostRoutes(self.device.name, relay_ip, self.settings.full_tunnel)
@@ -413,9 +434,13 @@ class Agent:
             self._routes.apply(info.addresses, [*info.routes, *dns_routes])
             if self._dns is not None:
                 self._dns.tunnel_up(info)
-        self.session_opened(protocol, info)
         self._status.info = info
-        self._protocol = protocol
+        self._link = link
+        self._pump = pump
+        self.session_opened(link, info)
+        pump.wake()
+        if self.read_device:
+            pump.add_device(self.device.fileno(), self._device_readable)
         self._set_state("connected")
         self._was_connected = True
         self.metrics.connected.set(1)
@@ -428,46 +453,23 @@ class Agent:
                 "addresses": [str(a) for a in info.addresses],
             },
         )
-        keepalive = asyncio.create_task(self._keepalive(protocol))
-        stop = asyncio.ensure_future(self._stop.wait())
-        lost = asyncio.ensure_future(protocol.terminated.wait())
+        keepalive = asyncio.create_task(self._keepalive(link, pump))
         try:
-            try:
-                await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                lost.cancel()
-            if protocol.terminated.is_set():
-                raise TunnelError(f"tunnel lost: {protocol.close_reason}")
-            if protocol.stream is not None:
-                protocol.stream.close()
-            protocol.close(error_code=0, reason_phrase="agent stopping")
+            while link.failure is None and not self._stop.is_set():
+                self._changed.clear()
+                await self._changed.wait()
+            if link.failure is not None:
+                raise TunnelError(f"tunnel lost: {link.failure}")
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
 
-    async def _keepalive(self, protocol: TunnelProtocol) -> None:
+    async def _keepalive(self, link: ClientLink, pump: Pump) -> None:
         while True:
             await asyncio.sleep(self.settings.keepalive)
-            with contextlib.suppress(Exception):
-                protocol._quic.send_ping(0)
-                protocol.transmit()
-
-    def _quic_configuration(self, host: str) -> QuicConfiguration:
-        s = self.settings
-        configuration = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=["h3"],
-            max_datagram_frame_size=65536,
-            max_datagram_size=s.max_datagram_size,
-            idle_timeout=s.idle_timeout,
-            server_name=s.server_name or host,
-            verify_mode=ssl.CERT_REQUIRED,
-        )
-        configuration.load_verify_locations(cafile=str(s.ca))
-        configuration.load_cert_chain(str(s.cert), str(s.key))
-        return configuration
+            link.ping()
+            pump.wake()
 
     async def _relay_address(
         self, host: str, port: int
@@ -493,34 +495,35 @@ class Agent:
 
     # --------------------------------------------------------------- packet path
 
+    def _watch_device(self) -> None:
+        """Read the device while no tunnel's pump does (its packets are dropped then)."""
+        if self.read_device:
+            asyncio.get_running_loop().add_reader(self.device.fileno(), self._device_readable)
+
     def _device_readable(self) -> None:
-        self.send_to_relay(self.device.read_batch(64))
+        packets = self.device.read_batch(64)
+        link = self._link
+        if link is None:
+            self.metrics.drops["not_connected"] += len(packets)
+            return
+        self._to_link(link, packets)  # the pump flushes after this callback
 
     def send_to_relay(self, packets: list[bytes]) -> None:
-        """Send packets read from the device into the tunnel (dropped and counted while it
-        is down)."""
-        protocol = self._protocol
-        m = self.metrics
-        if protocol is None or protocol.stream is None:
-            m.drops["not_connected"] += len(packets)
+        """Send packets read from the device by someone else (a connector group) into the
+        tunnel, at once (dropped and counted while it is down)."""
+        link, pump = self._link, self._pump
+        if link is None or pump is None:
+            self.metrics.drops["not_connected"] += len(packets)
             return
-        stream = protocol.stream
-        sent = 0
-        for packet in packets:
-            status = stream.send_packet(packet)
-            if status is SendStatus.SENT:
-                sent += 1
-                m.bytes["to_relay"] += len(packet)
-            elif status is SendStatus.TOO_BIG:
-                m.drops["too_big"] += 1
-                self._too_big(packet, stream.max_datagram_packet)
-            elif status is SendStatus.QUEUE_FULL:
-                m.drops["queue_full"] += 1
-            else:
-                m.drops["not_connected"] += 1
-        if sent:
-            m.packets["to_relay"] += sent
-            protocol.transmit()
+        self._to_link(link, packets)
+        pump.wake()
+
+    def _to_link(self, link: ClientLink, packets: list[bytes]) -> None:
+        too_big = link.send_packets(packets)
+        if too_big:
+            mtu = link.max_packet
+            for packet in too_big:
+                self._too_big(packet, mtu)
 
     def _too_big(self, packet: bytes, mtu: int) -> None:
         info = self._status.info
@@ -534,26 +537,23 @@ class Agent:
         if icmp is not None:
             self.device.write(icmp)
 
-    def _unknown_context(self) -> None:
-        self.metrics.drops["unknown_context"] += 1
-
-    def _packet_from_relay(self, packet: bytes) -> None:
-        self.metrics.packets["from_relay"] += 1
-        self.metrics.bytes["from_relay"] += len(packet)
-        self._device_out.append(packet)  # written by _flush_device, before each transmit
-
-    def _flush_device(self) -> None:
-        """Write what the relay sent in this batch to the TUN device, TCP segments joined."""
-        if self._device_out:
-            out, self._device_out = self._device_out, []
-            self.device.write_batch(out)
-
-    def session_opened(self, protocol: TunnelProtocol, info: TunnelInfo) -> None:
+    def session_opened(self, link: ClientLink, info: TunnelInfo) -> None:
         """Called once a session is open and the host configured; nothing for an agent
-        (a connector advertises its site here)."""
+        (a connector advertises its site here; the caller flushes afterwards)."""
 
     @property
     def mode(self) -> PacketMode | None:
         """The packet mode of the live tunnel, if any."""
         info = self._status.info
         return info.mode if info else None
+
+    @property
+    def link(self) -> ClientLink | None:
+        """The live tunnel's link, if any (its session, QUIC connection and path limits)."""
+        return self._link
+
+    def wake(self) -> None:
+        """Send now what the live tunnel's link has queued (for whoever wrote to it
+        directly: its session's capsules, a QUIC ping)."""
+        if self._pump is not None:
+            self._pump.wake()

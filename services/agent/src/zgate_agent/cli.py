@@ -28,8 +28,9 @@ from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 from zgate_pki import PkiError, check_identity_files
+from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
 
-__all__ = ["main", "run_until_stopped", "run_up", "show_status"]
+__all__ = ["add_quic_engine_flag", "main", "run_until_stopped", "run_up", "show_status"]
 
 log = logging.getLogger("zgate.agent")
 
@@ -43,8 +44,8 @@ the route to the relay itself outside), and reconnects by itself when the path b
   zgate-agent status
 
 Settings come from, in rising order: defaults, the YAML --config file, ZGATE_AGENT_*
-environment variables (e.g. ZGATE_AGENT_MODE=stream) and flags. `up` needs root or
-CAP_NET_ADMIN (TUN device and routes)."""
+environment variables (e.g. ZGATE_AGENT_MODE=stream, ZGATE_AGENT_QUIC_ENGINE=qh3) and
+flags. `up` needs root or CAP_NET_ADMIN (TUN device and routes)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="datagram: QUIC DATAGRAM frames (default); stream: capsules on the "
         "CONNECT stream (reliable)",
     )
+    add_quic_engine_flag(up)
     up.add_argument(
         "--no-fallback",
         dest="fallback",
@@ -159,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     return p
+
+
+def add_quic_engine_flag(parser: argparse.ArgumentParser) -> None:
+    """--quic-engine, shared by the agent and the connector."""
+    parser.add_argument(
+        "--quic-engine",
+        choices=ENGINES,
+        help="the QUIC implementation: aioquic (pure Python) or qh3 (its QUIC core "
+        "compiled, less CPU per packet); both speak the same protocol, so either works "
+        f"with any relay [{DEFAULT_ENGINE}]",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

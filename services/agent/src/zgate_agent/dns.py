@@ -8,8 +8,8 @@ import ipaddress
 import logging
 from typing import Any
 
+from zgate_agent.link import TunnelInfo
 from zgate_agent.settings import AgentSettings
-from zgate_agent.tunnel import TunnelInfo
 from zgate_host.resolver import HostResolver, Method, ResolverError, relay_dns_servers
 from zgate_proto.capsules import IPAddressRange
 

@@ -10,28 +10,68 @@ In TLS 1.3 the client's certificate is checked after the client has finished its
 the handshake: a refusal by the relay arrives as a CONNECTION_CLOSE with a CRYPTO_ERROR
 code (0x100 + the TLS alert) after our handshake completed, while our own verification of
 the relay's certificate fails before it, as a close we send ourselves.
+
+Engines word (and code) their own refusals differently (aioquic says certificate_expired
+where qh3 says bad_certificate for the same certificate), so when our side refused the
+relay's certificate we look at that certificate ourselves (names, dates, issuer) and say
+what is wrong with it; the alert and the engine's reason are the fallback.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aioquic.tls import AlertDescription
 from cryptography import x509
 
 __all__ = [
     "CRYPTO_ERROR",
+    "AlertDescription",
     "CloseInfo",
     "certificate_names",
+    "close_info",
     "describe_close",
     "describe_timeout",
 ]
 
 #: QUIC's CRYPTO_ERROR range: 0x100 + TLS alert (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
+
+
+class AlertDescription(enum.IntEnum):
+    """TLS alerts (RFC 8446 section 6, RFC 7301 for no_application_protocol)."""
+
+    close_notify = 0
+    unexpected_message = 10
+    bad_record_mac = 20
+    record_overflow = 22
+    handshake_failure = 40
+    bad_certificate = 42
+    unsupported_certificate = 43
+    certificate_revoked = 44
+    certificate_expired = 45
+    certificate_unknown = 46
+    illegal_parameter = 47
+    unknown_ca = 48
+    access_denied = 49
+    decode_error = 50
+    decrypt_error = 51
+    protocol_version = 70
+    insufficient_security = 71
+    internal_error = 80
+    inappropriate_fallback = 86
+    user_canceled = 90
+    missing_extension = 109
+    unsupported_extension = 110
+    unrecognized_name = 112
+    bad_certificate_status_response = 113
+    unknown_psk_identity = 115
+    certificate_required = 116
+    no_application_protocol = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +86,25 @@ class CloseInfo:
     handshake_done: bool
     #: The certificate the relay presented, if the handshake got that far.
     peer_certificate: x509.Certificate | None = None
+
+
+def close_info(
+    error_code: int,
+    reason: str,
+    *,
+    by_peer: bool,
+    handshake_done: bool,
+    peer_chain: Sequence[bytes],
+) -> CloseInfo:
+    """A :class:`CloseInfo` from a session's ConnectionClosed and the engine's
+    ``peer_chain`` (DER, leaf first; empty when the relay sent no certificate)."""
+    cert = None
+    if peer_chain:
+        try:
+            cert = x509.load_der_x509_certificate(peer_chain[0])
+        except ValueError:
+            cert = None
+    return CloseInfo(error_code, reason, by_peer, handshake_done, cert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +151,89 @@ def _when(moment: datetime) -> str:
     return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
+def _valid_for(cert: x509.Certificate, name: str) -> bool:
+    """Whether the certificate names ``name`` (an IP address, or a DNS name that one of its
+    names matches, ``*.`` standing for one label)."""
+    names = certificate_names(cert)
+    if _is_ip(name):
+        return any(
+            _is_ip(n) and ipaddress.ip_address(n) == ipaddress.ip_address(name) for n in names
+        )
+    wanted = name.lower().rstrip(".")
+    for candidate in (n.lower().rstrip(".") for n in names if not _is_ip(n)):
+        if candidate == wanted:
+            return True
+        if candidate.startswith("*.") and wanted.partition(".")[2] == candidate[2:]:
+            return True
+    return False
+
+
+def _issued_by_ca(cert: x509.Certificate, ca: Path) -> bool | None:
+    """Whether one of the certificates in ``ca`` signed ``cert`` (None: cannot tell, the CA
+    file is unreadable)."""
+    try:
+        authorities = x509.load_pem_x509_certificates(ca.read_bytes())
+    except (OSError, ValueError):
+        return None
+    for authority in authorities:
+        try:
+            cert.verify_directly_issued_by(authority)
+        except Exception:  # a wrong issuer, signature or key type: not this one
+            continue
+        return True
+    return False
+
+
+def _name_mismatch(cert: x509.Certificate | None, ctx: _Context) -> str:
+    flag = "--relay-ip" if _is_ip(ctx.server_name) else "--relay-name"
+    names = ", ".join(certificate_names(cert)) if cert is not None else "?"
+    return (
+        f"the relay's certificate is not valid for name {ctx.server_name} (it names: "
+        f"{names}); pass --server-name with one of those, or re-issue it with "
+        f"`zgate pki init {flag} {ctx.server_name}`"
+    )
+
+
+def _not_signed(reason: str, ctx: _Context) -> str:
+    why = f" ({reason})" if reason else ""
+    return (
+        f"the relay's certificate is not signed by --ca {ctx.ca}{why}; use the CA "
+        f"that issued the relay's certificate"
+    )
+
+
+def _certificate_problem(cert: x509.Certificate, close: CloseInfo, ctx: _Context) -> str | None:
+    """What is wrong with the relay's certificate, found by looking at it; None if nothing
+    we can see (then the engine's alert and reason tell)."""
+    if not _valid_for(cert, ctx.server_name):
+        return _name_mismatch(cert, ctx)
+    now = datetime.now(UTC)
+    if now < cert.not_valid_before_utc:
+        return (
+            f"the relay's certificate is not valid before "
+            f"{_when(cert.not_valid_before_utc)}; check this machine's clock and the relay's"
+        )
+    if now > cert.not_valid_after_utc:
+        return (
+            f"the relay's certificate expired on {_when(cert.not_valid_after_utc)}; renew it "
+            f"on the relay (`zgate pki init`), or check this machine's clock"
+        )
+    if _issued_by_ca(cert, ctx.ca) is False:
+        return _not_signed(close.reason, ctx)
+    return None
+
+
 def _local(close: CloseInfo, ctx: _Context) -> str:
-    """Our own TLS stack refused the relay (aioquic's verify_certificate)."""
+    """Our own TLS stack refused the relay (or the connection failed on our side)."""
     reason = close.reason
     cert = close.peer_certificate
     alert = _alert(close.error_code)
+    if alert is not None and cert is not None:
+        found = _certificate_problem(cert, close, ctx)
+        if found is not None:
+            return found
     if reason.startswith("hostname ") or "doesn't match" in reason:
-        flag = "--relay-ip" if _is_ip(ctx.server_name) else "--relay-name"
-        names = ", ".join(certificate_names(cert)) if cert is not None else "?"
-        return (
-            f"the relay's certificate is not valid for name {ctx.server_name} (it names: "
-            f"{names}); pass --server-name with one of those, or re-issue it with "
-            f"`zgate pki init {flag} {ctx.server_name}`"
-        )
+        return _name_mismatch(cert, ctx)
     if alert == AlertDescription.certificate_expired:
         if cert is not None and datetime.now(UTC) < cert.not_valid_before_utc:
             return (
@@ -117,10 +246,7 @@ def _local(close: CloseInfo, ctx: _Context) -> str:
             f"(`zgate pki init`), or check this machine's clock"
         )
     if alert == AlertDescription.bad_certificate:
-        return (
-            f"the relay's certificate is not signed by --ca {ctx.ca} ({reason}); use the CA "
-            f"that issued the relay's certificate"
-        )
+        return _not_signed(reason, ctx)
     if alert == AlertDescription.no_application_protocol:
         return "the server at this address does not speak HTTP/3 (ALPN h3): is it a zgate relay?"
     if alert is not None:
@@ -149,7 +275,7 @@ def _by_relay(close: CloseInfo, ctx: _Context) -> str | None:
             f"the relay refused {ours}: it was not issued by the relay's CA; use a "
             f"certificate from the relay's PKI (`zgate pki issue {ctx.kind} ID`)"
         )
-    if alert == 116:  # certificate_required (RFC 8446); aioquic's enum lacks it
+    if alert == AlertDescription.certificate_required:
         return f"the relay refused the connection: it requires a client certificate ({ours})"
     if alert == AlertDescription.decrypt_error:
         return (

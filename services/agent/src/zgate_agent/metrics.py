@@ -9,7 +9,15 @@ from zgate_host.counters import CounterFamilies
 __all__ = ["AgentMetrics"]
 
 DIRECTIONS = ("to_relay", "from_relay")
-DROP_REASONS = ("not_connected", "too_big", "queue_full", "unknown_context", "tun_write")
+DROP_REASONS = (
+    "not_connected",
+    "too_big",
+    "queue_full",
+    "unknown_context",
+    "unknown_stream",
+    "malformed_datagram",
+    "tun_write",
+)
 
 
 class AgentMetrics:

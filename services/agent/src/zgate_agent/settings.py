@@ -11,7 +11,8 @@ from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
-from zgate_proto.h3 import PacketMode
+from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
+from zgate_proto.session import PacketMode
 
 __all__ = ["AgentSettings"]
 
@@ -27,6 +28,10 @@ class AgentSettings(LayeredSettings):
     key: Path = Field(Path("agent.key"), description="client private key [<state_dir>/agent.key]")
     server_name: str | None = Field(None, description="TLS name of the relay [relay host]")
     mode: PacketMode = Field(PacketMode.DATAGRAM, description="datagram or stream")
+    quic_engine: str = Field(
+        DEFAULT_ENGINE,
+        description=f"QUIC implementation: {' or '.join(ENGINES)} [{DEFAULT_ENGINE}]",
+    )
     fallback: bool = Field(True, description="use stream mode if the relay has no datagrams")
     tun_name: str = Field("zgate-agent0", description="TUN device name")
     tun_mtu: int = Field(1400, ge=1280, le=65535, description="TUN device MTU")
@@ -95,6 +100,13 @@ class AgentSettings(LayeredSettings):
     @classmethod
     def _check_relay(cls, value: str) -> str:
         parse_hostport(value, 4433)
+        return value
+
+    @field_validator("quic_engine")
+    @classmethod
+    def _check_quic_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown QUIC engine {value!r}: choose one of {', '.join(ENGINES)}")
         return value
 
     @field_validator("dns_domains")

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from zgate_agent.app import Agent
+from zgate_agent.link import ClientLink, PacketSink, TunnelInfo
 from zgate_agent.metrics import AgentMetrics
-from zgate_agent.tunnel import TunnelInfo, TunnelProtocol
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.nft import NatTable
 from zgate_host.tun import PacketDevice
@@ -68,11 +68,9 @@ class Connector(Agent):
         #: Told the agents' pools each time a session opens (what to masquerade).
         self.on_pools = on_pools
 
-    def session_opened(self, protocol: TunnelProtocol, info: TunnelInfo) -> None:
+    def session_opened(self, link: ClientLink, info: TunnelInfo) -> None:
         """Advertise the site, and report the agents' pools."""
-        assert protocol.stream is not None
-        protocol.stream.send_capsules([site_advertisement(self.site)])
-        protocol.transmit()
+        link.send_capsules([site_advertisement(self.site)])
         pools = [n for r in info.routes for n in r.networks()]
         if self.on_pools is not None:
             self.on_pools(pools)
@@ -81,11 +79,35 @@ class Connector(Agent):
             extra={"site": [str(p) for p in self.site], "agents": [str(p) for p in pools]},
         )
 
-    def _packet_from_relay(self, packet: bytes) -> None:
-        if self.on_agent_packet is not None and len(packet) >= 20:
-            source = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
-            self.on_agent_packet(source, self)
-        super()._packet_from_relay(packet)
+    def packet_sink(self) -> PacketSink:
+        """The device, through a note of which agents this session brought (for the
+        group's replies) when there is a group."""
+        if self.on_agent_packet is None:
+            return self.device
+        return _NotingSink(self.device, self, self.on_agent_packet)
+
+
+class _NotingSink:
+    """Writes the relay's packets to the device, noting each one's source agent for the
+    link that brought it (one note per packet, a dict store)."""
+
+    def __init__(
+        self,
+        device: PacketDevice,
+        link: Connector,
+        note: Callable[[bytes, Connector], None],
+    ) -> None:
+        self.device = device
+        self.link = link
+        self.note = note
+
+    def write_batch(self, packets: list[bytes]) -> None:
+        """Note the sources, then write the batch."""
+        note, link = self.note, self.link
+        for packet in packets:
+            if len(packet) >= 20:
+                note(packet[12:16] if packet[0] >> 4 == 4 else packet[8:24], link)
+        self.device.write_batch(packets)
 
 
 class ConnectorGroup:

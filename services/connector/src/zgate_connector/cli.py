@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zgate_agent.cli import run_until_stopped, run_up, show_status
+from zgate_agent.cli import add_quic_engine_flag, run_until_stopped, run_up, show_status
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.app import ConnectorGroup
 from zgate_connector.settings import ConnectorSettings
@@ -34,7 +34,8 @@ replies back the same way. Reconnects by itself.
 
 The relay must allow the prefixes for this connector's id (`serve --connector
 site-a=192.168.50.0/24`); it refuses and logs any other. Settings come from defaults, the
-YAML --config file, ZGATE_CONNECTOR_* environment variables and flags, in rising order.
+YAML --config file, ZGATE_CONNECTOR_* environment variables (e.g.
+ZGATE_CONNECTOR_QUIC_ENGINE=qh3) and flags, in rising order.
 `up` needs root or CAP_NET_ADMIN (TUN device, routes, forwarding, nftables)."""
 
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not masquerade (the site routes the agents' pool back to this host itself)",
     )
     up.add_argument("--mode", choices=["datagram", "stream"], help="packet mode [datagram]")
+    add_quic_engine_flag(up)
     up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-conn0]")
     up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
     up.add_argument(

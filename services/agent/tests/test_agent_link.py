@@ -1,0 +1,246 @@
+"""The agent's ClientLink between two in-memory peers: a real engine connection each side
+(no sockets, a clock we move), the relay side a bare zgate_proto ServerConnection that this
+test answers by hand. Every engine."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from zgate_agent.link import H3_REQUEST_CANCELLED, ClientLink
+from zgate_agent.metrics import AgentMetrics
+from zgate_pki import ChainVerifier, init_pki, issue_certificate
+from zgate_proto.capsules import AddressAssign, AssignedAddress, IPAddressRange, RouteAdvertisement
+from zgate_proto.engines import ENGINES, get_engine
+from zgate_proto.engines.base import ClientConfig, QuicConn, ServerConfig
+from zgate_proto.session import (
+    ClientSession,
+    ConnectionClosed,
+    PacketMode,
+    PacketReceived,
+    ServerConnection,
+    ServerEvent,
+    SessionClosed,
+    SessionRequested,
+)
+
+SERVER = ("127.0.0.1", 4433)
+CLIENT = ("127.0.0.1", 40000)
+OWN = ipaddress.ip_network("10.100.0.2/32")
+EVERYTHING = IPAddressRange(ipaddress.IPv4Address(0), ipaddress.IPv4Address(2**32 - 1), 0)
+OPEN = [AddressAssign((AssignedAddress(0, OWN),)), RouteAdvertisement((EVERYTHING,))]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    init_pki(directory)
+    issue_certificate(directory, "client", "alice")
+    return directory
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+class Sink:
+    """The agent's device: each write_batch call kept as it came."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[bytes]] = []
+
+    def write_batch(self, packets: list[bytes]) -> None:
+        self.batches.append(list(packets))
+
+
+class Pair:
+    """A ClientLink and a relay's ServerConnection over one engine, moved by :meth:`step`
+    as the pumps would: the link's flush, the relay's events and flush, timers."""
+
+    def __init__(
+        self,
+        engine_name: str,
+        pki: Path,
+        *,
+        mode: PacketMode = PacketMode.DATAGRAM,
+        datagram_queue: int = 512,
+        answer: int | None = None,
+    ) -> None:
+        engine = get_engine(engine_name)
+        client = engine.connect(
+            ClientConfig(
+                server_name="localhost",
+                ca_file=pki / "ca.pem",
+                cert_file=pki / "clients" / "alice.pem",
+                key_file=pki / "clients" / "alice.key",
+                max_datagram_size=1452,
+                datagram_queue=datagram_queue,
+            ),
+            SERVER,
+            0.0,
+        )
+        self.now = 0.0
+        self.sink = Sink()
+        self.metrics = AgentMetrics()
+        self.notified = 0
+        session = ClientSession(client, authority="localhost:4433", mode=mode)
+        self.link = ClientLink(client, session, self.sink, self.metrics, notify=self._notify)
+        first = self.link.flush(self.now)
+        config = ServerConfig(
+            cert_file=pki / "relay.pem",
+            key_file=pki / "relay.key",
+            verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
+            max_datagram_size=1452,
+        )
+        server = engine.accept(config, first[0][0], CLIENT, self.now)
+        assert server is not None
+        for data, _ in first[1:]:
+            server.feed(data, CLIENT, self.now)
+        self.server: QuicConn = server
+        self.relay = ServerConnection(server)
+        #: None: accept with OPEN; else reject with this status.
+        self.answer = answer
+        self.stream_id = -1
+        self.events: list[ServerEvent] = []
+
+    def _notify(self) -> None:
+        self.notified += 1
+
+    def step(self) -> None:
+        for data, _ in self.link.flush(self.now):
+            self.server.feed(data, CLIENT, self.now)
+        while (event := self.server.next_event()) is not None:
+            for out in self.relay.receive(event):
+                self.events.append(out)
+                if isinstance(out, SessionRequested):
+                    self.stream_id = out.stream_id
+                    if self.answer is None:
+                        self.relay.accept(out.stream_id, out.mode, OPEN)
+                    else:
+                        self.relay.reject(out.stream_id, self.answer)
+        for data, _ in self.server.flush(self.now):
+            self.link.datagram_received(data, SERVER, self.now)
+        self.now += 0.001
+        for conn in (self.link.quic, self.server):
+            at = conn.deadline()
+            if at is not None and at <= self.now:
+                conn.handle_timer(self.now)
+
+    def run(self, done: Callable[[], bool], steps: int = 200) -> None:
+        for _ in range(steps):
+            self.step()
+            if done():
+                return
+        raise AssertionError("not reached in time")
+
+    def received(self) -> list[bytes]:
+        return [e.packet for e in self.events if isinstance(e, PacketReceived)]
+
+
+def packet(n: int, size: int = 60) -> bytes:
+    """An IPv4 packet from our address (the link does not look inside)."""
+    body = bytes([n % 256]) * (size - 20)
+    return bytes([0x45, 0, size >> 8, size & 0xFF]) + bytes(8) + OWN[0].packed + bytes(4) + body
+
+
+@pytest.mark.parametrize("mode", list(PacketMode))
+def test_the_session_opens_and_packets_flow_both_ways(
+    engine: str, pki: Path, mode: PacketMode
+) -> None:
+    pair = Pair(engine, pki, mode=mode)
+    pair.run(lambda: pair.link.ready)
+    assert pair.link.handshake_done and pair.notified >= 2  # handshake, then the session
+    info = pair.link.info()
+    assert info.addresses == (OWN,) and info.routes == (EVERYTHING,) and info.mode is mode
+    assert pair.link.failure is None and pair.link.accepted_mode is mode
+    up = [packet(i) for i in range(5)]
+    assert pair.link.send_packets(up) == []
+    pair.run(lambda: len(pair.received()) == 5)
+    assert pair.received() == up
+    assert pair.metrics.packets["to_relay"] == 5
+    assert pair.metrics.bytes["to_relay"] == sum(len(p) for p in up)
+    # The relay's packets reach the device in one batch per flush, counted.
+    down = [packet(100 + i) for i in range(3)]
+    for p in down:
+        pair.relay.send_packet(pair.stream_id, p)
+    pair.run(lambda: bool(pair.sink.batches))
+    assert pair.sink.batches == [down]
+    assert pair.metrics.packets["from_relay"] == 3
+
+
+def test_a_packet_too_big_is_returned_and_counted(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    mtu = pair.link.max_packet
+    assert mtu == pair.link.quic.max_datagram_payload - 2
+    big, fits = packet(1, mtu + 1), packet(2, mtu)
+    assert pair.link.send_packets([big, fits]) == [big]
+    assert pair.metrics.drops["too_big"] == 1
+    pair.run(lambda: pair.received() == [fits])
+
+
+def test_the_send_queue_is_bounded(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki, datagram_queue=8)
+    pair.run(lambda: pair.link.ready)
+    burst = [packet(i) for i in range(20)]
+    assert pair.link.send_packets(burst) == []
+    assert pair.metrics.drops["queue_full"] == 12
+    assert pair.metrics.packets["to_relay"] == 8
+    pair.run(lambda: len(pair.received()) == 8)
+    assert pair.received() == burst[:8]
+
+
+def test_a_refused_session_says_why_and_leaves_the_connection_to_the_agent(
+    engine: str, pki: Path
+) -> None:
+    pair = Pair(engine, pki, answer=403)
+    pair.run(lambda: pair.link.failure is not None)
+    assert pair.link.failure is not None
+    assert pair.link.failure.startswith("the relay refused the CONNECT-IP request")
+    assert "403" in pair.link.failure
+    assert pair.link.close_info is None and not pair.link.ready
+    assert pair.link.send_packets([packet(1)]) == []
+    assert pair.metrics.drops["not_connected"] == 1
+
+
+def test_a_session_the_relay_ends_closes_the_connection(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.relay.close_session(pair.stream_id)
+    pair.run(lambda: pair.link.failure is not None)
+    assert pair.link.failure == "the relay ended the CONNECT-IP stream"
+    assert pair.link.quic.closed
+    pair.run(lambda: any(isinstance(e, ConnectionClosed) for e in pair.events))
+    closed = next(e for e in pair.events if isinstance(e, ConnectionClosed))
+    assert closed.by_peer and closed.error_code == H3_REQUEST_CANCELLED
+
+
+def test_a_connection_the_relay_closes_is_recorded_with_its_certificate(
+    engine: str, pki: Path
+) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.server.close(0, "relay shutting down")
+    pair.run(lambda: pair.link.close_info is not None)
+    close = pair.link.close_info
+    assert close is not None
+    assert (close.error_code, close.reason, close.by_peer) == (0, "relay shutting down", True)
+    assert close.handshake_done
+    assert close.peer_certificate is not None
+    assert pair.link.failure == "relay shutting down"
+
+
+def test_closing_the_link_ends_the_session_and_the_connection(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.link.close("agent stopping")
+    pair.link.close("twice is harmless")
+    pair.run(lambda: any(isinstance(e, ConnectionClosed) for e in pair.events))
+    closed = next(e for e in pair.events if isinstance(e, ConnectionClosed))
+    assert closed.by_peer and closed.reason == "agent stopping"
+    assert any(isinstance(e, SessionClosed) for e in pair.events)
