@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from ipaddress import ip_network
 from typing import Any, cast
 
 import pytest
@@ -19,9 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from zgate_proto.capsules import AddressAssign, AssignedAddress, CapsuleDecoder
 from zgate_proto.engines.base import (
+    DatagramReceived,
     QuicConn,
     QuicEvent,
+    SendStatus,
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
@@ -36,6 +40,13 @@ from zgate_proto.http3 import (
     StreamWasReset,
 )
 from zgate_proto.request import build_connect_ip_request
+from zgate_proto.session import (
+    PacketMode,
+    PacketReceived,
+    ServerConnection,
+    ServerEvent,
+    SessionRequested,
+)
 
 ADDR = ("127.0.0.1", 4433)
 RESPONSE = [(b":status", b"200"), (b"capsule-protocol", b"?1"), (b"x-long", b"v" * 300)]
@@ -86,8 +97,20 @@ class RawAioquic:
     def close(self, error_code: int = 0, reason: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason)
 
+    # ---- for the session layer
+    max_datagram_payload = 1000  # ample for the packets sent here
+
+    def send_datagram(self, payload: bytes) -> SendStatus:
+        self.quic.send_datagram_frame(payload)
+        return SendStatus.SENT
+
+    def stream_backlog(self, stream_id: int) -> int:
+        return 0
+
     @staticmethod
     def translate(event: quic_events.QuicEvent) -> QuicEvent | None:
+        if isinstance(event, quic_events.DatagramFrameReceived):
+            return DatagramReceived(event.data)
         if isinstance(event, quic_events.StreamDataReceived):
             return StreamDataReceived(event.stream_id, event.data, event.end_stream)
         if isinstance(event, quic_events.StreamReset):
@@ -127,6 +150,23 @@ class Interop:
         self.theirs_events: list[aioquic_events.H3Event] = []
         # enable_webtransport makes aioquic offer H3_DATAGRAM as well (it ignores the rest).
         self.theirs = aioquic_h3.H3Connection(self.theirs_quic, enable_webtransport=True)
+        #: Set for a session-level test: our ServerConnection instead of a bare H3Connection.
+        self.relay: ServerConnection | None = None
+        self.relay_events: list[ServerEvent] = []
+
+    def _relay_events(self) -> None:
+        assert self.relay is not None
+        while (event := self.ours_quic.next_event()) is not None:
+            translated = RawAioquic.translate(event)
+            if translated is None:
+                continue
+            for out in self.relay.receive(translated):
+                self.relay_events.append(out)
+                if isinstance(out, SessionRequested):
+                    assign = AddressAssign((AssignedAddress(0, ip_network("10.100.0.2/32")),))
+                    self.relay.accept(out.stream_id, out.mode, [assign])
+        while (event := self.theirs_quic.next_event()) is not None:
+            self.theirs_events += self.theirs.handle_event(event)
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         for _ in range(200):
@@ -158,6 +198,9 @@ class Interop:
         return True
 
     def _events(self) -> None:
+        if self.relay is not None:
+            self._relay_events()
+            return
         while (event := self.ours_quic.next_event()) is not None:
             if isinstance(event, quic_events.HandshakeCompleted) and self.ours is None:
                 self.ours = H3Connection(cast(QuicConn, self.raw), is_client=self.ours_is_client)
@@ -260,3 +303,37 @@ def test_aioquic_closes_on_our_protocol_error_with_the_right_code(ours_is_client
     net.run(lambda: net.theirs_quic._close_event is not None)
     assert net.theirs_quic._close_event is not None
     assert net.theirs_quic._close_event.error_code == 0x105
+
+
+def test_an_aioquic_client_opens_a_session_on_our_relay_and_datagrams_flow() -> None:
+    # The HTTP datagram framing (quarter stream ID, context ID) against an independent
+    # implementation: aioquic's H3Connection.send_datagram and its DatagramReceived.
+    net = Interop(ours_is_client=False)
+    net.run(lambda: net.theirs_quic._handshake_complete)
+    net.relay = ServerConnection(cast(QuicConn, net.raw))
+    net.run()
+    # Two sessions, so that the second's quarter stream ID (1) differs from its stream ID (4).
+    for _ in range(2):
+        sid = net.theirs_quic.get_next_available_stream_id()
+        net.theirs.send_headers(sid, build_connect_ip_request("localhost"))
+    assert sid == 4
+    net.run(lambda: len(net.theirs_got(aioquic_events.DataReceived)) == 2)
+
+    requested = [e for e in net.relay_events if isinstance(e, SessionRequested)]
+    assert [(e.stream_id, e.mode) for e in requested] == [
+        (0, PacketMode.DATAGRAM),
+        (4, PacketMode.DATAGRAM),
+    ]
+    for response in net.theirs_got(aioquic_events.HeadersReceived):
+        assert (b":status", b"200") in response.headers
+    data = [e.data for e in net.theirs_got(aioquic_events.DataReceived) if e.stream_id == sid]
+    capsules = CapsuleDecoder().feed(b"".join(data))
+    assert capsules == [AddressAssign((AssignedAddress(0, ip_network("10.100.0.2/32")),))]
+
+    net.theirs.send_datagram(sid, b"\x00" + b"packet up")
+    assert net.relay.send_packet(sid, b"packet down") is SendStatus.SENT
+    net.run(lambda: bool(net.theirs_got(aioquic_events.DatagramReceived)))
+    net.run()
+    assert PacketReceived(sid, b"packet up") in net.relay_events
+    [down] = net.theirs_got(aioquic_events.DatagramReceived)
+    assert (down.stream_id, down.data) == (sid, b"\x00" + b"packet down")
