@@ -18,6 +18,7 @@ from zgate_agent.settings import AgentSettings
 from zgate_host.httpd import serve_status
 from zgate_host.settings import SettingsError, load_settings
 from zgate_proto.capsules import IPAddressRange
+from zgate_proto.engines import DEFAULT_ENGINE
 
 ALL4 = IPAddressRange(ipaddress.IPv4Address(0), ipaddress.IPv4Address(2**32 - 1), 0)
 ALL6 = IPAddressRange(ipaddress.IPv6Address(0), ipaddress.IPv6Address(2**128 - 1), 0)
@@ -144,3 +145,32 @@ def test_certificate_files_default_to_the_state_dir_not_the_working_directory(
     )
     given = AgentSettings(state_dir=state, ca=Path("/etc/zgate/ca.pem"))
     assert given.ca == Path("/etc/zgate/ca.pem") and given.key == state / "agent.key"
+
+
+def test_quic_engine_from_flag_env_or_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert AgentSettings().quic_engine == DEFAULT_ENGINE
+    config = tmp_path / "agent.yaml"
+    config.write_text("quic_engine: qh3\n")
+    assert load_settings(AgentSettings, config, {}).quic_engine == "qh3"
+    monkeypatch.setenv("ZGATE_AGENT_QUIC_ENGINE", "aioquic")
+    assert load_settings(AgentSettings, config, {}).quic_engine == "aioquic"
+    args = build_parser().parse_args(["up", "--quic-engine", "qh3"])
+    assert load_settings(AgentSettings, config, {"quic_engine": args.quic_engine}).quic_engine == (
+        "qh3"
+    )
+    with pytest.raises(SettingsError, match="quic_engine"):
+        load_settings(AgentSettings, None, {"quic_engine": "picoquic"})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--quic-engine", "picoquic"])
+    assert "invalid choice: 'picoquic'" in capsys.readouterr().err
+
+
+def test_up_help_explains_the_quic_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["up", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--quic-engine {aioquic,qh3}" in text
+    assert "aioquic (pure Python) or qh3 (its QUIC core compiled" in text
+    assert f"[{DEFAULT_ENGINE}]" in text

@@ -255,3 +255,17 @@ def test_connector_files_default_to_its_own_state_dir(tmp_path: Path) -> None:
     assert settings.ca == settings.state_dir / "ca.pem"
     moved = ConnectorSettings(relays=["relay:4433"], site=["192.168.50.0/24"], state_dir=tmp_path)
     assert moved.key == tmp_path / "connector.key"
+
+
+def test_the_connectors_quic_engine_from_env_or_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = {"site": ["192.168.50.0/24"]}
+    monkeypatch.setenv("ZGATE_CONNECTOR_QUIC_ENGINE", "qh3")
+    assert load_settings(ConnectorSettings, None, site).quic_engine == "qh3"
+    assert load_settings(
+        ConnectorSettings, None, {**site, "quic_engine": "aioquic"}
+    ).quic_engine == ("aioquic")
+    with pytest.raises(SystemExit):
+        main(["up", "--help"])
+    assert "--quic-engine {aioquic,qh3}" in capsys.readouterr().out
