@@ -119,9 +119,17 @@ def test_no_stream_input_raises_out_of_http3(
     assert h3.closed == bool(closes)
 
 
+def client_control_stream() -> bytes:
+    """What a client's HTTP/3 layer first sends on its control stream (SETTINGS)."""
+    quic = MemoryQuicConn(True)
+    H3Connection(quic, is_client=True)
+    return quic.outbox[0].data  # type: ignore[union-attr]
+
+
 def open_server() -> tuple[ServerConnection, int]:
     quic = MemoryQuicConn(False)
     server = ServerConnection(quic)
+    assert server.receive(StreamDataReceived(2, client_control_stream(), False)) == []
     out = server.receive(StreamDataReceived(0, header_block(REQUEST), False))
     [requested] = out
     assert isinstance(requested, SessionRequested)

@@ -30,6 +30,7 @@ from zgate_proto.session import (
     PacketMode,
     PacketReceived,
     RequestRejected,
+    ServerConnection,
     ServerSessionState,
     SessionAccepted,
     SessionClosed,
@@ -40,7 +41,7 @@ from zgate_proto.session import (
 from zgate_proto.varint import encode_varint
 
 sys.path.insert(0, str(Path(__file__).parent))  # the in-memory links live beside this file
-from test_proto_http3_memquic import Link, MemoryLink, MemoryQuicConn, _Stop, memory_pair
+from test_proto_http3_memquic import Link, MemoryLink, MemoryQuicConn, _Stop, _Stream, memory_pair
 from test_proto_session import ASSIGN, LINKS, ROUTES, Peers, ipv4_packet, link, pki
 
 __all__ = ["link", "pki"]  # fixtures, imported for pytest
@@ -570,3 +571,50 @@ def test_a_session_closed_by_the_relay_ignores_what_still_arrives() -> None:
     assert not peers.server_got(PacketReceived) and not peers.server_got(SessionClosed)
     assert peers.srv.state(sid) is ServerSessionState.CLOSED
     assert peers.srv.session_ids == ()
+
+
+def client_streams_first(peers: Peers, stream_id: int) -> None:
+    """Deliver what the client has for ``stream_id`` ahead of the rest (a lost packet)."""
+    quic = peers.link.client
+    assert isinstance(quic, MemoryQuicConn)
+    first = [f for f in quic.outbox if isinstance(f, _Stream) and f.stream_id == stream_id]
+    quic.outbox = first + [f for f in quic.outbox if f not in first]
+
+
+def test_a_request_that_overtakes_the_clients_settings_waits_for_them() -> None:
+    client, server = memory_pair()
+    link = MemoryLink(client, server)
+    # The server's SETTINGS reach the client; the client's control stream is held back.
+    peers = Peers(link)
+    client.hold_streams = True
+    peers.run()
+    client.hold_streams = False
+    assert peers.client.state is ClientState.REQUESTED
+    client_streams_first(peers, peers.client.stream_id)
+    frames = client.take()
+    request, rest = frames[:1], frames[1:]
+    for frame in request:
+        server.arrive(frame, None)
+    peers.collect()
+    assert not peers.server_got(SessionRequested)  # parked until the SETTINGS come
+    for frame in rest:
+        server.arrive(frame, None)
+    peers.collect()
+    [requested] = peers.server_got(SessionRequested)
+    assert requested.mode is PacketMode.DATAGRAM
+    peers.open()
+    assert peers.client.mode is PacketMode.DATAGRAM and peers.client.ready
+
+
+def test_a_client_that_never_sends_settings_gets_stream_mode_after_a_while() -> None:
+    quic = MemoryQuicConn(False)
+    relay = ServerConnection(quic)
+    head = MemoryQuicConn(True)
+    H3Connection(head, is_client=True).send_headers(0, build_connect_ip_request("relay.example"))
+    request = head.outbox[-1]
+    assert isinstance(request, _Stream)
+    assert relay.receive(StreamDataReceived(0, request.data, False)) == []
+    filler = encode_frame(FrameType.DATA, encode_raw_capsule(0x29, bytes(70_000)))
+    events = relay.receive(StreamDataReceived(0, filler, False))
+    assert [type(e) for e in events] == [SessionRequested]
+    assert events[0].mode is PacketMode.STREAM  # type: ignore[union-attr]

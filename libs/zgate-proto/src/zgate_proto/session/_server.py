@@ -30,6 +30,7 @@ from zgate_proto.http3 import (
     H3Event,
     HeadersReceived,
     SendingStopped,
+    SettingsReceived,
     StreamWasReset,
 )
 from zgate_proto.request import parse_connect_ip_request, response_headers
@@ -62,6 +63,9 @@ from zgate_proto.session._wire import (
 )
 
 __all__ = ["ServerConnection", "ServerSessionState"]
+
+#: Bytes of request streams held back while the client's SETTINGS are late, at most.
+_MAX_PARKED: Final = 64 * 1024
 
 
 class ServerSessionState(enum.Enum):
@@ -128,6 +132,11 @@ class ServerConnection:
         self._max_backlog = max_stream_backlog
         self._sessions: dict[int, _ServerSession] = {}
         self._terminated = False
+        # Request-stream events that came before the client's SETTINGS, whose
+        # SETTINGS_H3_DATAGRAM the mode depends on (a lost packet can hold the control
+        # stream back); replayed when they come, or at once past _MAX_PARKED bytes.
+        self._parked: list[H3Event] | None = []
+        self._parked_bytes = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -275,8 +284,27 @@ class ServerConnection:
             return self._connection_terminated(event)
         out: list[ServerEvent] = []
         for h3_event in self._h3.handle_event(event):
-            self._h3_event(h3_event, out)
+            if self._parked is None:
+                self._h3_event(h3_event, out)
+            elif isinstance(h3_event, SettingsReceived):
+                self._unpark(out)
+            else:
+                self._park(h3_event, out)
         return out
+
+    def _park(self, event: H3Event, out: list[ServerEvent]) -> None:
+        parked = self._parked
+        assert parked is not None
+        parked.append(event)
+        if isinstance(event, DataReceived | HeadersReceived):
+            self._parked_bytes += len(event.data) if isinstance(event, DataReceived) else 256
+        if self._parked_bytes > _MAX_PARKED:
+            self._unpark(out)  # waited long enough: the mode will be STREAM
+
+    def _unpark(self, out: list[ServerEvent]) -> None:
+        parked, self._parked = self._parked or [], None
+        for event in parked:
+            self._h3_event(event, out)
 
     def _datagram(self, data: bytes) -> PacketDropped | PacketReceived:
         # The common case (a low stream ID, context ID 0) without a call.
