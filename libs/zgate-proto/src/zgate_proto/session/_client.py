@@ -98,6 +98,8 @@ class ClientSession:
     STREAM one when the relay offers no HTTP datagrams. The mode the relay answers with is
     the one used. ``target``, ``ipproto`` and ``template`` scope the request (RFC 9484
     §4.6); the request is built at once, so a bad authority raises ProtoError here.
+    ``datagrams=False``: our QUIC connection takes no DATAGRAM frames, so HTTP datagrams
+    are not offered (RFC 9297 §2.1.1) and the relay answers in STREAM mode.
     """
 
     def __init__(
