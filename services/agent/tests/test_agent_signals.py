@@ -21,6 +21,7 @@ from zgate_needs import skip_or_fail
 
 from zgate_lab.lab import Lab, have_tools
 from zgate_pki import init_pki, issue_certificate
+from zgate_proto.engines import ENGINES
 
 AGENT = Path(sys.executable).parent / "zgate-agent"
 BOUND = 1.0  # seconds from the signal to the process's exit
@@ -154,18 +155,20 @@ def test_a_signal_ends_the_agent_within_a_second(
         assert down["retry_in_seconds"] >= 15
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_a_connected_agent_within_a_second(
-    sig: signal.Signals, tmp_path: Path
+    sig: signal.Signals, engine: str, tmp_path: Path
 ) -> None:
     """A connected agent in the lab's namespaces (real relay, TUN device, routes): it
     closes the session, removes its routes and its TUN device, and says so."""
-    lab = Lab(tag=f"sg{os.getpid() % 10000}{sig.value}", workdir=tmp_path / "lab")
+    lab = Lab(tag=f"sg{os.getpid() % 10000}{sig.value}{engine[0]}", workdir=tmp_path / "lab")
     try:
         lab.build(agents=1)
         lab.make_pki(clients=("agent1",))
         lab.start_relay()
-        agent = lab.start_agent(1, extra=["--no-dns"] if _has_dns_flags() else [])
+        extra = ["--no-dns"] if _has_dns_flags() else []
+        agent = lab.start_agent(1, extra=[*extra, "--quic-engine", engine])
         routes = lab.ns(lab.agent_ns(1), "ip", "route", "show", "dev", "ztun0").stdout
         assert routes.strip(), "the agent routes through its TUN device"
         sent = time.monotonic()
