@@ -78,3 +78,34 @@ def test_without_net_admin_it_says_what_it_needs(tmp_path: Path) -> None:
     assert "CAP_NET_ADMIN" in proc.stderr
     assert not (tmp_path / "state").exists()  # refused before it wrote anything
     assert "Traceback" not in proc.stderr
+
+
+def test_quic_engine_from_yaml_env_and_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zgate_host.settings import load_settings
+    from zgate_proto.engines import DEFAULT_ENGINE
+    from zgate_relay.cli import build_parser
+    from zgate_relay.settings import RelaySettings
+
+    assert load_settings(RelaySettings, None, {}).quic_engine == DEFAULT_ENGINE
+    config = tmp_path / "relay.yaml"
+    config.write_text("quic_engine: qh3\n")
+    assert load_settings(RelaySettings, config, {}).quic_engine == "qh3"
+    monkeypatch.setenv("ZGATE_RELAY_QUIC_ENGINE", "aioquic")
+    assert load_settings(RelaySettings, config, {}).quic_engine == "aioquic"
+    flags = vars(build_parser().parse_args(["--quic-engine", "qh3"]))
+    flags = {k: v for k, v in flags.items() if k not in ("config", "debug")}
+    assert load_settings(RelaySettings, config, flags).quic_engine == "qh3"
+
+
+def test_unknown_quic_engine_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "relay.yaml"
+    config.write_text("quic_engine: msquic\n")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "quic_engine" in err and "msquic" in err
+    with pytest.raises(SystemExit):
+        main(["--quic-engine", "msquic"])

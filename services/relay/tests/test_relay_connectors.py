@@ -1,16 +1,27 @@
 """Connector sessions in one process over loopback QUIC: advertised routes installed or
 refused, agents' packets for a site carried to a connector and back, and failover between
-two connectors of one site. (The connector here is an agent with a connector certificate
-that advertises its site itself; the connector service drives the same session.)"""
+two connectors of one site; once per QUIC engine of the relay. (A connector here is a
+RawClient — an engine and the session core — with a connector certificate that advertises
+its site itself; the connector service drives the same session.)"""
 
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from zgate_lab.harness import AgentUnderTest, make_pki, running_relay, start_agent, udp4, until
+from zgate_lab.harness import (
+    QUIC_ENGINES,
+    RawClient,
+    RelayUnderTest,
+    make_pki,
+    running_relay,
+    start_agent,
+    udp4,
+    until,
+)
 from zgate_pki import issue_certificate
 from zgate_proto.capsules import RouteAdvertisement
 from zgate_relay.session import routes_for
@@ -18,6 +29,12 @@ from zgate_relay.sites import SiteRoutes
 
 SITE = "192.168.50.0/24"
 HOST = "192.168.50.10"
+
+
+@pytest.fixture(params=QUIC_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -34,12 +51,20 @@ def pki(tmp_path: Path) -> Path:
     return directory
 
 
-def advertise(connector: AgentUnderTest, *prefixes: str) -> None:
-    protocol = connector.agent._protocol
-    assert protocol is not None and protocol.stream is not None
+def advertise(connector: RawClient, *prefixes: str) -> None:
     ranges = routes_for([ipaddress.ip_network(p) for p in prefixes])
-    protocol.stream.send_capsules([RouteAdvertisement(ranges)])
-    protocol.transmit()
+    connector.send_capsules([RouteAdvertisement(ranges)])
+
+
+async def start_connector(
+    relay: RelayUnderTest, ident: str, keepalive: float | None = None
+) -> RawClient:
+    return await RawClient(relay, ident, keepalive=keepalive).start()
+
+
+def routes_up(relay: RelayUnderTest, ident: str) -> bool:
+    """Whether connector ``ident`` has a live session with routes installed."""
+    return bool(relay.metrics.connector_sessions.labels(ident)._value.get() == 1)
 
 
 def sites() -> SiteRoutes:
@@ -47,15 +72,13 @@ def sites() -> SiteRoutes:
     return SiteRoutes({"site-a": allowed, "site-a-2": allowed})
 
 
-async def test_site_traffic_goes_through_the_connector_and_back(pki: Path) -> None:
-    async with running_relay(pki, sites=sites()) as relay:
-        connector = await start_agent(relay, "site-a")
+async def test_site_traffic_goes_through_the_connector_and_back(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine, sites=sites()) as relay:
+        connector = await start_connector(relay, "site-a")
         alice = await start_agent(relay, "alice")
         try:
             # The connector is told the agents' pool, not "everything".
-            protocol = connector.agent._protocol
-            assert protocol is not None
-            assert {str(n) for r in protocol.routes for n in r.networks()} == {
+            assert {str(n) for r in connector.session.routes for n in r.networks()} == {
                 "10.100.0.0/16",
                 "fd7a:7a67::/64",
             }
@@ -64,10 +87,10 @@ async def test_site_traffic_goes_through_the_connector_and_back(pki: Path) -> No
             await until(lambda: metric._value.get() == 1, what="the site's routes")
             out = udp4(alice.address4, HOST, b"to the wiki")
             alice.device.inject(out)
-            got = await connector.device.received(timeout=5)
+            got = await connector.received(timeout=5)
             assert got[16:20] == ipaddress.ip_address(HOST).packed and got.endswith(b"wiki")
             back = udp4(HOST, alice.address4, b"from the wiki", sport=7, dport=40000)
-            connector.device.inject(back)
+            connector.send_packet(back)
             assert (await alice.device.received(timeout=5)).endswith(b"from the wiki")
             assert relay.egress.drain() == []  # nothing went to the internet
         finally:
@@ -79,9 +102,9 @@ async def test_site_traffic_goes_through_the_connector_and_back(pki: Path) -> No
         )
 
 
-async def test_prefixes_outside_the_allowance_are_refused(pki: Path) -> None:
-    async with running_relay(pki, sites=sites()) as relay:
-        rogue = await start_agent(relay, "rogue")
+async def test_prefixes_outside_the_allowance_are_refused(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine, sites=sites()) as relay:
+        rogue = await start_connector(relay, "rogue")
         alice = await start_agent(relay, "alice")
         try:
             advertise(rogue, SITE, "10.0.0.0/8")
@@ -91,31 +114,30 @@ async def test_prefixes_outside_the_allowance_are_refused(pki: Path) -> None:
             # connector, nor to the internet.
             alice.device.inject(udp4(alice.address4, HOST, b"x"))
             await until(lambda: relay.metrics.drops["no_connector"] == 1, what="the drop")
-            assert rogue.device.drain() == [] and relay.egress.drain() == []
+            assert rogue.drain() == [] and relay.egress.drain() == []
         finally:
             await alice.stop()
             await rogue.stop()
 
 
-async def test_flows_move_to_the_surviving_connector(pki: Path) -> None:
-    async with running_relay(pki, sites=sites()) as relay:
-        one = await start_agent(relay, "site-a")
-        two = await start_agent(relay, "site-a-2")
+async def test_flows_move_to_the_surviving_connector(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine, sites=sites()) as relay:
+        one = await start_connector(relay, "site-a")
+        two = await start_connector(relay, "site-a-2")
         alice = await start_agent(relay, "alice")
         try:
             advertise(one, SITE)
             advertise(two, SITE)
             for ident in ("site-a", "site-a-2"):
-                gauge = relay.metrics.connector_sessions.labels(ident)
-                await until(lambda g=gauge: g._value.get() == 1, what=f"{ident}'s routes")
+                await until(partial(routes_up, relay, ident), what=f"{ident}'s routes")
             ports = range(41000, 41040)
             for port in ports:
                 alice.device.inject(udp4(alice.address4, HOST, b"p%d" % port, sport=port))
             first: dict[int, str] = {}
 
             def collect() -> bool:
-                for name, device in (("one", one.device), ("two", two.device)):
-                    for packet in device.drain():
+                for name, client in (("one", one), ("two", two)):
+                    for packet in client.drain():
                         first[int.from_bytes(packet[20:22], "big")] = name
                 return len(first) == len(ports)
 
@@ -130,7 +152,7 @@ async def test_flows_move_to_the_surviving_connector(pki: Path) -> None:
                 alice.device.inject(udp4(alice.address4, HOST, b"again", sport=port))
             moved = 0
             while moved < len(ports):
-                packet = await two.device.received(timeout=5)
+                packet = await two.received(timeout=5)
                 moved += 1
                 assert packet.endswith(b"again")
         finally:
@@ -138,11 +160,11 @@ async def test_flows_move_to_the_surviving_connector(pki: Path) -> None:
             await two.stop()
 
 
-async def test_a_silent_connector_is_failed_over_after_its_deadline(pki: Path) -> None:
-    async with running_relay(pki, sites=sites(), connector_deadline=0.5) as relay:
+async def test_a_silent_connector_is_failed_over_after_its_deadline(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine, sites=sites(), connector_deadline=0.5) as relay:
         # Connectors ping often enough for the deadline (the connector service: every 1 s).
-        one = await start_agent(relay, "site-a", keepalive=0.1)
-        two = await start_agent(relay, "site-a-2", keepalive=0.1)
+        one = await start_connector(relay, "site-a", keepalive=0.1)
+        two = await start_connector(relay, "site-a-2", keepalive=0.1)
         alice = await start_agent(relay, "alice")
         try:
             advertise(one, SITE)
@@ -151,22 +173,19 @@ async def test_a_silent_connector_is_failed_over_after_its_deadline(pki: Path) -
             gauge_two = relay.metrics.connector_sessions.labels("site-a-2")
             await until(lambda: gauge_one._value.get() == gauge_two._value.get() == 1)
             # Connector one stops sending anything (a crashed host, a cut cable).
-            protocol = one.agent._protocol
-            assert protocol is not None
-            silenced = protocol.transmit
-            protocol.transmit = lambda: None  # type: ignore[method-assign]
+            one.silent = True
 
             def failed_over() -> bool:
                 relay.server.tick()  # the relay's once-a-second housekeeping
-                return gauge_one._value.get() == 0
+                return bool(gauge_one._value.get() == 0)
 
             await until(failed_over, what="connector one to be declared silent")
             assert gauge_two._value.get() == 1
             for port in range(42000, 42020):
                 alice.device.inject(udp4(alice.address4, HOST, b"after", sport=port))
             for _ in range(20):
-                assert (await two.device.received(timeout=5)).endswith(b"after")
-            protocol.transmit = silenced  # type: ignore[method-assign]
+                assert (await two.received(timeout=5)).endswith(b"after")
+            one.silent = False
         finally:
             await alice.stop()
             await two.stop()

@@ -1,4 +1,6 @@
-"""Agent and relay in one process over loopback QUIC, in-memory devices for TUN."""
+"""Agent and relay in one process over loopback QUIC, in-memory devices for TUN; once per
+QUIC engine of the relay. Where a test needs a client to misbehave it uses a RawClient (an
+engine and the session core, no agent)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,37 @@ from pathlib import Path
 
 import pytest
 
-from zgate_lab.harness import INTERNET, make_pki, running_relay, start_agent, udp4, until
+from zgate_lab.harness import (
+    INTERNET,
+    QUIC_ENGINES,
+    RawClient,
+    RelayUnderTest,
+    make_pki,
+    running_relay,
+    start_agent,
+    udp4,
+    until,
+)
 from zgate_pki import revoke_certificate
 from zgate_proto.capsules import CapsuleType
-from zgate_proto.h3 import PacketMode
 from zgate_proto.ip import parse_packet
+from zgate_proto.session import ClientState, PacketMode
 from zgate_proto.varint import encode_varint
 
 MODES = [PacketMode.DATAGRAM, PacketMode.STREAM]
+
+
+def status_sessions(relay: RelayUnderTest) -> list[dict[str, object]]:
+    """The sessions of the relay's /status snapshot."""
+    sessions = relay.server.status()["sessions"]
+    assert isinstance(sessions, list)
+    return sessions
+
+
+@pytest.fixture(params=QUIC_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -24,8 +49,8 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_packets_cross_the_tunnel_both_ways(pki: Path, mode: PacketMode) -> None:
-    async with running_relay(pki) as relay:
+async def test_packets_cross_the_tunnel_both_ways(pki: Path, engine: str, mode: PacketMode) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         agent = await start_agent(relay, "alice", mode)
         try:
             assert agent.agent.mode is mode
@@ -39,17 +64,17 @@ async def test_packets_cross_the_tunnel_both_ways(pki: Path, mode: PacketMode) -
             assert await agent.device.received(timeout=5) == back
             assert relay.metrics.packets["from_agent"] == 1
             assert relay.metrics.packets["to_agent"] == 1
-            sessions = relay.server.status()["sessions"]
-            assert [s["client"] for s in sessions] == ["client/alice"]  # type: ignore[index]
-            assert sessions[0]["mode"] == mode.value  # type: ignore[index]
+            sessions = status_sessions(relay)
+            assert [s["client"] for s in sessions] == ["client/alice"]
+            assert sessions[0]["mode"] == mode.value
         finally:
             await agent.stop()
         await until(lambda: relay.server.sessions == [], what="the session to close")
         assert relay.metrics.sessions._value.get() == 0
 
 
-async def test_spoofed_source_is_dropped_and_counted(pki: Path) -> None:
-    async with running_relay(pki) as relay:
+async def test_spoofed_source_is_dropped_and_counted(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         agent = await start_agent(relay, "alice")
         try:
             agent.device.inject(udp4("10.100.77.77", str(INTERNET), b"spoofed"))
@@ -62,8 +87,8 @@ async def test_spoofed_source_is_dropped_and_counted(pki: Path) -> None:
             await agent.stop()
 
 
-async def test_twenty_sessions_at_once_are_routed_to_each_other(pki: Path) -> None:
-    async with running_relay(pki) as relay:
+async def test_twenty_sessions_at_once_are_routed_to_each_other(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         agents = [await start_agent(relay, f"c{i}", MODES[i % 2]) for i in range(20)]
         try:
             addresses = [a.address4 for a in agents]
@@ -84,63 +109,55 @@ async def test_twenty_sessions_at_once_are_routed_to_each_other(pki: Path) -> No
                 await a.stop()
 
 
-async def test_malformed_capsule_ends_only_that_session(pki: Path) -> None:
-    async with running_relay(pki) as relay:
+async def test_malformed_capsule_ends_only_that_session(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         good = await start_agent(relay, "alice", PacketMode.STREAM)
-        bad = await start_agent(relay, "bob", PacketMode.STREAM, backoff_initial=30, backoff_max=30)
+        bad = await RawClient(relay, "bob", PacketMode.STREAM).start()
         try:
-            protocol = bad.agent._protocol
-            assert protocol is not None and protocol.stream is not None
             # A DATAGRAM capsule whose declared length is far beyond the relay's maximum.
             oversized = encode_varint(CapsuleType.DATAGRAM) + encode_varint(1 << 30) + b"\x00"
-            protocol.h3.send_data(protocol.stream.stream_id, oversized, end_stream=False)
-            protocol.transmit()
-            await asyncio.wait_for(protocol.terminated.wait(), 10)
+            bad.session.h3.send_data(bad.session.stream_id, oversized)
+            bad.wake()
+            await until(lambda: bad.session.state is ClientState.CLOSED, what="bob's end")
             assert relay.metrics.session_errors._value.get() == 1
             # The other session is untouched.
             out = udp4(good.address4, str(INTERNET), b"still here")
             good.device.inject(out)
             assert await relay.egress.received(timeout=5) == out
-            assert [s["client"] for s in relay.server.status()["sessions"]] == [  # type: ignore[index]
-                "client/alice"
-            ]
+            assert [s["client"] for s in status_sessions(relay)] == ["client/alice"]
         finally:
             await good.stop()
             await bad.stop()
 
 
-async def test_garbage_datagrams_are_dropped_and_counted(pki: Path) -> None:
-    async with running_relay(pki) as relay:
-        agent = await start_agent(relay, "alice")
+async def test_garbage_datagrams_are_dropped_and_counted(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
+        client = await RawClient(relay, "alice").start()
         try:
-            protocol = agent.agent._protocol
-            assert protocol is not None and protocol.stream is not None
-            quarter = protocol.stream.stream_id // 4
-            quic = protocol._quic
-            quic.send_datagram_frame(encode_varint(quarter) + b"\x05junk")  # context 5
-            quic.send_datagram_frame(encode_varint(quarter + 100) + b"\x00junk")  # no such stream
-            quic.send_datagram_frame(encode_varint(quarter) + b"\x00\x99garbage")  # not IP
-            protocol.transmit()
-            out = udp4(agent.address4, str(INTERNET), b"after garbage")
-            agent.device.inject(out)
+            quarter = client.session.stream_id // 4
+            quic = client.quic
+            quic.send_datagram(encode_varint(quarter) + b"\x05junk")  # context 5
+            quic.send_datagram(encode_varint(quarter + 100) + b"\x00junk")  # no such stream
+            quic.send_datagram(encode_varint(quarter) + b"\x00\x99garbage")  # not IP
+            client.wake()
+            out = udp4(client.address4, str(INTERNET), b"after garbage")
+            client.send_packet(out)
             assert await relay.egress.received(timeout=5) == out
             drops = relay.metrics.drops
             assert drops["unknown_context"] == 1
             assert drops["unknown_stream"] == 1
             assert drops["malformed_packet"] == 1
         finally:
-            await agent.stop()
+            await client.stop()
 
 
-async def test_revoked_client_is_disconnected_and_refused(pki: Path) -> None:
-    async with running_relay(pki) as relay:
+async def test_revoked_client_is_disconnected_and_refused(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         agent = await start_agent(relay, "alice")
         try:
-            protocol = agent.agent._protocol
-            assert protocol is not None
             revoke_certificate(pki, "alice")
             assert relay.server.check_revocations() == 1
-            await asyncio.wait_for(protocol.terminated.wait(), 10)
+            await until(lambda: relay.server.sessions == [], what="the session to end")
             assert relay.metrics.refusals["revoked"]._value.get() >= 1
             # It cannot come back: its next handshakes are refused as revoked.
             before = relay.metrics.refusals["revoked"]._value.get()
@@ -156,13 +173,13 @@ async def test_revoked_client_is_disconnected_and_refused(pki: Path) -> None:
             await agent.stop()
 
 
-async def test_agent_reconnects_after_relay_restart(pki: Path) -> None:
-    async with running_relay(pki) as relay:
+async def test_agent_reconnects_after_relay_restart(pki: Path, engine: str) -> None:
+    async with running_relay(pki, engine=engine) as relay:
         port = relay.port
         agent = await start_agent(relay, "alice")
     try:
         # The relay is gone; start a new one on the same port.
-        async with running_relay(pki, port=port) as relay2:
+        async with running_relay(pki, port=port, engine=engine) as relay2:
             assert relay2.server is not relay.server
             await asyncio.wait_for(_reconnected(agent), 30)
             out = udp4(agent.address4, str(INTERNET), b"again")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,18 +25,25 @@ from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
+from zgate_host.pump import Pump
 from zgate_pki import ChainVerifier, init_pki, issue_certificate
 from zgate_policy import CompiledPolicy, load_and_compile
 from zgate_policy.flows import FlowTable
-from zgate_proto.h3 import PacketMode
+from zgate_proto.capsules import Capsule
+from zgate_proto.engines import DEFAULT_ENGINE, ENGINES, get_engine
+from zgate_proto.engines.base import Address, ClientConfig, QuicConn, ServerConfig
 from zgate_proto.ip import ipv4_checksum
+from zgate_proto.session import ClientSession, PacketMode, PacketReceived
+from zgate_relay.core import RelayCore
 from zgate_relay.enforce import Enforcer
 from zgate_relay.metrics import RelayMetrics
-from zgate_relay.mtls import build_server_configuration
 from zgate_relay.pool import AddressPool
-from zgate_relay.server import RelayServer
+from zgate_relay.pump import RelayPump
 
 INTERNET = ipaddress.IPv4Address("203.0.113.10")
+
+#: Every QUIC engine, for tests that run once per engine (``@pytest.fixture(params=...)``).
+QUIC_ENGINES = ENGINES
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10, what: str = "it") -> None:
@@ -147,38 +155,197 @@ def make_pki(directory: Path, clients: list[str]) -> Path:
 
 @dataclass
 class RelayUnderTest:
-    server: RelayServer
+    #: The relay's pump: sessions, status(), check_revocations(), tick(), router, core.
+    server: RelayPump
     egress: MemoryPacketDevice
     metrics: RelayMetrics
     port: int
     pki: Path
+    engine: str = DEFAULT_ENGINE
+
+    @property
+    def core(self) -> RelayCore:
+        """The relay's sans-IO core."""
+        return self.server.core
+
+
+def relay_server_config(pki: Path, **kw: Any) -> ServerConfig:
+    """The relay's QUIC server configuration for a PKI made by :func:`make_pki`."""
+    options: dict[str, Any] = {"max_datagram_size": 1452, **kw}
+    return ServerConfig(
+        cert_file=pki / "relay.pem",
+        key_file=pki / "relay.key",
+        verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
+        **options,
+    )
 
 
 @contextlib.asynccontextmanager
 async def running_relay(
-    pki: Path, port: int = 0, **kwargs: object
+    pki: Path, port: int = 0, *, engine: str = DEFAULT_ENGINE, **kwargs: object
 ) -> AsyncIterator[RelayUnderTest]:
-    """A relay on 127.0.0.1 (random port) with an in-memory egress device."""
+    """A relay on 127.0.0.1 (random port) with an in-memory egress device, on the QUIC
+    ``engine``; ``kwargs`` go to :class:`RelayCore` (sites, connector_deadline, ...)."""
     egress = MemoryPacketDevice("egress-mem")
     metrics = RelayMetrics()
-    server = RelayServer(
-        configuration=build_server_configuration(
-            pki / "relay.pem", pki / "relay.key", max_datagram_size=1452
-        ),
-        verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
+    quic = get_engine(engine)
+    config = relay_server_config(pki)
+    quic.server_context(config)
+    core = RelayCore(
+        engine=quic,
+        config=config,
         pool=AddressPool(
             ipaddress.IPv4Network("10.100.0.0/16"), ipaddress.IPv6Network("fd7a:7a67::/64")
         ),
         metrics=metrics,
-        egress=egress,
+        egress=True,
         **kwargs,  # type: ignore[arg-type]
     )
+    server = RelayPump(core, egress)
     _, port = await server.start("127.0.0.1", port)
     try:
-        yield RelayUnderTest(server, egress, metrics, port, pki)
+        yield RelayUnderTest(server, egress, metrics, port, pki, engine)
     finally:
         await server.close()
         egress.close()
+
+
+class RawClient:
+    """A CONNECT-IP client straight on a QUIC engine and the session core, over loopback
+    UDP: for relay tests that must do what an agent would not (send garbage, fall silent,
+    advertise routes), without reaching into an agent's internals.
+
+    Packets it receives are kept in :attr:`packets`; every other session event in
+    :attr:`events`."""
+
+    def __init__(
+        self,
+        relay: RelayUnderTest,
+        client: str,
+        mode: PacketMode = PacketMode.DATAGRAM,
+        *,
+        engine: str | None = None,
+        keepalive: float | None = None,
+    ) -> None:
+        self.relay = relay
+        self.client = client
+        self.mode = mode
+        self.engine = get_engine(engine or relay.engine)
+        self.keepalive = keepalive
+        self.packets: asyncio.Queue[bytes] = asyncio.Queue()
+        self.events: list[object] = []
+        #: While set, nothing is sent (a host that crashed, a cut cable).
+        self.silent = False
+        self._pump: Pump | None = None
+        self._quic: QuicConn | None = None
+        self._session: ClientSession | None = None
+        self._pinger: asyncio.Task[None] | None = None
+
+    @property
+    def quic(self) -> QuicConn:
+        assert self._quic is not None, "start() first"
+        return self._quic
+
+    @property
+    def session(self) -> ClientSession:
+        assert self._session is not None, "start() first"
+        return self._session
+
+    @property
+    def address4(self) -> str:
+        """The tunnel IPv4 address the relay assigned."""
+        return next(str(a.network_address) for a in self.session.addresses if a.version == 4)
+
+    async def start(self, *, wait: bool = True) -> RawClient:
+        """Dial the relay; with ``wait``, until the session is ready."""
+        pki = self.relay.pki
+        folder = pki / "clients"
+        config = ClientConfig(
+            server_name="localhost",
+            ca_file=pki / "ca.pem",
+            cert_file=folder / f"{self.client}.pem",
+            key_file=folder / f"{self.client}.key",
+            max_datagram_size=1452,
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self._pump = pump = Pump(sock, self)
+        self._quic = self.engine.connect(config, ("127.0.0.1", self.relay.port), pump.now)
+        self._session = ClientSession(self._quic, authority="localhost", mode=self.mode)
+        pump.wake()
+        if self.keepalive is not None:
+            self._pinger = asyncio.create_task(self._ping(self.keepalive))
+        if wait:
+            await until(lambda: self.session.ready, what=f"{self.client}'s session")
+        return self
+
+    async def _ping(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.quic.ping()
+            self.wake()
+
+    # The pump's endpoint.
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
+        self.quic.feed(data, addr, now)
+        self._drain()
+
+    def handle_timer(self, now: float) -> None:
+        self.quic.handle_timer(now)
+        self._drain()
+
+    def flush(self, now: float) -> list[tuple[bytes, Address]]:
+        datagrams = self.quic.flush(now)
+        return [] if self.silent else datagrams
+
+    def deadline(self) -> float | None:
+        return self.quic.deadline()
+
+    def _drain(self) -> None:
+        while (event := self.quic.next_event()) is not None:
+            for session_event in self.session.receive(event):
+                if isinstance(session_event, PacketReceived):
+                    self.packets.put_nowait(session_event.packet)
+                else:
+                    self.events.append(session_event)
+
+    def wake(self) -> None:
+        """Send what the connection has to send now."""
+        if self._pump is not None:
+            self._pump.wake()
+
+    def send_packet(self, packet: bytes) -> None:
+        self.session.send_packet(packet)
+        self.wake()
+
+    def send_capsules(self, capsules: list[Capsule]) -> None:
+        self.session.send_capsules(capsules)
+        self.wake()
+
+    async def received(self, timeout: float = 5.0) -> bytes:
+        """The next packet from the relay."""
+        return await asyncio.wait_for(self.packets.get(), timeout)
+
+    def drain(self) -> list[bytes]:
+        """Every packet received and not taken yet."""
+        out = []
+        while not self.packets.empty():
+            out.append(self.packets.get_nowait())
+        return out
+
+    async def stop(self) -> None:
+        """End the session and the connection, and close the socket."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+        if self._pump is not None:
+            self.silent = False
+            self.session.close()
+            self.quic.close(0, "done")
+            self._pump.wake()
+            self._pump.close()
+            self._pump = None
 
 
 @dataclass

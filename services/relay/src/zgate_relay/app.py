@@ -21,17 +21,19 @@ from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, PkiError
 from zgate_policy import PolicyError
 from zgate_policy.flows import FlowTable
+from zgate_proto.engines import get_engine
+from zgate_proto.engines.base import QuicEngine, ServerConfig
 from zgate_relay.audit import AuditLog
+from zgate_relay.core import RelayCore
 from zgate_relay.dns import DnsError, DnsProxy, SuffixUpstreams
 from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
 from zgate_relay.geoip import GeoIP, GeoIPError
 from zgate_relay.metrics import RelayMetrics
-from zgate_relay.mtls import build_server_configuration
 from zgate_relay.policy import PolicyManager
 from zgate_relay.pool import AddressPool
-from zgate_relay.server import RelayServer
+from zgate_relay.pump import RelayPump
 from zgate_relay.settings import RelaySettings
 from zgate_relay.sites import SiteRoutes
 from zgate_relay.startup import StartupError, address_error, check_pki, prepare_state
@@ -129,31 +131,30 @@ async def run_relay(
     except PkiError as exc:
         audit.close()
         raise StartupError(f"{exc} (PKI directory {pki})") from None
+    try:
+        engine, config = _quic_server(settings, verifier)
+    except StartupError:
+        audit.close()
+        raise
     egress = _open_egress(settings, pool) if own_egress else None
     if egress is not None:
         egress_device = egress.device
-    server = RelayServer(
-        configuration=build_server_configuration(
-            pki / "relay.pem",
-            pki / "relay.key",
-            max_datagram_size=settings.max_datagram_size,
-            idle_timeout=settings.idle_timeout,
-        ),
-        verifier=verifier,
+    core = RelayCore(
+        engine=engine,
+        config=config,
         pool=pool,
         metrics=metrics,
-        egress=egress_device,
+        egress=egress_device is not None,
         routes=settings.routes,
-        datagram_queue=settings.datagram_queue,
         max_capsule_size=settings.max_capsule_size,
         enforcer=enforcer if settings.enforce else None,
         audit=audit.emit,
         relay_name=settings.relay_name,
-        udp_offload=settings.udp_offload,
         sites=SiteRoutes(settings.connectors),
         own_addresses=frozenset(g.packed for g in gateways),
         connector_deadline=settings.connector_deadline,
     )
+    server = RelayPump(core, egress_device, udp_offload=settings.udp_offload)
     dns: DnsProxy | None = None
     http = None
     try:
@@ -195,6 +196,32 @@ async def run_relay(
         audit.close(timeout=5)
 
 
+def _quic_server(
+    settings: RelaySettings, verifier: ChainVerifier
+) -> tuple[QuicEngine, ServerConfig]:
+    """The chosen QUIC engine and the relay's server configuration, its certificate
+    loaded once (a certificate the engine cannot use is a start-up error)."""
+    try:
+        engine = get_engine(settings.quic_engine)
+    except ImportError as exc:
+        raise StartupError(f"--quic-engine {settings.quic_engine} cannot be used: {exc}") from None
+    pki = settings.pki
+    config = ServerConfig(
+        cert_file=pki / "relay.pem",
+        key_file=pki / "relay.key",
+        verifier=verifier,
+        idle_timeout=settings.idle_timeout,
+        max_datagram_size=settings.max_datagram_size,
+        datagram_queue=settings.datagram_queue,
+    )
+    try:
+        engine.server_context(config)
+    except PkiError as exc:
+        raise StartupError(f"{exc} (PKI directory {pki})") from None
+    log.info("QUIC engine", extra={"engine": engine.name, "version": engine.version})
+    return engine, config
+
+
 def _open_geoip(settings: RelaySettings) -> GeoIP | None:
     if settings.geoip is None:
         return None
@@ -234,7 +261,7 @@ def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
 
 async def _start_dns(
     settings: RelaySettings,
-    server: RelayServer,
+    server: RelayPump,
     fqdns: FqdnBindings,
     gateways: list[Address],
     metrics: RelayMetrics,
@@ -282,7 +309,7 @@ async def _start_dns(
 
 
 async def _serve_until_stopped(
-    server: RelayServer,
+    server: RelayPump,
     settings: RelaySettings,
     policies: PolicyManager,
     audit: AuditLog,

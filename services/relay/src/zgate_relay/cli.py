@@ -12,6 +12,7 @@ from pathlib import Path
 from zgate_host.errors import HostError
 from zgate_host.logs import configure_logging
 from zgate_host.settings import SettingsError, load_settings
+from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
 from zgate_relay.app import run_relay
 from zgate_relay.settings import RelaySettings
 from zgate_relay.startup import StartupError
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         help="fail instead of creating a development PKI when none exists",
+    )
+    p.add_argument(
+        "--quic-engine",
+        choices=ENGINES,
+        help=f"QUIC implementation [{DEFAULT_ENGINE}]",
     )
     p.add_argument(
         "--max-datagram-size",

@@ -24,6 +24,7 @@ DROP_REASONS = (
     "malformed_packet",  # not a parseable IPv4/IPv6 packet
     "unknown_context",  # HTTP datagram with a context ID other than 0
     "unknown_stream",  # HTTP datagram for a stream that is no CONNECT-IP session
+    "malformed_datagram",  # an HTTP datagram whose context ID cannot be read
     "no_session",  # packet from egress to an address no session holds
     "no_connector",  # to a private site that no live connector serves now
     "multicast",  # multicast from egress (the kernel's MLD/IGMP on the TUN device)

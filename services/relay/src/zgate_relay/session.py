@@ -1,6 +1,7 @@
 """One CONNECT-IP session on the relay (sans-IO): who it is, which addresses it holds,
-what it was told, and its counters. The pump feeds it capsules; the router reads its
-addresses."""
+what it was told, and its counters. The relay core keeps it; the router reads its
+addresses; the session core (:class:`zgate_proto.session.ServerConnection`) carries its
+packets."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from zgate_proto.capsules import (
     RouteAdvertisement,
     normalize_ranges,
 )
-from zgate_proto.h3 import ConnectIpStream
+from zgate_proto.session import PacketMode, ServerConnection
 from zgate_relay.pool import AddressPool, PoolExhausted
 
 __all__ = ["FULL_ROUTES", "RelaySession", "routes_for"]
@@ -41,12 +42,20 @@ def routes_for(prefixes: Sequence[Network]) -> tuple[IPAddressRange, ...]:
 
 @dataclass(eq=False)
 class RelaySession:
-    """A live CONNECT-IP session: identity, stream, addresses and counters."""
+    """A live CONNECT-IP session: identity, where it lives, addresses and counters."""
 
     identity: Identity
-    stream: ConnectIpStream
     peer: str
+    #: Wall clock (seconds since the epoch) when it opened: for /status and audit records.
     opened_at: float
+    #: The CONNECT stream on its QUIC connection, and the connection's session core, which
+    #: sends its packets (None only for sessions made up by tests of the router).
+    stream_id: int = 0
+    server: ServerConnection | None = None
+    mode: PacketMode = PacketMode.DATAGRAM
+    #: The relay's monotonic clock when it opened: durations come from this one, so a wall
+    #: clock that steps cannot make a session last a negative time.
+    started: float = 0.0
     session_id: str = field(default_factory=lambda: secrets.token_hex(6))
     addresses: list[Address] = field(default_factory=list)
     #: Raw source addresses (4 or 16 bytes) this session may send from (BCP 38).

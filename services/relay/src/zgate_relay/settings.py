@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
+from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
 
 __all__ = ["RelaySettings"]
 
@@ -49,6 +50,10 @@ class RelaySettings(LayeredSettings):
     tun_mtu: int = Field(1400, ge=1280, le=65535, description="egress TUN device MTU")
     egress: bool = Field(True, description="create the TUN device + NAT (needs CAP_NET_ADMIN)")
     nat: bool = Field(True, description="install the nftables masquerade for the pool")
+    quic_engine: str = Field(
+        DEFAULT_ENGINE,
+        description=f"QUIC implementation: {' or '.join(ENGINES)} [{DEFAULT_ENGINE}]",
+    )
     max_datagram_size: int = Field(
         1452, ge=1350, le=65527, description="largest UDP payload QUIC sends (>= 1350)"
     )
@@ -116,6 +121,13 @@ class RelaySettings(LayeredSettings):
     @classmethod
     def _audit_off(cls, value: object) -> object:
         return None if value in ("", "off", "none") else value
+
+    @field_validator("quic_engine")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        if value not in ENGINES:
+            raise ValueError(f"unknown QUIC engine {value!r}: choose one of {', '.join(ENGINES)}")
+        return value
 
     @field_validator("pool", "pool6", mode="before")
     @classmethod

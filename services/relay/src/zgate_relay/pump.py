@@ -1,0 +1,155 @@
+"""The relay's I/O: one UDP socket, the egress device and one timer around a
+:class:`~zgate_relay.core.RelayCore`. It moves bytes and calls the core; it decides nothing.
+
+A wake-up: drain the socket (or the egress device), feed the core, then flush once — the
+egress packets first (one batch to the device), then the UDP payloads — and re-arm the one
+timer at the core's deadline (:class:`zgate_host.pump.Pump`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterable
+
+from zgate_host.pump import Pump
+from zgate_host.tun import PacketDevice
+from zgate_pki import PkiError
+from zgate_proto.engines.base import Address
+from zgate_relay.core import RelayCore
+from zgate_relay.router import Router
+from zgate_relay.session import RelaySession
+
+__all__ = ["RelayPump", "bind_udp"]
+
+log = logging.getLogger("zgate.relay")
+
+#: Packets read from the egress device per wake-up, at most.
+EGRESS_BATCH = 64
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port (IPv6 sockets take IPv4 too).
+
+    Raises OSError (the caller turns it into a start-up error naming --listen)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Endpoint:
+    """The core as :class:`zgate_host.pump.Endpoint`: a flush writes the egress batch
+    before handing over the UDP payloads."""
+
+    def __init__(self, core: RelayCore, egress: PacketDevice | None) -> None:
+        self.core = core
+        self.egress = egress
+        self.datagram_received = core.datagram_received
+        self.handle_timer = core.handle_timer
+        self.deadline = core.deadline
+
+    def flush(self, now: float) -> Iterable[tuple[bytes, Address]]:
+        packets = self.core.take_egress()
+        if packets and self.egress is not None:
+            self.egress.write_batch(packets)
+        return self.core.flush(now)
+
+
+class RelayPump:
+    """Runs a :class:`RelayCore` on the event loop; also the face app.py and tests see
+    (sessions, /status, revocation checks, housekeeping), each call followed by a flush."""
+
+    def __init__(
+        self,
+        core: RelayCore,
+        egress: PacketDevice | None,
+        *,
+        udp_offload: bool = True,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.core = core
+        self.egress = egress
+        self.udp_offload = udp_offload
+        self.clock = clock
+        self.pump: Pump | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on UDP host:port; returns the bound address (port 0 picks one)."""
+        sock = bind_udp(host, port)
+        self.pump = pump = Pump(
+            sock,
+            _Endpoint(self.core, self.egress),
+            clock=self.clock,
+            gso=self.udp_offload,
+            gro=self.udp_offload,
+        )
+        if self.egress is not None:
+            pump.add_device(self.egress.fileno(), self._egress_readable)
+        host, port = pump.sockname()[:2]
+        log.info("relay listening", extra={"address": f"{host}:{port}"})
+        return host, port
+
+    def _egress_readable(self) -> None:
+        assert self.egress is not None and self.pump is not None
+        packets = self.egress.read_batch(EGRESS_BATCH)
+        if packets:
+            self.core.egress_received(packets, self.pump.now)
+
+    def _now(self) -> float:
+        assert self.pump is not None, "start() first"
+        return self.pump.now
+
+    def _wake(self) -> None:
+        if self.pump is not None:
+            self.pump.wake()
+
+    async def close(self) -> None:
+        """End every session and connection (telling the peers), then stop listening."""
+        if self.pump is None:
+            return
+        self.core.close(self.pump.now)
+        self.pump.wake()
+        self.pump.close()
+
+    # ------------------------------------------------------------- app's view
+
+    @property
+    def router(self) -> Router:
+        """The core's router (the DNS service asks it which session holds an address)."""
+        return self.core.router
+
+    @property
+    def sessions(self) -> list[RelaySession]:
+        """All live sessions."""
+        return self.core.sessions
+
+    def status(self) -> dict[str, object]:
+        """The /status snapshot (safe to call from the HTTP thread)."""
+        return self.core.status()
+
+    def check_revocations(self) -> int:
+        """Re-read the CA/CRL if they changed and end the sessions of revoked identities;
+        returns how many connections were closed."""
+        verifier = self.core.verifier
+        try:
+            if verifier.reload_if_changed():
+                self.core.metrics.crl_reloads.inc()
+                log.info("CA/CRL reloaded")
+        except PkiError as exc:
+            log.error("CA/CRL file is invalid; keeping the previous one", extra={"error": str(exc)})
+        closed = self.core.check_revocations(self._now())
+        self._wake()
+        return closed
+
+    def tick(self) -> None:
+        """Periodic housekeeping (about once a second)."""
+        self.core.tick(self._now())
+        self._wake()
