@@ -303,8 +303,8 @@ class Agent:
                     link = self._new_link(quic, host, port)
                     pump = Pump(sock, link, gso=s.udp_offload)
                     pump.wake()  # the Initial
-                    await self._until(link, lambda: link.handshake_done, "handshake")
-                    await self._until(link, lambda: link.ready, "session")
+                    await self._until(link, lambda: link.handshake_done)
+                    await self._until(link, lambda: link.ready)
             except TimeoutError:
                 started = link is not None and link.handshake_done
                 raise TunnelError(
@@ -348,11 +348,11 @@ class Agent:
         """Where the relay's packets go: the device (a connector also notes who sent them)."""
         return self.device
 
-    async def _until(self, link: ClientLink, done: Callable[[], bool], what: str) -> None:
-        """Until ``done()``; a TunnelError if the attempt fails first."""
+    async def _until(self, link: ClientLink, done: Callable[[], bool]) -> None:
+        """Until ``done()``; a TunnelError if the attempt fails first (see _explain)."""
         while not done():
             if link.failure is not None:
-                raise TunnelError(f"{what} failed: {link.failure}")
+                raise TunnelError(link.failure)
             self._changed.clear()
             await self._changed.wait()
 
@@ -361,8 +361,6 @@ class Agent:
         session the relay refused says why as it is."""
         close = link.close_info if link is not None else None
         if close is None:
-            if link is not None and link.failure is not None:
-                return TunnelError(link.failure, permanent=error.permanent)
             return error
         s = self.settings
         host, _ = s.relay_address
