@@ -24,6 +24,7 @@ from netaddr import IPSet  # type: ignore[import-untyped]
 
 from zgate_host.state import default_state_dir, ensure_state_dir
 from zgate_pki import PkiPaths, init_pki
+from zgate_proto.engines import ENGINES as QUIC_ENGINES
 from zgate_relay.settings import RelaySettings
 
 SERVE = str(Path(sys.executable).parent / "serve")
@@ -31,8 +32,14 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-
 QUIET = ["--no-egress", "--metrics", "off", "--log-level", "error", "--listen", "127.0.0.1:0"]
 
 
-def serve(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `serve` to completion (it is expected to refuse to start)."""
+def serve(
+    *args: str | Path, cwd: Path, timeout: float = 60, engine: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `serve` to completion (it is expected to refuse to start), on QUIC ``engine``
+    (as ZGATE_RELAY_QUIC_ENGINE) if given."""
+    env = dict(os.environ)
+    if engine is not None:
+        env["ZGATE_RELAY_QUIC_ENGINE"] = engine
     return subprocess.run(
         [SERVE, *map(str, args)],
         capture_output=True,
@@ -40,6 +47,7 @@ def serve(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.Compl
         timeout=timeout,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -58,6 +66,13 @@ def elsewhere(tmp_path: Path) -> Path:
     path = tmp_path / "cwd"
     path.mkdir()
     return path
+
+
+@pytest.fixture(params=QUIC_ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Refusals about the relay's certificate and socket are the same on every engine."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -177,20 +192,20 @@ def test_no_dev_pki_without_pki(tmp_path: Path, elsewhere: Path) -> None:
     ],
 )
 def test_a_file_from_another_pki(
-    pki: PkiPaths, tmp_path: Path, elsewhere: Path, file: str, expected: str
+    pki: PkiPaths, tmp_path: Path, elsewhere: Path, file: str, expected: str, engine: str
 ) -> None:
     # The relay's key, or its CA, swapped for another PKI's: they no longer fit together.
     other = init_pki(tmp_path / "other")
     broken = copy_pki(pki, tmp_path / "broken")
     shutil.copy(other.directory / file, broken.directory / file)
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
+    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere, engine=engine))
     assert expected.format(path=broken.directory / file) in line
 
 
-def test_missing_certificate(pki: PkiPaths, tmp_path: Path, elsewhere: Path) -> None:
+def test_missing_certificate(pki: PkiPaths, tmp_path: Path, elsewhere: Path, engine: str) -> None:
     broken = copy_pki(pki, tmp_path / "broken")
     broken.relay_cert.unlink()
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
+    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere, engine=engine))
     assert f"relay certificate {broken.relay_cert} does not exist" in line
 
 
@@ -204,11 +219,17 @@ def test_missing_certificate(pki: PkiPaths, tmp_path: Path, elsewhere: Path) -> 
     ],
 )
 def test_malformed_pem(
-    pki: PkiPaths, tmp_path: Path, elsewhere: Path, file: str, content: str, expected: str
+    pki: PkiPaths,
+    tmp_path: Path,
+    elsewhere: Path,
+    file: str,
+    content: str,
+    expected: str,
+    engine: str,
 ) -> None:
     broken = copy_pki(pki, tmp_path / "broken")
     (broken.directory / file).write_text(content)
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
+    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere, engine=engine))
     assert str(broken.directory / file) in line and expected in line
     assert "See https://" not in line
 
@@ -235,15 +256,15 @@ def _resign_relay(paths: PkiPaths, start: datetime, end: datetime) -> None:
 
 
 def test_expired_and_not_yet_valid_relay_certificate(
-    pki: PkiPaths, tmp_path: Path, elsewhere: Path
+    pki: PkiPaths, tmp_path: Path, elsewhere: Path, engine: str
 ) -> None:
     now = datetime.now(UTC)
     broken = copy_pki(pki, tmp_path / "broken")
     _resign_relay(broken, now - timedelta(days=30), now - timedelta(days=1))
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
+    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere, engine=engine))
     assert f"relay certificate {broken.relay_cert} expired on" in line
     _resign_relay(broken, now + timedelta(days=1), now + timedelta(days=30))
-    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere))
+    line = one_line_error(serve("--pki", broken.directory, *QUIET, cwd=elsewhere, engine=engine))
     assert "is not valid yet" in line and "clock" in line
 
 
@@ -304,15 +325,23 @@ def busy_tcp() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_udp_port_in_use(pki: PkiPaths, elsewhere: Path, busy_udp: int) -> None:
+def test_udp_port_in_use(pki: PkiPaths, elsewhere: Path, busy_udp: int, engine: str) -> None:
     line = one_line_error(
-        serve("--pki", pki.directory, *QUIET, "--listen", f"127.0.0.1:{busy_udp}", cwd=elsewhere)
+        serve(
+            "--pki",
+            pki.directory,
+            *QUIET,
+            "--listen",
+            f"127.0.0.1:{busy_udp}",
+            cwd=elsewhere,
+            engine=engine,
+        )
     )
     assert f"UDP 127.0.0.1:{busy_udp} is already in use" in line and "--listen" in line
 
 
 def test_metrics_port_in_use(pki: PkiPaths, elsewhere: Path, busy_tcp: int) -> None:
-    args = ["--pki", pki.directory, "--no-egress", "--log-level", "error"]
+    args: list[str | Path] = ["--pki", pki.directory, "--no-egress", "--log-level", "error"]
     args += ["--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{busy_tcp}"]
     line = one_line_error(serve(*args, cwd=elsewhere))
     assert f"metrics address 127.0.0.1:{busy_tcp} is already in use" in line
@@ -376,7 +405,7 @@ def test_dns_port_in_use(pki: PkiPaths, elsewhere: Path, busy_udp: int) -> None:
 
 
 def test_bad_dns_upstream(pki: PkiPaths, elsewhere: Path) -> None:
-    args = ["--pki", pki.directory, *QUIET, "--dns-upstream", "resolver.example"]
+    args: list[str | Path] = ["--pki", pki.directory, *QUIET, "--dns-upstream", "resolver.example"]
     line = one_line_error(serve(*args, cwd=elsewhere))
     assert "DNS upstream 'resolver.example' is not IP[:port]" in line
     assert "--dns-upstream" in line

@@ -33,11 +33,13 @@ from zgate_proto.engines.base import (
     ConnectionIdIssued,
     ConnectionIdRetired,
     ConnectionTerminated,
+    DatagramReceived,
     HandshakeCompleted,
     QuicConn,
     QuicEngine,
     SendStatus,
     ServerConfig,
+    StreamDataReceived,
 )
 from zgate_proto.errors import DecodeError
 from zgate_proto.icmp import packet_too_big
@@ -354,6 +356,11 @@ class RelayCore:
         quic = conn.quic
         receive = conn.server.receive
         while (event := quic.next_event()) is not None:
+            kind = type(event)
+            if kind is DatagramReceived or kind is StreamDataReceived:  # the packet path
+                for server_event in receive(event):
+                    self._session_event(conn, server_event, now)
+                continue
             if isinstance(event, ConnectionIdIssued):
                 conn.cids.add(event.connection_id)
                 self._by_cid[event.connection_id] = conn
