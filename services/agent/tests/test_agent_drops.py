@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import zgate_lab.harness
+import zgate_relay.core
 from zgate_agent.metrics import AgentMetrics
 from zgate_lab.harness import (
     INTERNET,
@@ -257,30 +257,7 @@ class _NoDatagrams(ServerConnection):
 def no_datagrams(monkeypatch: pytest.MonkeyPatch) -> None:
     """Relays started in this test offer no HTTP datagrams (the relay has no setting for
     it: every zgate relay offers them)."""
-    if hasattr(zgate_lab.harness, "RelayPump"):
-        import zgate_relay.core
-
-        monkeypatch.setattr(zgate_relay.core, "ServerConnection", _NoDatagrams)
-        return
-    # TRANSITIONAL, until the relay over zgate_proto.session lands: RelayServer's own H3.
-    from aioquic.h3.connection import Setting
-
-    import zgate_relay.server
-    from zgate_proto.h3 import ConnectIpH3Connection
-
-    class NoDatagramsH3(ConnectIpH3Connection):
-        def _get_local_settings(self) -> dict[int, int]:
-            settings = super()._get_local_settings()
-            del settings[Setting.H3_DATAGRAM]
-            return settings
-
-    monkeypatch.setattr(zgate_relay.server, "ConnectIpH3Connection", NoDatagramsH3)
-
-
-def session_modes(relay: RelayUnderTest) -> list[PacketMode]:
-    """The packet mode of each of the relay's sessions."""
-    sessions: list[Any] = list(relay.server.sessions)
-    return [s.mode if hasattr(s, "mode") else s.stream.mode for s in sessions]
+    monkeypatch.setattr(zgate_relay.core, "ServerConnection", _NoDatagrams)
 
 
 async def test_without_relay_datagrams_the_agent_falls_back_to_stream_mode(
@@ -298,7 +275,7 @@ async def test_without_relay_datagrams_the_agent_falls_back_to_stream_mode(
                 if r.name == "zgate.agent" and r.levelno == logging.WARNING
             ]
             assert warnings == ["relay offers no HTTP datagrams: falling back to stream mode"]
-            assert session_modes(relay) == [PacketMode.STREAM]
+            assert [s.mode for s in relay.server.sessions] == [PacketMode.STREAM]
             # Packets flow both ways as capsules.
             own = agent.address4
             up = udp4(own, str(INTERNET), b"up")
