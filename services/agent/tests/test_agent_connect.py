@@ -146,7 +146,7 @@ def reissued(pki: Path, client: str, start: datetime, end: datetime, out: Path) 
         x509.CertificateBuilder()
         .subject_name(old.subject)
         .issuer_name(ca.subject)
-        .public_key(old.public_key())  # type: ignore[arg-type]
+        .public_key(old.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
@@ -284,7 +284,7 @@ async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
             kw["cert"] = reissued(
                 pki, "alice", now - timedelta(days=30), now - timedelta(days=1), tmp_path / "x.pem"
             )
-        running = run_agent(relay, engine=engine, **kw)
+        running = run_agent(relay, 0, engine=engine, **kw)
         try:
             await until(lambda: bool(agent_records(logs, logging.ERROR)), what="the error line")
             await asyncio.sleep(0.3)  # no second attempt follows soon

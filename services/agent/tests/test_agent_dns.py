@@ -191,7 +191,7 @@ def test_an_unexpected_error_is_one_warning_too(
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("surprise")
 
-    dns.resolver.apply = broken  # type: ignore[method-assign]
+    dns.resolver.apply = broken  # type: ignore[method-assign,assignment]
     dns.resolver.restore = broken  # type: ignore[method-assign]
     dns.tunnel_up(info("10.100.0.7/32"))
     dns.restore()

@@ -58,11 +58,8 @@ def drops(metrics: AgentMetrics, reason: str) -> float:
 
 
 def address(agent: AgentUnderTest, version: int) -> str:
-    return next(
-        a.split("/")[0]
-        for a in agent.agent.status()["addresses"]
-        if ipaddress.ip_interface(a).version == version
-    )
+    addresses: list[str] = agent.agent.status()["addresses"]
+    return next(a.split("/")[0] for a in addresses if ipaddress.ip_interface(a).version == version)
 
 
 def udp4_df(src: str, dst: str, payload: bytes) -> bytes:

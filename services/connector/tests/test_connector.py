@@ -7,6 +7,7 @@ import asyncio
 import gc
 import ipaddress
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from zgate_connector.cli import main
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.settings import SettingsError, load_settings
-from zgate_lab.harness import make_pki, running_relay, start_agent, udp4, until
+from zgate_lab.harness import RelayUnderTest, make_pki, running_relay, start_agent, udp4, until
 from zgate_pki import issue_certificate, revoke_certificate
 from zgate_proto.engines import ENGINES
 from zgate_relay.sites import SiteRoutes
@@ -52,7 +53,7 @@ def connector_settings(pki: Path, port: int, engine: str) -> ConnectorSettings:
         metrics=None,
         backoff_initial=0.05,
         backoff_max=0.5,
-    )  # type: ignore[call-arg]
+    )
 
 
 async def test_agent_reaches_the_site_through_the_connector(engine: str, pki: Path) -> None:
@@ -83,6 +84,12 @@ async def test_agent_reaches_the_site_through_the_connector(engine: str, pki: Pa
             await asyncio.wait_for(task, 10)
             device.close()
         await until(lambda: routes._value.get() == 0, what="the routes to be withdrawn")
+
+
+def site_routed(relay: RelayUnderTest) -> bool:
+    """The relay installed site-a's routes."""
+    value: float = relay.metrics.connector_prefixes.labels("site-a")._value.get()
+    return value == 1
 
 
 def test_site_advertisement_is_ordered_for_the_rfc() -> None:
@@ -137,8 +144,7 @@ async def test_one_connector_serves_the_site_to_two_relays(engine: str, pki: Pat
         )  # the same client on the other relay
         try:
             for relay in (first, second):
-                routes = relay.metrics.connector_prefixes.labels("site-a")
-                await until(lambda r=routes: r._value.get() == 1, what="routes at each relay")
+                await until(partial(site_routed, relay), what="routes at each relay")
             for agent, word in ((alice, b"first"), (bob, b"second")):
                 agent.device.inject(udp4(agent.address4, HOST, word))
                 got = await device.received(timeout=5)

@@ -47,7 +47,7 @@ def cert_valid(pki: Path, start: datetime, end: datetime, out: Path) -> Path:
         x509.CertificateBuilder()
         .subject_name(old.subject)
         .issuer_name(ca.subject)
-        .public_key(old.public_key())  # type: ignore[arg-type]
+        .public_key(old.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
