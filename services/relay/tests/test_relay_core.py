@@ -358,6 +358,62 @@ def test_a_packet_too_big_for_the_session_earns_icmp_toward_its_sender(peers: Pe
     assert 1200 < mtu < 1452
 
 
+def test_a_packet_too_big_for_another_session_earns_icmp_toward_the_sending_session(
+    peers: Peers,
+) -> None:
+    alice = peers.connect("alice", PacketMode.STREAM)  # capsules: large packets fit
+    bob = peers.connect("bob")  # datagram mode: one DATAGRAM frame per packet
+    big = bytearray(udp4(address4(alice), address4(bob), b"x" * 1420))
+    big[6] = 0x40  # DF
+    peers.send(alice, bytes(big))
+    assert bob.packets() == []
+    assert peers.metrics.drops["too_big"] == 1
+    [icmp] = alice.packets()
+    info = parse_packet(icmp)
+    assert info.proto == 1 and (info.icmp_type, info.icmp_code) == (3, 4)
+    assert info.src == ipaddress.IPv4Address("10.100.0.1").packed  # from the relay
+    assert info.dst == ipaddress.IPv4Address(address4(alice)).packed
+    assert peers.egress == []
+
+
+def test_without_egress_device_internet_packets_are_dropped(engine: QuicEngine, pki: Path) -> None:
+    peers = Peers(engine, pki, egress=False)
+    alice = peers.connect("alice")
+    peers.send(alice, udp4(address4(alice), str(INTERNET), b"nowhere to go"))
+    assert peers.egress == []
+    assert peers.metrics.drops["no_session"] == 1
+
+
+class _CountingFlush:
+    """An engine connection whose flushes are written down."""
+
+    def __init__(self, inner: QuicConn, name: str, log: list[str]) -> None:
+        self._inner, self._name, self._log = inner, name, log
+
+    def flush(self, now: float) -> list[tuple[bytes, Address]]:
+        self._log.append(self._name)
+        return self._inner.flush(now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_flush_sends_only_for_connections_touched_since_the_last(peers: Peers) -> None:
+    alice = peers.connect("alice")
+    peers.connect("bob")
+    peers.run()
+    flushed: list[str] = []
+    for conn in peers.core._conns.values():
+        conn.quic = _CountingFlush(conn.quic, str(conn.identity), flushed)
+    assert peers.core.flush(peers.now) == []
+    assert flushed == []
+    alice.session.send_packet(udp4(address4(alice), str(INTERNET), b"one"))
+    for data, _ in alice.quic.flush(peers.now):
+        peers.core.datagram_received(data, alice.addr, peers.now)
+    peers.core.flush(peers.now)
+    assert flushed == ["client/alice"]
+
+
 def test_malformed_datagrams_are_counted_by_reason(peers: Peers) -> None:
     alice = peers.connect("alice")
     quarter = alice.session.stream_id // 4
