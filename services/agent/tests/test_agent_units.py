@@ -172,5 +172,5 @@ def test_up_help_explains_the_quic_engine(capsys: pytest.CaptureFixture[str]) ->
         main(["up", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--quic-engine {aioquic,qh3}" in text
-    assert "aioquic (pure Python) or qh3 (its QUIC core compiled" in text
+    assert "the pure-Python reference engine, or qh3, whose QUIC core is compiled" in text
     assert f"[{DEFAULT_ENGINE}]" in text

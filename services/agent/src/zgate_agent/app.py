@@ -62,7 +62,7 @@ class _Demote(logging.Filter):
 
 
 _DEMOTE = _Demote()
-#: The loggers of the QUIC engines (aioquic's and qh3's are both called "quic").
+#: The loggers of the QUIC engines (both engines log as "quic").
 _ENGINE_LOGGERS = ("quic",)
 
 

@@ -168,9 +168,9 @@ def add_quic_engine_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quic-engine",
         choices=ENGINES,
-        help="the QUIC implementation: aioquic (pure Python) or qh3 (its QUIC core "
-        "compiled, less CPU per packet); both speak the same protocol, so either works "
-        f"with any relay [{DEFAULT_ENGINE}]",
+        help="the QUIC implementation: the pure-Python reference engine, or qh3, whose QUIC "
+        "core is compiled (less CPU per packet); both speak the same protocol, so either "
+        f"works with any relay [{DEFAULT_ENGINE}]",
     )
 
 

@@ -11,8 +11,8 @@ the handshake: a refusal by the relay arrives as a CONNECTION_CLOSE with a CRYPT
 code (0x100 + the TLS alert) after our handshake completed, while our own verification of
 the relay's certificate fails before it, as a close we send ourselves.
 
-Engines word (and code) their own refusals differently (aioquic says certificate_expired
-where qh3 says bad_certificate for the same certificate), so when our side refused the
+Engines word (and code) their own refusals differently (one says certificate_expired where
+another says bad_certificate for the same certificate), so when our side refused the
 relay's certificate we look at that certificate ourselves (names, dates, issuer) and say
 what is wrong with it; the alert and the engine's reason are the fallback.
 """
