@@ -369,6 +369,7 @@ async def test_stop_while_connected_closes_the_session_at_once(
         await asyncio.wait_for(running.agent.connected.wait(), 10)
         sessions = relay.metrics.registry.get_sample_value("zgate_relay_sessions")
         assert sessions == 1
+        assert running.agent.status()["quic_engine"] == engine
         took = await running.stop()
         assert took < 0.2, took
         # The relay heard the agent's CONNECTION_CLOSE: its session is gone at once.

@@ -95,6 +95,7 @@ def test_status_reports_the_tunnel(
         "relay": "relay:4433",
         "device": "zgate-agent0",
         "mode": "datagram",
+        "quic_engine": "qh3",
         "addresses": ["10.100.0.2/32"],
         "routes": ["0.0.0.0/1"],
         "attempts": 2,
@@ -109,6 +110,7 @@ def test_status_reports_the_tunnel(
     out = capsys.readouterr().out
     assert f"state:     {state}" in out
     assert "10.100.0.2/32" in out
+    assert "engine:    qh3" in out
     assert ("timed out" in out) == (state != "connected")
 
 

@@ -147,6 +147,7 @@ class Agent:
             "relay": self.settings.relay,
             "device": self.device.name,
             "mode": info.mode.value if info else None,
+            "quic_engine": self.settings.quic_engine,
             "addresses": [str(a) for a in info.addresses] if info else [],
             "routes": [str(p) for p in self._routes.routes] if self._routes else [],
             "attempts": s.attempts,

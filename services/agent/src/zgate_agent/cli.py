@@ -282,6 +282,8 @@ def show_status(
         print(f"relay:     {status['relay']}")
         print(f"device:    {status['device']}")
         print(f"mode:      {status.get('mode') or '-'}")
+        if status.get("quic_engine"):
+            print(f"engine:    {status['quic_engine']}")
         print(f"addresses: {', '.join(status.get('addresses') or []) or '-'}")
         print(f"routes:    {', '.join(status.get('routes') or []) or '-'}")
         if isinstance(status.get("dns"), dict):
