@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +16,7 @@ from zgate_lab.harness import make_enforcer as enforcer
 from zgate_lab.harness import tcp4, udp4
 from zgate_pki import Identity
 from zgate_proto.capsules import IPAddressRange
-from zgate_relay.router import EGRESS, Drop, Router
+from zgate_relay.router import EGRESS, Deliver, Drop, Router, Target
 from zgate_relay.session import RelaySession
 from zgate_relay.sites import SiteRoutes, flow_hash_key
 
@@ -28,12 +27,16 @@ SITE6 = ipaddress.ip_network("fd00:50::/64")
 def session(kind: str, ident: str, *addresses: str, groups: tuple[str, ...] = ()) -> RelaySession:
     s = RelaySession(
         identity=Identity(kind, ident, "zgate.local", groups, 1),
-        stream=Any,  # type: ignore[arg-type]
         peer="p",
         opened_at=0.0,
     )
     s.set_addresses([ipaddress.ip_address(a) for a in addresses])
     return s
+
+
+def delivered_to(target: Target) -> RelaySession | Target:
+    """The session the router delivers a packet to, or its other verdict as it is."""
+    return target.session if isinstance(target, Deliver) else target
 
 
 def ranges(*networks: str, protocol: int = 0) -> list[IPAddressRange]:
@@ -169,9 +172,10 @@ def test_router_sends_site_traffic_to_the_connector_and_replies_back() -> None:
     dropped = router.from_session(agent, to_site)
     assert isinstance(dropped, Drop) and dropped.reason == "no_connector"
     sites.advertise(connector, ranges("192.168.50.0/24"))
-    assert router.from_session(agent, to_site) is connector
+    assert delivered_to(router.from_session(agent, to_site)) is connector
     assert router.from_session(agent, udp4("10.100.0.2", "203.0.113.10", b"q")) is EGRESS
-    assert router.from_session(connector, udp4("192.168.50.10", "10.100.0.2", b"r")) is agent
+    back = router.from_session(connector, udp4("192.168.50.10", "10.100.0.2", b"r"))
+    assert delivered_to(back) is agent
     # A connector may not speak for addresses outside its site.
     spoofed = router.from_session(connector, udp4("192.168.51.10", "10.100.0.2", b"r"))
     assert isinstance(spoofed, Drop) and spoofed.reason == "spoofed_source"
@@ -202,8 +206,8 @@ def test_enforced_site_flows_need_a_rule_and_replies_need_a_flow(with_group: boo
     unsolicited = tcp4("192.168.50.10", "10.100.0.2", 22, 40001, 0x02)
     out = router.from_session(agent, syn, 1.0)
     if with_group:
-        assert out is connector
-        assert router.from_session(connector, reply, 1.1) is agent
+        assert delivered_to(out) is connector
+        assert delivered_to(router.from_session(connector, reply, 1.1)) is agent
     else:
         assert isinstance(out, Drop) and out.reason == "policy_denied"
         back = router.from_session(connector, reply, 1.1)
