@@ -259,13 +259,6 @@ async def test_a_permanent_failure_is_one_plain_line_and_the_long_backoff(
     logs: pytest.LogCaptureFixture,
     request: pytest.FixtureRequest,
 ) -> None:
-    if engine == "qh3" and case.name == "server name mismatch":
-        # The names come from the relay's certificate, which the qh3 adapter's peer_chain
-        # gives only after a completed handshake (the aioquic adapter's also after our
-        # side refused it).
-        request.applymarker(
-            pytest.mark.xfail(reason="qh3 adapter: no peer_chain after a refusal", strict=True)
-        )
     async with running_relay(pki) as relay:
         kw: dict[str, object] = dict(SLOW)
         if case.name.startswith("unknown CA"):

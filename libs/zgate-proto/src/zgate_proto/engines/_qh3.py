@@ -470,11 +470,14 @@ class Qh3Conn:
 
     @property
     def peer_chain(self) -> tuple[bytes, ...]:
-        """The peer's certificates as DER, leaf first (empty before the handshake)."""
+        """The peer's certificates as DER, leaf first (empty until they arrive). A client
+        sees the relay's chain as soon as it arrived, even when it then refused it: the
+        agent names what it holds when it explains the refusal. A server exposes the
+        client's chain only once it was verified."""
         if self._auth is not None:
             return self._auth.chain if self._auth.done else ()
         leaf = self._quic.get_peercert()
-        if leaf is None or not self._quic._handshake_complete:
+        if leaf is None:
             return ()
         return tuple(c.public_bytes() for c in [leaf, *self._quic.get_issuercerts()])
 
