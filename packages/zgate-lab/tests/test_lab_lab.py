@@ -48,3 +48,34 @@ def test_other_names_are_not_ours(name: str) -> None:
 def test_lab_refuses_a_tag_it_could_not_find_again(tag: str) -> None:
     with pytest.raises(ValueError, match="lab tag"):
         Lab(tag=tag, workdir=Path("/nonexistent"))
+
+
+# ---------------------------------------------------------------- QUIC engines
+
+
+def _flag_value(cmd: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` in a command line."""
+    return [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == flag]
+
+
+@pytest.mark.parametrize("engine", ["aioquic", "qh3"])
+def test_each_daemon_is_started_on_the_engine_asked_for(engine: str) -> None:
+    lab = Lab(tag="t1", workdir=Path("/nonexistent"))
+    commands = {
+        "relay": lab.relay_command("--no-enforce", engine=engine),
+        "agent": lab.agent_command(1, mode="stream", engine=engine, extra=["--no-fallback"]),
+        "connector": lab.connector_command("site-a", engine=engine),
+    }
+    for who, cmd in commands.items():
+        assert _flag_value(cmd, "--quic-engine") == [engine], who
+    # The caller's own flags still come last, so they can override the lab's.
+    assert commands["relay"][-1] == "--no-enforce"
+    assert commands["agent"][-1] == "--no-fallback"
+    assert _flag_value(commands["agent"], "--mode") == ["stream"]
+
+
+def test_without_an_engine_the_services_choose_their_own() -> None:
+    lab = Lab(tag="t1", workdir=Path("/nonexistent"))
+    for cmd in (lab.relay_command(), lab.agent_command(2), lab.connector_command("site-a")):
+        assert "--quic-engine" not in cmd
+    assert _flag_value(lab.agent_command(2), "--cert")[0].endswith("clients/agent2.pem")

@@ -330,18 +330,22 @@ class Lab:
         return blob
 
     def start_connector(
-        self, n: int, ident: str, *, site: str = SITE_NET, extra: Sequence[str] = ()
+        self,
+        n: int,
+        ident: str,
+        *,
+        site: str = SITE_NET,
+        engine: str | None = None,
+        extra: Sequence[str] = (),
     ) -> Daemon:
-        """Start connector n (certificate ``ident``) serving ``site``; wait until connected."""
+        """Start connector n (certificate ``ident``) serving ``site``; wait until connected.
+
+        ``engine``: its QUIC engine (--quic-engine); None leaves the connector's default.
+        """
         connector = self.spawn(
             f"connector{n}",
             self.connector_ns(n),
-            [
-                *self._tunnel_command("zgate-connector", "connectors", ident, 9103, "zconn0"),
-                "--site",
-                site,
-                *extra,
-            ],
+            self.connector_command(ident, site=site, engine=engine, extra=extra),
             env={"ZGATE_CONNECTOR_BACKOFF_MAX": "2"},
         )
 
@@ -525,28 +529,32 @@ class Lab:
             return []
         return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
 
-    def start_relay(self, *extra: str) -> Daemon:
-        """Start the relay and wait until it listens."""
-        relay = self.spawn(
-            "relay",
-            self.relay_ns,
-            [
-                str(VENV_BIN / "serve"),
-                "--pki",
-                str(self.pki),
-                "--listen",
-                f"{RELAY_LAN_IP}:4433",
-                "--metrics",
-                "127.0.0.1:9101",
-                "--audit-log",
-                str(self.audit_log),
-                "--dns-upstream",
-                INET_IP,
-                "--tun-name",
-                "zgate0",
-                *extra,
-            ],
-        )
+    def relay_command(self, *extra: str, engine: str | None = None) -> list[str]:
+        """The relay's command line: `serve` on the LAN with the lab's PKI, then ``extra``."""
+        return [
+            str(VENV_BIN / "serve"),
+            "--pki",
+            str(self.pki),
+            "--listen",
+            f"{RELAY_LAN_IP}:4433",
+            "--metrics",
+            "127.0.0.1:9101",
+            "--audit-log",
+            str(self.audit_log),
+            "--dns-upstream",
+            INET_IP,
+            "--tun-name",
+            "zgate0",
+            *engine_flag(engine),
+            *extra,
+        ]
+
+    def start_relay(self, *extra: str, engine: str | None = None) -> Daemon:
+        """Start the relay and wait until it listens.
+
+        ``engine``: its QUIC engine (--quic-engine); None leaves the relay's default.
+        """
+        relay = self.spawn("relay", self.relay_ns, self.relay_command(*extra, engine=engine))
         wait_until(
             lambda: self.relay_metrics_text() != "" or relay.proc.poll() is not None,
             20,
@@ -562,27 +570,60 @@ class Lab:
         *,
         client: str | None = None,
         mode: str = "datagram",
+        engine: str | None = None,
         wait: bool = True,
         extra: Sequence[str] = (),
     ) -> Daemon:
-        """Start agent n with client certificate ``client`` (default agentN)."""
-        client = client or f"agent{n}"
+        """Start agent n with client certificate ``client`` (default agentN).
+
+        ``engine``: its QUIC engine (--quic-engine); None leaves the agent's default.
+        """
         agent = self.spawn(
             f"agent{n}",
             self.agent_ns(n),
-            [
-                *self._tunnel_command("zgate-agent", "clients", client, 9102, "ztun0"),
-                "--mode",
-                mode,
-                "--state-dir",
-                str(self.workdir / f"agent{n}-state"),
-                *extra,
-            ],
+            self.agent_command(n, client=client, mode=mode, engine=engine, extra=extra),
             env={"ZGATE_AGENT_BACKOFF_MAX": "2"},
         )
         if wait:
             self.wait_agent_connected(n, agent)
         return agent
+
+    def agent_command(
+        self,
+        n: int,
+        *,
+        client: str | None = None,
+        mode: str = "datagram",
+        engine: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        """Agent n's command line: `zgate-agent up` against the lab's relay, then ``extra``."""
+        return [
+            *self._tunnel_command("zgate-agent", "clients", client or f"agent{n}", 9102, "ztun0"),
+            "--mode",
+            mode,
+            "--state-dir",
+            str(self.workdir / f"agent{n}-state"),
+            *engine_flag(engine),
+            *extra,
+        ]
+
+    def connector_command(
+        self,
+        ident: str,
+        *,
+        site: str = SITE_NET,
+        engine: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        """A connector's command line: `zgate-connector up` serving ``site``, then ``extra``."""
+        return [
+            *self._tunnel_command("zgate-connector", "connectors", ident, 9103, "zconn0"),
+            "--site",
+            site,
+            *engine_flag(engine),
+            *extra,
+        ]
 
     def _tunnel_command(
         self, program: str, kind_dir: str, ident: str, metrics_port: int, tun_name: str
@@ -681,6 +722,12 @@ class Lab:
         for directory in self.resolver_dirs:
             shutil.rmtree(directory, ignore_errors=True)
         self.resolver_dirs.clear()
+
+
+def engine_flag(engine: str | None) -> list[str]:
+    """``--quic-engine ENGINE``, or nothing for None (the service's own default then applies,
+    including its ZGATE_*_QUIC_ENGINE environment variable)."""
+    return [] if engine is None else ["--quic-engine", engine]
 
 
 def add_veth(name: str, ns: str, peer: str, peer_ns: str) -> None:
