@@ -4,12 +4,14 @@
 
 For each result file (`tunnel.py --json FILE`): when, commit, whether the machine was quiet
 (bench/quiet.py; "?" for files written before it), and the run's ratios of medians for
-TCP up and down (the `ratios` section: `zgate-datagram/wireguard-go`, `allow-all/noenforce`,
-...). Then, per ratio, pooled over every round of every run: the ratios of the two paths
-measured in the same round (a round measures each path once, each on a fresh relay and agent),
-their geometric mean and its 95 % interval (Student's t on the log-ratios), and the range of
-the per-run ratios. This is what bench/RESULTS.md means by a pooled figure; a range quoted
-there is the per-run range this prints.
+TCP up and down (the `ratios` section: `zgate-datagram[qh3]/wireguard-go`,
+`allow-all/noenforce[aioquic]`, ...; files from before the QUIC engine dimension name the
+zgate paths without an engine, `zgate-datagram/wireguard-go`, and are read as they are: see
+bench/path_names.py). Then, per ratio, pooled over every round of every run: the ratios of
+the two paths measured in the same round (a round measures each path once, each on a fresh
+relay and agent), their geometric mean and its 95 % interval (Student's t on the
+log-ratios), and the range of the per-run ratios. This is what bench/RESULTS.md means by a
+pooled figure; a range quoted there is the per-run range this prints.
 
 Rounds are paired by `sample_rounds` (written since this script exists); in older files, by
 position when both paths have one sample per round, else that run is left out of the pool
@@ -29,18 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-#: The ratios tunnel.py reports and this script pools (top path / bottom path); tunnel.py
-#: imports this table (this module imports nothing heavy, tunnel.py the whole lab).
-RATIOS = {
-    "zgate-datagram/wireguard-go": ("zgate-datagram", "wireguard-go"),
-    "zgate-stream/wireguard-go": ("zgate-stream", "wireguard-go"),
-    "zgate-datagram/veth": ("zgate-datagram", "veth"),
-    "zgate-stream/veth": ("zgate-stream", "veth"),
-    "wireguard-go/veth": ("wireguard-go", "veth"),
-    "zgate-stream/zgate-datagram": ("zgate-stream", "zgate-datagram"),
-    "allow-all/noenforce": ("zgate-datagram", "zgate-datagram-noenforce"),
-    "policy1k/noenforce": ("zgate-datagram-policy1k", "zgate-datagram-noenforce"),
-}
+from path_names import ratio_pairs
+
 FIELDS = ("tcp_mbps", "tcp_down_mbps")
 #: Student's t, two-sided 95 %, by degrees of freedom (1.96 beyond the table).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
@@ -106,7 +98,10 @@ def pool(docs: Iterable[Mapping[str, Any]]) -> tuple[list[Pooled], list[str]]:
     """Every ratio of FIELDS pooled over `docs`; notes on runs left out of a pool."""
     docs = list(docs)
     pooled, notes = [], []
-    for label, (top, bottom) in RATIOS.items():
+    pairs: dict[str, tuple[str, str]] = {}
+    for doc in docs:
+        pairs |= ratio_pairs(measured_paths(doc))
+    for label, (top, bottom) in pairs.items():
         for field in FIELDS:
             values: list[float] = []
             per_run: list[float] = []
@@ -141,6 +136,11 @@ def pool(docs: Iterable[Mapping[str, Any]]) -> tuple[list[Pooled], list[str]]:
     return pooled, sorted(set(notes))
 
 
+def measured_paths(doc: Mapping[str, Any]) -> list[str]:
+    """The paths a run has figures or samples for, in the run's order."""
+    return list(dict.fromkeys([*(doc.get("paths") or {}), *(doc.get("samples") or {})]))
+
+
 def is_quiet(doc: Mapping[str, Any]) -> bool | None:
     """The run's quiet flag (bench/quiet.py), or None for files from before it."""
     value = doc.get("quiet")
@@ -154,8 +154,9 @@ def runs_table(docs: list[Mapping[str, Any]]) -> str:
         quiet = {True: "quiet", False: "NOT quiet", None: "quiet ?"}[is_quiet(doc)]
         commit = (doc.get("code") or {}).get("commit")
         parts = []
+        known = ratio_pairs(measured_paths(doc))
         for label, values in (doc.get("ratios") or {}).items():
-            if label in RATIOS and values.get("tcp_mbps") and values.get("tcp_down_mbps"):
+            if label in known and values.get("tcp_mbps") and values.get("tcp_down_mbps"):
                 parts.append(f"{label} {values['tcp_mbps']:.2f}/{values['tcp_down_mbps']:.2f}")
         lines.append(f"{doc.get('when')} {commit} {quiet}: " + ("; ".join(parts) or "no ratios"))
     return "\n".join(lines)
@@ -167,15 +168,16 @@ def pooled_table(pooled: list[Pooled]) -> str:
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
+    width = max([30, *(len(p.ratio) for p in pooled)])
     lines = [
-        f"{'ratio':<30} {'figure':<14} {'runs':>4} {'rounds':>6} {'geo mean':>9} "
+        f"{'ratio':<{width}} {'figure':<14} {'runs':>4} {'rounds':>6} {'geo mean':>9} "
         f"{'95 % interval':>15} {'per-run range':>15}"
     ]
     for p in pooled:
         interval = f"{fmt(p.low)}-{fmt(p.high)}"
         per_run = f"{fmt(p.per_run_min)}-{fmt(p.per_run_max)}"
         lines.append(
-            f"{p.ratio:<30} {p.field:<14} {p.runs:>4} {p.rounds:>6} "
+            f"{p.ratio:<{width}} {p.field:<14} {p.runs:>4} {p.rounds:>6} "
             f"{fmt(p.geometric_mean):>9} {interval:>15} {per_run:>15}"
         )
     return "\n".join(lines)

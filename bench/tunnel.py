@@ -3,18 +3,25 @@
 Run as root from the workspace root:
 
     uv run --frozen python bench/tunnel.py [--seconds 5] [--repeat 3] [--json FILE]
+    uv run --frozen python bench/tunnel.py --quick           # one short round: a comparison
     uv run --frozen python bench/tunnel.py --enforcement     # only what access control costs
 
 One run builds a lab (zgate_lab.lab: agent, relay and "internet" namespaces, plus a direct
 agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures these paths:
 
     veth                      agent ns -> internet host over one veth, no tunnel
-    zgate-datagram            agent (datagram mode) -> relay -> NAT -> internet host
+    zgate-datagram[ENGINE]    agent (datagram mode) -> relay -> NAT -> internet host
                               (203.0.113.10); the relay enforces its built-in allow-all policy
-    zgate-stream              the same with the agent in stream mode
-    zgate-datagram-noenforce  datagram mode, relay started with --no-enforce (no flow table)
-    zgate-datagram-policy1k   datagram mode, relay enforcing a generated policy of 1 000 rules
-                              whose rule for the benchmark's traffic comes near the end
+    zgate-stream[ENGINE]      the same with the agent in stream mode
+    wireguard-go              wireguard-go in the same namespaces (bench/wireguard.py)
+    zgate-datagram-noenforce[ENGINE]  datagram mode, relay started with --no-enforce
+    zgate-datagram-policy1k[ENGINE]   datagram mode, relay enforcing a generated policy of
+                              1 000 rules whose rule for the benchmark's traffic comes near the end
+
+ENGINE is the QUIC engine relay and agent both run (--quic-engine): each zgate path is
+measured once per engine of --engines (all of them by default), in the same rounds, so the
+engines are compared with each other and with wireguard-go in one run. A zgate path named
+without an engine in --paths means it on every engine of --engines.
 
 For each: iperf3 TCP, one stream, upload and download (receiver throughput); ping RTT (mean
 and p99 of the per-packet times), alone and while the TCP upload runs; the CPU seconds the relay
@@ -29,6 +36,10 @@ to show where the excess goes (dropped at a bounded queue, or queued at the cost
 memory). With enforcement off among the paths, the run ends by timing the relay's router
 in-process, with and without enforcement: the microseconds enforcement adds to each packet,
 and their share of the relay's CPU time per packet. The lab is always torn down, even on Ctrl-C.
+
+With wireguard-go among the paths, the run ends with issue 11's goal for each zgate mode on
+each engine: single-stream TCP upload and download at least 1.0x wireguard-go's, ping RTT and
+the RTT inside the TCP upload at most 1.5x wireguard-go's.
 
 --loss PCT makes the underlay lossy (nftables drops PCT % of the tunnel's UDP packets each
 way at the relay, and of the baseline link's packets): how each mode copes with loss.
@@ -52,7 +63,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from ipaddress import IPv4Network, IPv6Network
@@ -65,10 +76,11 @@ import packet_path
 import quiet
 import wireguard
 import yaml
-from summarize import RATIOS
+from path_names import ENFORCEMENT_RATIOS, MODES, WIREGUARD, named, ratio_pairs, split
 
 from zgate_lab.lab import INET_IP, IPERF_PORT, VENV_BIN, Daemon, Lab, have_tools
 from zgate_lab.lab import run as run_cmd
+from zgate_proto.engines import ENGINES
 from zgate_relay.policy import BUILTIN_POLICY
 
 
@@ -80,9 +92,11 @@ class PathSpec:
     mode: str | None = None  # zgate: the agent's packet mode
     relay: str = "allow-all"  # zgate: a key of relay_configs(), how the relay is started
     full: bool = True  # also UDP, and the flood (tunnel paths); else TCP and RTT only
+    engine: str | None = None  # zgate: the QUIC engine of relay and agent (--quic-engine)
 
 
-PATH_SPECS = {
+#: The paths by base name; a zgate path's name also carries its engine (path_spec()).
+BASE_SPECS = {
     "veth": PathSpec("veth"),
     "zgate-datagram": PathSpec("zgate", "datagram"),
     "zgate-stream": PathSpec("zgate", "stream"),
@@ -90,11 +104,15 @@ PATH_SPECS = {
     "zgate-datagram-noenforce": PathSpec("zgate", "datagram", relay="noenforce", full=False),
     "zgate-datagram-policy1k": PathSpec("zgate", "datagram", relay="policy1k", full=False),
 }
-PATHS = tuple(PATH_SPECS)
-#: What a plain `make bench` measures (wireguard-go only where it is installed).
-DEFAULT_PATHS = ("veth", "zgate-datagram", "zgate-stream", "wireguard-go")
-#: What --enforcement selects: datagram mode with enforcement off, allow-all and 1 000 rules.
-ENFORCEMENT_PATHS = ("zgate-datagram-noenforce", "zgate-datagram", "zgate-datagram-policy1k")
+ZGATE_BASES = tuple(name for name, spec in BASE_SPECS.items() if spec.kind == "zgate")
+#: The zgate paths of a plain `make bench`, per engine, beside veth and wireguard-go (the
+#: latter only where it is installed).
+DEFAULT_ZGATE = MODES
+#: What --enforcement selects, per engine: datagram mode with enforcement off, allow-all and
+#: 1 000 rules.
+ENFORCEMENT_BASES = ("zgate-datagram-noenforce", "zgate-datagram", "zgate-datagram-policy1k")
+#: --quick: one short round of TCP and RTT only (explicit --seconds/--repeat still win).
+QUICK = {"seconds": 3, "repeat": 1, "light": True}
 #: Figures compared in the ratios (higher is better for throughput, lower for RTT).
 RATIO_FIELDS = (
     "tcp_mbps",
@@ -106,9 +124,93 @@ RATIO_FIELDS = (
     "tcp_rtt_ms",
     "loaded_rtt_ms",
 )
-#: Issue 4's goal against wireguard-go in the same run: TCP at least this ratio, RTT at most.
+#: Issue 11's goal against wireguard-go in the same run: TCP at least this ratio, RTT at most.
 WG_TCP_TARGET = 1.0
 WG_RTT_TARGET = 1.5
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of issue 11's criteria: a figure's ratio to wireguard-go's, bounded one way."""
+
+    key: str  # in the JSON's targets
+    title: str  # in the printed verdicts
+    figure: str  # a Sample field, compared as zgate / wireguard-go
+    at_least: bool  # the ratio must be >= limit (throughput), else <= limit (latency)
+    limit: float
+
+    def met(self, ratio: float | None) -> bool:
+        """Whether ``ratio`` meets the goal (a figure not measured does not)."""
+        if ratio is None:
+            return False
+        return ratio >= self.limit if self.at_least else ratio <= self.limit
+
+    @property
+    def bound(self) -> str:
+        """The goal as written: ">= 1.0"."""
+        return f"{'>=' if self.at_least else '<='} {self.limit}"
+
+
+GOALS = (
+    Goal("tcp_up", "TCP up", "tcp_mbps", True, WG_TCP_TARGET),
+    Goal("tcp_down", "TCP down", "tcp_down_mbps", True, WG_TCP_TARGET),
+    Goal("rtt", "ping RTT", "rtt_ms", False, WG_RTT_TARGET),
+    Goal("tcp_rtt", "RTT in TCP", "tcp_rtt_ms", False, WG_RTT_TARGET),
+)
+
+
+def path_spec(name: str) -> PathSpec:
+    """How the path called ``name`` is set up: a zgate path must name its engine
+    (`zgate-stream[qh3]`), the others must not; ValueError otherwise."""
+    base, engine = split(name)
+    spec = BASE_SPECS.get(base)
+    if spec is None:
+        raise ValueError(f"unknown path {name!r}; known: {', '.join(BASE_SPECS)}")
+    if spec.kind != "zgate" and engine is not None:
+        raise ValueError(f"{name!r}: only zgate paths run on a QUIC engine")
+    if spec.kind == "zgate" and engine is None:
+        raise ValueError(f"{name!r}: a zgate path names its engine: {base}[{ENGINES[0]}]")
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"{name!r}: unknown QUIC engine; known: {', '.join(ENGINES)}")
+    return replace(spec, engine=engine)
+
+
+def zgate_paths(bases: tuple[str, ...], engines: tuple[str, ...]) -> tuple[str, ...]:
+    """``bases`` on each engine, one engine after the other: `zgate-datagram[aioquic]`, ..."""
+    return tuple(named(base, engine) for engine in engines for base in bases)
+
+
+def default_paths(engines: tuple[str, ...]) -> tuple[str, ...]:
+    """What a plain `make bench` measures: veth, both modes on each engine, wireguard-go."""
+    return ("veth", *zgate_paths(DEFAULT_ZGATE, engines), WIREGUARD)
+
+
+def expand_paths(names: tuple[str, ...], engines: tuple[str, ...]) -> tuple[str, ...]:
+    """--paths resolved: a zgate path without an engine on each of ``engines``; veth first,
+    then the zgate paths engine by engine (ENGINES' order), wireguard-go last; ValueError for
+    a name path_spec() refuses."""
+    out: list[str] = []
+    for name in names:
+        base, engine = split(name)
+        if base in ZGATE_BASES and engine is None:
+            out.extend(named(base, e) for e in engines)
+        else:
+            path_spec(name)
+            out.append(name)
+    unique = list(dict.fromkeys(out))
+    order = {e: i for i, e in enumerate(ENGINES)}
+
+    def rank(name: str) -> tuple[int, int, int]:
+        base, engine = split(name)
+        if base == "veth":
+            return (0, 0, 0)
+        if engine is None:
+            return (2, 0, list(BASE_SPECS).index(base))
+        return (1, order[engine], list(BASE_SPECS).index(base))
+
+    return tuple(sorted(unique, key=rank))
+
+
 #: Enforcement may cost at most 10 % of the tunnel's throughput (issue 3).
 ENFORCEMENT_TARGET = 0.9
 POLICY_RULES = 1000
@@ -468,22 +570,46 @@ def run_path(
     return result
 
 
+def relay_engine(relay: Daemon) -> str | None:
+    """The QUIC engine the relay says it started on (its "QUIC engine" log record), or None
+    before it said so."""
+    for record in relay.json_log():
+        if record.get("msg") == "QUIC engine":
+            engine = record.get("engine")
+            return engine if isinstance(engine, str) else None
+    return None
+
+
+def check_engines(
+    engine: str, relay_says: str | None, agent_status: dict[str, object] | None
+) -> None:
+    """BenchError unless relay and agent both run ``engine``: a path's name must say what
+    carried its traffic."""
+    agent_says = None if agent_status is None else agent_status.get("quic_engine")
+    if relay_says != engine or agent_says != engine:
+        raise BenchError(
+            f"asked for the {engine} engine; the relay says {relay_says}, the agent {agent_says}"
+        )
+
+
 @contextmanager
-def tunnel_up(lab: Lab, mode: str, relay_flags: tuple[str, ...]) -> Iterator[Target]:
-    """A freshly started relay (with ``relay_flags``) and agent (in ``mode``), stopped on exit."""
+def tunnel_up(lab: Lab, mode: str, engine: str, relay_flags: tuple[str, ...]) -> Iterator[Target]:
+    """A freshly started relay (with ``relay_flags``) and agent (in ``mode``), both on
+    ``engine``, stopped on exit."""
     try:
-        relay = lab.start_relay(*relay_flags)
+        relay = lab.start_relay(*relay_flags, engine=engine)
     except AssertionError as exc:  # how the lab says a daemon did not come up
-        raise BenchError(f"relay {' '.join(relay_flags)}: {exc}") from exc
+        raise BenchError(f"relay {' '.join(relay_flags)} ({engine}): {exc}") from exc
     try:
         try:
-            agent = lab.start_agent(AGENT, mode=mode)
+            agent = lab.start_agent(AGENT, mode=mode, engine=engine)
         except AssertionError as exc:
-            raise BenchError(f"agent ({mode} mode): {exc}") from exc
+            raise BenchError(f"agent ({mode} mode, {engine}): {exc}") from exc
         try:
             status = lab.agent_status(AGENT)
             if status is None or status.get("mode") != mode:
                 raise BenchError(f"agent did not come up in {mode} mode: {status}")
+            check_engines(engine, relay_engine(relay), status)
             yield Target(INET_IP, python_pid(relay), python_pid(agent), zgate=True)
         finally:
             agent.stop()
@@ -501,8 +627,8 @@ def path_up(lab: Lab, spec: PathSpec, relay_flags: dict[str, tuple[str, ...]]) -
         except AssertionError as exc:  # how the lab says a daemon did not come up
             raise BenchError(f"wireguard-go: {exc}") from exc
         return
-    assert spec.mode is not None
-    with tunnel_up(lab, spec.mode, relay_flags[spec.relay]) as target:
+    assert spec.mode is not None and spec.engine is not None
+    with tunnel_up(lab, spec.mode, spec.engine, relay_flags[spec.relay]) as target:
         yield target
 
 
@@ -523,7 +649,7 @@ def run_tunnel_rounds(
     for i in range(args.repeat):
         last = i == args.repeat - 1
         for name in names:
-            spec, result = PATH_SPECS[name], results[name]
+            spec, result = path_spec(name), results[name]
             full = spec.full and not args.light
             progress(f"{name}: run {i + 1}/{args.repeat}")
             try:
@@ -562,7 +688,7 @@ def relay_configs(lab: Lab, names: list[str], notes: RunNotes) -> dict[str, tupl
     """The relay's flags for each kind of path; writes and checks the 1 000-rule policy if a
     path needs it."""
     configs: dict[str, tuple[str, ...]] = {"allow-all": (), "noenforce": ("--no-enforce",)}
-    if any(PATH_SPECS[n].relay == "policy1k" for n in names):
+    if any(path_spec(n).relay == "policy1k" for n in names):
         path = lab.workdir / "policy-1k.yaml"
         path.write_text(policy_yaml(POLICY_RULES))
         notes.policy_check = check_policy(path)
@@ -594,7 +720,7 @@ def run_benchmark(lab: Lab, args: argparse.Namespace, notes: RunNotes) -> dict[s
         if notes.policy_check:
             progress(notes.policy_check)
         results.update(run_tunnel_rounds(lab, tunnel, flags, args, progress))
-    if "zgate-datagram-noenforce" in args.paths:
+    if any(split(n)[0] == "zgate-datagram-noenforce" for n in args.paths):
         progress("the router's cost per packet, in-process")
         notes.router_us = router_cost()
     return {n: results[n] for n in args.paths}
@@ -762,11 +888,9 @@ def router_cost(packets: int = 20_000, repeat: int = 5) -> dict[str, float]:
 
 
 def ratios(paths: dict[str, Figures]) -> dict[str, Figures]:
-    """Each ratio of RATIOS whose two paths were measured, for each figure."""
+    """Each ratio whose two paths were measured (path_names.ratio_pairs), for each figure."""
     out: dict[str, Figures] = {}
-    for label, (top, bottom) in RATIOS.items():
-        if top not in paths or bottom not in paths:
-            continue
+    for label, (top, bottom) in ratio_pairs(paths).items():
         out[label] = {}
         for name in RATIO_FIELDS:
             a, b = paths[top].get(name), paths[bottom].get(name)
@@ -779,19 +903,26 @@ def enforcement_cost(
     rates: dict[str, Figures],
     router_us: dict[str, float] | None,
 ) -> dict[str, object]:
-    """What enforcement costs: the throughput ratios enforced / not enforced (and whether they
-    meet the target), and from the router's in-process cost, the share of the relay's CPU per
-    packet it adds (against the relay's CPU per packet with enforcement off, in this run)."""
+    """What enforcement costs: the throughput ratios enforced / not enforced on each engine
+    (and whether they meet the target), and from the router's in-process cost, the share of
+    the relay's CPU per packet it adds (against the relay's CPU per packet with enforcement
+    off, per path without enforcement, in this run)."""
     out: dict[str, object] = {"target_ratio": ENFORCEMENT_TARGET}
-    met = True
-    for label in ("allow-all/noenforce", "policy1k/noenforce"):
-        if label not in rates:
+    met, measured = True, False
+    enforcement_labels = {label for label, _, _ in ENFORCEMENT_RATIOS}
+    for label, values in rates.items():
+        if label.split("[")[0] not in enforcement_labels:
             continue
-        pair = {k: rates[label][k] for k in ("tcp_mbps", "tcp_down_mbps")}
-        out[label] = pair
+        pair = {k: values[k] for k in ("tcp_mbps", "tcp_down_mbps")}
+        out[label], measured = pair, True
         met = met and all(v is not None and v >= ENFORCEMENT_TARGET for v in pair.values())
-    out["met"] = met if len(out) > 1 else None
-    relay_us = paths.get("zgate-datagram-noenforce", {}).get("relay_us_per_packet")
+    out["met"] = met if measured else None
+    relay_us = {
+        name: us
+        for name, figures in paths.items()
+        if split(name)[0] == "zgate-datagram-noenforce"
+        and isinstance(us := figures.get("relay_us_per_packet"), float)
+    }
     if router_us is not None:
         out["router_us_per_packet"] = router_us
         out["relay_us_per_packet_noenforce"] = relay_us
@@ -801,42 +932,59 @@ def enforcement_cost(
             if kind != "noenforce"
         }
         out["added_us_per_packet"] = added
-        if relay_us:
-            out["share_of_relay_cpu"] = {k: round(v / relay_us, 4) for k, v in added.items()}
-    return out
-
-
-def wireguard_targets(rates: dict[str, Figures]) -> dict[str, object]:
-    """Issue 4's goal for each zgate mode measured beside wireguard-go: single-stream TCP at
-    least WG_TCP_TARGET times wireguard-go's (upload), ping RTT at most WG_RTT_TARGET times."""
-    out: dict[str, object] = {}
-    for mode in ("zgate-datagram", "zgate-stream"):
-        ratio = rates.get(f"{mode}/wireguard-go")
-        if ratio is None:
-            continue
-        tcp, rtt = ratio["tcp_mbps"], ratio["rtt_ms"]
-        out[mode] = {
-            "tcp_ratio": tcp,
-            "rtt_ratio": rtt,
-            "met": tcp is not None
-            and rtt is not None
-            and tcp >= WG_TCP_TARGET
-            and rtt <= WG_RTT_TARGET,
+        out["share_of_relay_cpu"] = {
+            name: {k: round(v / us, 4) for k, v in added.items()}
+            for name, us in relay_us.items()
+            if us > 0
         }
     return out
 
 
-def targets_line(targets: dict[str, object]) -> str | None:
-    """One line per zgate mode on issue 4's goal, or None without wireguard-go in the run."""
-    lines = []
-    for mode, verdict in targets.items():
-        assert isinstance(verdict, dict)
-        lines.append(
-            f"{mode} vs wireguard-go: TCP {fmt(verdict['tcp_ratio'], 3)}x "
-            f"(goal >= {WG_TCP_TARGET}), RTT {fmt(verdict['rtt_ratio'], 3)}x "
-            f"(goal <= {WG_RTT_TARGET}): {'met' if verdict['met'] else 'not met'}"
+def wireguard_targets(paths: dict[str, Figures]) -> dict[str, object]:
+    """Issue 11's goal (GOALS) for each zgate mode on each engine measured beside
+    wireguard-go: per criterion the ratio zgate / wireguard-go, its bound and whether it is
+    met, and whether all of them are."""
+    out: dict[str, object] = {}
+    baseline = paths.get(WIREGUARD)
+    if baseline is None:
+        return out
+    for name, figures in paths.items():
+        base, engine = split(name)
+        if base not in MODES:
+            continue
+        verdict: dict[str, object] = {"mode": base, "engine": engine}
+        for goal in GOALS:
+            top, bottom = figures.get(goal.figure), baseline.get(goal.figure)
+            ratio = round(top / bottom, 4) if top is not None and bottom else None
+            verdict[goal.key] = {"ratio": ratio, "goal": goal.bound, "met": goal.met(ratio)}
+        verdict["met"] = all(
+            isinstance(v := verdict[goal.key], dict) and v["met"] for goal in GOALS
         )
-    return "\n".join(lines) or None
+        out[name] = verdict
+    return out
+
+
+def targets_lines(targets: dict[str, object]) -> str | None:
+    """Issue 11's goal as a small table, one line per zgate mode and engine, each criterion
+    with its ratio and "ok" or "NO"; None without wireguard-go in the run."""
+    if not targets:
+        return None
+    heads = [f"{goal.title} {goal.bound}" for goal in GOALS]
+    width = max(len(name) for name in targets) + 2
+    lines = [
+        f"{'vs wireguard-go (issue 11)':<{width}}"
+        + "".join(f"{h:>20}" for h in heads)
+        + f"{'goal':>10}"
+    ]
+    for name, verdict in targets.items():
+        assert isinstance(verdict, dict)
+        cells = []
+        for goal in GOALS:
+            criterion = verdict[goal.key]
+            cells.append(f"{fmt(criterion['ratio'], 3)}x {'ok' if criterion['met'] else 'NO'}")
+        overall = "met" if verdict["met"] else "NOT met"
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>20}" for c in cells) + f"{overall:>10}")
+    return "\n".join(lines)
 
 
 def command_version(*cmd: str) -> str:
@@ -907,6 +1055,7 @@ def machine(load: dict[str, object]) -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "aioquic": metadata.version("aioquic"),
+        "qh3": metadata.version("qh3"),
         "iperf3": command_version("iperf3", "--version"),
         "wireguard-go": None if wireguard.available() else wireguard.version(),
         "network": "Linux network namespaces joined by veth pairs (and a bridge); no NIC",
@@ -964,23 +1113,21 @@ def enforcement_line(cost: dict[str, object]) -> str | None:
     if cost.get("met") is None:
         return None
     parts = []
-    for label in ("allow-all/noenforce", "policy1k/noenforce"):
-        pair = cost.get(label)
-        if isinstance(pair, dict):
+    for label, pair in cost.items():
+        if isinstance(pair, dict) and "tcp_down_mbps" in pair:
             up, down = (fmt(pair[k], 3) for k in ("tcp_mbps", "tcp_down_mbps"))
             parts.append(f"{label} TCP up {up}, down {down}")
     verdict = "met" if cost["met"] else "NOT met in this run (single runs vary by 15-20 %)"
     lines = [f"enforcement: {'; '.join(parts)} (target >= {ENFORCEMENT_TARGET}: {verdict})"]
-    added, share = cost.get("added_us_per_packet"), cost.get("share_of_relay_cpu")
+    added, shares = cost.get("added_us_per_packet"), cost.get("share_of_relay_cpu")
     if isinstance(added, dict):
+        per_kind = ", ".join(f"{kind} +{us:.2f} us" for kind, us in added.items())
+        lines.append(f"router in-process, per packet: {per_kind}")
         relay_us = cost.get("relay_us_per_packet_noenforce")
-        per_kind = ", ".join(
-            f"{kind} +{us:.2f} us"
-            + (f" = {100 * share[kind]:.1f} %" if isinstance(share, dict) else "")
-            for kind, us in added.items()
-        )
-        relay = f" of the relay's {relay_us:.0f} us" if isinstance(relay_us, float) else ""
-        lines.append(f"router in-process, per packet: {per_kind}{relay}")
+        for name, share in shares.items() if isinstance(shares, dict) else ():
+            us = relay_us.get(name) if isinstance(relay_us, dict) else None
+            of = ", ".join(f"{kind} {100 * v:.1f} %" for kind, v in share.items())
+            lines.append(f"  of the relay's {fmt(us, 0)} us per packet on {name}: {of}")
     return "\n".join(lines)
 
 
@@ -998,7 +1145,7 @@ def report(
         "paths": paths,
         "ratios": rates,
         "enforcement": enforcement_cost(paths, rates, notes.router_us),
-        "targets": wireguard_targets(rates),
+        "targets": wireguard_targets(paths),
         "machine": machine(load),
         # False when bench/quiet.py saw load, steal or a slowdown: read the figures with care.
         "quiet": load["quiet"],
@@ -1014,7 +1161,9 @@ def report(
             "flood_rate": args.flood_rate,
             "flood_seconds": args.flood_seconds,
             "paths": list(args.paths),
+            "engines": list(args.engines),
             "light": args.light,
+            "quick": args.quick,
             "skipped_paths": args.skipped,
             "policy1k": notes.policy_check,
         },
@@ -1055,13 +1204,31 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keep the module docstring's layout and show every default."""
 
 
-def path_list(text: str) -> tuple[str, ...]:
-    """--paths: names from PATHS, comma-separated, measured in PATHS' order."""
+def name_list(text: str) -> tuple[str, ...]:
+    """--paths: comma-separated path names, each one path_spec() accepts or a zgate path
+    without an engine (expand_paths() then puts it on each engine of --engines)."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("no path named")
+    for name in names:
+        try:
+            base, engine = split(name)
+            if not (base in ZGATE_BASES and engine is None):
+                path_spec(name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
+
+
+def engine_list(text: str) -> tuple[str, ...]:
+    """--engines: comma-separated QUIC engines, in ENGINES' order."""
     names = {n.strip() for n in text.split(",") if n.strip()}
-    unknown = names - set(PATHS)
+    unknown = names - set(ENGINES)
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown path {sorted(unknown)}; known: {PATHS}")
-    return tuple(n for n in PATHS if n in names)
+        raise argparse.ArgumentTypeError(
+            f"unknown QUIC engine {sorted(unknown)}; known: {', '.join(ENGINES)}"
+        )
+    return tuple(e for e in ENGINES if e in names)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1069,8 +1236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=HelpFormatter,
-        epilog="Needs root (namespaces, TUN devices, nftables) and iperf3. "
-        "Defaults take about four minutes; --enforcement about 45 s per --repeat.",
+        epilog="Needs root (namespaces, TUN devices, nftables) and iperf3. On 2 cores the "
+        "defaults take about 8 minutes with wireguard-go (both engines); --quick about "
+        "2 minutes; --enforcement about 45 s per --repeat and engine.",
     )
     parser.add_argument("--seconds", type=int, default=5, help="length of each iperf3 test")
     parser.add_argument(
@@ -1107,33 +1275,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and the load average to fall to 0.5 per CPU",
     )
     parser.add_argument(
+        "--engines",
+        type=engine_list,
+        default=",".join(ENGINES),
+        metavar="NAME,...",
+        help=f"the QUIC engines each zgate path runs on, of: {', '.join(ENGINES)}",
+    )
+    parser.add_argument(
         "--paths",
-        type=path_list,
+        type=name_list,
         default=None,
         metavar="NAME,...",
-        help=f"which paths to measure, of: {', '.join(PATHS)} "
-        f"[default: {','.join(DEFAULT_PATHS)}, without wireguard-go where it is not installed]",
+        help=f"which paths to measure, of: {', '.join(BASE_SPECS)}; a zgate path on each of "
+        f"--engines, or on one: zgate-stream[qh3] [default: veth,{','.join(DEFAULT_ZGATE)},"
+        f"{WIREGUARD}, without wireguard-go where it is not installed]",
     )
     parser.add_argument(
         "--light", action="store_true", help="TCP and RTT only on every path: no UDP, no flood"
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a quick comparison: --seconds {seconds} --repeat {repeat} --light (--seconds "
+        "and --repeat given as well win); noisy, for a first look".format(**QUICK),
+    )
+    parser.add_argument(
         "--enforcement",
         action="store_true",
         help="measure only what access control costs: --light --paths "
-        + ",".join(ENFORCEMENT_PATHS),
+        + ",".join(ENFORCEMENT_BASES),
     )
+    known, _ = parser.parse_known_args(argv)
+    if known.quick:
+        parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
     args.skipped = {}
     if args.enforcement:
-        args.paths, args.light = ENFORCEMENT_PATHS, True
+        args.paths, args.light = zgate_paths(ENFORCEMENT_BASES, args.engines), True
     elif args.paths is None:
-        args.paths = DEFAULT_PATHS
+        args.paths = default_paths(args.engines)
         if missing := wireguard.available():
-            args.paths = tuple(p for p in DEFAULT_PATHS if p != "wireguard-go")
-            args.skipped["wireguard-go"] = missing
-    elif "wireguard-go" in args.paths and (missing := wireguard.available()):
-        parser.error(f"the wireguard-go path {missing}")
+            args.paths = tuple(p for p in args.paths if p != WIREGUARD)
+            args.skipped[WIREGUARD] = missing
+    else:
+        args.paths = expand_paths(args.paths, args.engines)
+        if WIREGUARD in args.paths and (missing := wireguard.available()):
+            parser.error(f"the wireguard-go path {missing}")
     if not 1 <= args.seconds <= 60 or not 0 <= args.loss <= 50:
         parser.error("--seconds must be 1..60 and --loss 0..50")
     if not 1 <= args.repeat <= 20 or not 1 <= args.baseline_repeat <= 20:
@@ -1180,7 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(doc["paths"], doc["ratios"]))  # type: ignore[arg-type]
     if line := enforcement_line(doc["enforcement"]):  # type: ignore[arg-type]
         print(f"\n{line}")
-    if line := targets_line(doc["targets"]):  # type: ignore[arg-type]
+    if line := targets_lines(doc["targets"]):  # type: ignore[arg-type]
         print(f"\n{line}")
     for name, why in args.skipped.items():
         print(f"\n{name} not measured: {why}")

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -149,8 +152,301 @@ def test_summarize_pools_paired_rounds_across_runs(
 
 
 def test_summarize_knows_every_ratio_tunnel_reports() -> None:
-    # One table: tunnel.py reports the ratios summarize.py pools.
-    assert _load("tunnel").RATIOS is sys.modules["summarize"].RATIOS
+    # One function: tunnel.py reports the ratios summarize.py pools.
+    assert _load("tunnel").ratio_pairs is _load("summarize").ratio_pairs
+
+
+# ------------------------------------------------------------- QUIC engines
+
+ENGINE_PATHS = (
+    "veth",
+    "zgate-datagram[aioquic]",
+    "zgate-stream[aioquic]",
+    "zgate-datagram[qh3]",
+    "zgate-stream[qh3]",
+    "wireguard-go",
+)
+#: The ratios result files had before the engine dimension: still their labels there.
+OLD_RATIOS = {
+    "zgate-datagram/wireguard-go": ("zgate-datagram", "wireguard-go"),
+    "zgate-stream/wireguard-go": ("zgate-stream", "wireguard-go"),
+    "zgate-datagram/veth": ("zgate-datagram", "veth"),
+    "zgate-stream/veth": ("zgate-stream", "veth"),
+    "wireguard-go/veth": ("wireguard-go", "veth"),
+    "zgate-stream/zgate-datagram": ("zgate-stream", "zgate-datagram"),
+    "allow-all/noenforce": ("zgate-datagram", "zgate-datagram-noenforce"),
+    "policy1k/noenforce": ("zgate-datagram-policy1k", "zgate-datagram-noenforce"),
+}
+
+
+@given(
+    base=st.sampled_from(["veth", "zgate-datagram", "zgate-stream-x", "wireguard-go"]),
+    engine=st.one_of(st.none(), st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)),
+)
+def test_path_names_carry_their_engine(base: str, engine: str | None) -> None:
+    names = _load("path_names")
+    assert names.split(names.named(base, engine)) == (base, engine)
+
+
+@pytest.mark.parametrize("bad", ["", "zgate-datagram[]", "zgate-datagram[qh3", "a/b", "X[qh3]"])
+def test_path_names_refuse_what_is_not_a_name(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a path name"):
+        _load("path_names").split(bad)
+
+
+def test_each_engine_is_compared_with_wireguard_and_with_the_other() -> None:
+    pairs = _load("path_names").ratio_pairs(ENGINE_PATHS)
+    for engine in ("aioquic", "qh3"):
+        for mode in ("zgate-datagram", "zgate-stream"):
+            path = f"{mode}[{engine}]"
+            assert pairs[f"{path}/wireguard-go"] == (path, "wireguard-go")
+            assert pairs[f"{path}/veth"] == (path, "veth")
+        stream, datagram = f"zgate-stream[{engine}]", f"zgate-datagram[{engine}]"
+        assert pairs[f"{stream}/{datagram}"] == (stream, datagram)
+    for mode in ("zgate-datagram", "zgate-stream"):
+        label = f"{mode}[qh3]/{mode}[aioquic]"
+        assert pairs[label] == (f"{mode}[qh3]", f"{mode}[aioquic]")
+    assert pairs["wireguard-go/veth"] == ("wireguard-go", "veth")
+    # No ratio across engines and modes at once, none with an unmeasured path.
+    assert len(pairs) == 2 * 5 + 1 + 2
+    assert all(top in ENGINE_PATHS and bottom in ENGINE_PATHS for top, bottom in pairs.values())
+
+
+def test_enforcement_ratios_stay_within_one_engine() -> None:
+    names = _load("path_names")
+    paths = [
+        f"{base}[{engine}]"
+        for engine in ("aioquic", "qh3")
+        for base in ("zgate-datagram-noenforce", "zgate-datagram", "zgate-datagram-policy1k")
+    ]
+    pairs = names.ratio_pairs(paths)
+    assert pairs["allow-all/noenforce[qh3]"] == (
+        "zgate-datagram[qh3]",
+        "zgate-datagram-noenforce[qh3]",
+    )
+    assert pairs["policy1k/noenforce[aioquic]"] == (
+        "zgate-datagram-policy1k[aioquic]",
+        "zgate-datagram-noenforce[aioquic]",
+    )
+    assert "allow-all/noenforce" not in pairs
+
+
+def test_old_result_files_keep_their_ratios() -> None:
+    old_paths = ["veth", "zgate-datagram", "zgate-stream", "wireguard-go"]
+    old_paths += ["zgate-datagram-noenforce", "zgate-datagram-policy1k"]
+    assert _load("path_names").ratio_pairs(old_paths) == OLD_RATIOS
+
+
+def test_summarize_pools_old_and_new_runs_apart(tmp_path: Path) -> None:
+    summarize = _load("summarize")
+    old = _run("old", None, {"zgate-datagram": [50.0], "wireguard-go": [100.0]})
+    new = _run(
+        "new",
+        {"zgate-datagram[qh3]": [0], "zgate-datagram[aioquic]": [0], "wireguard-go": [0]},
+        {
+            "zgate-datagram[qh3]": [150.0],
+            "zgate-datagram[aioquic]": [40.0],
+            "wireguard-go": [100.0],
+        },
+    )
+    pooled, notes = summarize.pool([old, new])
+    by = {(p.ratio, p.field): p.geometric_mean for p in pooled}
+    assert by[("zgate-datagram/wireguard-go", "tcp_mbps")] == 0.5
+    assert by[("zgate-datagram[qh3]/wireguard-go", "tcp_mbps")] == 1.5
+    assert by[("zgate-datagram[aioquic]/wireguard-go", "tcp_mbps")] == 0.4
+    assert by[("zgate-datagram[qh3]/zgate-datagram[aioquic]", "tcp_down_mbps")] == 3.75
+    assert notes == []
+    files = []
+    for doc in (old, new):
+        files.append(tmp_path / f"{doc['when']}.json")
+        files[-1].write_text(json.dumps(doc))
+    assert summarize.main([*map(str, files)]) == 0
+
+
+@pytest.fixture
+def tunnel_with_wireguard(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/tunnel.py as if wireguard-go were installed."""
+    tunnel = _load("tunnel")
+    monkeypatch.setattr(tunnel.wireguard, "available", lambda: None)
+    return tunnel
+
+
+def test_by_default_both_engines_run_both_modes_beside_wireguard(
+    tunnel_with_wireguard: ModuleType,
+) -> None:
+    args = tunnel_with_wireguard.parse_args([])
+    assert args.engines == ("aioquic", "qh3")
+    assert args.paths == ENGINE_PATHS
+    assert (args.seconds, args.repeat, args.light) == (5, 3, False)
+    specs = {name: tunnel_with_wireguard.path_spec(name) for name in args.paths}
+    assert specs["zgate-stream[qh3]"].engine == "qh3"
+    assert specs["zgate-stream[qh3]"].mode == "stream"
+    assert specs["zgate-datagram[aioquic]"].engine == "aioquic"
+    assert specs["wireguard-go"].engine is None
+    with pytest.raises(ValueError, match="names its engine"):
+        tunnel_with_wireguard.path_spec("zgate-stream")
+
+
+def test_without_wireguard_go_the_default_run_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    tunnel = _load("tunnel")
+    monkeypatch.setattr(tunnel.wireguard, "available", lambda: "needs 'wg'")
+    args = tunnel.parse_args([])
+    assert args.paths == ENGINE_PATHS[:-1]
+    assert args.skipped == {"wireguard-go": "needs 'wg'"}
+
+
+def test_engines_and_paths_choose_what_is_measured(tunnel_with_wireguard: ModuleType) -> None:
+    parse = tunnel_with_wireguard.parse_args
+    assert parse(["--engines", "qh3"]).paths == (
+        "veth",
+        "zgate-datagram[qh3]",
+        "zgate-stream[qh3]",
+        "wireguard-go",
+    )
+    # An engine named in --paths wins over --engines; measured in a fixed order.
+    args = parse(["--engines", "qh3", "--paths", "wireguard-go,zgate-stream,zgate-stream[aioquic]"])
+    assert args.paths == ("zgate-stream[aioquic]", "zgate-stream[qh3]", "wireguard-go")
+    assert parse(["--enforcement", "--engines", "aioquic"]).paths == (
+        "zgate-datagram-noenforce[aioquic]",
+        "zgate-datagram[aioquic]",
+        "zgate-datagram-policy1k[aioquic]",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--engines", "picoquic"],
+        ["--engines", ""],
+        ["--paths", "zgate-datagram[picoquic]"],
+        ["--paths", "veth[qh3]"],
+        ["--paths", "wireguard-go[aioquic]"],
+        ["--paths", "zgate-tcp"],
+    ],
+)
+def test_unknown_engines_and_paths_are_refused(
+    tunnel_with_wireguard: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        tunnel_with_wireguard.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert f"error: argument {argv[0]}: " in capsys.readouterr().err
+
+
+def test_quick_is_one_short_light_round_unless_told_otherwise(
+    tunnel_with_wireguard: ModuleType,
+) -> None:
+    quick = tunnel_with_wireguard.parse_args(["--quick"])
+    assert (quick.seconds, quick.repeat, quick.light) == (3, 1, True)
+    assert quick.paths == ENGINE_PATHS
+    told = tunnel_with_wireguard.parse_args(["--quick", "--repeat", "2", "--seconds", "4"])
+    assert (told.seconds, told.repeat, told.light) == (4, 2, True)
+
+
+def _figures(up: float, down: float, rtt: float, tcp_rtt: float | None) -> dict[str, object]:
+    return {"tcp_mbps": up, "tcp_down_mbps": down, "rtt_ms": rtt, "tcp_rtt_ms": tcp_rtt}
+
+
+def test_issue_11_goal_is_judged_per_engine_and_mode() -> None:
+    tunnel = _load("tunnel")
+    paths = {
+        "veth": _figures(9000.0, 9000.0, 0.05, 0.1),
+        "zgate-datagram[aioquic]": _figures(40.0, 45.0, 3.0, 12.0),
+        # Upload, ping and loaded RTT met; the download misses by a little.
+        "zgate-datagram[qh3]": _figures(120.0, 99.0, 1.5, 2.9),
+        "zgate-stream[qh3]": _figures(100.0, 100.0, 1.0, 3.0),
+        "zgate-stream[aioquic]": _figures(100.0, 100.0, 1.0, None),  # loaded RTT missing
+        "wireguard-go": _figures(100.0, 100.0, 1.0, 2.0),
+    }
+    targets = tunnel.wireguard_targets(paths)
+    assert list(targets) == [p for p in paths if p.startswith("zgate-")]
+    qh3 = targets["zgate-datagram[qh3]"]
+    assert (qh3["mode"], qh3["engine"]) == ("zgate-datagram", "qh3")
+    assert {k: qh3[k]["met"] for k in ("tcp_up", "tcp_down", "rtt", "tcp_rtt")} == {
+        "tcp_up": True,
+        "tcp_down": False,
+        "rtt": True,
+        "tcp_rtt": True,
+    }
+    assert qh3["tcp_rtt"]["ratio"] == 1.45 and qh3["tcp_down"]["goal"] == ">= 1.0"
+    assert qh3["met"] is False
+    assert targets["zgate-stream[qh3]"]["met"] is True  # every bound is inclusive
+    assert targets["zgate-stream[aioquic]"]["tcp_rtt"] == {
+        "ratio": None,
+        "goal": "<= 1.5",
+        "met": False,
+    }
+    assert targets["zgate-stream[aioquic]"]["met"] is False
+    text = tunnel.targets_lines(targets)
+    lines = text.splitlines()
+    assert len(lines) == 1 + 4
+    for header in ("TCP up >= 1.0", "TCP down >= 1.0", "ping RTT <= 1.5", "RTT in TCP <= 1.5"):
+        assert header in lines[0]
+    row = next(line for line in lines if line.startswith("zgate-datagram[qh3] "))
+    assert row.split()[1:9] == ["1.200x", "ok", "0.990x", "NO", "1.500x", "ok", "1.450x", "ok"]
+    assert row.endswith("NOT met")
+    assert next(line for line in lines if line.startswith("zgate-stream[qh3] ")).endswith(" met")
+    # Without wireguard-go in the run there is no goal to judge.
+    assert tunnel.wireguard_targets({k: v for k, v in paths.items() if k != "wireguard-go"}) == {}
+    assert tunnel.targets_lines({}) is None
+
+
+def test_the_report_tables_name_each_engine() -> None:
+    tunnel = _load("tunnel")
+    fields = dict.fromkeys(tunnel.asdict(tunnel.Sample()))
+    paths = {name: dict(fields, tcp_mbps=100.0, rtt_ms=1.0) for name in ENGINE_PATHS}
+    paths["zgate-datagram[qh3]"]["tcp_mbps"] = 250.0
+    rates = tunnel.ratios(paths)
+    assert rates["zgate-datagram[qh3]/zgate-datagram[aioquic]"]["tcp_mbps"] == 2.5
+    assert rates["zgate-stream[qh3]/wireguard-go"]["tcp_down_mbps"] is None
+    text = tunnel.table(paths, rates)
+    header = text.splitlines()[0].split()
+    assert header == list(ENGINE_PATHS)
+    assert "zgate-datagram[qh3]/wireguard-go" in text
+
+
+def test_enforcement_cost_is_reported_per_engine() -> None:
+    tunnel = _load("tunnel")
+    paths = {
+        "zgate-datagram-noenforce[aioquic]": {"tcp_mbps": 100.0, "relay_us_per_packet": 40.0},
+        "zgate-datagram[aioquic]": {"tcp_mbps": 95.0},
+        "zgate-datagram-noenforce[qh3]": {"tcp_mbps": 200.0, "relay_us_per_packet": 10.0},
+        "zgate-datagram[qh3]": {"tcp_mbps": 170.0},
+    }
+    for figures in paths.values():
+        figures["tcp_down_mbps"] = figures["tcp_mbps"]
+    rates = tunnel.ratios(paths)
+    router = {"noenforce": 1.0, "allow-all": 1.5}
+    cost = tunnel.enforcement_cost(paths, rates, router)
+    assert cost["allow-all/noenforce[aioquic]"] == {"tcp_mbps": 0.95, "tcp_down_mbps": 0.95}
+    assert cost["allow-all/noenforce[qh3]"] == {"tcp_mbps": 0.85, "tcp_down_mbps": 0.85}
+    assert cost["met"] is False  # qh3's 0.85 misses 0.9
+    assert cost["share_of_relay_cpu"] == {
+        "zgate-datagram-noenforce[aioquic]": {"allow-all": 0.0125},
+        "zgate-datagram-noenforce[qh3]": {"allow-all": 0.05},
+    }
+    line = tunnel.enforcement_line(cost)
+    assert "allow-all/noenforce[qh3] TCP up 0.850" in line
+    assert "of the relay's 10 us per packet on zgate-datagram-noenforce[qh3]" in line
+
+
+def _relay(tmp_path: Path, *records: dict[str, object]) -> Any:
+    log = tmp_path / "relay.log"
+    log.write_text("not json\n" + "".join(json.dumps(r) + "\n" for r in records))
+    return _load("tunnel").Daemon("relay", cast(Any, None), log)
+
+
+def test_a_path_runs_on_the_engine_it_is_named_after(tmp_path: Path) -> None:
+    tunnel = _load("tunnel")
+    relay = _relay(tmp_path, {"msg": "listening"}, {"msg": "QUIC engine", "engine": "qh3"})
+    assert tunnel.relay_engine(relay) == "qh3"
+    assert tunnel.relay_engine(_relay(tmp_path, {"msg": "listening"})) is None
+    tunnel.check_engines("qh3", "qh3", {"mode": "datagram", "quic_engine": "qh3"})
+    for relay_says, agent_says in (("aioquic", "qh3"), ("qh3", "aioquic"), (None, "qh3")):
+        with pytest.raises(tunnel.BenchError, match="asked for the qh3 engine"):
+            tunnel.check_engines("qh3", relay_says, {"quic_engine": agent_says})
+    with pytest.raises(tunnel.BenchError):
+        tunnel.check_engines("qh3", "qh3", None)
 
 
 def test_tunnel_benchmark_help_runs_without_root() -> None:
