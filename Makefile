@@ -10,7 +10,8 @@ PKI_DIR ?= .zgate/pki
 DIST ?= dist
 # Extra flags for `make demo`, e.g. DEMO_ARGS="--mode stream --keep".
 DEMO_ARGS ?=
-# `make bench WIREGUARD=1` also installs wireguard-go to compare with; BENCH_ARGS="--repeat 5".
+# `make bench WIREGUARD=1` also installs wireguard-go to compare with; BENCH_ARGS="--repeat 5",
+# BENCH_ARGS="--quick" (one short round, ~75 s), BENCH_ARGS="--engines qh3" (one QUIC engine).
 WIREGUARD ?= 0
 BENCH_ARGS ?=
 
@@ -95,7 +96,7 @@ mutants: ## mutation testing (mutmut) of the sans-IO core; MUTANTS_ARGS="relay.d
 e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
 	$(RUN) pytest tests/e2e
 
-bench: ## [root] the tunnel benchmark: veth, both zgate modes, wireguard-go (WIREGUARD=1 installs it)
+bench: ## [root] the tunnel benchmark: veth, both zgate modes on each QUIC engine, wireguard-go (WIREGUARD=1 installs it)
 	WITH_WIREGUARD=$(WIREGUARD) scripts/bootstrap
 	$(RUN) python bench/tunnel.py $(BENCH_ARGS)
 

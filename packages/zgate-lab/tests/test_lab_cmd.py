@@ -278,8 +278,8 @@ def _fake_demo(
     lab = FakeLab(workdir)
 
     class FakeDemo:
-        def __init__(self, lab: object, mode: str) -> None:
-            pass
+        def __init__(self, lab: object, mode: str, engine: str | None = None) -> None:
+            _demos_made.append((mode, engine))
 
         def steps(self) -> list[tuple[str, Callable[[], list[str]]]]:
             return steps
@@ -289,6 +289,10 @@ def _fake_demo(
     monkeypatch.setattr(lab_cmd, "_Demo", FakeDemo)
     monkeypatch.setattr(lab_cmd, "lab_namespaces", lambda tag=None: [])
     return lab
+
+
+#: (mode, engine) of each demo the fake made: what `zgate-lab demo` asked for.
+_demos_made: list[tuple[str, str | None]] = []
 
 
 def _fails() -> list[str]:
@@ -336,6 +340,28 @@ def test_demo_passes_and_removes_its_work_directory(
         "demo passed: ping, IPv4 and IPv6 downloads through the tunnel, checksums OK"
     )
     assert not lab.workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "made"),
+    [
+        ([], ("datagram", None)),
+        (["--quic-engine", "qh3"], ("datagram", "qh3")),
+        (["--mode", "stream", "--quic-engine", "aioquic"], ("stream", "aioquic")),
+    ],
+)
+def test_demo_runs_on_the_quic_engine_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, argv: list[str], made: tuple[str, str | None]
+) -> None:
+    _fake_demo(monkeypatch, tmp_path, [("Only", lambda: ["fine"])])
+    _demos_made.clear()
+    assert main(["demo", *argv]) == 0
+    assert _demos_made == [made]
+
+
+def test_demo_refuses_an_unknown_quic_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quic-engine", "picoquic"]) == 2
+    assert "invalid choice: 'picoquic'" in capsys.readouterr().err
 
 
 def test_demo_fails_when_clean_up_leaves_a_namespace(

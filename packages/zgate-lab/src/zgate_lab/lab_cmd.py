@@ -26,6 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from zgate_proto.engines import ENGINES
+
 from .lab import (
     HTTP_PORT,
     INET_IP,
@@ -258,6 +260,7 @@ class _Demo:
 
     lab: Lab
     mode: str
+    engine: str | None = None  # relay's and agent's --quic-engine; None: their default
     blob: Path | None = None
     blob_sha256: str = ""
 
@@ -302,24 +305,29 @@ class _Demo:
         ]
 
     def relay(self) -> list[str]:
-        self.lab.start_relay()
+        self.lab.start_relay(engine=self.engine)
+        engine = f" ({self.engine})" if self.engine else ""
         return [
-            f"MASQUE CONNECT-IP over QUIC on {RELAY_LAN_IP}:4433, client certificates "
+            f"MASQUE CONNECT-IP over QUIC{engine} on {RELAY_LAN_IP}:4433, client certificates "
             f"required; NAT out through {RELAY_INET_IP}",
         ]
 
     def agent(self) -> list[str]:
-        self.lab.start_agent(1, mode=self.mode)
+        self.lab.start_agent(1, mode=self.mode, engine=self.engine)
         status = self.lab.agent_status(1)
         if status is None:
             raise StepFailedError("the agent's /status endpoint does not answer")
         if status.get("mode") != self.mode:
             raise StepFailedError(f"asked for {self.mode} mode, the agent runs {status['mode']}")
+        if self.engine is not None and status.get("quic_engine") != self.engine:
+            raise StepFailedError(
+                f"asked for the {self.engine} engine, the agent runs {status.get('quic_engine')}"
+            )
         addresses = _joined(status.get("addresses"))
         routes = _joined(status.get("routes"))
         return [
             f"state {status['state']}: relay {status['relay']}, device {status['device']}, "
-            f"mode {status['mode']}",
+            f"mode {status['mode']}, QUIC engine {status.get('quic_engine', '?')}",
             f"tunnel addresses given by the relay: {addresses}",
             f"routes into the tunnel: {routes}",
         ]
@@ -508,7 +516,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     completed = False
     try:
         with _sigterm_interrupts():
-            failure = _run_steps(_Demo(lab, args.mode))
+            failure = _run_steps(_Demo(lab, args.mode, engine=args.quic_engine))
             if args.keep:
                 _print_how_to_poke(lab)
                 _wait_for_enter()
@@ -551,6 +559,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="datagram",
         help="how the agent carries packets: QUIC datagrams or the CONNECT stream "
         "(default: datagram)",
+    )
+    demo.add_argument(
+        "--quic-engine",
+        choices=ENGINES,
+        default=None,
+        help="the QUIC engine of the relay and the agent (default: the services' own)",
     )
     demo.add_argument(
         "--keep",
