@@ -65,6 +65,7 @@ from zgate_proto.engines.base import (
     ConnStats,
     DatagramReceived,
     HandshakeCompleted,
+    QuicConn,
     QuicEvent,
     SendStatus,
     ServerConfig,
@@ -580,7 +581,7 @@ class Qh3Engine:
 
     def accept(
         self, config: ServerConfig, data: bytes, addr: Address, now: float
-    ) -> Qh3Conn | None:
+    ) -> QuicConn | None:
         """A server connection for a client's first Initial, fed with it."""
         configuration = self._server_contexts.get(_context_key(config))
         if configuration is None:
@@ -591,6 +592,15 @@ class Qh3Engine:
             return None
         if header.packet_type is not LongPacketType.INITIAL:
             return None
+        if not header.source_cid:
+            # qh3 2.1.0's compiled core never adopts an empty source connection ID as the
+            # peer's (RFC 9000 section 5.1 allows one; quic-go's clients use one by default):
+            # it keeps answering to the client's original destination ID, which the client
+            # ignores, and the handshake never completes. Such clients are served by the
+            # aioquic engine, on the same certificate and verifier.
+            from zgate_proto.engines._aioquic import ENGINE as AIOQUIC
+
+            return AIOQUIC.accept(config, data, addr, now)
         authenticator = ClientAuthenticator(config.verifier, config.on_refused, self._wall_clock)
         quic = MtlsServerConnection(
             configuration=configuration,

@@ -49,7 +49,6 @@ from qh3._hazmat import (
     Buffer,
     BufferReadError,
     SignatureError,
-    pull_quic_header,
     verify_with_public_key,
 )
 from qh3._hazmat import Certificate as Qh3Certificate
@@ -456,24 +455,6 @@ class MtlsServerConnection(QuicConnection):
         bridge = super()._create_tls(remote_source_cid)
         self.authenticator.attach(bridge.tls)
         return bridge
-
-    def _learn_remote_source_cid(self, data: bytes) -> None:
-        # qh3 2.1.0 records the client's source connection ID only when it is not empty, then
-        # compares the client's initial_source_connection_id transport parameter (b"") with
-        # None and refuses the handshake. RFC 9000 section 5.1 allows an empty ID, and
-        # quic-go's clients use one by default: record it as empty.
-        super()._learn_remote_source_cid(data)
-        bridge = self._tls
-        if self._handshake_complete or bridge is None:
-            return
-        if bridge.remote_initial_source_connection_id is not None:
-            return
-        try:
-            header = pull_quic_header(data, 0, self._configuration.connection_id_length)
-        except ValueError:
-            return
-        if header[4] == b"":
-            bridge.remote_initial_source_connection_id = b""
 
 
 def build_server_configuration(
