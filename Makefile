@@ -93,8 +93,12 @@ coverage: ## per-file report and HTML (build/coverage/html) of the last make tes
 mutants: ## mutation testing (mutmut) of the sans-IO core; MUTANTS_ARGS="relay.dns --timeout 900"
 	$(RUN) python scripts/mutants.py $(MUTANTS_ARGS)
 
-e2e: ## [root] only the end-to-end tests in network namespaces (tests/e2e)
-	$(RUN) pytest tests/e2e
+# `make e2e QUIC_ENGINE=qh3`: the relays, agents and connectors of the e2e tests on that engine
+# (through their ZGATE_*_QUIC_ENGINE variables); empty: each service's default.
+QUIC_ENGINE ?=
+e2e: ## [root] the end-to-end tests in network namespaces (tests/e2e, the lab's); QUIC_ENGINE=aioquic|qh3
+	$(if $(QUIC_ENGINE),ZGATE_RELAY_QUIC_ENGINE=$(QUIC_ENGINE) ZGATE_AGENT_QUIC_ENGINE=$(QUIC_ENGINE) \
+		ZGATE_CONNECTOR_QUIC_ENGINE=$(QUIC_ENGINE)) $(RUN) pytest tests/e2e packages/zgate-lab/tests -m e2e
 
 bench: ## [root] the tunnel benchmark: veth, both zgate modes on each QUIC engine, wireguard-go (WIREGUARD=1 installs it)
 	WITH_WIREGUARD=$(WIREGUARD) scripts/bootstrap
