@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from zgate_proto.engines.base import StopSendingReceived, StreamDataReceived, StreamReset
@@ -24,14 +21,7 @@ from zgate_proto.http3 import (
     encode_frame,
 )
 from zgate_proto.varint import encode_varint
-
-sys.path.insert(0, str(Path(__file__).parent))  # the in-memory links live beside this file
-from test_proto_http3_memquic import (
-    MemoryLink,
-    MemoryQuicConn,
-    _Close,
-    memory_pair,
-)
+from zgate_testkit.memquic import CloseFrame, MemoryLink, MemoryQuicConn, memory_pair
 
 REQUEST = [
     (b":method", b"CONNECT"),
@@ -239,7 +229,7 @@ REQUEST_STREAM = 0
 
 
 def closed_with(quic: MemoryQuicConn) -> int | None:
-    codes = [f.code for f in quic.outbox if isinstance(f, _Close)]
+    codes = [f.code for f in quic.outbox if isinstance(f, CloseFrame)]
     assert len(codes) <= 1
     return codes[0] if codes else None
 

@@ -4,8 +4,6 @@ reads the same, and no input, however wrong, raises out of them."""
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,9 +26,7 @@ from zgate_proto.session import (
     SessionClosed,
     SessionRequested,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))  # the in-memory links live beside this file
-from test_proto_http3_memquic import MemoryQuicConn, _Close
+from zgate_testkit.memquic import CloseFrame, MemoryQuicConn
 
 REQUEST = [
     (b":method", b"CONNECT"),
@@ -62,7 +58,7 @@ def read(chunks: list[bytes]) -> tuple[list[HeadersReceived], bytes]:
     events: list[H3Event] = []
     for i, chunk in enumerate(chunks):
         events += h3.handle_event(StreamDataReceived(0, chunk, i == len(chunks) - 1))
-    assert not quic.closed, [f for f in quic.outbox if isinstance(f, _Close)]
+    assert not quic.closed, [f for f in quic.outbox if isinstance(f, CloseFrame)]
     headers = [e for e in events if isinstance(e, HeadersReceived)]
     data = [e for e in events if isinstance(e, DataReceived)]
     last = events[-1]
@@ -113,7 +109,7 @@ def test_no_stream_input_raises_out_of_http3(
             h3.handle_event(StreamReset(stream_id, 0x10C))
         else:
             h3.handle_event(StreamDataReceived(stream_id, data, fin))
-    closes = [f.code for f in quic.outbox if isinstance(f, _Close)]
+    closes = [f.code for f in quic.outbox if isinstance(f, CloseFrame)]
     assert len(closes) <= 1
     assert all(code in H3_CODES for code in closes)
     assert h3.closed == bool(closes)

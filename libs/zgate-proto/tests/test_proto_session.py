@@ -4,10 +4,6 @@ over the in-memory QuicConn pair, and over real aioquic and qh3 connections in m
 from __future__ import annotations
 
 import ipaddress
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,149 +16,40 @@ from zgate_proto.capsules import (
     RequestedAddress,
     RouteAdvertisement,
 )
-from zgate_proto.engines.base import QuicConn, SendStatus
+from zgate_proto.engines.base import SendStatus
 from zgate_proto.session import (
     MODE_HEADER,
     AddressesAssigned,
     AddressRequested,
-    ClientEvent,
-    ClientSession,
     ClientState,
     ConnectionClosed,
     PacketMode,
     PacketReceived,
     RoutesAdvertised,
-    ServerConnection,
-    ServerEvent,
     SessionAccepted,
     SessionClosed,
     SessionRequested,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))  # the in-memory links live beside this file
-from test_proto_http3_memquic import (
-    Link,
-    MemoryLink,
-    drain,
-    engine_link,
-    make_pki,
-    memory_pair,
+from zgate_testkit.memquic import Link
+from zgate_testkit.pki import make_pki
+from zgate_testkit.sessions import (
+    AGENT,
+    EVERYWHERE,
+    LINKS,
+    Peers,
+    ipv4_packet,
+    make_link,
 )
-
-AGENT = ipaddress.ip_network("10.100.0.2/32")
-EVERYWHERE = IPAddressRange(
-    ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("255.255.255.255")
-)
-ASSIGN = AddressAssign((AssignedAddress(0, AGENT),))
-ROUTES = RouteAdvertisement((EVERYWHERE,))
-
-
-def ipv4_packet(size: int = 60, marker: int = 0) -> bytes:
-    """Bytes that look enough like an IPv4 packet for the session layer (it never parses)."""
-    body = bytes((marker + i) % 256 for i in range(size - 20))
-    return b"\x45\x00" + size.to_bytes(2, "big") + bytes(16) + body
-
-
-Answer = Callable[["Peers", SessionRequested], None]
-
-
-def accept_all(peers: Peers, event: SessionRequested) -> None:
-    """The relay's usual answer: 200, an address and the routes."""
-    assert peers.server is not None
-    peers.server.accept(event.stream_id, event.mode, [ASSIGN, ROUTES])
-
-
-class Peers:
-    """A ClientSession and the ServerConnection it reaches over ``link``; the server's
-    caller answers each request with ``answer`` as soon as it is seen."""
-
-    def __init__(
-        self,
-        link: Link,
-        *,
-        mode: PacketMode = PacketMode.DATAGRAM,
-        answer: Answer = accept_all,
-        server_options: dict[str, Any] | None = None,
-        **client_options: Any,
-    ) -> None:
-        self.link = link
-        self.answer = answer
-        self.server_options = server_options or {}
-        self.client = ClientSession(
-            link.client, authority="relay.example", mode=mode, **client_options
-        )
-        self.server: ServerConnection | None = None
-        self.client_events: list[ClientEvent] = []
-        self.server_events: list[ServerEvent] = []
-        self.collect()
-
-    @property
-    def srv(self) -> ServerConnection:
-        assert self.server is not None, "the server connection was never made"
-        return self.server
-
-    @property
-    def server_quic(self) -> QuicConn:
-        assert self.link.server is not None
-        return self.link.server
-
-    def collect(self) -> None:
-        drain(self.link.client, lambda e: self.client_events.extend(self.client.receive(e)))
-        if self.server is None and self.link.server is not None:
-            self.server = ServerConnection(self.link.server, **self.server_options)
-        drain(self.link.server, self._server_event)
-
-    def _server_event(self, event: Any) -> None:
-        for out in self.srv.receive(event):
-            self.server_events.append(out)
-            if isinstance(out, SessionRequested):
-                self.answer(self, out)
-
-    def run(self, until: Callable[[], bool] | None = None, *, max_steps: int = 3000) -> None:
-        """Move bytes (firing timers when nothing moves) until ``until`` holds, or until the
-        link is quiet when there is no ``until``."""
-        for _ in range(max_steps):
-            if until is not None and until():
-                return
-            if self.link.exchange():
-                self.collect()
-                continue
-            if self.link.advance():
-                self.collect()
-                continue
-            if until is None or until():
-                return
-            break
-        raise AssertionError(
-            f"not reached: client {self.client_events[-5:]}, server {self.server_events[-5:]}"
-        )
-
-    def open(self) -> None:
-        self.run(lambda: self.client.ready)
-        self.run()
-
-    # ---- reading the events
-
-    def client_got(self, kind: type) -> list[Any]:
-        return [e for e in self.client_events if isinstance(e, kind)]
-
-    def server_got(self, kind: type) -> list[Any]:
-        return [e for e in self.server_events if isinstance(e, kind)]
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return make_pki(tmp_path_factory.mktemp("pki") / "pki")
-
-
-LINKS = ["memory", "aioquic", "qh3"]
+    return make_pki(tmp_path_factory.mktemp("pki") / "pki", groups=["eng"])
 
 
 @pytest.fixture(params=LINKS)
 def link(request: pytest.FixtureRequest, pki: PkiPaths) -> Link:
-    if request.param == "memory":
-        return MemoryLink(*memory_pair())
-    return engine_link(request.param, pki)
+    return make_link(request.param, pki)
 
 
 def sent_packets(

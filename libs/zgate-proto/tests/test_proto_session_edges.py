@@ -4,11 +4,10 @@ resets, back-pressure and loss (zgate_proto.session)."""
 from __future__ import annotations
 
 import ipaddress
-import sys
-from pathlib import Path
 
 import pytest
 
+from zgate_pki import PkiPaths
 from zgate_proto.capsules import AddressAssign, encode_raw_capsule
 from zgate_proto.engines.base import DatagramReceived, SendStatus, StreamDataReceived
 from zgate_proto.http3 import (
@@ -39,12 +38,26 @@ from zgate_proto.session import (
     SessionRequested,
 )
 from zgate_proto.varint import encode_varint
+from zgate_testkit.memquic import (
+    Link,
+    MemoryLink,
+    MemoryQuicConn,
+    StopFrame,
+    StreamFrame,
+    memory_pair,
+)
+from zgate_testkit.pki import make_pki
+from zgate_testkit.sessions import ASSIGN, LINKS, ROUTES, Peers, ipv4_packet, make_link
 
-sys.path.insert(0, str(Path(__file__).parent))  # the in-memory links live beside this file
-from test_proto_http3_memquic import Link, MemoryLink, MemoryQuicConn, _Stop, _Stream, memory_pair
-from test_proto_session import ASSIGN, LINKS, ROUTES, Peers, ipv4_packet, link, pki
 
-__all__ = ["link", "pki"]  # fixtures, imported for pytest
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
+    return make_pki(tmp_path_factory.mktemp("pki") / "pki", groups=["eng"])
+
+
+@pytest.fixture(params=LINKS)
+def link(request: pytest.FixtureRequest, pki: PkiPaths) -> Link:
+    return make_link(request.param, pki)
 
 
 def memory_peers(
@@ -494,9 +507,6 @@ def test_address_assign_replaces_the_addresses() -> None:
     assert ipaddress.ip_network("10.100.0.2/32") not in peers.client.addresses
 
 
-assert LINKS  # the parametrized fixture above runs over these
-
-
 # ---- STOP_SENDING overtaking the answer (as real engines deliver it) ------------------------
 
 
@@ -504,8 +514,8 @@ def stop_first(peers: Peers) -> None:
     """Move the relay's last STOP_SENDING ahead of everything else it has to send."""
     quic = peers.server_quic
     assert isinstance(quic, MemoryQuicConn)
-    stops = [f for f in quic.outbox if isinstance(f, _Stop)]
-    quic.outbox = stops + [f for f in quic.outbox if not isinstance(f, _Stop)]
+    stops = [f for f in quic.outbox if isinstance(f, StopFrame)]
+    quic.outbox = stops + [f for f in quic.outbox if not isinstance(f, StopFrame)]
 
 
 def test_a_refusal_overtaken_by_its_stop_sending_is_still_a_refusal() -> None:
@@ -577,7 +587,7 @@ def client_streams_first(peers: Peers, stream_id: int) -> None:
     """Deliver what the client has for ``stream_id`` ahead of the rest (a lost packet)."""
     quic = peers.link.client
     assert isinstance(quic, MemoryQuicConn)
-    first = [f for f in quic.outbox if isinstance(f, _Stream) and f.stream_id == stream_id]
+    first = [f for f in quic.outbox if isinstance(f, StreamFrame) and f.stream_id == stream_id]
     quic.outbox = first + [f for f in quic.outbox if f not in first]
 
 
@@ -612,7 +622,7 @@ def test_a_client_that_never_sends_settings_gets_stream_mode_after_a_while() -> 
     head = MemoryQuicConn(True)
     H3Connection(head, is_client=True).send_headers(0, build_connect_ip_request("relay.example"))
     request = head.outbox[-1]
-    assert isinstance(request, _Stream)
+    assert isinstance(request, StreamFrame)
     assert relay.receive(StreamDataReceived(0, request.data, False)) == []
     filler = encode_frame(FrameType.DATA, encode_raw_capsule(0x29, bytes(70_000)))
     events = relay.receive(StreamDataReceived(0, filler, False))

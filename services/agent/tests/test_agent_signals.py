@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
-from zgate_needs import skip_or_fail
 
 from zgate_lab.lab import Lab, have_tools
 from zgate_pki import init_pki, issue_certificate
@@ -38,14 +37,10 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(autouse=True)
-def _needs_root() -> None:
-    reason = _skip_reason()
-    if reason is None:
-        return
+def _needs_root(skip_or_fail: Callable[[str], NoReturn]) -> None:
     # Under ZGATE_REQUIRE_E2E=1 (CI) nothing is skipped, as in tests/e2e.
-    if os.environ.get("ZGATE_REQUIRE_E2E") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if (reason := _skip_reason()) is not None:
+        skip_or_fail(reason)
 
 
 @pytest.fixture
@@ -199,11 +194,10 @@ def _has_dns_flags() -> bool:
     return "--no-dns" in help_text.stdout
 
 
+@pytest.mark.needs(tools=("unshare",), reason="a network namespace without routes")
 def test_no_route_to_the_relay_is_said_at_once(tmp_path: Path) -> None:
     """In a network namespace without routes, an attempt fails at once as network
     unreachable (transient), not as a connect timeout."""
-    if shutil.which("unshare") is None:
-        skip_or_fail("needs unshare")
     pki = tmp_path / "pki"
     init_pki(pki)
     issue_certificate(pki, "client", "alice")

@@ -10,12 +10,12 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from zgate_needs import skip_or_fail
 
 from zgate_agent.cli import main as agent_main
 from zgate_connector.cli import main as connector_main
@@ -112,7 +112,11 @@ def test_missing_file(program: str, pki: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_unreadable_key_names_the_file_mode_and_owner(
-    program: str, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    program: str,
+    pki: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    skip_or_fail: Callable[[str], NoReturn],
 ) -> None:
     try:
         pwd.getpwnam("nobody")

@@ -189,7 +189,7 @@ async def agent(running: Running, pki: Path, client: str) -> AsyncIterator[Agent
         metrics=None,
         backoff_initial=0.05,
         backoff_max=0.5,
-    )  # type: ignore[call-arg]
+    )
     device = MemoryPacketDevice(f"mem-{client}")
     tunnel = Agent(settings, device, AgentMetrics(), configure_host=False)
     task = asyncio.create_task(tunnel.run())

@@ -1,85 +1,90 @@
-"""In-memory QUIC links for the HTTP/3 and session tests, and the tests of the fake itself.
+"""In-memory QUIC connections: :class:`MemoryQuicConn`, a fake
+:class:`~zgate_proto.engines.base.QuicConn` with no crypto and no packets, and
+:class:`MemoryLink`, which joins two of them.
 
-:class:`MemoryQuicConn` is a fake :class:`~zgate_proto.engines.base.QuicConn`: no crypto,
-no packets, just streams (in order, optionally cut into small pieces to exercise the
+The fake keeps streams (in order, optionally cut into small pieces to exercise the
 incremental parsers), DATAGRAM frames (with a loss switch and a bounded queue) and the
 stream-state rules a real engine enforces (no data after FIN or RESET_STREAM, STOP_SENDING
-answered with RESET_STREAM as aioquic does), so a misuse fails loudly.
+answered with RESET_STREAM as aioquic does), so a misuse fails loudly. What it sent waits in
+``outbox`` as frames (:class:`StreamFrame`, ...) that a test may inspect or reorder.
 
-:class:`EngineLink` joins a client and a server connection of a real engine (aioquic, qh3)
-in memory with a fake clock, the way the engine conformance suite does.
-
-Other test modules import this one by name (see ``sys.path`` there): pytest's importlib
-mode puts no test directory on the path.
+:class:`Link` is what the HTTP/3 and session tests move bytes with: a :class:`MemoryLink`, or
+an :class:`~zgate_testkit.wire.EnginePair` of real engine connections.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
-import pytest
-
-from zgate_pki import ChainVerifier, Identity, PkiPaths, init_pki, issue_certificate
-from zgate_proto.engines import get_engine
+from zgate_pki import Identity
 from zgate_proto.engines.base import (
     Address,
-    ClientConfig,
     ConnectionTerminated,
     ConnStats,
     DatagramReceived,
     QuicConn,
-    QuicEngine,
     QuicEvent,
     SendStatus,
-    ServerConfig,
     StopSendingReceived,
     StreamDataReceived,
     StreamReset,
 )
 
+__all__ = [
+    "MEMORY_ADDR",
+    "CloseFrame",
+    "DatagramFrame",
+    "Frame",
+    "Link",
+    "MemoryLink",
+    "MemoryQuicConn",
+    "ResetFrame",
+    "StopFrame",
+    "StreamFrame",
+    "drain",
+    "memory_pair",
+]
+
 MEMORY_ADDR: Address = ("memory", 0)
-CLIENT_ADDR: Address = ("198.51.100.7", 40000)
-SERVER_ADDR: Address = ("203.0.113.1", 443)
 
 
 # ---- the fake connection -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Stream:
+class StreamFrame:
     stream_id: int
     data: bytes
     fin: bool
 
 
 @dataclass(frozen=True)
-class _Reset:
+class ResetFrame:
     stream_id: int
     code: int
 
 
 @dataclass(frozen=True)
-class _Stop:
+class StopFrame:
     stream_id: int
     code: int
 
 
 @dataclass(frozen=True)
-class _Datagram:
+class DatagramFrame:
     data: bytes
 
 
 @dataclass(frozen=True)
-class _Close:
+class CloseFrame:
     code: int
     reason: str
 
 
-_Frame = _Stream | _Reset | _Stop | _Datagram | _Close
+Frame = StreamFrame | ResetFrame | StopFrame | DatagramFrame | CloseFrame
 
 
 class MemoryQuicConn:
@@ -95,7 +100,7 @@ class MemoryQuicConn:
     ) -> None:
         self.is_client = is_client
         self.peer_address: Address = MEMORY_ADDR
-        self.outbox: list[_Frame] = []
+        self.outbox: list[Frame] = []
         self.events: deque[QuicEvent] = deque()
         self._max_payload = max_datagram_payload
         self._peer_max_frame = peer_max_datagram_frame_size
@@ -143,7 +148,7 @@ class MemoryQuicConn:
 
     @property
     def datagrams_queued(self) -> int:
-        return sum(isinstance(f, _Datagram) for f in self.outbox)
+        return sum(isinstance(f, DatagramFrame) for f in self.outbox)
 
     def send_datagram(self, payload: bytes) -> SendStatus:
         if self._closed:
@@ -152,7 +157,7 @@ class MemoryQuicConn:
             return SendStatus.TOO_BIG
         if self.datagrams_queued >= self._queue_limit:
             return SendStatus.QUEUE_FULL
-        self.outbox.append(_Datagram(bytes(payload)))
+        self.outbox.append(DatagramFrame(bytes(payload)))
         return SendStatus.SENT
 
     # ---- streams
@@ -178,7 +183,7 @@ class MemoryQuicConn:
             self._finished.add(stream_id)
         self._backlog[stream_id] = self._backlog.get(stream_id, 0) + len(data)
         if not self._closed:
-            self.outbox.append(_Stream(stream_id, bytes(data), end_stream))
+            self.outbox.append(StreamFrame(stream_id, bytes(data), end_stream))
 
     def stream_backlog(self, stream_id: int) -> int:
         return self._backlog.get(stream_id, 0)
@@ -192,11 +197,11 @@ class MemoryQuicConn:
         if stream_id in self._reset or stream_id in self._finished:
             return  # like aioquic: no effect once reset or finished
         self._reset.add(stream_id)
-        self.outbox.append(_Reset(stream_id, error_code))
+        self.outbox.append(ResetFrame(stream_id, error_code))
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         self.stop_calls.append((stream_id, error_code))
-        self.outbox.append(_Stop(stream_id, error_code))
+        self.outbox.append(StopFrame(stream_id, error_code))
 
     # ---- connection
     def ping(self) -> None:
@@ -229,26 +234,26 @@ class MemoryQuicConn:
         if self._closed:
             return
         self._closed = True
-        self.outbox.append(_Close(error_code, reason))
+        self.outbox.append(CloseFrame(error_code, reason))
         self.events.append(ConnectionTerminated(error_code, reason, False, True))
 
     # ---- the link
-    def take(self) -> list[_Frame]:
+    def take(self) -> list[Frame]:
         """What to deliver to the peer now (stream data stays while ``hold_streams``)."""
-        out: list[_Frame]
+        out: list[Frame]
         if self.hold_streams:
-            out = [f for f in self.outbox if not isinstance(f, _Stream)]
-            self.outbox = [f for f in self.outbox if isinstance(f, _Stream)]
+            out = [f for f in self.outbox if not isinstance(f, StreamFrame)]
+            self.outbox = [f for f in self.outbox if isinstance(f, StreamFrame)]
         else:
             out, self.outbox = self.outbox, []
             self._backlog.clear()
         return out
 
-    def arrive(self, frame: _Frame, chunk: int | None) -> None:
+    def arrive(self, frame: Frame, chunk: int | None) -> None:
         """One frame from the peer becomes our events."""
         if self._terminated:
             return
-        if isinstance(frame, _Stream):
+        if isinstance(frame, StreamFrame):
             data = frame.data
             if chunk and len(data) > chunk:
                 pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
@@ -256,12 +261,12 @@ class MemoryQuicConn:
                     self.events.append(StreamDataReceived(frame.stream_id, piece, False))
                 data = pieces[-1]
             self.events.append(StreamDataReceived(frame.stream_id, data, frame.fin))
-        elif isinstance(frame, _Reset):
+        elif isinstance(frame, ResetFrame):
             self.events.append(StreamReset(frame.stream_id, frame.code))
-        elif isinstance(frame, _Stop):
+        elif isinstance(frame, StopFrame):
             self.reset_stream(frame.stream_id, frame.code)  # what aioquic does itself
             self.events.append(StopSendingReceived(frame.stream_id, frame.code))
-        elif isinstance(frame, _Datagram):
+        elif isinstance(frame, DatagramFrame):
             if not self.lose_datagrams:
                 self.events.append(DatagramReceived(frame.data))
         else:
@@ -293,15 +298,17 @@ def memory_pair(
 class Link(Protocol):
     """A client and a server QUIC connection joined in memory."""
 
-    client: QuicConn
+    @property
+    def client(self) -> QuicConn: ...
 
     @property
-    def server(self) -> QuicConn | None: ...
+    def server(self) -> QuicConn | None:
+        """None until the client's first datagram made the server's connection."""
 
     def exchange(self) -> bool:
         """Move what each side has to send once; True if anything moved."""
 
-    def advance(self) -> bool:
+    def fire_timers(self) -> bool:
         """Fire the next timer due soon (a fake clock); True if one fired."""
 
     def lose_datagrams(self, lose: bool) -> None:
@@ -312,9 +319,12 @@ class MemoryLink:
     """Two :class:`MemoryQuicConn` joined directly."""
 
     def __init__(self, client: MemoryQuicConn, server: MemoryQuicConn) -> None:
-        self.client: QuicConn = client
         self.mem_client = client
         self.mem_server = server
+
+    @property
+    def client(self) -> QuicConn:
+        return self.mem_client
 
     @property
     def server(self) -> QuicConn | None:
@@ -328,88 +338,11 @@ class MemoryLink:
                 moved = True
         return moved
 
-    def advance(self) -> bool:
-        return False
+    def fire_timers(self) -> bool:
+        return False  # a memory connection has no timers
 
     def lose_datagrams(self, lose: bool) -> None:
         self.mem_client.lose_datagrams = self.mem_server.lose_datagrams = lose
-
-
-@dataclass
-class EngineLink:
-    """A client and a server connection of one real engine, a fake clock, no sockets."""
-
-    engine: QuicEngine
-    server_config: ServerConfig
-    client: QuicConn
-    now: float = 1.0
-    conn: QuicConn | None = None
-    drop_datagrams: bool = False
-    horizon: float = 0.2
-    _seen: list[int] = field(default_factory=list)
-
-    @property
-    def server(self) -> QuicConn | None:
-        return self.conn
-
-    def exchange(self) -> bool:
-        out = self.client.flush(self.now)
-        for data, addr in out:
-            assert addr == SERVER_ADDR
-            if self.conn is None:
-                self.conn = self.engine.accept(self.server_config, data, CLIENT_ADDR, self.now)
-                assert self.conn is not None, "the engine refused the client's Initial"
-            else:
-                self.conn.feed(data, CLIENT_ADDR, self.now)
-        back = self.conn.flush(self.now) if self.conn is not None else []
-        for data, _ in back:
-            self.client.feed(data, SERVER_ADDR, self.now)
-        return bool(out or back)
-
-    def advance(self) -> bool:
-        conns = [c for c in (self.client, self.conn) if c is not None]
-        deadlines = [d for c in conns if (d := c.deadline()) is not None]
-        if not deadlines or min(deadlines) > self.now + self.horizon:
-            return False
-        self.now = max(self.now, min(deadlines))
-        for conn in conns:
-            at = conn.deadline()
-            if at is not None and at <= self.now:
-                conn.handle_timer(self.now)
-        return True
-
-    def lose_datagrams(self, lose: bool) -> None:
-        raise NotImplementedError("loss is tested over memory links")
-
-
-def make_pki(directory: Path) -> PkiPaths:
-    """A CA, the relay's certificate and client alice's."""
-    paths = init_pki(directory)
-    issue_certificate(paths.directory, "client", "alice", groups=["eng"])
-    return paths
-
-
-def engine_link(name: str, pki: PkiPaths) -> EngineLink:
-    """A fresh client connection of engine ``name`` dialling a server of the same engine.
-
-    Skips when the engine's adapter cannot load.
-    """
-    try:
-        engine = get_engine(name)
-    except ImportError as exc:
-        pytest.skip(f"engine {name} unavailable: {exc}")
-    server = ServerConfig(
-        cert_file=pki.relay_cert,
-        key_file=pki.relay_key,
-        verifier=ChainVerifier(pki.ca_cert, pki.crl),
-    )
-    client = ClientConfig(
-        server_name="localhost",
-        ca_file=pki.ca_cert,
-        cert_file=pki.leaf_cert("client", "alice"),
-        key_file=pki.leaf_key("client", "alice"),
-    )
-    return EngineLink(engine, server, engine.connect(client, SERVER_ADDR, 1.0))
 
 
 def drain(conn: QuicConn | None, sink: Callable[[QuicEvent], None]) -> None:
@@ -418,56 +351,3 @@ def drain(conn: QuicConn | None, sink: Callable[[QuicEvent], None]) -> None:
         return
     while (event := conn.next_event()) is not None:
         sink(event)
-
-
-# ---- tests of the fake ------------------------------------------------------------------------
-
-
-def test_memory_streams_arrive_in_order_and_in_pieces() -> None:
-    client, server = memory_pair()
-    link = MemoryLink(client, server)
-    server.chunk = 3
-    sid = client.next_stream_id()
-    client.send_stream(sid, b"abcdefg")
-    client.send_stream(sid, b"h", end_stream=True)
-    assert client.next_stream_id() == sid + 4
-    assert client.stream_backlog(sid) == 8
-    link.exchange()
-    assert client.stream_backlog(sid) == 0
-    got = [(e.data, e.end_stream) for e in server.events if isinstance(e, StreamDataReceived)]
-    assert got == [(b"abc", False), (b"def", False), (b"g", False), (b"h", True)]
-    with pytest.raises(RuntimeError):
-        client.send_stream(sid, b"late")
-
-
-def test_memory_datagrams_can_be_lost_and_are_bounded() -> None:
-    client, server = memory_pair(datagram_queue=2)
-    link = MemoryLink(client, server)
-    assert client.send_datagram(b"x" * 1201) is SendStatus.TOO_BIG
-    assert client.send_datagram(b"1") is SendStatus.SENT
-    assert client.send_datagram(b"2") is SendStatus.SENT
-    assert client.send_datagram(b"3") is SendStatus.QUEUE_FULL
-    link.lose_datagrams(True)
-    link.exchange()
-    assert not server.events
-    link.lose_datagrams(False)
-    client.send_datagram(b"4")
-    link.exchange()
-    assert list(server.events) == [DatagramReceived(b"4")]
-
-
-def test_memory_stop_sending_resets_the_peers_side_and_close_reaches_the_peer() -> None:
-    client, server = memory_pair()
-    link = MemoryLink(client, server)
-    sid = client.next_stream_id()
-    client.send_stream(sid, b"x")
-    link.exchange()
-    server.stop_stream(sid, 7)
-    link.exchange()
-    assert list(client.events) == [StopSendingReceived(sid, 7)]
-    link.exchange()
-    assert StreamReset(sid, 7) in server.events
-    client.close(0x100, "bye")
-    link.exchange()
-    assert server.events[-1] == ConnectionTerminated(0x100, "bye", True, True)
-    assert client.events[-1] == ConnectionTerminated(0x100, "bye", False, True)
