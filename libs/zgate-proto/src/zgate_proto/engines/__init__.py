@@ -15,8 +15,10 @@ __all__ = ["DEFAULT_ENGINE", "ENGINES", "get_engine"]
 
 #: Every engine zgate has an adapter for, by its --quic-engine name.
 ENGINES: Final = ("aioquic", "qh3")
-#: The engine used when none is chosen (see docs/FAQ.md for the measurement behind it).
-DEFAULT_ENGINE: Final = "aioquic"
+#: The engine used when none is chosen: qh3, whose packet core is compiled, moved 2.1-2.4x
+#: aioquic's single-stream TCP through the tunnel in the same runs of bench/tunnel.py
+#: (docs/FAQ.md, bench/RESULTS.md). aioquic stays the design card's engine and the fallback.
+DEFAULT_ENGINE: Final = "qh3"
 
 
 def get_engine(name: str) -> QuicEngine:
