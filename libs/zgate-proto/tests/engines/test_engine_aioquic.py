@@ -30,9 +30,8 @@ from zgate_proto.engines import get_engine
 from zgate_proto.engines._aioquic import ENGINE, AioquicConn
 from zgate_proto.engines._aioquic_mtls import MtlsServerConnection, build_server_configuration
 from zgate_proto.engines.base import ClientConfig, QuicEngine, ServerConfig
+from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, EnginePair
 
-CLIENT_ADDR = ("198.51.100.7", 40000)
-SERVER_ADDR = ("203.0.113.1", 443)
 CRYPTO_ERROR = 0x100
 
 
@@ -418,63 +417,30 @@ def test_the_adapter_refuses_to_load_on_another_aioquic_release(
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
-@dataclass
-class EnginePair:
-    """A client and a server AioquicConn on an in-memory network with a fake clock."""
-
-    server_config: ServerConfig
-    client: AioquicConn
-    server: AioquicConn | None = None
-    now: float = 1.0
-    client_events: list[Any] = field(default_factory=list)
-    server_events: list[Any] = field(default_factory=list)
-
-    def step(self, horizon: float) -> bool:
-        moved = False
-        for data, _ in self.client.flush(self.now):
-            moved = True
-            if self.server is None:
-                self.server = ENGINE.accept(self.server_config, data, CLIENT_ADDR, self.now)
-            else:
-                self.server.feed(data, CLIENT_ADDR, self.now)
-        if self.server is not None:
-            for data, _ in self.server.flush(self.now):
-                moved = True
-                self.client.feed(data, SERVER_ADDR, self.now)
-        conns = [c for c in (self.client, self.server) if c is not None]
-        for conn, events in zip(conns, (self.client_events, self.server_events), strict=False):
-            while (event := conn.next_event()) is not None:
-                events.append(event)
-        if moved:
-            return True
-        deadlines = [d for c in conns if (d := c.deadline()) is not None]
-        if not deadlines or min(deadlines) > self.now + horizon:
-            return False
-        self.now = max(self.now, min(deadlines))
-        for conn in conns:
-            if (at := conn.deadline()) is not None and at <= self.now:
-                conn.handle_timer(self.now)
-        return True
-
-    def settle(self, horizon: float = 0.2) -> None:
-        for _ in range(5000):
-            if not self.step(horizon):
-                return
-        raise AssertionError("the network never settled")
-
-    def terminations(self, events: list[Any]) -> list[engine_base.ConnectionTerminated]:
-        return [e for e in events if isinstance(e, engine_base.ConnectionTerminated)]
-
-
-def engine_pair(pki: PkiPaths, verifier: ChainVerifier, ca: Path | None = None) -> EnginePair:
+def engine_pair(
+    pki: PkiPaths,
+    verifier: ChainVerifier,
+    ca: Path | None = None,
+    server: ServerConfig | None = None,
+) -> EnginePair:
+    """An aioquic client dialling an aioquic server on the wire (not yet run)."""
     client = ClientConfig(
         server_name="localhost",
         ca_file=ca or pki.ca_cert,
         cert_file=pki.leaf_cert("client", "alice"),
         key_file=pki.leaf_key("client", "alice"),
     )
-    config = ServerConfig(cert_file=pki.relay_cert, key_file=pki.relay_key, verifier=verifier)
-    return EnginePair(config, ENGINE.connect(client, SERVER_ADDR, 1.0))
+    config = server or ServerConfig(
+        cert_file=pki.relay_cert, key_file=pki.relay_key, verifier=verifier
+    )
+    return EnginePair(ENGINE, config, ENGINE.connect(client, SERVER_ADDR, 1.0))
+
+
+def aioquic_conns(pair: EnginePair) -> tuple[AioquicConn, AioquicConn]:
+    """The pair's client and server connections, as the aioquic adapter's own."""
+    client, server = pair.client, pair.server
+    assert isinstance(client, AioquicConn) and isinstance(server, AioquicConn)
+    return client, server
 
 
 def test_the_first_event_names_the_connection_id_it_chose(
@@ -482,12 +448,12 @@ def test_the_first_event_names_the_connection_id_it_chose(
 ) -> None:
     pair = engine_pair(pki, verifier)
     pair.settle()
-    assert pair.server is not None
+    client, server = aioquic_conns(pair)
     first_client, first_server = pair.client_events[0], pair.server_events[0]
-    assert first_client == engine_base.ConnectionIdIssued(pair.client._quic.host_cid)
+    assert first_client == engine_base.ConnectionIdIssued(client._quic.host_cid)
     assert isinstance(first_server, engine_base.ConnectionIdIssued)
     # the server's first own ID, which the client switched to from the original one
-    assert first_server.connection_id != pair.server._quic.original_destination_connection_id
+    assert first_server.connection_id != server._quic.original_destination_connection_id
 
 
 def test_a_tls_failure_ends_the_connection_without_waiting_for_the_closing_period(
@@ -498,18 +464,18 @@ def test_a_tls_failure_ends_the_connection_without_waiting_for_the_closing_perio
     pair = engine_pair(pki, verifier, ca=other.ca_cert)
     pair.settle(horizon=0.0)  # no timer fires: aioquic's closing period never ends
 
-    [ended] = pair.terminations(pair.client_events)
+    [ended] = pair.client_terminations()
     assert ended.error_code == CRYPTO_ERROR + tls.AlertDescription.bad_certificate
     assert (ended.by_peer, ended.handshake_done) == (False, False)
     assert pair.server is not None
-    [server_end] = pair.terminations(pair.server_events)
+    [server_end] = pair.server_terminations()
     assert server_end.by_peer is True
     assert pair.server.refusal is not None
     assert pair.server.refusal[0] == "handshake_failed"
     # and aioquic's own late event does not come as a second one
     pair.settle(horizon=120.0)
-    assert len(pair.terminations(pair.client_events)) == 1
-    assert len(pair.terminations(pair.server_events)) == 1
+    assert len(pair.client_terminations()) == 1
+    assert len(pair.server_terminations()) == 1
 
 
 def test_an_idle_connection_times_out_once(pki: PkiPaths, verifier: ChainVerifier) -> None:
@@ -517,8 +483,8 @@ def test_an_idle_connection_times_out_once(pki: PkiPaths, verifier: ChainVerifie
     pair.settle()
     pair.settle(horizon=120.0)
 
-    for events in (pair.client_events, pair.server_events):
-        [ended] = pair.terminations(events)
+    for terminations in (pair.client_terminations(), pair.server_terminations()):
+        [ended] = terminations
         assert (ended.reason, ended.by_peer, ended.handshake_done) == ("Idle timeout", False, True)
     assert pair.client.closed
     assert pair.client.deadline() is None
@@ -564,11 +530,10 @@ def test_the_server_context_is_loaded_once_and_reused(
     )
     context = ENGINE.server_context(config)
     assert (context.connection_id_length, context.max_datagram_size) == (16, 1350)
-    pair = engine_pair(pki, verifier)
-    pair.server_config = config
+    pair = engine_pair(pki, verifier, server=config)
     pair.settle()
-    assert pair.server is not None
-    assert pair.server._quic.configuration is context
+    _, server = aioquic_conns(pair)
+    assert server._quic.configuration is context
 
     broken = ServerConfig(cert_file=pki.relay_cert, key_file=pki.ca_key, verifier=verifier)
     with pytest.raises(PkiError, match="does not match"):

@@ -4,7 +4,7 @@ certificates from zgate_pki."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,133 +38,16 @@ from zgate_proto.engines.base import (
     StreamDataReceived,
     StreamReset,
 )
+from zgate_testkit.pki import make_pki
+from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
-CLIENT_ADDR: Address = ("198.51.100.7", 40000)
-SERVER_ADDR: Address = ("203.0.113.1", 443)
 CRYPTO_ERROR = 0x100
-#: Timers due within this much of the fake clock fire while the network settles (ACK delays,
-#: pacing); later ones (probe and idle timeouts) only when a test asks for them.
-HORIZON = 0.2
 
 # TLS alerts (RFC 8446 section 6.2)
 CERTIFICATE_REVOKED = 44
 CERTIFICATE_EXPIRED = 45
 UNKNOWN_CA = 48
 CERTIFICATE_REQUIRED = 116
-
-
-# ---- the in-memory network -----------------------------------------------------------------
-
-
-@dataclass
-class Net:
-    """One client connection, the server connection its first datagram made, a fake clock."""
-
-    engine: QuicEngine
-    server_config: ServerConfig
-    client: QuicConn
-    now: float
-    server: QuicConn | None = None
-    client_events: list[QuicEvent] = field(default_factory=list)
-    server_events: list[QuicEvent] = field(default_factory=list)
-    #: Datagrams to that side are lost while set.
-    drop_to_server: bool = False
-    drop_to_client: bool = False
-    #: Every datagram the client sent (delivered or not).
-    client_sent: list[bytes] = field(default_factory=list)
-
-    @property
-    def srv(self) -> QuicConn:
-        assert self.server is not None, "the server connection was never made"
-        return self.server
-
-    def conns(self) -> list[QuicConn]:
-        return [c for c in (self.client, self.server) if c is not None]
-
-    def to_server(self, datagrams: list[tuple[bytes, Address]]) -> None:
-        for data, addr in datagrams:
-            assert addr == SERVER_ADDR
-            self.client_sent.append(data)
-            if self.drop_to_server:
-                continue
-            if self.server is None:
-                self.server = self.engine.accept(self.server_config, data, CLIENT_ADDR, self.now)
-                assert self.server is not None, "the engine refused a client's Initial"
-            else:
-                self.server.feed(data, CLIENT_ADDR, self.now)
-
-    def exchange(self) -> bool:
-        """Move what each side has to send once; True if anything was sent."""
-        out = self.client.flush(self.now)
-        self.to_server(out)
-        moved = bool(out)
-        if self.server is not None:
-            back = self.server.flush(self.now)
-            moved = moved or bool(back)
-            for data, addr in back:
-                assert addr == CLIENT_ADDR
-                if not self.drop_to_client:
-                    self.client.feed(data, SERVER_ADDR, self.now)
-        self.collect()
-        return moved
-
-    def collect(self) -> None:
-        while (event := self.client.next_event()) is not None:
-            self.client_events.append(event)
-        if self.server is not None:
-            while (event := self.server.next_event()) is not None:
-                self.server_events.append(event)
-
-    def fire_timers(self, horizon: float) -> bool:
-        """Advance the clock to the earliest deadline within ``horizon`` and fire it."""
-        deadlines = [d for c in self.conns() if (d := c.deadline()) is not None]
-        if not deadlines or min(deadlines) > self.now + horizon:
-            return False
-        self.now = max(self.now, min(deadlines))
-        for conn in self.conns():
-            at = conn.deadline()
-            if at is not None and at <= self.now:
-                conn.handle_timer(self.now)
-        self.collect()
-        return True
-
-    def settle(
-        self,
-        until: Callable[[], bool] | None = None,
-        *,
-        horizon: float = HORIZON,
-        max_steps: int = 5000,
-    ) -> None:
-        """Exchange datagrams (firing timers due within ``horizon`` when nothing moves) until
-        ``until`` holds, or, without ``until``, until the network is quiet."""
-        for _ in range(max_steps):
-            if until is not None and until():
-                return
-            if self.exchange():
-                continue
-            if until is not None and until():
-                return
-            if self.fire_timers(horizon):
-                continue
-            if until is None:
-                return
-            break
-        raise AssertionError(
-            f"not reached; client events {self.client_events}, server events {self.server_events}"
-        )
-
-    # ---- reading the events
-
-    def client_terminations(self) -> list[ConnectionTerminated]:
-        return [e for e in self.client_events if isinstance(e, ConnectionTerminated)]
-
-    def server_terminations(self) -> list[ConnectionTerminated]:
-        return [e for e in self.server_events if isinstance(e, ConnectionTerminated)]
-
-    def handshake_over(self) -> bool:
-        client_done = any(isinstance(e, HandshakeCompleted) for e in self.client_events)
-        server_done = any(isinstance(e, HandshakeCompleted) for e in self.server_events)
-        return bool(self.client_terminations()) or (client_done and server_done)
 
 
 def stream_data(events: list[QuicEvent], stream_id: int) -> tuple[bytes, bool]:
@@ -191,9 +74,7 @@ def engine(request: pytest.FixtureRequest) -> QuicEngine:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> PkiPaths:
-    paths = init_pki(tmp_path / "pki")
-    issue_certificate(paths.directory, "client", "alice", groups=["eng"])
-    return paths
+    return make_pki(tmp_path / "pki", groups=["eng"])
 
 
 @dataclass
@@ -231,16 +112,15 @@ def alice(pki: PkiPaths, *, datagram_queue: int = 512) -> ClientConfig:
     )
 
 
-def dial(engine: QuicEngine, client: ClientConfig, server: ServerConfig) -> Net:
+def dial(engine: QuicEngine, client: ClientConfig, server: ServerConfig) -> EnginePair:
     """Start a connection and run its handshake (to completion or refusal), then settle."""
-    now = 1.0
-    net = Net(engine, server, engine.connect(client, SERVER_ADDR, now), now)
+    net = EnginePair(engine, server, engine.connect(client, SERVER_ADDR, START))
     net.settle(net.handshake_over)
     net.settle()
     return net
 
 
-def connected(engine: QuicEngine, pki: PkiPaths, *, datagram_queue: int = 512) -> Net:
+def connected(engine: QuicEngine, pki: PkiPaths, *, datagram_queue: int = 512) -> EnginePair:
     net = dial(engine, alice(pki, datagram_queue=datagram_queue), server_config(pki))
     assert not net.client_terminations(), net.client_events
     assert net.client.handshake_done and net.srv.handshake_done
@@ -293,8 +173,10 @@ def test_every_connection_id_the_client_uses_was_announced(
     net.settle()
 
     issued = {e.connection_id for e in net.server_events if isinstance(e, ConnectionIdIssued)}
-    used = {destination_cid(d, net.server_config.connection_id_length) for d in net.client_sent}
-    original = destination_cid(net.client_sent[0], net.server_config.connection_id_length)
+    used = {
+        destination_cid(d, net.server_config.connection_id_length) for d in net.sent[CLIENT_ADDR]
+    }
+    original = destination_cid(net.sent[CLIENT_ADDR][0], net.server_config.connection_id_length)
     assert used - {original} <= issued
     assert len(used) >= 2  # the client moved off the original ID
 
@@ -308,7 +190,7 @@ def destination_cid(datagram: bytes, short_length: int) -> bytes:
 # ---- refusals ----------------------------------------------------------------------------------
 
 
-def assert_refused(net: Net, refusals: Refusals, reason: str, alert: int) -> None:
+def assert_refused(net: EnginePair, refusals: Refusals, reason: str, alert: int) -> None:
     assert net.srv.refusal is not None and net.srv.refusal[0] == reason
     assert [r for r, _ in refusals.seen] == [reason]
     assert net.srv.peer_identity is None
@@ -324,7 +206,7 @@ def assert_refused(net: Net, refusals: Refusals, reason: str, alert: int) -> Non
 
 def test_a_client_without_certificate_is_refused(engine: QuicEngine, pki: PkiPaths) -> None:
     refusals = Refusals()
-    net = Net(engine, server_config(pki, refusals), _certificateless_client(pki), 1.0)
+    net = EnginePair(engine, server_config(pki, refusals), _certificateless_client(pki))
     net.settle(net.handshake_over)
     net.settle()
 
@@ -450,7 +332,7 @@ def test_stream_backlog_grows_while_the_peer_does_not_ack(
     net = connected(engine, pki)
     sid = net.client.next_stream_id()
     assert net.client.stream_backlog(sid) == 0  # not opened yet
-    net.drop_to_server = True
+    net.cut.add(SERVER_ADDR)
     net.client.send_stream(sid, b"a" * 300_000)
     for _ in range(5):
         net.exchange()
@@ -460,7 +342,7 @@ def test_stream_backlog_grows_while_the_peer_does_not_ack(
     net.exchange()
     assert net.client.stream_backlog(sid) >= first + 100_000 - 20_000
 
-    net.drop_to_server = False
+    net.cut.discard(SERVER_ADDR)
     net.settle(lambda: stream_data(net.server_events, sid)[1], horizon=30.0)
     assert stream_data(net.server_events, sid) == (b"a" * 300_000 + b"b" * 100_000, True)
     assert net.client.stream_backlog(sid) == 0
@@ -486,8 +368,7 @@ def test_a_lost_flight_is_sent_again_at_the_deadline(engine: QuicEngine, pki: Pk
     assert lost  # and never delivered
 
     for _ in range(10):
-        net.to_server(at_deadline())
-        net.collect()
+        net.deliver(CLIENT_ADDR, at_deadline())
         if stream_data(net.server_events, sid)[1]:
             break
     assert stream_data(net.server_events, sid) == (b"hello", True)
@@ -557,7 +438,7 @@ def test_the_datagram_queue_drains_within_the_congestion_window(
     first = net.client.flush(net.now)
     assert sum(len(d) for d, _ in first) <= cwnd + 1200
     assert 0 < net.client.datagrams_queued < 64  # the rest waits for ACKs
-    net.to_server(first)
+    net.deliver(CLIENT_ADDR, first)
     net.settle(lambda: net.client.datagrams_queued == 0)
     net.settle()
     assert datagrams(net.server_events) == payloads

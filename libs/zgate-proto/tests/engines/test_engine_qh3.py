@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,124 +42,17 @@ from zgate_proto.engines.base import (
     ConnectionIdIssued,
     ConnectionTerminated,
     DatagramReceived,
-    HandshakeCompleted,
     QuicConn,
-    QuicEngine,
     QuicEvent,
     SendStatus,
     ServerConfig,
     StreamDataReceived,
     require_version,
 )
+from zgate_testkit.pki import make_pki
+from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
-CLIENT_ADDR: Address = ("198.51.100.7", 40000)
-SERVER_ADDR: Address = ("203.0.113.1", 443)
 CRYPTO_ERROR = 0x100
-START = 1.0
-
-
-# ---- two peers, any engines ------------------------------------------------------------------
-
-
-@dataclass
-class Wire:
-    """A client connection, the server connection its first datagram made (by
-    ``server_engine``), an in-memory network between them and a fake clock."""
-
-    server_engine: QuicEngine
-    server_config: ServerConfig
-    client: QuicConn
-    now: float = START
-    server: QuicConn | None = None
-    client_events: list[QuicEvent] = field(default_factory=list)
-    server_events: list[QuicEvent] = field(default_factory=list)
-    #: Largest bytes_in_flight - cwnd the client ever showed right after a flush.
-    client_overshoot: int = 0
-    #: Called with each batch the client flushed, before it is delivered.
-    watch_client: Callable[[list[tuple[bytes, Address]]], None] | None = None
-    #: Time each exchange takes (0: the clock moves only to fire timers).
-    tick: float = 0.0
-    #: Client datagrams the network loses: (their sequence number, payload) -> lost?
-    lose: Callable[[int, bytes], bool] | None = None
-    lost: list[bytes] = field(default_factory=list)
-    client_datagrams: int = 0
-
-    @property
-    def srv(self) -> QuicConn:
-        assert self.server is not None, "no server connection was made"
-        return self.server
-
-    def exchange(self) -> bool:
-        if self.tick:
-            self.now += self.tick
-            for conn in (self.client, self.server):
-                at = conn.deadline() if conn is not None else None
-                if conn is not None and at is not None and at <= self.now:
-                    conn.handle_timer(self.now)
-        out = self.client.flush(self.now)
-        if self.watch_client is not None:
-            self.watch_client(out)
-        for data, _ in out:
-            self.client_datagrams += 1
-            if self.lose is not None and self.lose(self.client_datagrams, data):
-                self.lost.append(data)
-                continue
-            if self.server is None:
-                self.server = self.server_engine.accept(
-                    self.server_config, data, CLIENT_ADDR, self.now
-                )
-                assert self.server is not None
-            else:
-                self.server.feed(data, CLIENT_ADDR, self.now)
-        back = self.server.flush(self.now) if self.server is not None else []
-        for data, _ in back:
-            self.client.feed(data, SERVER_ADDR, self.now)
-        self.collect()
-        return bool(out or back)
-
-    def collect(self) -> None:
-        while (event := self.client.next_event()) is not None:
-            self.client_events.append(event)
-        while self.server is not None and (event := self.server.next_event()) is not None:
-            self.server_events.append(event)
-
-    def fire_timers(self, horizon: float) -> bool:
-        conns = [c for c in (self.client, self.server) if c is not None]
-        due = [d for c in conns if (d := c.deadline()) is not None]
-        if not due or min(due) > self.now + horizon:
-            return False
-        self.now = max(self.now, min(due))
-        for conn in conns:
-            at = conn.deadline()
-            if at is not None and at <= self.now:
-                conn.handle_timer(self.now)
-        self.collect()
-        return True
-
-    def settle(
-        self, until: Callable[[], bool] | None = None, *, horizon: float = 0.2, steps: int = 20000
-    ) -> None:
-        for _ in range(steps):
-            if until is not None and until():
-                return
-            if self.exchange() or self.fire_timers(horizon):
-                continue
-            if until is None:
-                return
-            break
-        raise AssertionError(f"not reached: {self.client_events} / {self.server_events}")
-
-    def handshake_over(self) -> bool:
-        return bool(self.client_terminations()) or (
-            any(isinstance(e, HandshakeCompleted) for e in self.client_events)
-            and any(isinstance(e, HandshakeCompleted) for e in self.server_events)
-        )
-
-    def client_terminations(self) -> list[ConnectionTerminated]:
-        return [e for e in self.client_events if isinstance(e, ConnectionTerminated)]
-
-    def server_terminations(self) -> list[ConnectionTerminated]:
-        return [e for e in self.server_events if isinstance(e, ConnectionTerminated)]
 
 
 def received(events: list[QuicEvent]) -> list[bytes]:
@@ -177,10 +69,7 @@ def stream_bytes(events: list[QuicEvent], stream_id: int) -> tuple[bytes, bool]:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> PkiPaths:
-    paths = init_pki(tmp_path / "pki")
-    issue_certificate(paths.directory, "client", "alice", groups=["eng"])
-    issue_certificate(paths.directory, "connector", "site-a")
-    return paths
+    return make_pki(tmp_path / "pki", groups=["eng"], connectors=["site-a"])
 
 
 @dataclass
@@ -255,13 +144,13 @@ def qh3_pair(
     server: ServerConfig | None = None,
     *,
     engine: Qh3Engine | None = None,
-) -> Wire:
+) -> EnginePair:
     engine = engine or Qh3Engine()
     conn = client if isinstance(client, Qh3Conn) else None
     if conn is None:
         config = client if isinstance(client, ClientConfig) else client_config(pki)
         conn = engine.connect(config, SERVER_ADDR, START)
-    wire = Wire(engine, server or server_config(pki), conn)
+    wire = EnginePair(engine, server or server_config(pki), conn)
     wire.settle(wire.handshake_over)
     wire.settle()
     return wire
@@ -296,7 +185,7 @@ def test_a_connector_certificate_is_a_connector(pki: PkiPaths) -> None:
     assert (identity.kind, identity.ident) == ("connector", "site-a")
 
 
-def assert_refused(wire: Wire, refusals: Refusals, reason: str, alert: int) -> None:
+def assert_refused(wire: EnginePair, refusals: Refusals, reason: str, alert: int) -> None:
     assert wire.srv.refusal is not None and wire.srv.refusal[0] == reason
     assert [r for r, _ in refusals.seen] == [reason]  # the callback ran once
     assert wire.srv.peer_identity is None and wire.srv.peer_chain == ()
@@ -553,11 +442,12 @@ def test_datagrams_leave_within_the_congestion_window(pki: PkiPaths) -> None:
     client = wire.client
     overshoot: list[int] = []
 
-    def watch(out: list[tuple[bytes, Address]]) -> None:
-        stats = client.stats()
-        overshoot.append(stats.bytes_in_flight - stats.cwnd)
+    def watch(source: Address, out: list[tuple[bytes, Address]]) -> None:
+        if source == CLIENT_ADDR:
+            stats = client.stats()
+            overshoot.append(stats.bytes_in_flight - stats.cwnd)
 
-    wire.watch_client = watch
+    wire.watch = watch
     payloads = [i.to_bytes(4, "big") * 275 for i in range(5000)]  # 1100 bytes each
     assert all(client.send_datagram(p) is SendStatus.SENT for p in payloads)
     assert client.datagrams_queued == 5000
@@ -573,12 +463,13 @@ def test_lost_datagram_frames_shrink_the_window_and_are_counted(pki: PkiPaths) -
     client = wire.client
     overshoot: list[int] = []
 
-    def watch(out: list[tuple[bytes, Address]]) -> None:
-        stats = client.stats()
-        overshoot.append(stats.bytes_in_flight - stats.cwnd)
+    def watch(source: Address, out: list[tuple[bytes, Address]]) -> None:
+        if source == CLIENT_ADDR:
+            stats = client.stats()
+            overshoot.append(stats.bytes_in_flight - stats.cwnd)
 
-    wire.watch_client = watch
-    wire.lose = lambda seq, data: seq % 7 == 0
+    wire.watch = watch
+    wire.lose = lambda source, seq, data: source == CLIENT_ADDR and seq % 7 == 0
     payloads = [i.to_bytes(4, "big") * 275 for i in range(5000)]
     assert all(client.send_datagram(p) is SendStatus.SENT for p in payloads)
     wire.settle(lambda: client.datagrams_queued == 0, horizon=5.0)
@@ -678,7 +569,7 @@ def test_raw_qh3_raises_capacity_exhausted_for_an_aioquic_client(pki: PkiPaths) 
 
 
 def test_a_qh3_server_completes_an_aioquic_handshake_at_once(pki: PkiPaths) -> None:
-    wire = Wire(Qh3Engine(), server_config(pki), aioquic_client(pki))
+    wire = EnginePair(Qh3Engine(), server_config(pki), aioquic_client(pki))
     wire.settle(wire.handshake_over, horizon=0.001)  # no probe timeout may fire
 
     assert not wire.client_terminations() and not wire.server_terminations()
@@ -689,7 +580,7 @@ def test_a_qh3_server_completes_an_aioquic_handshake_at_once(pki: PkiPaths) -> N
 # ---- interop with aioquic -------------------------------------------------------------------
 
 
-def exercise(wire: Wire) -> None:
+def exercise(wire: EnginePair) -> None:
     """Datagrams and stream data both ways, then a close from the client."""
     assert wire.client.send_datagram(b"up") is SendStatus.SENT
     assert wire.srv.send_datagram(b"down") is SendStatus.SENT
@@ -712,7 +603,7 @@ def exercise(wire: Wire) -> None:
 
 
 def test_aioquic_client_and_qh3_server(pki: PkiPaths) -> None:
-    wire = Wire(Qh3Engine(), server_config(pki), aioquic_client(pki))
+    wire = EnginePair(Qh3Engine(), server_config(pki), aioquic_client(pki))
     wire.settle(wire.handshake_over)
     assert isinstance(wire.client, AioquicConn) and isinstance(wire.srv, Qh3Conn)
     assert wire.srv.peer_identity is not None
@@ -722,7 +613,7 @@ def test_aioquic_client_and_qh3_server(pki: PkiPaths) -> None:
 
 def test_qh3_client_and_aioquic_server(pki: PkiPaths) -> None:
     client = Qh3Engine().connect(client_config(pki), SERVER_ADDR, START)
-    wire = Wire(get_engine("aioquic"), server_config(pki), client)
+    wire = EnginePair(get_engine("aioquic"), server_config(pki), client)
     wire.settle(wire.handshake_over)
     assert isinstance(wire.srv, AioquicConn)
     assert wire.srv.peer_identity is not None and str(wire.srv.peer_identity) == "client/alice"
@@ -749,7 +640,7 @@ def test_a_client_with_an_empty_connection_id_is_served_by_aioquic(pki: PkiPaths
     quic = AioquicConnection(configuration=configuration)
     quic.connect(SERVER_ADDR, START)
     assert quic.host_cid == b""
-    wire = Wire(Qh3Engine(), server_config(pki), AioquicConn(quic, SERVER_ADDR, 512))
+    wire = EnginePair(Qh3Engine(), server_config(pki), AioquicConn(quic, SERVER_ADDR, 512))
     wire.settle(wire.handshake_over)
 
     assert isinstance(wire.srv, AioquicConn)
@@ -769,7 +660,9 @@ def test_an_aioquic_client_without_certificate_is_refused_by_qh3(pki: PkiPaths) 
     quic = AioquicConnection(configuration=configuration)
     quic.connect(SERVER_ADDR, START)
     refusals = Refusals()
-    wire = Wire(Qh3Engine(), server_config(pki, refusals), AioquicConn(quic, SERVER_ADDR, 512))
+    wire = EnginePair(
+        Qh3Engine(), server_config(pki, refusals), AioquicConn(quic, SERVER_ADDR, 512)
+    )
     wire.settle(wire.handshake_over)
     wire.settle()
 
