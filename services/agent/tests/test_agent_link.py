@@ -12,10 +12,9 @@ import pytest
 
 from zgate_agent.link import H3_REQUEST_CANCELLED, ClientLink
 from zgate_agent.metrics import AgentMetrics
-from zgate_pki import ChainVerifier, init_pki, issue_certificate
 from zgate_proto.capsules import AddressAssign, AssignedAddress, IPAddressRange, RouteAdvertisement
 from zgate_proto.engines import ENGINES, get_engine
-from zgate_proto.engines.base import ClientConfig, QuicConn, ServerConfig
+from zgate_proto.engines.base import QuicConn, QuicEvent
 from zgate_proto.session import (
     ClientSession,
     ConnectionClosed,
@@ -26,6 +25,8 @@ from zgate_proto.session import (
     SessionClosed,
     SessionRequested,
 )
+from zgate_testkit.pki import client_config, make_pki, server_config
+from zgate_testkit.wire import AcceptingNode, Wire
 
 SERVER = ("127.0.0.1", 4433)
 CLIENT = ("127.0.0.1", 40000)
@@ -36,10 +37,7 @@ OPEN = [AddressAssign((AssignedAddress(0, OWN),)), RouteAdvertisement((EVERYTHIN
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("pki")
-    init_pki(directory)
-    issue_certificate(directory, "client", "alice")
-    return directory
+    return make_pki(tmp_path_factory.mktemp("pki")).directory
 
 
 @pytest.fixture(params=ENGINES)
@@ -73,70 +71,55 @@ class Pair:
     ) -> None:
         engine = get_engine(engine_name)
         client = engine.connect(
-            ClientConfig(
-                server_name="localhost",
-                ca_file=pki / "ca.pem",
-                cert_file=pki / "clients" / "alice.pem",
-                key_file=pki / "clients" / "alice.key",
-                max_datagram_size=1452,
-                datagram_queue=datagram_queue,
-            ),
-            SERVER,
-            0.0,
+            client_config(pki, max_datagram_size=1452, datagram_queue=datagram_queue), SERVER, 0.0
         )
-        self.now = 0.0
         self.sink = Sink()
         self.metrics = AgentMetrics()
         self.notified = 0
         session = ClientSession(client, authority="localhost:4433", mode=mode)
         self.link = ClientLink(client, session, self.sink, self.metrics, notify=self._notify)
-        first = self.link.flush(self.now)
-        config = ServerConfig(
-            cert_file=pki / "relay.pem",
-            key_file=pki / "relay.key",
-            verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
-            max_datagram_size=1452,
+        self.relay_side = AcceptingNode(
+            engine, server_config(pki, max_datagram_size=1452), on_event=self._relay_event
         )
-        server = engine.accept(config, first[0][0], CLIENT, self.now)
-        assert server is not None
-        for data, _ in first[1:]:
-            server.feed(data, CLIENT, self.now)
-        self.server: QuicConn = server
-        self.relay = ServerConnection(server)
+        #: The pumps' turns, 1 ms apart: the link's flush, the relay's events and flush.
+        self.wire = Wire(now=0.0, tick=0.001)
+        self.wire.add(CLIENT, self.link)
+        self.wire.add(SERVER, self.relay_side)
+        self._relay: ServerConnection | None = None
         #: None: accept with OPEN; else reject with this status.
         self.answer = answer
         self.stream_id = -1
         self.events: list[ServerEvent] = []
 
+    @property
+    def server(self) -> QuicConn:
+        """The relay's connection (made by the link's first datagram)."""
+        conn = self.relay_side.conns.get(CLIENT)
+        assert conn is not None, "the link never dialled"
+        return conn
+
+    @property
+    def relay(self) -> ServerConnection:
+        """The relay's session core on :attr:`server`."""
+        if self._relay is None:
+            self._relay = ServerConnection(self.server)
+        return self._relay
+
     def _notify(self) -> None:
         self.notified += 1
 
-    def step(self) -> None:
-        for data, _ in self.link.flush(self.now):
-            self.server.feed(data, CLIENT, self.now)
-        while (event := self.server.next_event()) is not None:
-            for out in self.relay.receive(event):
-                self.events.append(out)
-                if isinstance(out, SessionRequested):
-                    self.stream_id = out.stream_id
-                    if self.answer is None:
-                        self.relay.accept(out.stream_id, out.mode, OPEN)
-                    else:
-                        self.relay.reject(out.stream_id, self.answer)
-        for data, _ in self.server.flush(self.now):
-            self.link.datagram_received(data, SERVER, self.now)
-        self.now += 0.001
-        for conn in (self.link.quic, self.server):
-            at = conn.deadline()
-            if at is not None and at <= self.now:
-                conn.handle_timer(self.now)
+    def _relay_event(self, event: QuicEvent) -> None:
+        for out in self.relay.receive(event):
+            self.events.append(out)
+            if isinstance(out, SessionRequested):
+                self.stream_id = out.stream_id
+                if self.answer is None:
+                    self.relay.accept(out.stream_id, out.mode, OPEN)
+                else:
+                    self.relay.reject(out.stream_id, self.answer)
 
     def run(self, done: Callable[[], bool], steps: int = 200) -> None:
-        for _ in range(steps):
-            self.step()
-            if done():
-                return
-        raise AssertionError("not reached in time")
+        self.wire.settle(done, max_steps=steps)
 
     def received(self) -> list[bytes]:
         return [e.packet for e in self.events if isinstance(e, PacketReceived)]
