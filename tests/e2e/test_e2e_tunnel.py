@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from zgate_lab.lab import (
     metric_value,
     wait_until,
 )
+from zgate_proto.engines import DEFAULT_ENGINE
 
 UDP_CLIENT = ["-m", "zgate_lab.lab_udp", "client"]
 
@@ -59,6 +61,13 @@ def test_ping_through_the_tunnel_in_both_modes(lab: Lab, mode: str) -> None:
     try:
         status = lab.agent_status(3)
         assert status is not None and status["mode"] == mode
+        # `make e2e QUIC_ENGINE=...` must really run both ends on that engine.
+        wanted = os.environ.get("ZGATE_AGENT_QUIC_ENGINE", DEFAULT_ENGINE)
+        assert status["quic_engine"] == wanted
+        said = [r for r in lab.relay.json_log() if r.get("msg") == "QUIC engine"]  # type: ignore[attr-defined]
+        assert said and said[-1]["engine"] == os.environ.get(
+            "ZGATE_RELAY_QUIC_ENGINE", DEFAULT_ENGINE
+        )
         before = lab.relay_metric("zgate_relay_packets_total", direction="to_egress")
         assert ping_loss(lab, 3, INET_IP) == 0.0
         after = lab.relay_metric("zgate_relay_packets_total", direction="to_egress")
