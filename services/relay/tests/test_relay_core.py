@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from zgate_relay.metrics import RelayMetrics
 from zgate_relay.pool import AddressPool
 from zgate_relay.session import FULL_ROUTES
 from zgate_relay.sites import SiteRoutes
+from zgate_testkit.wire import ConnNode, Wire
 
 RELAY: Address = ("192.0.2.1", 4433)
 SITE = ipaddress.ip_network("192.168.50.0/24")
@@ -66,13 +66,34 @@ class Client:
         return [e.packet for e in self.of(cs.PacketReceived)]
 
 
+class RelayNode:
+    """The relay core on the wire; what it writes to its egress device is kept."""
+
+    def __init__(self, core: RelayCore) -> None:
+        self.core = core
+        self.egress: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
+        self.core.datagram_received(data, addr, now)
+
+    def flush(self, now: float) -> list[tuple[bytes, Address]]:
+        self.egress.extend(self.core.take_egress())
+        return self.core.flush(now)
+
+    def deadline(self) -> float | None:
+        return self.core.deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
+
+
 class Peers:
-    """The relay core and its clients, wired in memory."""
+    """The relay core and its clients on zgate_testkit's wire (one fake clock)."""
 
     def __init__(self, engine: QuicEngine, pki: Path, **core_kw: Any) -> None:
         self.engine = engine
         self.pki = pki
-        self.now = 1000.0
+        self.wire = Wire(now=1000.0)
         self.audit: list[AuditEvent] = []
         self.metrics = RelayMetrics()
         options: dict[str, Any] = {
@@ -92,8 +113,22 @@ class Peers:
             wall_clock=lambda: WALL,
             **options,
         )
+        self.relay = RelayNode(self.core)
+        self.wire.add(RELAY, self.relay)
         self.clients: dict[Address, Client] = {}
-        self.egress: list[bytes] = []
+
+    @property
+    def now(self) -> float:
+        return self.wire.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.wire.now = value
+
+    @property
+    def egress(self) -> list[bytes]:
+        """The packets the relay wrote to its egress device."""
+        return self.relay.egress
 
     def connect(
         self,
@@ -118,58 +153,25 @@ class Peers:
         quic = self.engine.connect(config, RELAY, self.now)
         client = Client(name, addr, quic, cs.ClientSession(quic, authority="localhost", mode=mode))
         self.clients[addr] = client
+        self.wire.add(
+            addr, ConnNode(quic, lambda e: client.events.extend(client.session.receive(e)))
+        )
         self.run()
         return client
+
+    def forget(self, client: Client) -> None:
+        """The client vanishes without a word: it sends nothing more and hears nothing."""
+        del self.clients[client.addr]
+        self.wire.remove(client.addr)
 
     def run(self, rounds: int = 500) -> None:
         """Move datagrams both ways until neither side has anything to send; timers due
         within a few milliseconds (pacing) fire on the way."""
-        for _ in range(rounds):
-            moved = self._fire_timers(self.now + PACING)
-            for client in list(self.clients.values()):
-                for data, _ in client.quic.flush(self.now):
-                    moved = True
-                    self.core.datagram_received(data, client.addr, self.now)
-            self.egress.extend(self.core.take_egress())
-            for data, addr in self.core.flush(self.now):
-                receiver = self.clients.get(addr)
-                if receiver is None:
-                    continue  # a client that has gone away
-                moved = True
-                receiver.quic.feed(data, RELAY, self.now)
-                while (event := receiver.quic.next_event()) is not None:
-                    receiver.events.extend(receiver.session.receive(event))
-            if not moved:
-                return
-        raise AssertionError("the peers never settled")
-
-    def _fire_timers(self, until: float) -> bool:
-        """Advance the clock to the earliest deadline if it is not after ``until``, and
-        fire every timer due then; whether any fired."""
-        due = [d for d in (self.core.deadline(), *self._client_deadlines()) if d is not None]
-        if not due or min(due) > until:
-            return False
-        self.now = max(self.now, min(due))
-        if (deadline := self.core.deadline()) is not None and deadline <= self.now:
-            self.core.handle_timer(self.now)
-        for client in self.clients.values():
-            deadline = client.quic.deadline()
-            if deadline is not None and deadline <= self.now:
-                client.quic.handle_timer(self.now)
-                while (event := client.quic.next_event()) is not None:
-                    client.events.extend(client.session.receive(event))
-        return True
+        self.wire.settle(horizon=PACING, max_steps=rounds)
 
     def advance(self, seconds: float) -> None:
         """Let time pass, firing the relay's and the clients' timers on the way."""
-        end = self.now + seconds
-        while self._fire_timers(end):
-            self.run()
-        self.now = end
-        self.run()
-
-    def _client_deadlines(self) -> Iterator[float | None]:
-        return (c.quic.deadline() for c in self.clients.values())
+        self.wire.advance(seconds, horizon=PACING)
 
     def send(self, client: Client, packet: bytes) -> None:
         client.session.send_packet(packet)
@@ -499,7 +501,7 @@ def test_a_silent_connector_is_failed_over(
     peers.core.tick(peers.now + 1.0)
     assert peers.core.sessions  # within its deadline
     # The connector falls silent: its datagrams are lost from now on.
-    del peers.clients[site.addr]
+    peers.forget(site)
     peers.now += 2.5
     with caplog.at_level(logging.WARNING, logger="zgate.relay"):
         peers.core.tick(peers.now)
@@ -517,7 +519,7 @@ def cs_route_advertisement(ranges: list[IPAddressRange]) -> Any:
 
 def test_an_idle_connection_ends_on_the_relays_timer(peers: Peers) -> None:
     alice = peers.connect("alice")
-    del peers.clients[alice.addr]  # the client vanishes without a word
+    peers.forget(alice)  # the client vanishes without a word
     assert peers.core.deadline() is not None
     peers.advance(30.0)
     assert peers.core.sessions == []
