@@ -5,7 +5,6 @@ certificates from zgate_pki."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from zgate_proto.engines.base import (
     StreamDataReceived,
     StreamReset,
 )
-from zgate_testkit.pki import make_pki
+from zgate_testkit.pki import Refusals, client_config, make_pki, server_config
 from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
 CRYPTO_ERROR = 0x100
@@ -77,41 +76,6 @@ def pki(tmp_path: Path) -> PkiPaths:
     return make_pki(tmp_path / "pki", groups=["eng"])
 
 
-@dataclass
-class Refusals:
-    seen: list[tuple[str, str]] = field(default_factory=list)
-
-    def __call__(self, reason: str, detail: str) -> None:
-        self.seen.append((reason, detail))
-
-
-def server_config(
-    pki: PkiPaths,
-    refusals: Refusals | None = None,
-    *,
-    max_datagram_frame_size: int = 65536,
-    connection_id_length: int = 8,
-) -> ServerConfig:
-    return ServerConfig(
-        cert_file=pki.relay_cert,
-        key_file=pki.relay_key,
-        verifier=ChainVerifier(pki.ca_cert, pki.crl),
-        on_refused=refusals,
-        max_datagram_frame_size=max_datagram_frame_size,
-        connection_id_length=connection_id_length,
-    )
-
-
-def alice(pki: PkiPaths, *, datagram_queue: int = 512) -> ClientConfig:
-    return ClientConfig(
-        server_name="localhost",
-        ca_file=pki.ca_cert,
-        cert_file=pki.leaf_cert("client", "alice"),
-        key_file=pki.leaf_key("client", "alice"),
-        datagram_queue=datagram_queue,
-    )
-
-
 def dial(engine: QuicEngine, client: ClientConfig, server: ServerConfig) -> EnginePair:
     """Start a connection and run its handshake (to completion or refusal), then settle."""
     net = EnginePair(engine, server, engine.connect(client, SERVER_ADDR, START))
@@ -121,7 +85,7 @@ def dial(engine: QuicEngine, client: ClientConfig, server: ServerConfig) -> Engi
 
 
 def connected(engine: QuicEngine, pki: PkiPaths, *, datagram_queue: int = 512) -> EnginePair:
-    net = dial(engine, alice(pki, datagram_queue=datagram_queue), server_config(pki))
+    net = dial(engine, client_config(pki, datagram_queue=datagram_queue), server_config(pki))
     assert not net.client_terminations(), net.client_events
     assert net.client.handshake_done and net.srv.handshake_done
     return net
@@ -136,7 +100,7 @@ def pem_to_der(path: Path) -> bytes:
 
 def test_mutual_tls_handshake_names_the_client(engine: QuicEngine, pki: PkiPaths) -> None:
     refusals = Refusals()
-    net = dial(engine, alice(pki), server_config(pki, refusals))
+    net = dial(engine, client_config(pki), server_config(pki, refusals))
 
     assert [e for e in net.client_events if isinstance(e, HandshakeCompleted)] == [
         HandshakeCompleted("h3")
@@ -289,7 +253,7 @@ def test_an_expired_certificate_is_refused(engine: QuicEngine, pki: PkiPaths) ->
 def test_a_revoked_certificate_is_refused(engine: QuicEngine, pki: PkiPaths) -> None:
     revoke_certificate(pki.directory, "alice")
     refusals = Refusals()
-    net = dial(engine, alice(pki), server_config(pki, refusals))
+    net = dial(engine, client_config(pki), server_config(pki, refusals))
 
     assert_refused(net, refusals, "revoked", CERTIFICATE_REVOKED)
 
@@ -391,7 +355,7 @@ def test_datagrams_flow_both_ways(engine: QuicEngine, pki: PkiPaths) -> None:
 
 def test_a_datagram_past_the_path_is_too_big(engine: QuicEngine, pki: PkiPaths) -> None:
     # The relay's 20-byte connection IDs (QUIC's longest) leave the least room in a packet.
-    net = dial(engine, alice(pki), server_config(pki, connection_id_length=20))
+    net = dial(engine, client_config(pki), server_config(pki, connection_id_length=20))
     assert not net.client_terminations()
     for sender, receiver_events in ((net.client, net.server_events), (net.srv, net.client_events)):
         largest = sender.max_datagram_payload
@@ -407,7 +371,7 @@ def test_a_datagram_past_the_path_is_too_big(engine: QuicEngine, pki: PkiPaths) 
 
 
 def test_no_datagrams_to_a_peer_that_takes_none(engine: QuicEngine, pki: PkiPaths) -> None:
-    net = dial(engine, alice(pki), server_config(pki, max_datagram_frame_size=0))
+    net = dial(engine, client_config(pki), server_config(pki, max_datagram_frame_size=0))
 
     assert net.client.peer_max_datagram_frame_size == 0
     assert net.client.max_datagram_payload == 0

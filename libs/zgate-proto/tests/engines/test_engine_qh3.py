@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import ssl
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from zgate_proto.engines.base import (
     StreamDataReceived,
     require_version,
 )
-from zgate_testkit.pki import make_pki
+from zgate_testkit.pki import Refusals, make_pki, server_config
 from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
 CRYPTO_ERROR = 0x100
@@ -70,26 +69,6 @@ def stream_bytes(events: list[QuicEvent], stream_id: int) -> tuple[bytes, bool]:
 @pytest.fixture
 def pki(tmp_path: Path) -> PkiPaths:
     return make_pki(tmp_path / "pki", groups=["eng"], connectors=["site-a"])
-
-
-@dataclass
-class Refusals:
-    seen: list[tuple[str, str]] = field(default_factory=list)
-
-    def __call__(self, reason: str, detail: str) -> None:
-        self.seen.append((reason, detail))
-
-
-def server_config(
-    pki: PkiPaths, refusals: Refusals | None = None, *, datagram_queue: int = 512
-) -> ServerConfig:
-    return ServerConfig(
-        cert_file=pki.relay_cert,
-        key_file=pki.relay_key,
-        verifier=ChainVerifier(pki.ca_cert, pki.crl),
-        on_refused=refusals,
-        datagram_queue=datagram_queue,
-    )
 
 
 def client_config(

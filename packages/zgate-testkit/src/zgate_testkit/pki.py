@@ -5,13 +5,14 @@ them."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from zgate_pki import ChainVerifier, PkiPaths, init_pki, issue_certificate
-from zgate_proto.engines.base import ClientConfig, ServerConfig
+from zgate_proto.engines.base import ClientConfig, RefusalCallback, ServerConfig
 
-__all__ = ["client_config", "make_pki", "server_config"]
+__all__ = ["Refusals", "client_config", "make_pki", "server_config"]
 
 
 def make_pki(
@@ -31,14 +32,27 @@ def make_pki(
     return paths
 
 
-def server_config(pki: PkiPaths | Path, **options: Any) -> ServerConfig:
-    """The relay's QUIC server configuration: its certificate, and a verifier of the PKI's
-    CA and CRL; ``options`` set the other fields."""
+@dataclass
+class Refusals:
+    """A server's ``on_refused`` callback that keeps each (reason, detail) it is told."""
+
+    seen: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, reason: str, detail: str) -> None:
+        self.seen.append((reason, detail))
+
+
+def server_config(
+    pki: PkiPaths | Path, on_refused: RefusalCallback | None = None, **options: Any
+) -> ServerConfig:
+    """The relay's QUIC server configuration: its certificate, a verifier of the PKI's CA
+    and CRL, ``on_refused`` (a :class:`Refusals`, say); ``options`` set the other fields."""
     paths = pki if isinstance(pki, PkiPaths) else PkiPaths(pki)
     return ServerConfig(
         cert_file=paths.relay_cert,
         key_file=paths.relay_key,
         verifier=ChainVerifier(paths.ca_cert, paths.crl),
+        on_refused=on_refused,
         **options,
     )
 
