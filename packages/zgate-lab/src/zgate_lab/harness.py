@@ -26,7 +26,6 @@ from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.pump import Pump
-from zgate_pki import ChainVerifier, init_pki, issue_certificate
 from zgate_policy import CompiledPolicy, load_and_compile
 from zgate_policy.flows import FlowTable
 from zgate_proto.capsules import Capsule
@@ -39,6 +38,8 @@ from zgate_relay.enforce import Enforcer
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.pool import AddressPool
 from zgate_relay.pump import RelayPump
+from zgate_testkit.pki import make_pki as make_test_pki
+from zgate_testkit.pki import server_config
 
 INTERNET = ipaddress.IPv4Address("203.0.113.10")
 
@@ -147,10 +148,7 @@ def geoip_country(code: str) -> dict[str, Any]:
 
 def make_pki(directory: Path, clients: list[str]) -> Path:
     """A CA, a relay certificate for localhost/127.0.0.1, and client certificates."""
-    init_pki(directory)
-    for client in clients:
-        issue_certificate(directory, "client", client)
-    return directory
+    return make_test_pki(directory, clients).directory
 
 
 @dataclass
@@ -170,14 +168,10 @@ class RelayUnderTest:
 
 
 def relay_server_config(pki: Path, **kw: Any) -> ServerConfig:
-    """The relay's QUIC server configuration for a PKI made by :func:`make_pki`."""
+    """The relay's QUIC server configuration for a PKI made by :func:`make_pki`, with the
+    relay's own datagram size unless ``kw`` says otherwise."""
     options: dict[str, Any] = {"max_datagram_size": 1452, **kw}
-    return ServerConfig(
-        cert_file=pki / "relay.pem",
-        key_file=pki / "relay.key",
-        verifier=ChainVerifier(pki / "ca.pem", pki / "crl.pem"),
-        **options,
-    )
+    return server_config(pki, **options)
 
 
 @contextlib.asynccontextmanager
