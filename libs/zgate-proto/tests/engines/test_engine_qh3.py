@@ -416,17 +416,23 @@ def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
 # ---- DATAGRAM frames ------------------------------------------------------------------------
 
 
-def test_datagrams_leave_within_the_congestion_window(pki: PkiPaths) -> None:
-    wire = qh3_pair(pki, client_config(pki, datagram_queue=5000))
-    client = wire.client
+def watch_overshoot(wire: EnginePair) -> list[int]:
+    """bytes_in_flight - cwnd of the client right after each of its flushes, from now on."""
     overshoot: list[int] = []
 
     def watch(source: Address, out: list[tuple[bytes, Address]]) -> None:
         if source == CLIENT_ADDR:
-            stats = client.stats()
+            stats = wire.client.stats()
             overshoot.append(stats.bytes_in_flight - stats.cwnd)
 
     wire.watch = watch
+    return overshoot
+
+
+def test_datagrams_leave_within_the_congestion_window(pki: PkiPaths) -> None:
+    wire = qh3_pair(pki, client_config(pki, datagram_queue=5000))
+    client = wire.client
+    overshoot = watch_overshoot(wire)
     payloads = [i.to_bytes(4, "big") * 275 for i in range(5000)]  # 1100 bytes each
     assert all(client.send_datagram(p) is SendStatus.SENT for p in payloads)
     assert client.datagrams_queued == 5000
@@ -440,14 +446,7 @@ def test_datagrams_leave_within_the_congestion_window(pki: PkiPaths) -> None:
 def test_lost_datagram_frames_shrink_the_window_and_are_counted(pki: PkiPaths) -> None:
     wire = qh3_pair(pki, client_config(pki, datagram_queue=5000))
     client = wire.client
-    overshoot: list[int] = []
-
-    def watch(source: Address, out: list[tuple[bytes, Address]]) -> None:
-        if source == CLIENT_ADDR:
-            stats = client.stats()
-            overshoot.append(stats.bytes_in_flight - stats.cwnd)
-
-    wire.watch = watch
+    overshoot = watch_overshoot(wire)
     wire.lose = lambda source, seq, data: source == CLIENT_ADDR and seq % 7 == 0
     payloads = [i.to_bytes(4, "big") * 275 for i in range(5000)]
     assert all(client.send_datagram(p) is SendStatus.SENT for p in payloads)
