@@ -28,8 +28,8 @@ from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
 from zgate_lab.harness import INTERNET, QUIC_ENGINES, make_pki, udp4, until
 from zgate_pki import revoke_certificate
-from zgate_proto.session import PacketMode
 from zgate_proto.ip import parse_packet
+from zgate_proto.session import PacketMode
 from zgate_relay.app import run_relay
 from zgate_relay.settings import RelaySettings
 from zgate_relay.startup import StartupError
