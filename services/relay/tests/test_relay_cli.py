@@ -109,3 +109,21 @@ def test_unknown_quic_engine_is_a_configuration_error(
     assert "quic_engine" in err and "msquic" in err
     with pytest.raises(SystemExit):
         main(["--quic-engine", "msquic"])
+
+
+@pytest.mark.parametrize("flag", ["off", "none"])
+def test_audit_log_off_on_the_command_line_means_no_audit_file(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # argparse hands the value over as a Path: "off" must not become a file named ./off.
+    from zgate_host.settings import load_settings
+    from zgate_relay.cli import build_parser
+    from zgate_relay.settings import RelaySettings
+
+    monkeypatch.chdir(tmp_path)
+    flags = vars(build_parser().parse_args(["--audit-log", flag]))
+    flags = {k: v for k, v in flags.items() if k not in ("config", "debug") and v is not None}
+    assert load_settings(RelaySettings, None, flags).audit_log is None
+    kept = vars(build_parser().parse_args(["--audit-log", "audit.jsonl"]))
+    kept = {k: v for k, v in kept.items() if k not in ("config", "debug") and v is not None}
+    assert load_settings(RelaySettings, None, kept).audit_log == Path("audit.jsonl")

@@ -120,7 +120,8 @@ class RelaySettings(LayeredSettings):
     @field_validator("audit_log", mode="before")
     @classmethod
     def _audit_off(cls, value: object) -> object:
-        return None if value in ("", "off", "none") else value
+        # The flag arrives as a Path (argparse's type=Path), YAML and the environment as text.
+        return None if str(value) in ("", ".", "off", "none") else value
 
     @field_validator("quic_engine")
     @classmethod
