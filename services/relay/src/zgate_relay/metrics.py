@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from zgate_host.counters import CounterFamilies
+from zgate_pki import REFUSAL_REASONS as CERTIFICATE_REFUSALS
 
 __all__ = ["DIRECTIONS", "DNS_OUTCOMES", "DROP_REASONS", "REFUSAL_REASONS", "RelayMetrics"]
 
@@ -38,13 +39,10 @@ DROP_REASONS = (
     "flow_table_full",  # a new flow beyond the flow table's bounds
 )
 
-#: Why a handshake or a request was refused.
+#: Why a handshake or a request was refused: a certificate's reasons (zgate_pki's), the
+#: engines' two other handshake reasons (see ``RefusalCallback``), then the relay's own.
 REFUSAL_REASONS = (
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "revoked",
-    "bad_certificate",
+    *CERTIFICATE_REFUSALS,
     "tls_version",
     "handshake_failed",
     "bad_request",

@@ -26,11 +26,10 @@ server connections with it; nothing else should reach into aioquic's TLS context
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import aioquic
 from aioquic import tls
@@ -38,18 +37,22 @@ from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without __all
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import QuicConnection, QuicConnectionError
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
-from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from zgate_pki import REFUSAL_REASONS, CertificateRefused, ChainVerifier, Identity, PkiError
+from zgate_pki import CertificateRefused, ChainVerifier, Identity, PkiError
+from zgate_proto.engines._client_auth import (
+    HANDSHAKE_REFUSAL_REASONS,
+    REFUSAL_ALERTS,
+    HandshakeRefusal,
+    RefusalRecord,
+    utcnow,
+    verify_client_chain,
+)
 from zgate_proto.engines.base import RefusalCallback, require_version
 
 __all__ = [
     "HANDSHAKE_REFUSAL_REASONS",
     "SUPPORTED_AIOQUIC_VERSION",
-    "AlertCertificateRequired",
-    "AlertCertificateRevoked",
-    "AlertUnknownCa",
     "HandshakeRefusal",
     "MtlsServerConnection",
     "RefusalCallback",
@@ -58,7 +61,6 @@ __all__ = [
     "check_aioquic_version",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: The aioquic release whose private TLS internals this module was written against.
 SUPPORTED_AIOQUIC_VERSION: Final = "1.7.2"
@@ -78,56 +80,13 @@ def check_aioquic_version(version: str) -> None:
 
 check_aioquic_version(aioquic.__version__)
 
-HandshakeRefusal = Literal[
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "revoked",
-    "bad_certificate",
-    "tls_version",
-    "handshake_failed",
-]
-#: Every value ``refusal_reason`` can take (create the metric's labelled series up front).
-HANDSHAKE_REFUSAL_REASONS: Final[tuple[HandshakeRefusal, ...]] = (
-    *REFUSAL_REASONS,
-    "tls_version",
-    "handshake_failed",
-)
 
-
-class AlertCertificateRequired(tls.Alert):
-    """TLS alert certificate_required (RFC 8446 section 6.2); aioquic has no class for it."""
-
-    description = tls.AlertDescription.certificate_required
-
-
-class AlertCertificateRevoked(tls.Alert):
-    """TLS alert certificate_revoked (RFC 8446 section 6.2)."""
-
-    description = tls.AlertDescription.certificate_revoked
-
-
-class AlertUnknownCa(tls.Alert):
-    """TLS alert unknown_ca (RFC 8446 section 6.2)."""
-
-    description = tls.AlertDescription.unknown_ca
-
-
-# The alert sent for each refusal, with a short text for the client: the detail (which may
-# name serials or issuers) goes to the relay's logs only.
-_ALERTS: Final[dict[str, tuple[type[tls.Alert], str]]] = {
-    "no_certificate": (AlertCertificateRequired, "client certificate required"),
-    "unknown_ca": (AlertUnknownCa, "unknown certificate authority"),
-    "expired": (tls.AlertCertificateExpired, "certificate expired"),
-    "revoked": (AlertCertificateRevoked, "certificate revoked"),
-    "bad_certificate": (tls.AlertBadCertificate, "bad certificate"),
-}
-
-_CRYPTO_ERRORS: Final = range(QuicErrorCode.CRYPTO_ERROR, QuicErrorCode.CRYPTO_ERROR + 0x100)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+def _refusal_alert(reason: HandshakeRefusal) -> tls.Alert:
+    """aioquic's alert exception for a certificate refusal (:data:`REFUSAL_ALERTS`)."""
+    description, text = REFUSAL_ALERTS[reason]
+    alert = tls.Alert(text)
+    alert.description = tls.AlertDescription(description)
+    return alert
 
 
 class MtlsServerConnection(QuicConnection):
@@ -147,7 +106,7 @@ class MtlsServerConnection(QuicConnection):
         original_destination_connection_id: bytes | None = None,
         retry_source_connection_id: bytes | None = None,
         on_refused: RefusalCallback | None = None,
-        wall_clock: Callable[[], datetime] = _utcnow,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if configuration.is_client:
             raise ValueError("MtlsServerConnection needs a server configuration")
@@ -157,13 +116,23 @@ class MtlsServerConnection(QuicConnection):
             retry_source_connection_id=retry_source_connection_id,
         )
         self.peer_identity: Identity | None = None
-        self.refusal_reason: HandshakeRefusal | None = None
-        self.refusal_detail: str | None = None
+        self._record = RefusalRecord(on_refused)
         self._verifier = verifier
-        self._on_refused = on_refused
         self._wall_clock = wall_clock
         self._verified_identity: Identity | None = None
         self._handshake_done = False
+
+    @property
+    def refusal_reason(self) -> HandshakeRefusal | None:
+        """Why the handshake was refused (None while it was not)."""
+        refusal = self._record.refusal
+        return None if refusal is None else refusal[0]
+
+    @property
+    def refusal_detail(self) -> str | None:
+        """What exactly was refused, for the relay's logs only."""
+        refusal = self._record.refusal
+        return None if refusal is None else refusal[1]
 
     # aioquic hooks
 
@@ -193,12 +162,8 @@ class MtlsServerConnection(QuicConnection):
         """The connection is closing with `error_code`: if that is a TLS alert before the
         handshake completed, record the refusal (the engine adapter calls this as soon as
         the close starts; aioquic's own event comes only after the closing period)."""
-        if not self._handshake_done and error_code in _CRYPTO_ERRORS:
-            # Our own refusals are already recorded; this catches the client's alerts.
-            self._refuse(
-                "handshake_failed",
-                f"TLS alert {error_code - QuicErrorCode.CRYPTO_ERROR} from the client",
-            )
+        if not self._handshake_done:
+            self._record.closing(error_code)
 
     # TLS context overrides
 
@@ -207,12 +172,9 @@ class MtlsServerConnection(QuicConnection):
             self._handle_message(input_data, output_buf)
         except (tls.Alert, QuicConnectionError) as exc:
             if not self._handshake_done:
-                reason: HandshakeRefusal = (
-                    "tls_version"
-                    if isinstance(exc, tls.AlertProtocolVersion)
-                    else "handshake_failed"
+                self._record.tls_failed(
+                    exc, protocol_version=isinstance(exc, tls.AlertProtocolVersion)
                 )
-                self._refuse(reason, str(exc) or type(exc).__name__)
             raise
         if not self._handshake_done and self.tls.state is tls.State.SERVER_POST_HANDSHAKE:
             if self._verified_identity is None:
@@ -226,47 +188,20 @@ class MtlsServerConnection(QuicConnection):
         leaf = self.tls._peer_certificate
         if leaf is None:
             raise self._refusal("no_certificate", "the client sent an empty Certificate message")
-        self._reload_trust()
         try:
-            identity = self._verifier.verify(
-                leaf, self.tls._peer_certificate_chain, self._wall_clock()
+            identity = verify_client_chain(
+                self._verifier, leaf, self.tls._peer_certificate_chain, self._wall_clock()
             )
         except CertificateRefused as exc:
             raise self._refusal(exc.reason, exc.detail) from None
-        except Exception as exc:
-            # Fail closed, and keep a verifier bug from escaping into the UDP pump.
-            logger.exception("client certificate verification crashed")
-            raise self._refusal("bad_certificate", f"verification error: {exc!r}") from None
         # Only exposed once the handshake completes, i.e. after CertificateVerify proved
         # that the client holds the certificate's key.
         self._verified_identity = identity
 
-    # refusals
-
-    def _reload_trust(self) -> None:
-        try:
-            if self._verifier.reload_if_changed():
-                logger.info("reloaded the CA certificate and CRL")
-        except PkiError as exc:
-            logger.warning("keeping the previous CA certificate and CRL: %s", exc)
-
     def _refusal(self, reason: HandshakeRefusal, detail: str) -> tls.Alert:
         """Record the refusal and build the alert that ends the handshake."""
-        self._refuse(reason, detail)
-        alert_class, text = _ALERTS[reason]
-        return alert_class(text)
-
-    def _refuse(self, reason: HandshakeRefusal, detail: str) -> None:
-        if self.refusal_reason is not None:
-            return  # the first, most specific reason wins
-        self.refusal_reason = reason
-        self.refusal_detail = detail
-        if self._on_refused is not None:
-            try:
-                self._on_refused(reason, detail)
-            except Exception:
-                # A logging/metrics hook must not break the TLS state machine.
-                logger.exception("on_refused callback failed")
+        self._record.refuse(reason, detail)
+        return _refusal_alert(reason)
 
 
 def build_server_configuration(

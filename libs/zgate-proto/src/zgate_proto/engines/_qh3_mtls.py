@@ -24,22 +24,22 @@ certificates without forking qh3 (see docs/design/quic-engines.md):
    identity is exposed only once Finished is accepted, i.e. after CertificateVerify proved that
    the client holds the certificate's key.
 
-Refusal reasons and the ``on_refused`` callback behave exactly as in the aioquic shim
-(:mod:`zgate_proto.engines._aioquic_mtls`): the first, most specific reason wins, the callback
-runs once, ``tls_version`` when the client offers no TLS 1.3, ``handshake_failed`` for every
-other TLS failure (including a client's alert before the handshake completed).
+Refusal reasons, their alerts, the chain check and the ``on_refused`` callback are the aioquic
+shim's, shared through :mod:`zgate_proto.engines._client_auth`: the first, most specific reason
+wins, the callback runs once, ``tls_version`` when the client offers no TLS 1.3,
+``handshake_failed`` for every other TLS failure (including a client's alert before the
+handshake completed).
 
 Importing this module fails unless qh3 is exactly `SUPPORTED_QH3_VERSION`.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import qh3
 from cryptography import x509
@@ -54,17 +54,23 @@ from qh3._hazmat import (
 from qh3._hazmat import Certificate as Qh3Certificate
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
-from qh3.quic.packet import QuicErrorCode
 from qh3.quic.tls_bridge import QuicTlsBridge, QuicTlsBridgeError
 
 from zgate_pki import (
-    REFUSAL_REASONS,
     CertificateRefused,
     ChainVerifier,
     Identity,
     PkiError,
     load_certificate_file,
     load_private_key_file,
+)
+from zgate_proto.engines._client_auth import (
+    HANDSHAKE_REFUSAL_REASONS,
+    REFUSAL_ALERTS,
+    HandshakeRefusal,
+    RefusalRecord,
+    utcnow,
+    verify_client_chain,
 )
 from zgate_proto.engines.base import RefusalCallback, require_version
 
@@ -78,28 +84,11 @@ __all__ = [
     "build_server_configuration",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: The qh3 release whose private TLS internals this module was written against.
 SUPPORTED_QH3_VERSION: Final = "2.1.0"
 
 require_version("qh3", qh3.__version__, SUPPORTED_QH3_VERSION)
-
-HandshakeRefusal = Literal[
-    "no_certificate",
-    "unknown_ca",
-    "expired",
-    "revoked",
-    "bad_certificate",
-    "tls_version",
-    "handshake_failed",
-]
-#: Every value a refusal reason can take (create the metric's labelled series up front).
-HANDSHAKE_REFUSAL_REASONS: Final[tuple[HandshakeRefusal, ...]] = (
-    *REFUSAL_REASONS,
-    "tls_version",
-    "handshake_failed",
-)
 
 #: Signature schemes the CertificateRequest offers for the client's CertificateVerify
 #: (RFC 8446 section 4.2.3); qh3's verifier handles each of them.
@@ -114,35 +103,14 @@ CLIENT_SIGNATURE_ALGORITHMS: Final[tuple[int, ...]] = (
 )
 
 _CLIENT_VERIFY_CONTEXT: Final = b"TLS 1.3, client CertificateVerify"
-_CRYPTO_ERRORS: Final = range(QuicErrorCode.CRYPTO_ERROR, QuicErrorCode.CRYPTO_ERROR + 0x100)
 
 
-def _alert(name: str, description: tls.AlertDescription) -> type[tls.Alert]:
-    return type(name, (tls.Alert,), {"description": description, "__module__": __name__})
-
-
-# qh3 has classes for bad_certificate and certificate_expired only.
-_AlertCertificateRequired: Final = _alert(
-    "AlertCertificateRequired", tls.AlertDescription.certificate_required
-)
-_AlertCertificateRevoked: Final = _alert(
-    "AlertCertificateRevoked", tls.AlertDescription.certificate_revoked
-)
-_AlertUnknownCa: Final = _alert("AlertUnknownCa", tls.AlertDescription.unknown_ca)
-
-# The alert sent for each refusal, with a short text for the client: the detail (which may
-# name serials or issuers) stays with the relay.
-_ALERTS: Final[dict[str, tuple[type[tls.Alert], str]]] = {
-    "no_certificate": (_AlertCertificateRequired, "client certificate required"),
-    "unknown_ca": (_AlertUnknownCa, "unknown certificate authority"),
-    "expired": (tls.AlertCertificateExpired, "certificate expired"),
-    "revoked": (_AlertCertificateRevoked, "certificate revoked"),
-    "bad_certificate": (tls.AlertBadCertificate, "bad certificate"),
-}
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+def _refusal_alert(reason: HandshakeRefusal) -> tls.Alert:
+    """qh3's alert exception for a certificate refusal (:data:`REFUSAL_ALERTS`)."""
+    description, text = REFUSAL_ALERTS[reason]
+    alert = tls.Alert(text)
+    alert.description = tls.AlertDescription(description)
+    return alert
 
 
 def _certificate_request() -> bytes:
@@ -214,14 +182,13 @@ class ClientAuthenticator:
         self,
         verifier: ChainVerifier,
         on_refused: RefusalCallback | None = None,
-        wall_clock: Callable[[], datetime] = _utcnow,
+        wall_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.identity: Identity | None = None
         self.chain: tuple[bytes, ...] = ()
-        self.refusal: tuple[HandshakeRefusal, str] | None = None
         self.done = False
+        self._record = RefusalRecord(on_refused)
         self._verifier = verifier
-        self._on_refused = on_refused
         self._wall_clock = wall_clock
         self._context: tls.Context | None = None
         self._handle_message: Callable[..., None] | None = None
@@ -229,6 +196,11 @@ class ClientAuthenticator:
         self._expect = tls.HandshakeType.CERTIFICATE
         self._leaf_key: bytes | None = None
         self._verified: Identity | None = None
+
+    @property
+    def refusal(self) -> tuple[HandshakeRefusal, str] | None:
+        """(reason, detail) of a refused handshake; None while it was not refused."""
+        return self._record.refusal
 
     def attach(self, context: tls.Context) -> None:
         """Hooks 2, 3 and 5 on a server context that has not seen the ClientHello yet."""
@@ -248,16 +220,13 @@ class ClientAuthenticator:
     def note_termination(self, error_code: int) -> None:
         """The connection is closing with ``error_code``: a TLS alert before the handshake
         completed is a refusal (ours are recorded already; this catches the client's)."""
-        if not self.done and error_code in _CRYPTO_ERRORS:
-            self._refuse(
-                "handshake_failed",
-                f"TLS alert {error_code - QuicErrorCode.CRYPTO_ERROR} from the client",
-            )
+        if not self.done:
+            self._record.closing(error_code)
 
     def refuse_malformed(self, detail: str) -> None:
         """qh3 raised on a handshake message it could not parse (not a TLS alert)."""
         if not self.done:
-            self._refuse("handshake_failed", f"malformed handshake message: {detail}")
+            self._record.refuse("handshake_failed", f"malformed handshake message: {detail}")
 
     # ---------------------------------------------------------------- TLS messages
 
@@ -275,12 +244,9 @@ class ClientAuthenticator:
                 self._handle_message(input_data, output_buf, epoch=epoch)
         except (tls.Alert, QuicTlsBridgeError) as exc:
             if not self.done:
-                reason: HandshakeRefusal = (
-                    "tls_version"
-                    if isinstance(exc, tls.AlertProtocolVersion)
-                    else "handshake_failed"
+                self._record.tls_failed(
+                    exc, protocol_version=isinstance(exc, tls.AlertProtocolVersion)
                 )
-                self._refuse(reason, str(exc) or type(exc).__name__)
             raise
         if not self.done and context.state is tls.State.SERVER_POST_HANDSHAKE:
             if self._verified is None:
@@ -363,15 +329,10 @@ class ClientAuthenticator:
             leaf_key = Qh3Certificate(ders[0]).public_key()
         except Exception as exc:
             raise self._refusal("bad_certificate", f"unparsable certificate: {exc}") from None
-        self._reload_trust()
         try:
-            identity = self._verifier.verify(chain[0], chain[1:], self._wall_clock())
+            identity = verify_client_chain(self._verifier, chain[0], chain[1:], self._wall_clock())
         except CertificateRefused as exc:
             raise self._refusal(exc.reason, exc.detail) from None
-        except Exception as exc:
-            # Fail closed, and keep a verifier bug from escaping into the UDP pump.
-            logger.exception("client certificate verification crashed")
-            raise self._refusal("bad_certificate", f"verification error: {exc!r}") from None
         self.chain = ders
         self._leaf_key = leaf_key
         self._verified = identity
@@ -400,29 +361,10 @@ class ClientAuthenticator:
 
     # -------------------------------------------------------------------- refusals
 
-    def _reload_trust(self) -> None:
-        try:
-            if self._verifier.reload_if_changed():
-                logger.info("reloaded the CA certificate and CRL")
-        except PkiError as exc:
-            logger.warning("keeping the previous CA certificate and CRL: %s", exc)
-
     def _refusal(self, reason: HandshakeRefusal, detail: str) -> tls.Alert:
         """Record the refusal and build the alert that ends the handshake."""
-        self._refuse(reason, detail)
-        alert_class, text = _ALERTS[reason]
-        return alert_class(text)
-
-    def _refuse(self, reason: HandshakeRefusal, detail: str) -> None:
-        if self.refusal is not None:
-            return  # the first, most specific reason wins
-        self.refusal = (reason, detail)
-        if self._on_refused is not None:
-            try:
-                self._on_refused(reason, detail)
-            except Exception:
-                # A logging/metrics hook must not break the TLS state machine.
-                logger.exception("on_refused callback failed")
+        self._record.refuse(reason, detail)
+        return _refusal_alert(reason)
 
 
 def _is_grease(value: int) -> bool:
