@@ -59,7 +59,12 @@ class AgentSettings(LayeredSettings):
         "[/var/lib/zgate/agent as root, else ~/.local/state/zgate/agent]",
     )
     max_datagram_size: int = Field(1452, ge=1350, le=65527, description="largest QUIC UDP payload")
-    datagram_queue: int = Field(512, ge=8)
+    datagram_queue: int = Field(
+        64,
+        ge=8,
+        description="DATAGRAM frames waiting for the congestion window, at most (each is latency "
+        "for every packet behind it: 512 stood 5-7 ms deep inside a bulk TCP transfer)",
+    )
     udp_offload: bool = Field(True, description="send QUIC packets in UDP GSO batches")
     tun_offload: bool = Field(
         True, description="join TCP segments into super-packets when writing to the TUN device"

@@ -57,7 +57,12 @@ class RelaySettings(LayeredSettings):
     max_datagram_size: int = Field(
         1452, ge=1350, le=65527, description="largest UDP payload QUIC sends (>= 1350)"
     )
-    datagram_queue: int = Field(512, ge=8, description="per-connection datagram send queue bound")
+    datagram_queue: int = Field(
+        64,
+        ge=8,
+        description="per-connection DATAGRAM frames waiting for the congestion window, at most "
+        "(each is latency for every packet behind it: 512 stood 5-7 ms deep in a bulk transfer)",
+    )
     udp_offload: bool = Field(
         True, description="send with UDP GSO and receive with UDP GRO where the kernel has them"
     )
