@@ -13,21 +13,12 @@ from zgate_proto.capsules import (
     DatagramCapsule,
     IPAddressRange,
     RouteAdvertisement,
-    encode_capsule,
-    encode_ip_datagram_capsule,
 )
-from zgate_proto.engines.base import (
-    ConnectionTerminated,
-    DatagramReceived,
-    QuicConn,
-    QuicEvent,
-    SendStatus,
-)
+from zgate_proto.engines.base import ConnectionTerminated, QuicConn, SendStatus
 from zgate_proto.errors import DecodeError, RequestError
 from zgate_proto.http3 import (
     DataReceived,
     ErrorCode,
-    H3Connection,
     H3Event,
     Headers,
     HeadersReceived,
@@ -41,6 +32,7 @@ from zgate_proto.request import (
     build_connect_ip_request,
     validate_connect_ip_response,
 )
+from zgate_proto.session._endpoint import Endpoint
 from zgate_proto.session._events import (
     MODE_HEADER,
     AddressesAssigned,
@@ -57,17 +49,15 @@ from zgate_proto.session._events import (
     SessionRefused,
 )
 from zgate_proto.session._wire import (
-    MAX_IP_PACKET,
     NO_ERRORS,
-    STREAM_GONE,
     capsule_packet,
     connection_closed,
     datagram_prefix,
+    decode_capsules,
     mode_header,
-    quietly,
-    reset_reason,
+    reset_closed,
     split_datagram,
-    stop_reason,
+    stop_closed,
 )
 
 __all__ = ["ClientSession", "ClientState"]
@@ -90,7 +80,7 @@ _CLIENT_MOVES: Final[Mapping[ClientState, frozenset[ClientState]]] = {
 }
 
 
-class ClientSession:
+class ClientSession(Endpoint[ClientEvent]):
     """One CONNECT-IP session on a client QUIC connection (sans-IO).
 
     Sends the extended CONNECT, with :data:`MODE_HEADER`, as soon as the relay's SETTINGS
@@ -116,13 +106,16 @@ class ClientSession:
         template: str = DEFAULT_TEMPLATE,
         datagrams: bool = True,
     ) -> None:
-        self._quic = quic
         self._request = build_connect_ip_request(authority, target, ipproto, template)
-        self._h3 = H3Connection(quic, is_client=True, datagrams=datagrams)
+        super().__init__(
+            quic,
+            is_client=True,
+            datagrams=datagrams,
+            max_capsule_size=max_capsule_size,
+            max_stream_backlog=max_stream_backlog,
+        )
         self._mode = mode
         self._fallback = fallback
-        self._max_capsule_size = max_capsule_size
-        self._max_backlog = max_stream_backlog
         self._decoder = CapsuleDecoder(max_capsule_size=max_capsule_size)
         self._state = ClientState.WAITING_SETTINGS
         self._stream_id = -1
@@ -130,21 +123,10 @@ class ClientSession:
         self._stopped: int | None = None  # STOP_SENDING code received before the answer
         self._assigned = False
         self._routed = False
-        self._terminated = False
         self._addresses: tuple[Network, ...] = ()
         self._routes: tuple[IPAddressRange, ...] = ()
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def h3(self) -> H3Connection:
-        """The HTTP/3 layer (peer settings, for diagnostics)."""
-        return self._h3
-
-    @property
-    def quic(self) -> QuicConn:
-        """The QUIC connection underneath."""
-        return self._quic
 
     @property
     def state(self) -> ClientState:
@@ -181,9 +163,7 @@ class ClientSession:
         """The largest IP packet that can be sent now (0 before the request is sent)."""
         if self._stream_id < 0:
             return 0
-        if self._mode is PacketMode.DATAGRAM:
-            return max(0, self._quic.max_datagram_payload - len(self._prefix))
-        return min(self._max_capsule_size - 1, MAX_IP_PACKET)
+        return self._packet_room(self._mode, self._prefix)
 
     def _move(self, state: ClientState) -> None:
         if state not in _CLIENT_MOVES[self._state]:
@@ -199,13 +179,7 @@ class ClientSession:
             return SendStatus.CLOSED
         if self._mode is PacketMode.DATAGRAM:
             return self._quic.send_datagram(self._prefix + packet)
-        if self._quic.stream_backlog(self._stream_id) > self._max_backlog:
-            return SendStatus.QUEUE_FULL
-        try:
-            self._h3.send_data(self._stream_id, encode_ip_datagram_capsule(packet))
-        except STREAM_GONE:
-            return SendStatus.CLOSED  # reset by the relay's STOP_SENDING, event not seen yet
-        return SendStatus.SENT
+        return self._send_in_capsule(self._stream_id, packet)
 
     def send_capsules(self, capsules: Sequence[Capsule]) -> None:
         """Send control capsules (e.g. ADDRESS_REQUEST, a connector's ROUTE_ADVERTISEMENT)
@@ -214,9 +188,7 @@ class ClientSession:
             return
         if self._state is not ClientState.OPEN:
             raise SessionError("capsules can be sent once the session is open")
-        data = b"".join(encode_capsule(c) for c in capsules)
-        with quietly():
-            self._h3.send_data(self._stream_id, data)
+        self._write_capsules(self._stream_id, capsules)
 
     def close(self) -> None:
         """End the session: FIN on the CONNECT stream (if the request was sent)."""
@@ -225,30 +197,22 @@ class ClientSession:
         sent = self._state is not ClientState.WAITING_SETTINGS
         self._move(ClientState.CLOSED)
         if sent:
-            with quietly():
-                self._h3.send_data(self._stream_id, b"", end_stream=True)
+            self._end_stream(self._stream_id)
 
     # ------------------------------------------------------------------- receiving
 
-    def receive(self, event: QuicEvent) -> list[ClientEvent]:
-        """The session events one QUIC event leads to."""
-        if type(event) is DatagramReceived:
-            return [self._datagram(event.data)]
-        if self._terminated:
-            return []
-        if isinstance(event, ConnectionTerminated):
-            self._terminated = True
-            out: list[ClientEvent] = []
-            if self._state in (ClientState.REQUESTED, ClientState.OPEN):
-                error = event.error_code not in NO_ERRORS
-                out.append(
-                    SessionClosed(self._stream_id, event.reason or "connection closed", error)
-                )
-            self._state = ClientState.CLOSED  # from any state: the connection is gone
-            out.append(connection_closed(event))
-            return out
-        out = []
-        for h3_event in self._h3.handle_event(event):
+    def _connection_terminated(self, event: ConnectionTerminated) -> list[ClientEvent]:
+        out: list[ClientEvent] = []
+        if self._state in (ClientState.REQUESTED, ClientState.OPEN):
+            error = event.error_code not in NO_ERRORS
+            out.append(SessionClosed(self._stream_id, event.reason or "connection closed", error))
+        self._state = ClientState.CLOSED  # from any state: the connection is gone
+        out.append(connection_closed(event))
+        return out
+
+    def _h3_events(self, events: list[H3Event]) -> list[ClientEvent]:
+        out: list[ClientEvent] = []
+        for h3_event in events:
             if isinstance(h3_event, SettingsReceived):
                 self._settings(out)
             elif isinstance(h3_event, StreamEvent) and h3_event.stream_id == self._stream_id:
@@ -307,21 +271,17 @@ class ClientSession:
             self._data(event.data, event.stream_ended, out)
         elif isinstance(event, StreamWasReset):
             self._move(ClientState.CLOSED)
-            with quietly():
-                self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
-            reason = reset_reason("the relay", event.error_code)
-            out.append(SessionClosed(stream_id, reason, event.error_code not in NO_ERRORS))
+            self._reset(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            out.append(reset_closed(stream_id, "the relay", event.error_code))
         elif isinstance(event, SendingStopped):
-            with quietly():
-                self._quic.reset_stream(stream_id, event.error_code)
+            self._reset(stream_id, event.error_code)
             if self._state is ClientState.REQUESTED and event.error_code in NO_ERRORS:
                 # RFC 9114 §4.1.1: the relay needs no more of the request, and its answer
                 # (a refusal, most likely) is on its way: wait for it.
                 self._stopped = event.error_code
                 return
             self._move(ClientState.CLOSED)
-            reason = stop_reason("the relay", event.error_code)
-            out.append(SessionClosed(stream_id, reason, event.error_code not in NO_ERRORS))
+            out.append(stop_closed(stream_id, "the relay", event.error_code))
 
     def _response(self, headers: Headers, out: list[ClientEvent]) -> None:
         for name, value in headers:
@@ -331,8 +291,7 @@ class ClientSession:
             validate_connect_ip_response(headers)
         except RequestError as exc:
             # The request is over; the relay may already have reset our side with STOP_SENDING.
-            with quietly():
-                self._quic.reset_stream(self._stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            self._reset(self._stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             self._refused(f"the relay refused the CONNECT-IP request: {exc}", exc.status, out)
             return
         answered = mode_header(headers)
@@ -344,26 +303,18 @@ class ClientSession:
         out.append(SessionAccepted(self._mode, headers))
         if self._stopped is not None:  # accepted, yet it will not read what we send
             self._move(ClientState.CLOSED)
-            out.append(
-                SessionClosed(self._stream_id, stop_reason("the relay", self._stopped), False)
-            )
+            out.append(stop_closed(self._stream_id, "the relay", self._stopped))
 
     def _data(self, data: bytes, ended: bool, out: list[ClientEvent]) -> None:
         if self._state is not ClientState.OPEN:
             return  # DATA before the response never gets here: HTTP/3 refuses it
         stream_id = self._stream_id
         try:
-            capsules = self._decoder.feed(data) if data else []
-            if ended:
-                self._decoder.eof()
+            capsules = decode_capsules(self._decoder, data, ended)
         except DecodeError as exc:
             self._move(ClientState.CLOSED)
-            with quietly():
-                self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-            if not ended:
-                with quietly():
-                    self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-            out.append(SessionClosed(stream_id, f"malformed capsule from the relay: {exc}", True))
+            reason = f"malformed capsule from the relay: {exc}"
+            out.append(self._malformed(stream_id, ended, reason))
             return
         for capsule in capsules:
             if type(capsule) is DatagramCapsule:
@@ -378,6 +329,5 @@ class ClientSession:
                 out.append(RoutesAdvertised(stream_id, capsule.ranges))
         if ended:
             self._move(ClientState.CLOSED)
-            with quietly():
-                self._h3.send_data(stream_id, b"", end_stream=True)
+            self._end_stream(stream_id)
             out.append(SessionClosed(stream_id, "the relay ended the CONNECT-IP stream", False))

@@ -12,21 +12,12 @@ from zgate_proto.capsules import (
     CapsuleDecoder,
     DatagramCapsule,
     RouteAdvertisement,
-    encode_capsule,
-    encode_ip_datagram_capsule,
 )
-from zgate_proto.engines.base import (
-    ConnectionTerminated,
-    DatagramReceived,
-    QuicConn,
-    QuicEvent,
-    SendStatus,
-)
+from zgate_proto.engines.base import ConnectionTerminated, QuicConn, SendStatus
 from zgate_proto.errors import DecodeError, RequestError
 from zgate_proto.http3 import (
     DataReceived,
     ErrorCode,
-    H3Connection,
     H3Event,
     HeadersReceived,
     SendingStopped,
@@ -34,6 +25,7 @@ from zgate_proto.http3 import (
     StreamWasReset,
 )
 from zgate_proto.request import parse_connect_ip_request, response_headers
+from zgate_proto.session._endpoint import Endpoint
 from zgate_proto.session._events import (
     MODE_HEADER,
     AddressRequested,
@@ -49,17 +41,16 @@ from zgate_proto.session._events import (
     SessionRequested,
 )
 from zgate_proto.session._wire import (
-    MAX_IP_PACKET,
     NO_ERRORS,
-    STREAM_GONE,
     capsule_packet,
     connection_closed,
     datagram_prefix,
+    decode_capsules,
     mode_header,
     quietly,
-    reset_reason,
+    reset_closed,
     split_datagram,
-    stop_reason,
+    stop_closed,
 )
 
 __all__ = ["ServerConnection", "ServerSessionState"]
@@ -110,7 +101,7 @@ _OPEN = ServerSessionState.OPEN
 _CLOSED = ServerSessionState.CLOSED
 
 
-class ServerConnection:
+class ServerConnection(Endpoint[ServerEvent]):
     """Every CONNECT-IP session on one server QUIC connection (sans-IO).
 
     Feed it every event of ``quic.next_event()`` with :meth:`receive`.
@@ -126,12 +117,14 @@ class ServerConnection:
         max_stream_backlog: int = 256 * 1024,
         datagrams: bool = True,
     ) -> None:
-        self._quic = quic
-        self._h3 = H3Connection(quic, is_client=False, datagrams=datagrams)
-        self._max_capsule_size = max_capsule_size
-        self._max_backlog = max_stream_backlog
+        super().__init__(
+            quic,
+            is_client=False,
+            datagrams=datagrams,
+            max_capsule_size=max_capsule_size,
+            max_stream_backlog=max_stream_backlog,
+        )
         self._sessions: dict[int, _ServerSession] = {}
-        self._terminated = False
         # Request-stream events that came before the client's SETTINGS, whose
         # SETTINGS_H3_DATAGRAM the mode depends on (a lost packet can hold the control
         # stream back); replayed when they come, or at once past _MAX_PARKED bytes.
@@ -139,16 +132,6 @@ class ServerConnection:
         self._parked_bytes = 0
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def h3(self) -> H3Connection:
-        """The HTTP/3 layer (peer settings, for diagnostics)."""
-        return self._h3
-
-    @property
-    def quic(self) -> QuicConn:
-        """The QUIC connection underneath."""
-        return self._quic
 
     @property
     def session_ids(self) -> tuple[int, ...]:
@@ -167,9 +150,7 @@ class ServerConnection:
     def max_packet(self, stream_id: int) -> int:
         """The largest IP packet the session can send now (for ICMP packet-too-big)."""
         session = self._live(stream_id)
-        if session.mode is PacketMode.DATAGRAM:
-            return max(0, self._quic.max_datagram_payload - len(session.prefix))
-        return min(self._max_capsule_size - 1, MAX_IP_PACKET)
+        return self._packet_room(session.mode, session.prefix)
 
     def _live(self, stream_id: int) -> _ServerSession:
         session = self._sessions.get(stream_id)
@@ -220,8 +201,7 @@ class ServerConnection:
         with quietly():
             self._h3.send_headers(stream_id, response_headers(status), end_stream=True)
         if not peer_done:
-            with quietly():
-                self._quic.stop_stream(stream_id, ErrorCode.H3_NO_ERROR)
+            self._stop(stream_id, ErrorCode.H3_NO_ERROR)
 
     # --------------------------------------------------------------------- sending
 
@@ -235,23 +215,13 @@ class ServerConnection:
             return SendStatus.CLOSED
         if session.mode is PacketMode.DATAGRAM:
             return self._quic.send_datagram(session.prefix + packet)
-        # The engine buffers stream data without limit: under overload that is seconds of
-        # queueing delay for every packet. Drop at the tail instead, like a router queue.
-        if self._quic.stream_backlog(stream_id) > self._max_backlog:
-            return SendStatus.QUEUE_FULL
-        try:
-            self._h3.send_data(stream_id, encode_ip_datagram_capsule(packet))
-        except STREAM_GONE:
-            return SendStatus.CLOSED  # reset by the peer's STOP_SENDING, event not seen yet
-        return SendStatus.SENT
+        return self._send_in_capsule(stream_id, packet)
 
     def send_capsules(self, stream_id: int, capsules: Sequence[Capsule]) -> None:
         """Send control capsules on an open session (nothing once it is closed)."""
         session = self._sessions.get(stream_id)
         if capsules and session is not None and session.state is _OPEN:
-            data = b"".join(encode_capsule(c) for c in capsules)
-            with quietly():
-                self._h3.send_data(stream_id, data)
+            self._write_capsules(stream_id, capsules)
 
     def close_session(self, stream_id: int, *, error_code: int | None = None) -> None:
         """End a session: FIN on the stream, or, with ``error_code``, reset it and ask the
@@ -263,27 +233,17 @@ class ServerConnection:
         if session.state is _REQUESTED and error_code is None:
             error_code = ErrorCode.H3_REQUEST_REJECTED
         session.move(_CLOSED)
-        with quietly():
-            if error_code is None:
-                self._h3.send_data(stream_id, b"", end_stream=True)
-            else:
-                self._quic.reset_stream(stream_id, error_code)
-        if error_code is not None:
-            with quietly():
-                self._quic.stop_stream(stream_id, error_code)
+        if error_code is None:
+            self._end_stream(stream_id)
+        else:
+            self._reset(stream_id, error_code)
+            self._stop(stream_id, error_code)
 
     # ------------------------------------------------------------------- receiving
 
-    def receive(self, event: QuicEvent) -> list[ServerEvent]:
-        """The session events one QUIC event leads to."""
-        if type(event) is DatagramReceived:
-            return [self._datagram(event.data)]
-        if self._terminated:
-            return []
-        if isinstance(event, ConnectionTerminated):
-            return self._connection_terminated(event)
+    def _h3_events(self, events: list[H3Event]) -> list[ServerEvent]:
         out: list[ServerEvent] = []
-        for h3_event in self._h3.handle_event(event):
+        for h3_event in events:
             if self._parked is None:
                 self._h3_event(h3_event, out)
             elif isinstance(h3_event, SettingsReceived):
@@ -334,22 +294,14 @@ class ServerConnection:
             session = self._sessions.pop(event.stream_id, None)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
-                with quietly():
-                    self._quic.reset_stream(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
-                reason = reset_reason("peer", event.error_code)
-                out.append(
-                    SessionClosed(event.stream_id, reason, event.error_code not in NO_ERRORS)
-                )
+                self._reset(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+                out.append(reset_closed(event.stream_id, "peer", event.error_code))
         elif isinstance(event, SendingStopped):
             session = self._sessions.get(event.stream_id)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
-                with quietly():
-                    self._quic.reset_stream(event.stream_id, event.error_code)
-                reason = stop_reason("peer", event.error_code)
-                out.append(
-                    SessionClosed(event.stream_id, reason, event.error_code not in NO_ERRORS)
-                )
+                self._reset(event.stream_id, event.error_code)
+                out.append(stop_closed(event.stream_id, "peer", event.error_code))
 
     def _headers(self, event: HeadersReceived, out: list[ServerEvent]) -> None:
         stream_id = event.stream_id
@@ -389,11 +341,12 @@ class ServerConnection:
                 del self._sessions[stream_id]
             return
         try:
-            capsules = session.decoder.feed(data) if data else []
-            if ended:
-                session.decoder.eof()  # a capsule cut short by FIN is malformed (RFC 9297 §3.3)
+            capsules = decode_capsules(session.decoder, data, ended)
         except DecodeError as exc:
-            self._malformed(session, ended, exc, out)
+            session.move(_CLOSED)
+            if ended:
+                del self._sessions[stream_id]
+            out.append(self._malformed(stream_id, ended, f"malformed capsule: {exc}"))
             return
         for capsule in capsules:
             if type(capsule) is DatagramCapsule:
@@ -406,30 +359,14 @@ class ServerConnection:
             # skipped by the decoder (RFC 9297 §3.2).
         if ended:
             del self._sessions[stream_id]
-            with quietly():
-                if session.state is _OPEN:
-                    self._h3.send_data(stream_id, b"", end_stream=True)
-                else:  # never answered: there is no response to end cleanly
-                    self._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            if session.state is _OPEN:
+                self._end_stream(stream_id)
+            else:  # never answered: there is no response to end cleanly
+                self._reset(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
             session.move(_CLOSED)
             out.append(SessionClosed(stream_id, "peer ended the stream", False))
 
-    def _malformed(
-        self, session: _ServerSession, ended: bool, exc: DecodeError, out: list[ServerEvent]
-    ) -> None:
-        stream_id = session.stream_id
-        session.move(_CLOSED)
-        with quietly():
-            self._quic.reset_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-        if ended:
-            del self._sessions[stream_id]
-        else:
-            with quietly():
-                self._quic.stop_stream(stream_id, ErrorCode.H3_MESSAGE_ERROR)
-        out.append(SessionClosed(stream_id, f"malformed capsule: {exc}", True))
-
     def _connection_terminated(self, event: ConnectionTerminated) -> list[ServerEvent]:
-        self._terminated = True
         reason = event.reason or "connection closed"
         error = event.error_code not in NO_ERRORS
         out: list[ServerEvent] = [

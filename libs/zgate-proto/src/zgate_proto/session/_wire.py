@@ -1,12 +1,13 @@
-"""What both sides of a CONNECT-IP session do alike: HTTP datagram framing, reading the
-mode header, and writing to streams the engine may already have ended."""
+"""What both sides of a CONNECT-IP session do alike, as functions: HTTP datagram framing,
+reading the mode header and capsules, the events that end a session, and writing to streams
+the engine may already have ended (the methods both share are in ``_endpoint``)."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Final
 
-from zgate_proto.capsules import DatagramCapsule
+from zgate_proto.capsules import Capsule, CapsuleDecoder, DatagramCapsule
 from zgate_proto.datagram import CONTEXT_ID_IP, decode_ip_datagram
 from zgate_proto.engines.base import ConnectionTerminated
 from zgate_proto.errors import DecodeError
@@ -18,6 +19,7 @@ from zgate_proto.session._events import (
     PacketDropped,
     PacketMode,
     PacketReceived,
+    SessionClosed,
 )
 from zgate_proto.varint import decode_varint, encode_varint
 
@@ -28,11 +30,12 @@ __all__ = [
     "capsule_packet",
     "connection_closed",
     "datagram_prefix",
+    "decode_capsules",
     "mode_header",
     "quietly",
-    "reset_reason",
+    "reset_closed",
     "split_datagram",
-    "stop_reason",
+    "stop_closed",
 ]
 
 #: The largest IP packet a DATAGRAM capsule carries here (IPv4's and plain IPv6's limit).
@@ -94,14 +97,27 @@ def mode_header(headers: Headers) -> PacketMode | None:
     return None
 
 
-def reset_reason(who: str, code: int) -> str:
-    """SessionClosed's reason for a RESET_STREAM from ``who``."""
-    return f"{who} reset the stream (error 0x{code:x})"
+def decode_capsules(decoder: CapsuleDecoder, data: bytes, ended: bool) -> list[Capsule]:
+    """The capsules ``data`` completes; DecodeError for a malformed one, or for a capsule
+    cut short by the stream's FIN (``ended``, RFC 9297 section 3.3)."""
+    capsules = decoder.feed(data) if data else []
+    if ended:
+        decoder.eof()
+    return capsules
 
 
-def stop_reason(who: str, code: int) -> str:
-    """SessionClosed's reason for a STOP_SENDING from ``who``."""
-    return f"{who} stopped reading the stream (error 0x{code:x})"
+def reset_closed(stream_id: int, who: str, code: int) -> SessionClosed:
+    """The session's end by a RESET_STREAM from ``who``."""
+    return SessionClosed(
+        stream_id, f"{who} reset the stream (error 0x{code:x})", code not in NO_ERRORS
+    )
+
+
+def stop_closed(stream_id: int, who: str, code: int) -> SessionClosed:
+    """The session's end by a STOP_SENDING from ``who``."""
+    return SessionClosed(
+        stream_id, f"{who} stopped reading the stream (error 0x{code:x})", code not in NO_ERRORS
+    )
 
 
 def connection_closed(event: ConnectionTerminated) -> ConnectionClosed:
