@@ -341,7 +341,8 @@ def _messages(data: bytes) -> list[bytes]:
     return out
 
 
-def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
+def tls_contexts(pki: PkiPaths) -> tuple[tls.Context, tls.Context]:
+    """Bare qh3 TLS contexts, no QUIC around them: alice's client and the relay's server."""
     client = tls.Context(
         is_client=True, alpn_protocols=["h3"], server_name="localhost", cafile=str(pki.ca_cert)
     )
@@ -355,6 +356,11 @@ def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
     server = tls.Context(is_client=False, alpn_protocols=["h3"])
     server.certificate = server_configuration.certificate
     server.certificate_private_key = server_configuration.private_key
+    return client, server
+
+
+def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
+    client, server = tls_contexts(pki)
     auth = ClientAuthenticator(ChainVerifier(pki.ca_cert, pki.crl))
     auth.attach(server)
 
@@ -383,19 +389,7 @@ def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
 
 
 def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
-    server_configuration = _qh3_mtls.build_server_configuration(pki.relay_cert, pki.relay_key)
-    client = tls.Context(
-        is_client=True, alpn_protocols=["h3"], server_name="localhost", cafile=str(pki.ca_cert)
-    )
-    client_configuration = QuicConfiguration(is_client=True)
-    client_configuration.load_cert_chain(
-        pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice")
-    )
-    client.certificate = client_configuration.certificate
-    client.certificate_private_key = client_configuration.private_key
-    server = tls.Context(is_client=False, alpn_protocols=["h3"])
-    server.certificate = server_configuration.certificate
-    server.certificate_private_key = server_configuration.private_key
+    client, server = tls_contexts(pki)
     refusals = Refusals()
     auth = ClientAuthenticator(ChainVerifier(pki.ca_cert, pki.crl), refusals)
     auth.attach(server)
