@@ -27,14 +27,11 @@ from zgate_proto.capsules import RouteAdvertisement
 from zgate_relay.session import routes_for
 from zgate_relay.sites import SiteRoutes
 
+#: Every test runs once per QUIC engine of the relay.
+pytestmark = pytest.mark.parametrize("engine", QUIC_ENGINES)
+
 SITE = "192.168.50.0/24"
 HOST = "192.168.50.10"
-
-
-@pytest.fixture(params=QUIC_ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ from zgate_proto.ip import parse_packet
 from zgate_proto.session import ClientState, PacketMode
 from zgate_proto.varint import encode_varint
 
+#: Every test runs once per QUIC engine of the relay.
+pytestmark = pytest.mark.parametrize("engine", QUIC_ENGINES)
+
 MODES = [PacketMode.DATAGRAM, PacketMode.STREAM]
 
 
@@ -35,12 +38,6 @@ def status_sessions(relay: RelayUnderTest) -> list[dict[str, object]]:
     sessions = relay.server.status()["sessions"]
     assert isinstance(sessions, list)
     return sessions
-
-
-@pytest.fixture(params=QUIC_ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
 
 
 @pytest.fixture
