@@ -388,21 +388,58 @@ def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
     assert auth.chain[0] == client.certificate.public_bytes()
 
 
-def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
+def _client_flight(
+    pki: PkiPaths, refusals: Refusals
+) -> tuple[tls.Context, ClientAuthenticator, list[bytes]]:
+    """A server context with its authenticator, and the client's Certificate,
+    CertificateVerify and Finished, not yet given to the server."""
     client, server = tls_contexts(pki)
-    refusals = Refusals()
     auth = ClientAuthenticator(ChainVerifier(pki.ca_cert, pki.crl), refusals)
     auth.attach(server)
     answer = _flight(
         server, _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
     )
     _flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
-    certificate, _verify, finished = _messages(
-        _flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)[tls.Epoch.HANDSHAKE]
-    )
+    flight = _flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
+    return server, auth, _messages(flight[tls.Epoch.HANDSHAKE])
+
+
+def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
+    refusals = Refusals()
+    server, auth, [certificate, _verify, finished] = _client_flight(pki, refusals)
 
     with pytest.raises(tls.AlertUnexpectedMessage):
         _flight(server, certificate + finished, tls.Epoch.HANDSHAKE)
+    assert auth.identity is None
+    assert [r for r, _ in refusals.seen] == ["handshake_failed"]
+
+
+def _resized(message: bytes, by: int) -> bytes:
+    """A handshake message whose body gains a stray zero byte (``by`` 1) or loses its last
+    byte (``by`` -1), its length field following."""
+    body = message[4:] + b"\x00" if by > 0 else message[4:-1]
+    return message[:1] + len(body).to_bytes(3, "big") + body
+
+
+@pytest.mark.parametrize(
+    ("index", "by", "error"),
+    [
+        # A stray byte: qh3's own block check (inside the pull) says so first.
+        (0, 1, "extra bytes at the end"),
+        (0, -1, "malformed Certificate message"),
+        (1, 1, "extra bytes at the end"),
+        (1, -1, "malformed CertificateVerify message"),
+    ],
+)
+def test_a_client_message_of_the_wrong_size_is_a_decode_error(
+    pki: PkiPaths, index: int, by: int, error: str
+) -> None:
+    refusals = Refusals()
+    server, auth, messages = _client_flight(pki, refusals)
+    messages[index] = _resized(messages[index], by)
+
+    with pytest.raises(tls.AlertDecodeError, match=error):
+        _flight(server, b"".join(messages), tls.Epoch.HANDSHAKE)
     assert auth.identity is None
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 

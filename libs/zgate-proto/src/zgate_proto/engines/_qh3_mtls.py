@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import qh3
 from cryptography import x509
@@ -103,6 +103,8 @@ CLIENT_SIGNATURE_ALGORITHMS: Final[tuple[int, ...]] = (
 )
 
 _CLIENT_VERIFY_CONTEXT: Final = b"TLS 1.3, client CertificateVerify"
+
+_Message = TypeVar("_Message")
 
 
 def _refusal_alert(reason: HandshakeRefusal) -> tls.Alert:
@@ -311,14 +313,7 @@ class ClientAuthenticator:
         context.key_schedule.update_hash(message)
 
     def _certificate(self, message: bytes) -> None:
-        try:
-            buf = Buffer(data=message)
-            certificate = tls.pull_certificate(buf)
-            complete = buf.eof()
-        except (BufferReadError, ValueError):
-            raise tls.AlertDecodeError("malformed Certificate message") from None
-        if not complete:
-            raise tls.AlertDecodeError("extra bytes at the end of the Certificate message")
+        certificate = _pull_whole(message, tls.pull_certificate, "Certificate")
         if certificate.request_context != b"":
             raise tls.AlertIllegalParameter("unexpected certificate_request_context")
         if not certificate.certificates:
@@ -340,14 +335,7 @@ class ClientAuthenticator:
     def _certificate_verify(self, message: bytes) -> None:
         context = self._context
         assert context is not None and context.key_schedule is not None
-        try:
-            buf = Buffer(data=message)
-            verify = tls.pull_certificate_verify(buf)
-            complete = buf.eof()
-        except (BufferReadError, ValueError):
-            raise tls.AlertDecodeError("malformed CertificateVerify message") from None
-        if not complete:
-            raise tls.AlertDecodeError("extra bytes at the end of the CertificateVerify message")
+        verify = _pull_whole(message, tls.pull_certificate_verify, "CertificateVerify")
         if verify.algorithm not in CLIENT_SIGNATURE_ALGORITHMS:
             raise tls.AlertIllegalParameter("CertificateVerify with a scheme we did not offer")
         assert self._leaf_key is not None
@@ -365,6 +353,20 @@ class ClientAuthenticator:
         """Record the refusal and build the alert that ends the handshake."""
         self._record.refuse(reason, detail)
         return _refusal_alert(reason)
+
+
+def _pull_whole(message: bytes, pull: Callable[[Buffer], _Message], name: str) -> _Message:
+    """One handshake message parsed with qh3's ``pull``; alert decode_error when it is
+    malformed or does not fill ``message`` exactly."""
+    try:
+        buf = Buffer(data=message)
+        parsed = pull(buf)
+        complete = buf.eof()
+    except (BufferReadError, ValueError):
+        raise tls.AlertDecodeError(f"malformed {name} message") from None
+    if not complete:
+        raise tls.AlertDecodeError(f"extra bytes at the end of the {name} message")
+    return parsed
 
 
 def _is_grease(value: int) -> bool:
