@@ -4,7 +4,6 @@ closed. Both engines' shims are driven end to end in test_engine_conformance.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +41,13 @@ def test_the_first_refusal_wins_and_is_reported_once() -> None:
     record.refuse("handshake_failed", "the alert that followed")
 
     assert record.refusal == ("revoked", "serial 12")
+    assert refusals.seen == [("revoked", "serial 12")]
+
+
+def test_a_certificate_refusal_is_recorded_with_its_alert() -> None:
+    refusals = Refusals()
+    record = RefusalRecord(refusals)
+    assert record.alert("revoked", "serial 12") == (44, "certificate revoked")
     assert refusals.seen == [("revoked", "serial 12")]
 
 
@@ -94,17 +100,12 @@ def test_a_good_chain_names_the_client(pki: PkiPaths) -> None:
     assert str(identity) == "client/alice"
 
 
-def test_a_crashing_verifier_fails_closed(pki: PkiPaths) -> None:
-    class Crashing(ChainVerifier):
-        def verify(
-            self,
-            leaf: x509.Certificate | None,
-            intermediates: Sequence[x509.Certificate],
-            now: datetime,
-        ) -> Identity:
-            raise KeyError("bug")
+def test_a_crashing_verifier_fails_closed(pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args: object) -> Identity:
+        raise KeyError("bug")
 
-    verifier = Crashing(pki.ca_cert, pki.crl)
+    verifier = ChainVerifier(pki.ca_cert, pki.crl)
+    monkeypatch.setattr(verifier, "verify", crash)
     with pytest.raises(CertificateRefused) as refused:
         verify_client_chain(verifier, alice(pki), [], NOW)
     assert refused.value.reason == "bad_certificate"

@@ -42,7 +42,6 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from zgate_pki import CertificateRefused, ChainVerifier, Identity, PkiError
 from zgate_proto.engines._client_auth import (
     HANDSHAKE_REFUSAL_REASONS,
-    REFUSAL_ALERTS,
     HandshakeRefusal,
     RefusalRecord,
     utcnow,
@@ -79,14 +78,6 @@ def check_aioquic_version(version: str) -> None:
 
 
 check_aioquic_version(aioquic.__version__)
-
-
-def _refusal_alert(reason: HandshakeRefusal) -> tls.Alert:
-    """aioquic's alert exception for a certificate refusal (:data:`REFUSAL_ALERTS`)."""
-    description, text = REFUSAL_ALERTS[reason]
-    alert = tls.Alert(text)
-    alert.description = tls.AlertDescription(description)
-    return alert
 
 
 class MtlsServerConnection(QuicConnection):
@@ -199,9 +190,11 @@ class MtlsServerConnection(QuicConnection):
         self._verified_identity = identity
 
     def _refusal(self, reason: HandshakeRefusal, detail: str) -> tls.Alert:
-        """Record the refusal and build the alert that ends the handshake."""
-        self._record.refuse(reason, detail)
-        return _refusal_alert(reason)
+        """Record the refusal; aioquic's exception for the alert that ends the handshake."""
+        description, text = self._record.alert(reason, detail)
+        alert = tls.Alert(text)
+        alert.description = tls.AlertDescription(description)
+        return alert
 
 
 def build_server_configuration(

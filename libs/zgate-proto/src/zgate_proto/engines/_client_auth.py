@@ -115,6 +115,12 @@ class RefusalRecord:
                 # A logging/metrics hook must not break the TLS state machine.
                 logger.exception("on_refused callback failed")
 
+    def alert(self, reason: HandshakeRefusal, detail: str) -> tuple[int, str]:
+        """Record a refusal for a certificate ``reason``; the alert that ends the handshake
+        (its description code and text, :data:`REFUSAL_ALERTS`)."""
+        self.refuse(reason, detail)
+        return REFUSAL_ALERTS[reason]
+
     def tls_failed(self, exc: Exception, *, protocol_version: bool) -> None:
         """The engine's TLS code raised ``exc`` during the handshake: ``tls_version`` when
         it was the protocol_version alert (the client offers no TLS 1.3), else

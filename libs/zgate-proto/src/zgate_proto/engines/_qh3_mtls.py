@@ -66,7 +66,6 @@ from zgate_pki import (
 )
 from zgate_proto.engines._client_auth import (
     HANDSHAKE_REFUSAL_REASONS,
-    REFUSAL_ALERTS,
     HandshakeRefusal,
     RefusalRecord,
     utcnow,
@@ -105,14 +104,6 @@ CLIENT_SIGNATURE_ALGORITHMS: Final[tuple[int, ...]] = (
 _CLIENT_VERIFY_CONTEXT: Final = b"TLS 1.3, client CertificateVerify"
 
 _Message = TypeVar("_Message")
-
-
-def _refusal_alert(reason: HandshakeRefusal) -> tls.Alert:
-    """qh3's alert exception for a certificate refusal (:data:`REFUSAL_ALERTS`)."""
-    description, text = REFUSAL_ALERTS[reason]
-    alert = tls.Alert(text)
-    alert.description = tls.AlertDescription(description)
-    return alert
 
 
 def _certificate_request() -> bytes:
@@ -350,9 +341,11 @@ class ClientAuthenticator:
     # -------------------------------------------------------------------- refusals
 
     def _refusal(self, reason: HandshakeRefusal, detail: str) -> tls.Alert:
-        """Record the refusal and build the alert that ends the handshake."""
-        self._record.refuse(reason, detail)
-        return _refusal_alert(reason)
+        """Record the refusal; qh3's exception for the alert that ends the handshake."""
+        description, text = self._record.alert(reason, detail)
+        alert = tls.Alert(text)
+        alert.description = tls.AlertDescription(description)
+        return alert
 
 
 def _pull_whole(message: bytes, pull: Callable[[Buffer], _Message], name: str) -> _Message:
