@@ -20,17 +20,12 @@ from zgate_proto.http3 import (
     StreamWasReset,
     encode_frame,
 )
+from zgate_proto.request import build_connect_ip_request
 from zgate_proto.varint import encode_varint
 from zgate_testkit.memquic import CloseFrame, MemoryLink, MemoryQuicConn, memory_pair
 
-REQUEST = [
-    (b":method", b"CONNECT"),
-    (b":protocol", b"connect-ip"),
-    (b":scheme", b"https"),
-    (b":authority", b"relay.example:443"),
-    (b":path", b"/.well-known/masque/ip/*/*/"),
-    (b"capsule-protocol", b"?1"),
-]
+#: A valid CONNECT-IP request (what the HTTP/3 layer carries does not matter here).
+REQUEST = build_connect_ip_request("relay.example:443")
 RESPONSE = [(b":status", b"200"), (b"capsule-protocol", b"?1")]
 
 

@@ -18,6 +18,7 @@ from zgate_proto.http3 import (
     HeadersReceived,
     encode_frame,
 )
+from zgate_proto.request import build_connect_ip_request
 from zgate_proto.session import (
     PacketDropped,
     PacketMode,
@@ -28,14 +29,8 @@ from zgate_proto.session import (
 )
 from zgate_testkit.memquic import CloseFrame, MemoryQuicConn
 
-REQUEST = [
-    (b":method", b"CONNECT"),
-    (b":protocol", b"connect-ip"),
-    (b":scheme", b"https"),
-    (b":authority", b"relay.example"),
-    (b":path", b"/.well-known/masque/ip/*/*/"),
-    (b"capsule-protocol", b"?1"),
-]
+#: A valid CONNECT-IP request (what the HTTP/3 layer carries does not matter here).
+REQUEST = build_connect_ip_request("relay.example")
 H3_CODES = {int(code) for code in ErrorCode}
 
 
