@@ -493,3 +493,79 @@ def test_a_client_alert_after_the_handshake_is_not_a_refusal(pki: PkiPaths) -> N
     assert wire.srv.refusal is None and refusals.seen == []
     [ended] = wire.server_terminations()
     assert ended.by_peer and ended.handshake_done
+
+
+def test_a_handshake_message_qh3_cannot_parse_is_a_refusal(
+    pki: PkiPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals = Refusals()
+    engine = Qh3Engine()
+    conn = engine.connect(client_config(pki), SERVER_ADDR, START)
+    wire = EnginePair(engine, server_config(pki, refusals), conn)
+    while wire.server is None:
+        assert wire.exchange()
+
+    def choke(data: bytes, addr: object, now: float) -> None:
+        raise ValueError("qh3 parser bug")
+
+    monkeypatch.setattr(quic_of(wire.srv), "receive_datagram", choke)
+    wire.settle(horizon=1.0)
+
+    assert wire.srv.refusal is not None and wire.srv.refusal[0] == "handshake_failed"
+    assert "malformed handshake message" in wire.srv.refusal[1]
+    assert [r for r, _ in refusals.seen] == ["handshake_failed"]
+    [ours] = wire.server_terminations()
+    assert ours.error_code == CRYPTO_ERROR + tls.AlertDescription.decode_error
+    assert wire.srv.peer_identity is None
+
+
+def test_the_certificate_request_writer_is_installed_once() -> None:
+    installed = tls.push_encrypted_extensions
+    _qh3_mtls._install_certificate_request_writer()
+    assert tls.push_encrypted_extensions is installed  # never two CertificateRequests
+
+
+def test_a_qh3_change_that_skips_the_certificate_request_fails_closed(
+    pki: PkiPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrapped = tls.push_encrypted_extensions
+
+    def route_around(buf: Buffer, extensions: Any) -> None:
+        armed, _qh3_mtls._ARMED.buffer = _qh3_mtls._ARMED.buffer, None
+        try:
+            wrapped(buf, extensions)
+        finally:
+            _qh3_mtls._ARMED.buffer = armed
+
+    monkeypatch.setattr(tls, "push_encrypted_extensions", route_around)
+    refusals = Refusals()
+    auth = authenticator(pki, refusals)
+    client, server = tls_contexts(pki)
+    auth.attach(server)
+    hello = _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL]
+
+    with pytest.raises(tls.AlertInternalError, match="could not request a client certificate"):
+        _flight(server, hello, tls.Epoch.INITIAL)
+    assert [r for r, _ in refusals.seen] == ["handshake_failed"]
+
+
+def test_a_server_connection_needs_a_server_configuration(pki: PkiPaths) -> None:
+    with pytest.raises(ValueError, match="server configuration"):
+        _qh3_mtls.MtlsServerConnection(
+            configuration=QuicConfiguration(is_client=True),
+            original_destination_connection_id=b"8bytes!!",
+            authenticator=authenticator(pki, Refusals()),
+        )
+
+
+def test_after_the_handshake_a_malformed_message_is_no_refusal(pki: PkiPaths) -> None:
+    refusals = Refusals()
+    auth = authenticator(pki, refusals)
+    server, [certificate, verify, finished] = client_flight(pki, auth)
+    _flight(server, certificate + verify + finished, tls.Epoch.HANDSHAKE)
+    assert auth.done and auth.identity is not None
+
+    auth.refuse_malformed("late garbage")
+    auth.note_termination(CRYPTO_ERROR + tls.AlertDescription.decode_error)
+    assert auth.refusal is None and refusals.seen == []
+    assert auth.identity is not None
