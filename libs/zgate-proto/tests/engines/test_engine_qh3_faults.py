@@ -31,7 +31,7 @@ from zgate_proto.engines.base import (
     SendStatus,
 )
 from zgate_testkit.pki import Refusals, make_pki, server_config
-from zgate_testkit.wire import SERVER_ADDR, START, EnginePair
+from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
 CRYPTO_ERROR = 0x100
 
@@ -569,3 +569,38 @@ def test_after_the_handshake_a_malformed_message_is_no_refusal(pki: PkiPaths) ->
     auth.note_termination(CRYPTO_ERROR + tls.AlertDescription.decode_error)
     assert auth.refusal is None and refusals.seen == []
     assert auth.identity is not None
+
+
+# ---- what the relay's socket receives from strangers -------------------------------------------
+
+
+def test_accept_makes_no_connection_from_junk(pki: PkiPaths) -> None:
+    engine = Qh3Engine()
+    config = server_config(pki)
+    client = engine.connect(client_config(pki), SERVER_ADDR, START)
+    initial = client.flush(START)[0][0]  # the first datagram holds the Initial
+    assert len(initial) >= 1200
+    short_header = bytes([0x40]) + bytes(8) + b"\x00" * 40
+
+    assert engine.accept(config, b"\x00", CLIENT_ADDR, START) is None  # no header at all
+    assert engine.accept(config, short_header, CLIENT_ADDR, START) is None  # not an Initial
+    # An Initial cut below 1200 bytes: qh3 starts no connection from it (RFC 9000 14.1).
+    assert engine.accept(config, initial[:1000], CLIENT_ADDR, START) is None
+    # The whole Initial does make one.
+    assert engine.accept(config, initial, CLIENT_ADDR, START) is not None
+
+
+def test_the_backlog_of_an_impossible_stream_is_zero(pki: PkiPaths) -> None:
+    wire = connected(pki)
+    assert wire.client.stream_backlog(1 << 62) == 0
+
+
+def test_a_missing_client_certificate_file_fails_at_connect(pki: PkiPaths, tmp_path: Path) -> None:
+    config = ClientConfig(
+        server_name="localhost",
+        ca_file=pki.ca_cert,
+        cert_file=tmp_path / "missing.pem",
+        key_file=tmp_path / "missing.key",
+    )
+    with pytest.raises(OSError):
+        Qh3Engine().connect(config, SERVER_ADDR, START)
