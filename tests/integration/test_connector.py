@@ -170,7 +170,7 @@ async def test_one_connector_serves_the_site_to_two_relays(engine: str, pki: Pat
 
 
 def test_the_example_settings_file_loads() -> None:
-    example = Path(__file__).resolve().parents[3] / "deploy" / "examples" / "connector.yaml"
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "connector.yaml"
     settings = load_settings(ConnectorSettings, example, {})
     assert settings.site == [SITE]
     assert settings.relay_addresses == ["relay1.example.net:4433", "relay2.example.net:4433"]
