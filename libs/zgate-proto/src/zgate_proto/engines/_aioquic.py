@@ -41,26 +41,24 @@ from zgate_proto.engines._aioquic_mtls import (
     MtlsServerConnection,
     build_server_configuration,
 )
+from zgate_proto.engines._translate import rare_events
 from zgate_proto.engines.base import (
     Address,
     ClientConfig,
-    ConnectionIdIssued,
-    ConnectionIdRetired,
     ConnectionTerminated,
     ConnStats,
     DatagramReceived,
-    HandshakeCompleted,
     QuicEvent,
     SendStatus,
     ServerConfig,
-    StopSendingReceived,
     StreamDataReceived,
-    StreamReset,
     chain_der,
     require_version,
 )
 
 __all__ = ["DATAGRAM_PACKET_OVERHEAD", "ENGINE", "AioquicConn", "AioquicEngine"]
+
+_RARE_EVENTS: Final = rare_events(aq)
 
 require_version("aioquic", aioquic.__version__, SUPPORTED_AIOQUIC_VERSION)
 
@@ -184,16 +182,9 @@ class AioquicConn:
 
     def _translate(self, event: aq.QuicEvent) -> QuicEvent | None:
         """The less frequent events (None: nothing for zgate, take the next one)."""
-        if isinstance(event, aq.StreamReset):
-            return StreamReset(event.stream_id, event.error_code)
-        if isinstance(event, aq.StopSendingReceived):
-            return StopSendingReceived(event.stream_id, event.error_code)
-        if isinstance(event, aq.ConnectionIdIssued):
-            return ConnectionIdIssued(event.connection_id)
-        if isinstance(event, aq.ConnectionIdRetired):
-            return ConnectionIdRetired(event.connection_id)
-        if isinstance(event, aq.HandshakeCompleted):
-            return HandshakeCompleted(event.alpn_protocol)
+        translate = _RARE_EVENTS.get(type(event))
+        if translate is not None:
+            return translate(event)
         if isinstance(event, aq.ConnectionTerminated) and self._termination is None:
             # An idle timeout: aioquic starts and ends that close in one go.
             self._note_close()

@@ -56,28 +56,27 @@ from zgate_proto.engines._qh3_mtls import (
     MtlsServerConnection,
     build_server_configuration,
 )
+from zgate_proto.engines._translate import rare_events
 from zgate_proto.engines.base import (
     Address,
     ClientConfig,
     ConnectionIdIssued,
-    ConnectionIdRetired,
     ConnectionTerminated,
     ConnStats,
     DatagramReceived,
-    HandshakeCompleted,
     QuicConn,
     QuicEvent,
     SendStatus,
     ServerConfig,
-    StopSendingReceived,
     StreamDataReceived,
-    StreamReset,
     require_version,
 )
 from zgate_proto.errors import DecodeError
 from zgate_proto.quic_header import LongPacketType, parse_header
 
 __all__ = ["DATAGRAM_PACKET_OVERHEAD", "ENGINE", "Qh3Conn", "Qh3Engine"]
+
+_RARE_EVENTS: Final = rare_events(qe)
 
 require_version("qh3", qh3.__version__, SUPPORTED_QH3_VERSION)
 
@@ -249,16 +248,9 @@ class Qh3Conn:
 
     def _translate(self, event: qe.QuicEvent) -> QuicEvent | None:
         """The less frequent events (None: nothing for zgate, take the next one)."""
-        if isinstance(event, qe.StreamReset):
-            return StreamReset(event.stream_id, event.error_code)
-        if isinstance(event, qe.StopSendingReceived):
-            return StopSendingReceived(event.stream_id, event.error_code)
-        if isinstance(event, qe.ConnectionIdIssued):
-            return ConnectionIdIssued(event.connection_id)
-        if isinstance(event, qe.ConnectionIdRetired):
-            return ConnectionIdRetired(event.connection_id)
-        if isinstance(event, qe.HandshakeCompleted):
-            return HandshakeCompleted(event.alpn_protocol)
+        translate = _RARE_EVENTS.get(type(event))
+        if translate is not None:
+            return translate(event)
         if isinstance(event, qe.ConnectionTerminated):
             return self._terminate()
         return None  # ProtocolNegotiated, PingAcknowledged
