@@ -18,7 +18,6 @@ import qh3
 from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
 from aioquic.quic.connection import QuicConnection as AioquicConnection
 from qh3 import tls
-from qh3._hazmat import Buffer
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.tls_bridge import QuicTlsBridge
@@ -49,6 +48,7 @@ from zgate_proto.engines.base import (
     require_version,
 )
 from zgate_testkit.pki import Refusals, make_pki, server_config
+from zgate_testkit.qh3_tls import tls_contexts, tls_flight, tls_messages
 from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
 CRYPTO_ERROR = 0x100
@@ -318,45 +318,9 @@ def test_no_session_ticket_is_offered(pki: PkiPaths) -> None:
 # ---- identity only after Finished, at the TLS level ---------------------------------------
 
 
-def _flight(context: tls.Context, data: bytes, epoch: tls.Epoch) -> dict[tls.Epoch, bytes]:
-    buffers = {
-        e: Buffer(capacity=16384)
-        for e in (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT)
-    }
-    context.handle_message(data, buffers, epoch=epoch)
-    return {e: b.data for e, b in buffers.items()}
-
-
 def state_of(context: tls.Context) -> tls.State:
     """The context's state, read through a call (mypy would narrow the attribute)."""
     return context.state
-
-
-def _messages(data: bytes) -> list[bytes]:
-    out = []
-    while data:
-        end = 4 + int.from_bytes(data[1:4], "big")
-        out.append(data[:end])
-        data = data[end:]
-    return out
-
-
-def tls_contexts(pki: PkiPaths) -> tuple[tls.Context, tls.Context]:
-    """Bare qh3 TLS contexts, no QUIC around them: alice's client and the relay's server."""
-    client = tls.Context(
-        is_client=True, alpn_protocols=["h3"], server_name="localhost", cafile=str(pki.ca_cert)
-    )
-    client_configuration = QuicConfiguration(is_client=True)
-    client_configuration.load_cert_chain(
-        pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice")
-    )
-    client.certificate = client_configuration.certificate
-    client.certificate_private_key = client_configuration.private_key
-    server_configuration = _qh3_mtls.build_server_configuration(pki.relay_cert, pki.relay_key)
-    server = tls.Context(is_client=False, alpn_protocols=["h3"])
-    server.certificate = server_configuration.certificate
-    server.certificate_private_key = server_configuration.private_key
-    return client, server
 
 
 def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
@@ -364,25 +328,25 @@ def test_identity_waits_for_the_clients_finished(pki: PkiPaths) -> None:
     auth = ClientAuthenticator(ChainVerifier(pki.ca_cert, pki.crl))
     auth.attach(server)
 
-    hello = _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL]
-    answer = _flight(server, hello, tls.Epoch.INITIAL)
-    kinds = [m[0] for m in _messages(answer[tls.Epoch.HANDSHAKE])]
+    hello = tls_flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL]
+    answer = tls_flight(server, hello, tls.Epoch.INITIAL)
+    kinds = [m[0] for m in tls_messages(answer[tls.Epoch.HANDSHAKE])]
     assert kinds[:2] == [
         tls.HandshakeType.ENCRYPTED_EXTENSIONS,
         tls.HandshakeType.CERTIFICATE_REQUEST,
     ]
-    _flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
-    second = _flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
-    certificate, verify, finished = _messages(second[tls.Epoch.HANDSHAKE])
+    tls_flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
+    second = tls_flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
+    certificate, verify, finished = tls_messages(second[tls.Epoch.HANDSHAKE])
     assert finished[0] == tls.HandshakeType.FINISHED
 
     # Certificate (split across two CRYPTO frames) and CertificateVerify: verified, not exposed.
-    _flight(server, certificate[:100], tls.Epoch.HANDSHAKE)
-    _flight(server, certificate[100:] + verify, tls.Epoch.HANDSHAKE)
+    tls_flight(server, certificate[:100], tls.Epoch.HANDSHAKE)
+    tls_flight(server, certificate[100:] + verify, tls.Epoch.HANDSHAKE)
     assert auth.identity is None and not auth.done
     assert state_of(server) is tls.State.SERVER_EXPECT_FINISHED
 
-    _flight(server, finished, tls.Epoch.HANDSHAKE)
+    tls_flight(server, finished, tls.Epoch.HANDSHAKE)
     assert state_of(server) is tls.State.SERVER_POST_HANDSHAKE
     assert auth.identity is not None and str(auth.identity) == "client/alice"
     assert auth.chain[0] == client.certificate.public_bytes()
@@ -396,12 +360,12 @@ def _client_flight(
     client, server = tls_contexts(pki)
     auth = ClientAuthenticator(ChainVerifier(pki.ca_cert, pki.crl), refusals)
     auth.attach(server)
-    answer = _flight(
-        server, _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
+    answer = tls_flight(
+        server, tls_flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
     )
-    _flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
-    flight = _flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
-    return server, auth, _messages(flight[tls.Epoch.HANDSHAKE])
+    tls_flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
+    flight = tls_flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
+    return server, auth, tls_messages(flight[tls.Epoch.HANDSHAKE])
 
 
 def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
@@ -409,7 +373,7 @@ def test_finished_without_certificate_verify_is_refused(pki: PkiPaths) -> None:
     server, auth, [certificate, _verify, finished] = _client_flight(pki, refusals)
 
     with pytest.raises(tls.AlertUnexpectedMessage):
-        _flight(server, certificate + finished, tls.Epoch.HANDSHAKE)
+        tls_flight(server, certificate + finished, tls.Epoch.HANDSHAKE)
     assert auth.identity is None
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
@@ -439,7 +403,7 @@ def test_a_client_message_of_the_wrong_size_is_a_decode_error(
     messages[index] = _resized(messages[index], by)
 
     with pytest.raises(tls.AlertDecodeError, match=error):
-        _flight(server, b"".join(messages), tls.Epoch.HANDSHAKE)
+        tls_flight(server, b"".join(messages), tls.Epoch.HANDSHAKE)
     assert auth.identity is None
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 

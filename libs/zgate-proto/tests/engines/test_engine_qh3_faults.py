@@ -31,6 +31,7 @@ from zgate_proto.engines.base import (
     SendStatus,
 )
 from zgate_testkit.pki import Refusals, make_pki, server_config
+from zgate_testkit.qh3_tls import tls_contexts, tls_flight, tls_messages
 from zgate_testkit.wire import CLIENT_ADDR, SERVER_ADDR, START, EnginePair
 
 CRYPTO_ERROR = 0x100
@@ -277,52 +278,17 @@ def test_stream_calls_on_bad_or_closed_streams(pki: PkiPaths) -> None:
 # ---- the client-certificate shim at the TLS level -------------------------------------------
 
 
-def _flight(context: tls.Context, data: bytes, epoch: tls.Epoch) -> dict[tls.Epoch, bytes]:
-    buffers = {
-        e: Buffer(capacity=16384)
-        for e in (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT)
-    }
-    context.handle_message(data, buffers, epoch=epoch)
-    return {e: b.data for e, b in buffers.items()}
-
-
-def _messages(data: bytes) -> list[bytes]:
-    out = []
-    while data:
-        end = 4 + int.from_bytes(data[1:4], "big")
-        out.append(data[:end])
-        data = data[end:]
-    return out
-
-
-def tls_contexts(pki: PkiPaths) -> tuple[tls.Context, tls.Context]:
-    client = tls.Context(
-        is_client=True, alpn_protocols=["h3"], server_name="localhost", cafile=str(pki.ca_cert)
-    )
-    client_configuration = QuicConfiguration(is_client=True)
-    client_configuration.load_cert_chain(
-        pki.leaf_cert("client", "alice"), pki.leaf_key("client", "alice")
-    )
-    client.certificate = client_configuration.certificate
-    client.certificate_private_key = client_configuration.private_key
-    server_configuration = _qh3_mtls.build_server_configuration(pki.relay_cert, pki.relay_key)
-    server = tls.Context(is_client=False, alpn_protocols=["h3"])
-    server.certificate = server_configuration.certificate
-    server.certificate_private_key = server_configuration.private_key
-    return client, server
-
-
 def client_flight(pki: PkiPaths, auth: ClientAuthenticator) -> tuple[tls.Context, list[bytes]]:
     """The server context with ``auth`` attached, and the client's Certificate,
     CertificateVerify and Finished, not yet given to it."""
     client, server = tls_contexts(pki)
     auth.attach(server)
-    answer = _flight(
-        server, _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
+    answer = tls_flight(
+        server, tls_flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
     )
-    _flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
-    flight = _flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
-    return server, _messages(flight[tls.Epoch.HANDSHAKE])
+    tls_flight(client, answer[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
+    flight = tls_flight(client, answer[tls.Epoch.HANDSHAKE], tls.Epoch.HANDSHAKE)
+    return server, tls_messages(flight[tls.Epoch.HANDSHAKE])
 
 
 def authenticator(pki: PkiPaths, refusals: Refusals) -> ClientAuthenticator:
@@ -335,7 +301,7 @@ def test_the_client_flight_in_the_wrong_epoch_is_unexpected_message(pki: PkiPath
     server, [certificate, _verify, _finished] = client_flight(pki, auth)
 
     with pytest.raises(tls.AlertUnexpectedMessage, match="outside the Handshake epoch"):
-        _flight(server, certificate, tls.Epoch.ONE_RTT)
+        tls_flight(server, certificate, tls.Epoch.ONE_RTT)
     assert auth.identity is None and auth.chain == ()
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
@@ -346,7 +312,7 @@ def test_finished_first_is_no_certificate(pki: PkiPaths) -> None:
     server, [_certificate, _verify, finished] = client_flight(pki, auth)
 
     with pytest.raises(tls.Alert) as raised:
-        _flight(server, finished, tls.Epoch.HANDSHAKE)
+        tls_flight(server, finished, tls.Epoch.HANDSHAKE)
     assert raised.value.description == tls.AlertDescription.certificate_required
     assert auth.refusal is not None and auth.refusal[0] == "no_certificate"
     assert [r for r, _ in refusals.seen] == ["no_certificate"]
@@ -360,7 +326,7 @@ def test_a_repeated_message_is_unexpected_message(pki: PkiPaths, twice: str) -> 
     data = certificate + certificate if twice == "certificate" else certificate + verify + verify
 
     with pytest.raises(tls.AlertUnexpectedMessage):
-        _flight(server, data, tls.Epoch.HANDSHAKE)
+        tls_flight(server, data, tls.Epoch.HANDSHAKE)
     assert auth.identity is None
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
@@ -372,7 +338,7 @@ def test_an_unexpected_message_kind_is_unexpected_message(pki: PkiPaths) -> None
     key_update = bytes([tls.HandshakeType.KEY_UPDATE]) + b"\x00\x00\x01\x00"
 
     with pytest.raises(tls.AlertUnexpectedMessage):
-        _flight(server, key_update, tls.Epoch.HANDSHAKE)
+        tls_flight(server, key_update, tls.Epoch.HANDSHAKE)
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
 
@@ -393,7 +359,7 @@ def test_a_certificate_request_context_is_illegal_parameter(pki: PkiPaths) -> No
     der = x509.load_pem_x509_certificate(leaf.read_bytes()).public_bytes(Encoding.DER)
 
     with pytest.raises(tls.AlertIllegalParameter, match="certificate_request_context"):
-        _flight(server, _certificate_message(b"ctx", [der]), tls.Epoch.HANDSHAKE)
+        tls_flight(server, _certificate_message(b"ctx", [der]), tls.Epoch.HANDSHAKE)
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
 
@@ -403,7 +369,7 @@ def test_an_empty_certificate_is_certificate_required(pki: PkiPaths) -> None:
     server, _ = client_flight(pki, auth)
 
     with pytest.raises(tls.Alert) as raised:
-        _flight(server, _certificate_message(b"", []), tls.Epoch.HANDSHAKE)
+        tls_flight(server, _certificate_message(b"", []), tls.Epoch.HANDSHAKE)
     assert raised.value.description == tls.AlertDescription.certificate_required
     assert [r for r, _ in refusals.seen] == ["no_certificate"]
 
@@ -414,7 +380,7 @@ def test_an_unparsable_certificate_is_bad_certificate(pki: PkiPaths) -> None:
     server, _ = client_flight(pki, auth)
 
     with pytest.raises(tls.Alert) as raised:
-        _flight(server, _certificate_message(b"", [b"\x30\x03junk"]), tls.Epoch.HANDSHAKE)
+        tls_flight(server, _certificate_message(b"", [b"\x30\x03junk"]), tls.Epoch.HANDSHAKE)
     assert raised.value.description == tls.AlertDescription.bad_certificate
     assert [r for r, _ in refusals.seen] == ["bad_certificate"]
     assert auth.chain == ()
@@ -434,7 +400,7 @@ def test_a_crashing_verifier_is_bad_certificate(
     server, [certificate, verify, finished] = client_flight(pki, auth)
 
     with pytest.raises(tls.Alert) as raised:
-        _flight(server, certificate + verify + finished, tls.Epoch.HANDSHAKE)
+        tls_flight(server, certificate + verify + finished, tls.Epoch.HANDSHAKE)
     assert raised.value.description == tls.AlertDescription.bad_certificate
     assert [r for r, _ in refusals.seen] == ["bad_certificate"]
     assert auth.identity is None
@@ -452,7 +418,7 @@ def test_a_trust_reload_failure_refuses(pki: PkiPaths, monkeypatch: pytest.Monke
     server, [certificate, _verify, _finished] = client_flight(pki, auth)
 
     with pytest.raises(tls.Alert) as raised:
-        _flight(server, certificate, tls.Epoch.HANDSHAKE)
+        tls_flight(server, certificate, tls.Epoch.HANDSHAKE)
     assert raised.value.description == tls.AlertDescription.bad_certificate
     assert refusals.seen == [("bad_certificate", "cannot reload the CRL")]
 
@@ -465,7 +431,7 @@ def test_a_scheme_not_offered_is_illegal_parameter(pki: PkiPaths) -> None:
     forged = verify[:4] + b"\x02\x01" + verify[6:]
 
     with pytest.raises(tls.AlertIllegalParameter, match="did not offer"):
-        _flight(server, certificate + forged, tls.Epoch.HANDSHAKE)
+        tls_flight(server, certificate + forged, tls.Epoch.HANDSHAKE)
     assert auth.identity is None
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
@@ -473,7 +439,9 @@ def test_a_scheme_not_offered_is_illegal_parameter(pki: PkiPaths) -> None:
 def test_attach_refuses_a_used_or_tls12_context(pki: PkiPaths) -> None:
     auth = authenticator(pki, Refusals())
     client, server = tls_contexts(pki)
-    _flight(server, _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL)
+    tls_flight(
+        server, tls_flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL], tls.Epoch.INITIAL
+    )
     with pytest.raises(RuntimeError, match="fresh server TLS context"):
         auth.attach(server)
 
@@ -542,10 +510,10 @@ def test_a_qh3_change_that_skips_the_certificate_request_fails_closed(
     auth = authenticator(pki, refusals)
     client, server = tls_contexts(pki)
     auth.attach(server)
-    hello = _flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL]
+    hello = tls_flight(client, b"", tls.Epoch.INITIAL)[tls.Epoch.INITIAL]
 
     with pytest.raises(tls.AlertInternalError, match="could not request a client certificate"):
-        _flight(server, hello, tls.Epoch.INITIAL)
+        tls_flight(server, hello, tls.Epoch.INITIAL)
     assert [r for r, _ in refusals.seen] == ["handshake_failed"]
 
 
@@ -562,7 +530,7 @@ def test_after_the_handshake_a_malformed_message_is_no_refusal(pki: PkiPaths) ->
     refusals = Refusals()
     auth = authenticator(pki, refusals)
     server, [certificate, verify, finished] = client_flight(pki, auth)
-    _flight(server, certificate + verify + finished, tls.Epoch.HANDSHAKE)
+    tls_flight(server, certificate + verify + finished, tls.Epoch.HANDSHAKE)
     assert auth.done and auth.identity is not None
 
     auth.refuse_malformed("late garbage")
