@@ -90,6 +90,16 @@ async def next_from(relay: RelayUnderTest, timeout: float = 5.0) -> bytes:
     return await relay.egress.received(timeout)
 
 
+async def answer_to_too_big(agent: AgentUnderTest, big: bytes) -> bytes:
+    """What the agent writes back on its device for ``big``, a packet over its path MTU,
+    once it has counted exactly one ``too_big`` drop for it."""
+    before = drops(agent.metrics, "too_big")
+    agent.device.inject(big)
+    icmp = await agent.device.received()
+    assert drops(agent.metrics, "too_big") - before == 1
+    return icmp
+
+
 # ------------------------------------------------------------------ not_connected
 
 
@@ -148,12 +158,10 @@ async def test_a_packet_too_big_for_a_datagram_is_answered_with_icmp_frag_needed
             assert mtu == link.quic.max_datagram_payload - 2
             assert 1300 < mtu < 1452
             own = agent.address4
-            before = drops(agent.metrics, "too_big")
             big = udp4_df(own, str(INTERNET), bytes(mtu + 1 - 28))
             assert len(big) == mtu + 1
-            agent.device.inject(big)
-            icmp = await agent.device.received()
-            assert drops(agent.metrics, "too_big") - before == 1
+            icmp = await answer_to_too_big(agent, big)
+            counted = drops(agent.metrics, "too_big")
             info = parse_packet(icmp)
             assert info.version == 4
             assert info.proto == IPProto.ICMP
@@ -171,7 +179,7 @@ async def test_a_packet_too_big_for_a_datagram_is_answered_with_icmp_frag_needed
             agent.device.inject(fits)
             assert await next_from(relay) == fits
             assert not relay.egress.drain()
-            assert drops(agent.metrics, "too_big") - before == 1
+            assert drops(agent.metrics, "too_big") == counted
         finally:
             await agent.stop()
 
@@ -187,12 +195,9 @@ async def test_an_ipv6_packet_too_big_is_answered_with_icmpv6_packet_too_big(
             assert link is not None
             mtu = link.max_packet
             own = address(agent, 6)
-            before = drops(agent.metrics, "too_big")
             big = udp6(own, str(INTERNET6), bytes(mtu + 1 - 48))
             assert len(big) == mtu + 1
-            agent.device.inject(big)
-            icmp = await agent.device.received()
-            assert drops(agent.metrics, "too_big") - before == 1
+            icmp = await answer_to_too_big(agent, big)
             info = parse_packet(icmp)
             assert info.version == 6
             assert info.proto == IPProto.ICMPV6
