@@ -7,7 +7,6 @@ import ipaddress
 
 import pytest
 
-from zgate_pki import PkiPaths
 from zgate_proto.capsules import (
     AddressAssign,
     AddressRequest,
@@ -31,25 +30,12 @@ from zgate_proto.session import (
     SessionRequested,
 )
 from zgate_testkit.memquic import Link
-from zgate_testkit.pki import make_pki
 from zgate_testkit.sessions import (
     AGENT,
     EVERYWHERE,
-    LINKS,
     Peers,
     ipv4_packet,
-    make_link,
 )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return make_pki(tmp_path_factory.mktemp("pki") / "pki", groups=["eng"])
-
-
-@pytest.fixture(params=LINKS)
-def link(request: pytest.FixtureRequest, pki: PkiPaths) -> Link:
-    return make_link(request.param, pki)
 
 
 def sent_packets(

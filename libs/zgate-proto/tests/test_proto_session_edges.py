@@ -7,7 +7,6 @@ import ipaddress
 
 import pytest
 
-from zgate_pki import PkiPaths
 from zgate_proto.capsules import AddressAssign, encode_raw_capsule
 from zgate_proto.engines.base import DatagramReceived, SendStatus, StreamDataReceived
 from zgate_proto.http3 import (
@@ -46,18 +45,7 @@ from zgate_testkit.memquic import (
     StreamFrame,
     memory_pair,
 )
-from zgate_testkit.pki import make_pki
-from zgate_testkit.sessions import ASSIGN, LINKS, ROUTES, Peers, ipv4_packet, make_link
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    return make_pki(tmp_path_factory.mktemp("pki") / "pki", groups=["eng"])
-
-
-@pytest.fixture(params=LINKS)
-def link(request: pytest.FixtureRequest, pki: PkiPaths) -> Link:
-    return make_link(request.param, pki)
+from zgate_testkit.sessions import ASSIGN, ROUTES, Peers, ipv4_packet
 
 
 def memory_peers(
