@@ -78,7 +78,8 @@ clean-certs: ## delete .zgate/ (the dev PKI and its CA key)
 demo: bootstrap ## [root] the one-machine demo in network namespaces (DEMO_ARGS=--keep ...)
 	$(RUN) zgate-lab demo $(DEMO_ARGS)
 
-test: bootstrap ## the whole suite with branch coverage per package, held to floors; [root] for e2e
+test: ## the whole suite with branch coverage per package, held to floors; [root] for e2e and interop
+	WITH_INTEROP=1 scripts/bootstrap
 	@rm -f $(COVERAGE_DIR)/.coverage $(COVERAGE_DIR)/coverage.json
 	@# Exit 5 (no test collected) is a failure like any other non-zero status.
 	$(RUN) pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)
