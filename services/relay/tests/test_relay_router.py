@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import struct
 from typing import Any
@@ -11,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zgate_lab.harness import ENG_WEB_POLICY, compile_policy, make_enforcer, udp4
-from zgate_pki import Identity
+from zgate_lab.harness import ENG_WEB_POLICY, compile_policy, delivered, make_enforcer, udp4
+from zgate_lab.harness import relay_session as session
 from zgate_proto.capsules import AddressAssign, AddressRequest, RequestedAddress
 from zgate_proto.icmp import time_exceeded
 from zgate_proto.ip import internet_checksum, ipv4_checksum, parse_packet
@@ -20,25 +19,6 @@ from zgate_relay.enforce import IcmpBudget
 from zgate_relay.pool import AddressPool
 from zgate_relay.router import EGRESS, Deliver, Drop, Egress, Reject, Router
 from zgate_relay.session import FULL_ROUTES, RelaySession, routes_for
-
-
-def session(*addresses: str) -> RelaySession:
-    # Sessions made up for the router, which reads only their addresses. (While the relay
-    # core is rebuilt, RelaySession may still want the stream it used to carry.)
-    fields = {f.name for f in dataclasses.fields(RelaySession)}
-    extra: dict[str, Any] = {"stream": None} if "stream" in fields else {}
-    s = RelaySession(
-        identity=Identity("client", "t", None, (), 1), peer="p", opened_at=0.0, **extra
-    )
-    s.set_addresses([ipaddress.ip_address(a) for a in addresses])
-    return s
-
-
-def delivered(result: object, to: RelaySession) -> bytes:
-    """The packet of a Deliver to ``to``."""
-    assert isinstance(result, Deliver), result
-    assert result.session is to
-    return result.packet
 
 
 def test_from_session_routes_to_egress_other_session_or_drops() -> None:

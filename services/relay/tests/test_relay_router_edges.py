@@ -4,31 +4,11 @@ IPv6 header, a 20-byte IPv4 header, and the multicast ranges toward the egress s
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-from typing import Any
 
-from zgate_lab.harness import udp4
-from zgate_pki import Identity
-from zgate_relay.router import EGRESS, Deliver, Drop, Router
-from zgate_relay.session import RelaySession
-
-
-def session(*addresses: str) -> RelaySession:
-    # As in test_relay_router.py: RelaySession may still want a stream while the core moves.
-    fields = {f.name for f in dataclasses.fields(RelaySession)}
-    extra: dict[str, Any] = {"stream": None} if "stream" in fields else {}
-    s = RelaySession(
-        identity=Identity("client", "t", None, (), 1), peer="p", opened_at=0.0, **extra
-    )
-    s.set_addresses([ipaddress.ip_address(a) for a in addresses])
-    return s
-
-
-def delivered(result: object, to: RelaySession) -> bytes:
-    assert isinstance(result, Deliver), result
-    assert result.session is to
-    return result.packet
+from zgate_lab.harness import delivered, udp4
+from zgate_lab.harness import relay_session as session
+from zgate_relay.router import EGRESS, Drop, Router
 
 
 def ipv6(src: str, dst: str, payload: bytes = b"") -> bytes:
