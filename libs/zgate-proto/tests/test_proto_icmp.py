@@ -24,7 +24,7 @@ from zgate_proto.icmp import (
     packet_too_big,
     time_exceeded,
 )
-from zgate_proto.ip import parse_packet
+from zgate_proto.ip import internet_checksum, ones_complement_sum, parse_packet
 
 RELAY4 = IPv4Address("10.100.0.1")
 RELAY6 = IPv6Address("fd7a:7a67::1")
@@ -32,17 +32,6 @@ CLIENT4 = IPv4Address("10.100.0.7")
 CLIENT6 = IPv6Address("fd7a:7a67::7")
 SERVER4 = IPv4Address("203.0.113.9")
 SERVER6 = IPv6Address("2001:db8::9")
-
-
-def naive_sum(data: bytes) -> int:
-    """One's complement sum of 16-bit words, the obvious way (independent of the library)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for (word,) in struct.iter_unpack("!H", data):
-        total += word
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def udp(data: bytes = b"payload", sport: int = 40000, dport: int = 53) -> bytes:
@@ -71,7 +60,7 @@ def ipv4(
             dst.packed,
         )
     )
-    header[10:12] = (~naive_sum(bytes(header)) & 0xFFFF).to_bytes(2, "big")
+    header[10:12] = internet_checksum(header).to_bytes(2, "big")
     return bytes(header) + payload
 
 
@@ -93,11 +82,11 @@ def check_ipv4_error(packet: bytes, original: bytes, kind: int, code: int) -> by
     assert packet[0] == 0x45
     assert int.from_bytes(packet[2:4], "big") == len(packet) <= 576
     assert packet[8] == 64 and packet[9] == 1
-    assert naive_sum(packet[:20]) == 0xFFFF  # header checksum
+    assert ones_complement_sum(packet[:20]) == 0xFFFF  # header checksum
     assert packet[12:16] == RELAY4.packed
     assert packet[16:20] == original[12:16]  # back to the original sender
     message = packet[20:]
-    assert naive_sum(message) == 0xFFFF  # ICMP checksum
+    assert ones_complement_sum(message) == 0xFFFF  # ICMP checksum
     assert (message[0], message[1]) == (kind, code)
     assert message[8:] == original[: min(len(original), ICMPV4_QUOTE_LIMIT)]
     return message[4:8]
@@ -113,7 +102,7 @@ def check_ipv6_error(packet: bytes, original: bytes, kind: int, code: int) -> by
     assert packet[24:40] == original[8:24]
     message = packet[40:]
     pseudo = packet[8:40] + struct.pack("!I", len(message)) + b"\x00\x00\x00\x3a"
-    assert naive_sum(pseudo + message) == 0xFFFF
+    assert ones_complement_sum(pseudo + message) == 0xFFFF
     assert (message[0], message[1]) == (kind, code)
     assert message[8:] == original[: min(len(original), ICMPV6_QUOTE_LIMIT)]
     return message[4:8]
@@ -143,9 +132,9 @@ def test_icmpv6_known_answer() -> None:
     assert packet is not None
     message = packet[40:]
     assert len(message) == 8 + 48
-    words = naive_sum(RELAY6.packed) + naive_sum(CLIENT6.packed) + 56 + 58
+    words = ones_complement_sum(RELAY6.packed) + ones_complement_sum(CLIENT6.packed) + 56 + 58
     words += 0x0100  # type 1, code 0
-    words += naive_sum(original)
+    words += ones_complement_sum(original)
     while words > 0xFFFF:
         words = (words & 0xFFFF) + (words >> 16)
     assert int.from_bytes(message[2:4], "big") == ~words & 0xFFFF
