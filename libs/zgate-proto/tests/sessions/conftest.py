@@ -1,7 +1,8 @@
-"""Fixtures the CONNECT-IP session tests share (test_proto_session*.py): one test PKI per
-module and a link of every kind (memory, aioquic, qh3) between agent and relay. They live here
-rather than in zgate_testkit because they are pytest fixtures and the test kit does not depend
-on pytest; test modules cannot import each other under --import-mode=importlib."""
+"""Fixtures the CONNECT-IP session tests in this directory share: one test PKI per module and
+a link of every kind (memory, aioquic, qh3) between agent and relay. They live here rather than
+in zgate_testkit because they are pytest fixtures and the test kit does not depend on pytest;
+test modules cannot import each other under --import-mode=importlib. In a directory of its own
+because mypy names a conftest.py directly in a test root `conftest`, as it does the repo's."""
 
 from __future__ import annotations
 
