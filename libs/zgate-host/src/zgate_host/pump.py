@@ -59,7 +59,6 @@ class Pump:
         self._now = self.clock()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._wake_scheduled = False
         self._readers: list[int] = []
         self._closed = False
         self._add_reader(sock.fileno(), self._readable)
@@ -97,7 +96,6 @@ class Pump:
 
     def wake(self) -> None:
         """Send what the endpoint has to send now, and re-arm the timer."""
-        self._wake_scheduled = False
         if self._closed:
             return
         now = self.clock()
@@ -111,13 +109,6 @@ class Pump:
         self._timer_at = at
         if at is not None:
             self._timer = self.loop.call_at(at, self._on_timer)
-
-    def wake_soon(self) -> None:
-        """:meth:`wake` once, after the callbacks already due on the loop (coalesces
-        several inputs into one flush)."""
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            self.loop.call_soon(self.wake)
 
     @property
     def now(self) -> float:
