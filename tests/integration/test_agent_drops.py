@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import zgate_relay.core
+from zgate_agent.link import ClientLink
 from zgate_agent.metrics import AgentMetrics
 from zgate_lab.harness import (
     INTERNET,
@@ -90,6 +91,13 @@ async def next_from(relay: RelayUnderTest, timeout: float = 5.0) -> bytes:
     return await relay.egress.received(timeout)
 
 
+def live_link(agent: AgentUnderTest) -> ClientLink:
+    """The agent's link to the relay, which it has while connected."""
+    link = agent.agent.link
+    assert link is not None
+    return link
+
+
 async def answer_to_too_big(agent: AgentUnderTest, big: bytes) -> bytes:
     """What the agent writes back on its device for ``big``, a packet over its path MTU,
     once it has counted exactly one ``too_big`` drop for it."""
@@ -150,8 +158,7 @@ async def test_a_packet_too_big_for_a_datagram_is_answered_with_icmp_frag_needed
     async with running_relay(pki) as relay:
         agent = await start_agent(relay, "alice", quic_engine=engine)
         try:
-            link = agent.agent.link
-            assert link is not None
+            link = live_link(agent)
             mtu = link.max_packet
             # What one DATAGRAM frame carries on this path, less the quarter stream ID and
             # the context ID (one byte each for the first stream).
@@ -191,9 +198,7 @@ async def test_an_ipv6_packet_too_big_is_answered_with_icmpv6_packet_too_big(
     async with running_relay(pki) as relay:
         agent = await start_agent(relay, "alice", quic_engine=engine)
         try:
-            link = agent.agent.link
-            assert link is not None
-            mtu = link.max_packet
+            mtu = live_link(agent).max_packet
             own = address(agent, 6)
             big = udp6(own, str(INTERNET6), bytes(mtu + 1 - 48))
             assert len(big) == mtu + 1
