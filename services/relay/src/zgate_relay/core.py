@@ -709,10 +709,11 @@ class RelayCore:
         status = server.send_packet(session.stream_id, packet)
         m = self.metrics
         if status is SendStatus.SENT:
+            size = len(packet)
             session.packets_out += 1
-            session.bytes_out += len(packet)
+            session.bytes_out += size
             m.packets["to_agent"] += 1
-            m.bytes["to_agent"] += len(packet)
+            m.bytes["to_agent"] += size
             self._dirty.add(self._conns[server])
         elif status is SendStatus.TOO_BIG:
             m.drops["too_big"] += 1
