@@ -1,0 +1,1 @@
+"""zgate-control: the control plane (REST API, SQL storage, the change log relays follow)."""
