@@ -1,8 +1,9 @@
 """zgate PKI: a small CA for relay, client and connector certificates, CRLs and identities.
 
-The library the ``zgate pki`` CLI and the relay share. A PKI directory holds ``ca.pem``/
-``ca.key``, ``relay.pem``/``relay.key``, ``crl.pem``, ``index.json`` and the leaf certificates
-in ``clients/`` and ``connectors/`` (see `PkiPaths`).
+The library the ``zgate pki`` CLI, the control plane and the relay share. A PKI directory holds
+``ca.pem``/``ca.key``, ``relay.pem``/``relay.key``, ``crl.pem``, ``index.json`` and the leaf
+certificates in ``clients/`` and ``connectors/`` (see `PkiPaths`); `CertificateAuthority` is
+the same CA held in memory, for a CA kept in a database.
 """
 
 from ._authority import (
@@ -12,6 +13,7 @@ from ._authority import (
     list_certificates,
     revoke_certificate,
 )
+from ._ca import BundleKind, CertificateAuthority, CertificateBundle
 from ._checks import (
     IdentityFiles,
     PkiFileError,
@@ -36,6 +38,9 @@ from ._verifier import ChainVerifier
 __all__ = [
     "KINDS",
     "REFUSAL_REASONS",
+    "BundleKind",
+    "CertificateAuthority",
+    "CertificateBundle",
     "CertificateRefused",
     "ChainVerifier",
     "Identity",

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _x509
+from ._ca import CertificateAuthority, positive_days, utc_now
 from ._errors import PkiError
 from ._files import ensure_private_dir, pki_lock, read_file, write_private, write_public
 from ._index import IndexRecord, PkiIndex, dump_index, parse_index
@@ -54,16 +53,6 @@ class IssuedCertificate:
     key_path: Path
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _positive_days(days: int, what: str) -> timedelta:
-    if days < 1:
-        raise PkiError(f"{what} must be at least 1 day, got {days}")
-    return timedelta(days=days)
-
-
 def _issued(paths: PkiPaths, record: IndexRecord) -> IssuedCertificate:
     return IssuedCertificate(
         kind=record.kind,
@@ -77,38 +66,30 @@ def _issued(paths: PkiPaths, record: IndexRecord) -> IssuedCertificate:
     )
 
 
-def _load_ca(paths: PkiPaths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _load_ca(paths: PkiPaths) -> tuple[CertificateAuthority, PkiIndex]:
+    """The directory's CA and index (read in that order, so a missing CA is reported first)."""
     if not paths.ca_cert.exists():
         raise PkiError(f"no CA in {paths.directory} (run `zgate pki init` first)")
     cert = _x509.load_certificate(read_file(paths.ca_cert, "CA certificate"), str(paths.ca_cert))
     key = _x509.load_ca_key(read_file(paths.ca_key, "CA key"), str(paths.ca_key))
     if cert.public_key() != key.public_key():
         raise PkiError(f"{paths.ca_key} does not match {paths.ca_cert}")
-    return cert, key
+    index = _load_index(paths)
+    # The index, not the CA's SAN, names the trust domain put in leaves.
+    return CertificateAuthority(cert, key, index.trust_domain), index
 
 
 def _load_index(paths: PkiPaths) -> PkiIndex:
     return parse_index(read_file(paths.index, "PKI index"))
 
 
-def _write_crl(
-    paths: PkiPaths, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, index: PkiIndex
-) -> None:
-    now = _now()
+def _write_crl(paths: PkiPaths, ca: CertificateAuthority, index: PkiIndex) -> None:
     entries = [
-        _x509.RevokedEntry(r.serial, r.revoked_at, x509.ReasonFlags(r.reason) if r.reason else None)
+        (r.serial, r.revoked_at, x509.ReasonFlags(r.reason) if r.reason else None)
         for r in index.records
         if r.revoked_at is not None
     ]
-    crl = _x509.build_crl(
-        ca_cert,
-        ca_key,
-        entries,
-        number=index.crl_number,
-        this_update=now,
-        next_update=now + timedelta(days=CRL_DAYS),
-    )
-    write_public(paths.crl, crl.public_bytes(serialization.Encoding.PEM))
+    write_public(paths.crl, ca.crl(entries, number=index.crl_number, days=CRL_DAYS))
 
 
 def _remove_leaves(paths: PkiPaths) -> None:
@@ -137,8 +118,8 @@ def init_pki(
     trust_domain = validate_trust_domain(trust_domain)
     names = [validate_dns_name(n, what="relay name") for n in relay_names]
     ips = [validate_ip(ip) for ip in relay_ips]
-    relay_lifetime = _positive_days(days, "relay certificate lifetime")
-    ca_lifetime = _positive_days(ca_days, "CA lifetime")
+    positive_days(days, "relay certificate lifetime")
+    positive_days(ca_days, "CA lifetime")
     paths = PkiPaths(directory)
     ensure_private_dir(directory)
     with pki_lock(directory):
@@ -148,26 +129,20 @@ def init_pki(
                 f"a CA already exists in {directory}; refusing to overwrite it "
                 "(use --force to start over and invalidate every issued certificate)"
             )
-        now = _now()
-        start = now - _x509.CLOCK_SKEW
-        ca_key = _x509.new_private_key()
-        ca_cert = _x509.build_ca(ca_key, trust_domain, start, now + ca_lifetime)
-        relay_key = _x509.new_private_key()
-        relay_not_after = now + min(relay_lifetime, ca_lifetime)
-        relay_cert = _x509.build_relay(
-            ca_cert, ca_key, relay_key, names, ips, start, relay_not_after
-        )
+        now = utc_now()
+        ca = CertificateAuthority.create(trust_domain, days=ca_days, now=now)
+        relay = ca.issue_relay(names, [str(ip) for ip in ips], days=days, now=now)
         index = PkiIndex(trust_domain=trust_domain, crl_number=1)
         if replacing:
             _remove_leaves(paths)
         for kind in ("client", "connector"):
             ensure_private_dir(paths.kind_dir(kind))
-        write_private(paths.ca_key, _x509.private_key_pem(ca_key))
-        write_public(paths.ca_cert, _x509.certificate_pem(ca_cert))
-        write_private(paths.relay_key, _x509.private_key_pem(relay_key))
-        write_public(paths.relay_cert, _x509.certificate_pem(relay_cert))
+        write_private(paths.ca_key, ca.key_pem)
+        write_public(paths.ca_cert, ca.cert_pem)
+        write_private(paths.relay_key, relay.key_pem)
+        write_public(paths.relay_cert, relay.cert_pem)
         write_public(paths.index, dump_index(index))
-        _write_crl(paths, ca_cert, ca_key, index)
+        _write_crl(paths, ca, index)
     return paths
 
 
@@ -186,35 +161,21 @@ def issue_certificate(
     kind = validate_kind(kind)
     ident = validate_ident(ident)
     unique_groups = tuple(dict.fromkeys(validate_group(g) for g in groups))
-    lifetime = _positive_days(days, "certificate lifetime")
+    positive_days(days, "certificate lifetime")
     paths = PkiPaths(directory)
     with pki_lock(directory):
-        ca_cert, ca_key = _load_ca(paths)
-        index = _load_index(paths)
+        ca, index = _load_ca(paths)
         for record in index.records:
             if (record.kind, record.ident) == (kind, ident) and not record.revoked:
                 raise PkiError(
                     f"{kind}/{ident} already has an active certificate "
                     f"(serial {record.serial:x}); revoke it first"
                 )
-        now = _now()
-        not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
-        key = _x509.new_private_key()
-        cert = _x509.build_leaf(
-            ca_cert,
-            ca_key,
-            key,
-            kind=kind,
-            ident=ident,
-            groups=unique_groups,
-            trust_domain=index.trust_domain,
-            not_before=now - _x509.CLOCK_SKEW,
-            not_after=not_after,
-        )
-        record = IndexRecord(kind, ident, cert.serial_number, unique_groups, not_after)
+        bundle = ca.issue(kind, ident, groups=unique_groups, days=days)
+        record = IndexRecord(kind, ident, bundle.serial, bundle.groups, bundle.not_after)
         ensure_private_dir(paths.kind_dir(kind))
-        write_private(paths.leaf_key(kind, ident), _x509.private_key_pem(key))
-        write_public(paths.leaf_cert(kind, ident), _x509.certificate_pem(cert))
+        write_private(paths.leaf_key(kind, ident), bundle.key_pem)
+        write_public(paths.leaf_cert(kind, ident), bundle.cert_pem)
         write_public(paths.index, dump_index(index.with_record(record)))
     return _issued(paths, record)
 
@@ -234,8 +195,7 @@ def revoke_certificate(
         kind = validate_kind(kind)
     paths = PkiPaths(directory)
     with pki_lock(directory):
-        ca_cert, ca_key = _load_ca(paths)
-        index = _load_index(paths)
+        ca, index = _load_ca(paths)
         matches = [r for r in index.records if r.ident == ident and kind in (None, r.kind)]
         active = [r for r in matches if not r.revoked]
         label = f"{kind}/{ident}" if kind else ident
@@ -247,9 +207,9 @@ def revoke_certificate(
             raise PkiError(f"{ident} is both a client and a connector; say which with --kind")
         updated = index
         for record in active:
-            updated = updated.with_revoked(record.serial, _now(), reason.value)
+            updated = updated.with_revoked(record.serial, utc_now(), reason.value)
         # The CRL goes first: if writing the index failed, the serial would still be refused.
-        _write_crl(paths, ca_cert, ca_key, updated)
+        _write_crl(paths, ca, updated)
         write_public(paths.index, dump_index(updated))
     revoked = next(r for r in updated.records if r.serial == active[-1].serial)
     return _issued(paths, revoked)

@@ -17,7 +17,7 @@ from ._errors import CertificateRefused, PkiError
 from ._files import read_file
 from ._identity import Identity, identity_from_certificate
 from ._names import validate_ident
-from ._x509 import load_certificate, load_crl
+from ._x509 import ca_trust_domain, load_certificate, load_crl
 
 __all__ = ["ChainVerifier"]
 
@@ -55,17 +55,6 @@ def _issuer_key(ca: x509.Certificate, where: Path) -> _IssuerKey:
     return key
 
 
-def _ca_trust_domain(ca: x509.Certificate) -> str | None:
-    try:
-        san = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.lower().startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
-            return uri[len("spiffe://") :].lower()
-    return None
-
-
 def _load_trust(ca_path: Path, crl_path: Path | None) -> _Trust:
     ca = load_certificate(read_file(ca_path, "CA certificate"), str(ca_path))
     try:
@@ -79,7 +68,7 @@ def _load_trust(ca_path: Path, crl_path: Path | None) -> _Trust:
         if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
             raise PkiError(f"{crl_path} is not signed by the CA in {ca_path}")
         revoked = frozenset(entry.serial_number for entry in crl)
-    return _Trust(ca, store, _ca_trust_domain(ca), revoked)
+    return _Trust(ca, store, ca_trust_domain(ca), revoked)
 
 
 def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

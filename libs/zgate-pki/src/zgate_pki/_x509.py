@@ -23,6 +23,7 @@ __all__ = [
     "build_crl",
     "build_leaf",
     "build_relay",
+    "ca_trust_domain",
     "certificate_pem",
     "load_ca_key",
     "load_certificate",
@@ -58,6 +59,18 @@ def certificate_pem(cert: x509.Certificate) -> bytes:
 def spiffe_id(trust_domain: str, kind: str, ident: str) -> str:
     """The SPIFFE ID naming `kind`/`ident` in `trust_domain`."""
     return f"spiffe://{trust_domain}/{kind}/{ident}"
+
+
+def ca_trust_domain(ca: x509.Certificate) -> str | None:
+    """The trust domain a CA names in its ``spiffe://<trust-domain>`` URI SAN, if any."""
+    try:
+        san = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.lower().startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
+            return uri[len("spiffe://") :].lower()
+    return None
 
 
 def _ski(key: ec.EllipticCurvePrivateKey) -> x509.SubjectKeyIdentifier:
