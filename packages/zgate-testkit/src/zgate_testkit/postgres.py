@@ -138,7 +138,8 @@ class PostgresServer:
         return self.directory / "server.log"
 
     def url(self, database: str = "zgate") -> str:
-        """A SQLAlchemy URL (psycopg 3 driver) for `database` as the trusted superuser."""
+        """A SQLAlchemy URL (psycopg 3 driver) for `database` as the trusted superuser; the
+        database must exist (`create_database`)."""
         return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def conninfo(self, database: str = "postgres") -> str:
@@ -173,21 +174,22 @@ class PostgresServer:
         started, self._started = self._started, False
         if directory is None:
             return
+        pid_file = directory / "data" / "postmaster.pid"
         try:
-            if (directory / "data" / "postmaster.pid").exists() or started:
-                # Returns non-zero when no server is running: nothing to stop then.
-                self._run_tool(
-                    "pg_ctl",
-                    "stop",
-                    "-D",
-                    str(directory / "data"),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    check=False,
-                    cwd=directory,
-                )
+            if pid_file.exists() or started:
+                result = self._run_tool(
+                    "pg_ctl", "stop", "-D", str(directory / "data"), "-m", "immediate", "-w",
+                    check=False, cwd=directory,
+                )  # fmt: skip
+                # Non-zero with no pid file left means no server was running: nothing to do.
+                if result.returncode != 0 and pid_file.exists():
+                    raise PostgresError(
+                        f"pg_ctl stop failed (exit {result.returncode}) for the server on port "
+                        f"{self._port}: {(result.stdout + result.stderr).strip()}"
+                    )
         finally:
+            # Also under a server that would not stop: postgres shuts itself down once it
+            # notices its data directory (its lock file) gone.
             shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
