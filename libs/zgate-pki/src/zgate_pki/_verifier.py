@@ -1,9 +1,9 @@
-"""Verifying a peer's certificate chain against the CA and its CRL."""
+"""Verifying a peer's certificate chain against the CA and its CRL (from a file or pushed)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,14 @@ class _Trust:
     store: verification.Store
     trust_domain: str | None
     revoked: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pushed:
+    """Revocations a control plane pushed: its CRL's serials and the serials it disabled."""
+
+    revoked: frozenset[int]
+    blocked: frozenset[int]
 
 
 def _stat(path: Path | None) -> tuple[int, int, int] | None:
@@ -71,6 +79,27 @@ def _load_trust(ca_path: Path, crl_path: Path | None) -> _Trust:
     return _Trust(ca, store, ca_trust_domain(ca), revoked)
 
 
+def _pushed_crl_serials(crl_pem: bytes, trust: _Trust, ca_path: Path) -> frozenset[int]:
+    crl = load_crl(crl_pem, "the pushed CRL")
+    # Same rule as for the file: a CRL the CA did not sign must not un-revoke anything.
+    if crl.issuer != trust.ca.subject or not crl.is_signature_valid(_issuer_key(trust.ca, ca_path)):
+        raise PkiError(
+            f"the pushed CRL is not signed by the trusted CA "
+            f"({trust.ca.subject.rfc4514_string()!r} in {ca_path}); revocations left unchanged"
+        )
+    return frozenset(entry.serial_number for entry in crl)
+
+
+def _blocked_serials(blocked: Collection[int]) -> frozenset[int]:
+    for serial in blocked:
+        if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
+            raise PkiError(
+                f"a blocked serial must be a positive integer, got {serial!r}; "
+                "revocations left unchanged"
+            )
+    return frozenset(blocked)
+
+
 def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
@@ -84,7 +113,7 @@ def _within_validity(cert: x509.Certificate, when: datetime) -> bool:
 
 
 class ChainVerifier:
-    """Verifies client certificates against a CA file and (optionally) a CRL file.
+    """Verifies client certificates against a CA file and a CRL (a file or one pushed in memory).
 
     Path building and the X.509 profile checks are cryptography's ``x509.verification`` client
     verifier; revocation is checked against the CRL, whose signature must verify with the CA.
@@ -92,6 +121,9 @@ class ChainVerifier:
     and leaves the previous trust in force. A CRL past its ``next_update`` is still applied:
     refusing every client because nobody re-signed the CRL would turn a stale file into an
     outage (``zgate pki revoke`` re-signs it; it is announced fresh for a year).
+
+    A relay that follows a control plane calls `set_revocations` with the CRL it was sent;
+    from then on the CRL file is no longer read (the CA file still is).
     """
 
     def __init__(self, ca_path: Path, crl_path: Path | None = None) -> None:
@@ -99,6 +131,7 @@ class ChainVerifier:
         self._crl_path = crl_path
         self._stamp: _Stamp = (_stat(ca_path), _stat(crl_path))
         self._trust = _load_trust(ca_path, crl_path)
+        self._pushed: _Pushed | None = None
 
     @property
     def ca_certificate(self) -> x509.Certificate:
@@ -111,20 +144,45 @@ class ChainVerifier:
         return self._trust.trust_domain
 
     def revoked_serials(self) -> frozenset[int]:
-        """Serial numbers listed in the current CRL (to end live sessions of revoked peers)."""
-        return self._trust.revoked
+        """Serials refused as revoked (to end live sessions of revoked peers).
+
+        Those in the current CRL, plus the blocked ones once `set_revocations` was called.
+        """
+        pushed = self._pushed
+        if pushed is None:
+            return self._trust.revoked
+        return pushed.revoked | pushed.blocked
+
+    def set_revocations(self, crl_pem: bytes | None, blocked: Collection[int] = ()) -> None:
+        """Use the CRL `crl_pem` (None: an empty one) and refuse the `blocked` serials too.
+
+        For a relay that follows a control plane: the CRL comes over HTTP instead of from the
+        CRL file, which is no longer read from now on. `blocked` lists serials the control
+        plane disabled without revoking them; they are refused as "revoked" as well. The CRL
+        must be signed by the trusted CA, else PkiError and the previous revocations stay.
+        A later CA file reload keeps these revocations until the next call.
+        """
+        trust = self._trust
+        revoked = (
+            frozenset() if crl_pem is None else _pushed_crl_serials(crl_pem, trust, self._ca_path)
+        )
+        self._pushed = _Pushed(revoked, _blocked_serials(blocked))
+        # Forget the CRL file's stamp: reload_if_changed now watches the CA file alone.
+        self._stamp = (self._stamp[0], None)
 
     def reload_if_changed(self) -> bool:
         """Re-read the CA and CRL if either file changed since the last load; True if reloaded.
 
         Cheap enough to call on every handshake (two ``stat`` calls). A new file that does not
-        load raises PkiError once and the previous trust stays in force.
+        load raises PkiError once and the previous trust stays in force. After
+        `set_revocations` only the CA file is watched and the pushed revocations stay.
         """
-        stamp = (_stat(self._ca_path), _stat(self._crl_path))
+        crl_path = None if self._pushed is not None else self._crl_path
+        stamp = (_stat(self._ca_path), _stat(crl_path))
         if stamp == self._stamp:
             return False
         self._stamp = stamp  # remembered even on failure: report a bad file once, not per call
-        self._trust = _load_trust(self._ca_path, self._crl_path)
+        self._trust = _load_trust(self._ca_path, crl_path)
         return True
 
     def verify(
@@ -139,7 +197,7 @@ class ChainVerifier:
         """
         if leaf is None:
             raise CertificateRefused("no_certificate", "the peer sent no certificate")
-        trust = self._trust
+        trust, pushed = self._trust, self._pushed
         when = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
         verifier = (
             verification.PolicyBuilder().store(trust.store).time(when).build_client_verifier()
@@ -148,10 +206,19 @@ class ChainVerifier:
             verified = verifier.verify(leaf, list(intermediates))
         except (verification.VerificationError, ValueError) as exc:
             raise self._classify(trust, [leaf, *intermediates], when, str(exc)) from None
+        revoked = trust.revoked if pushed is None else pushed.revoked
+        blocked = frozenset[int]() if pushed is None else pushed.blocked
         for cert in verified.chain:
-            if cert != trust.ca and cert.serial_number in trust.revoked:
+            if cert == trust.ca:
+                continue
+            if cert.serial_number in revoked:
                 raise CertificateRefused(
                     "revoked", f"certificate serial {cert.serial_number:x} is revoked"
+                )
+            if cert.serial_number in blocked:
+                raise CertificateRefused(
+                    "revoked",
+                    f"certificate serial {cert.serial_number:x} is disabled by the control plane",
                 )
         return self._identity(trust, leaf)
 
