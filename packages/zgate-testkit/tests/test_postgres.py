@@ -123,9 +123,7 @@ def test_a_failed_start_cleans_up_and_shows_the_log(bin_dir: Path, open_base_dir
     assert list(open_base_dir.iterdir()) == []
 
 
-def test_a_base_dir_the_server_user_cannot_reach_is_refused(
-    bin_dir: Path, tmp_path: Path, skip_or_fail: Callable[[str], NoReturn]
-) -> None:
+def test_a_base_dir_the_server_user_cannot_reach_is_refused(bin_dir: Path, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("only root hands the server to another user")
     closed = tmp_path / "closed"
