@@ -21,7 +21,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 COVERAGE_DIR := build/coverage
 COVERAGE_PACKAGES := zgate_proto zgate_policy zgate_pki zgate_host zgate_relay zgate_agent \
-	zgate_connector zgate_cli zgate_lab
+	zgate_connector zgate_control zgate_cli zgate_lab
 COVERAGE_ARGS := $(foreach package,$(COVERAGE_PACKAGES),--cov=$(package)) --cov-branch \
 	--cov-report=json:$(COVERAGE_DIR)/coverage.json
 
