@@ -332,3 +332,15 @@ def test_a_swap_is_found_where_it_was(contents: list[dict[str, Any]], data: st.D
     # On line 1 a later record is just a chain starting later; the next line shows the swap.
     assert found and found[0] == (i if i > 1 else i + 1)
     assert set(found) <= {i, i + 1, j, j + 1}
+
+
+def test_problems_beyond_the_limit_are_counted_not_kept() -> None:
+    records = chain_of(6)
+    for record in records:
+        record["n"] = -1  # every record altered
+    report = verify_lines(["junk", "junk", *as_lines(records)], max_problems=3)
+    [group] = report.groups
+    assert (len(report.unchained), report.unchained_omitted) == (2, 0)
+    assert (len(group.problems), group.omitted) == (1, 5)
+    assert not report.ok and not group.ok and report.records == 8
+    assert not verify_lines(["junk"], max_problems=0).ok

@@ -222,11 +222,13 @@ class ChainGroup:
     problems: list[ChainProblem] = field(default_factory=list)
     #: Not failures, e.g. that the chain starts after seq 1 in this file.
     notes: list[ChainProblem] = field(default_factory=list)
+    #: Problems found beyond the verifier's ``max_problems``: counted, not kept.
+    omitted: int = 0
 
     @property
     def ok(self) -> bool:
         """True when every record of the chain verified."""
-        return not self.problems
+        return not self.problems and not self.omitted
 
 
 @dataclass(slots=True)
@@ -236,16 +238,23 @@ class ChainReport:
     groups: list[ChainGroup] = field(default_factory=list)
     #: Lines that are not JSON objects, or records without a chain id.
     unchained: list[ChainProblem] = field(default_factory=list)
+    #: Unchained lines beyond the verifier's ``max_problems``: counted, not kept.
+    unchained_omitted: int = 0
 
     @property
     def ok(self) -> bool:
         """True when every chain verified and every line was a chained record."""
-        return not self.unchained and all(group.ok for group in self.groups)
+        return (
+            not self.unchained
+            and not self.unchained_omitted
+            and all(group.ok for group in self.groups)
+        )
 
     @property
     def records(self) -> int:
         """How many records (and unusable lines) were read."""
-        return len(self.unchained) + sum(group.records for group in self.groups)
+        unchained = len(self.unchained) + self.unchained_omitted
+        return unchained + sum(group.records for group in self.groups)
 
 
 @dataclass(slots=True)
@@ -258,9 +267,14 @@ class _Tail:
 
 
 class ChainVerifier:
-    """Verifies records fed one by one (memory: one entry per chain, not per record)."""
+    """Verifies records fed one by one (memory: one entry per chain, not per record).
 
-    def __init__(self) -> None:
+    ``max_problems`` bounds the problems kept (a file of garbage has one per line); the rest
+    are only counted.
+    """
+
+    def __init__(self, *, max_problems: int | None = None) -> None:
+        self._room = max_problems
         self._report = ChainReport()
         self._groups: dict[tuple[str, str], ChainGroup] = {}
         self._tails: dict[tuple[str, str], _Tail] = {}
@@ -271,7 +285,7 @@ class ChainVerifier:
         if parsed is None:
             return
         if isinstance(parsed, str):
-            self._report.unchained.append(ChainProblem(position, None, None, parsed))
+            self._add(None, ChainProblem(position, None, None, parsed))
         else:
             self.add_record(position, parsed)
 
@@ -280,19 +294,19 @@ class ChainVerifier:
         chain = record.get("chain")
         if not isinstance(chain, str) or not chain:
             problem = chain_fields_problem(record) or "unchained record: no chain"
-            self._report.unchained.append(ChainProblem(position, None, None, problem))
+            self._add(None, ChainProblem(position, None, None, problem))
             return
         group = self._group(str(record.get("relay", "")), chain)
         group.records += 1
         malformed = chain_fields_problem(record)
         if malformed is not None:
-            group.problems.append(ChainProblem(position, None, _text(record.get("id")), malformed))
+            self._add(group, ChainProblem(position, None, _text(record.get("id")), malformed))
             return
         seq: int = record["seq"]
         ident: str = record["id"]
         actual, altered = _hash_problem(record)
         if altered is not None:
-            group.problems.append(ChainProblem(position, seq, ident, altered))
+            self._add(group, ChainProblem(position, seq, ident, altered))
         key = (group.relay, chain)
         tail = self._tails.get(key)
         if tail is None:
@@ -304,7 +318,7 @@ class ChainVerifier:
         else:
             link = _continuity_problem(tail.hashes, tail.seq, tail.position, record)
         if link is not None:
-            group.problems.append(ChainProblem(position, seq, ident, link))
+            self._add(group, ChainProblem(position, seq, ident, link))
         group.last_seq = seq
         # The next record may link to the stored hash or, if this one was altered, to the
         # hash its content has: either way the alteration is reported once, here.
@@ -315,6 +329,17 @@ class ChainVerifier:
     def report(self) -> ChainReport:
         """Everything found so far."""
         return self._report
+
+    def _add(self, group: ChainGroup | None, problem: ChainProblem) -> None:
+        if self._room is not None:
+            if self._room <= 0:
+                if group is None:
+                    self._report.unchained_omitted += 1
+                else:
+                    group.omitted += 1
+                return
+            self._room -= 1
+        (self._report.unchained if group is None else group.problems).append(problem)
 
     def _group(self, relay: str, chain: str) -> ChainGroup:
         group = self._groups.get((relay, chain))
@@ -349,9 +374,11 @@ def verify_records(records: Iterable[tuple[int, Mapping[str, Any]]]) -> ChainRep
     return verifier.report()
 
 
-def verify_lines(lines: Iterable[str | bytes], *, first_position: int = 1) -> ChainReport:
+def verify_lines(
+    lines: Iterable[str | bytes], *, first_position: int = 1, max_problems: int | None = None
+) -> ChainReport:
     """Verify JSON lines; a line's position is its line number (from ``first_position``)."""
-    verifier = ChainVerifier()
+    verifier = ChainVerifier(max_problems=max_problems)
     for position, line in enumerate(lines, first_position):
         verifier.add_line(position, line)
     return verifier.report()
