@@ -12,11 +12,13 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from zgate_host.httpd import serve_status
 from zgate_host.privileges import require_net_admin
+from zgate_host.state import ensure_state_dir
 from zgate_host.tun import PacketDevice
 from zgate_pki import ChainVerifier, PkiError
 from zgate_policy import PolicyError
@@ -24,6 +26,10 @@ from zgate_policy.flows import FlowTable
 from zgate_proto.engines import get_engine
 from zgate_proto.engines.base import QuicEngine, ServerConfig
 from zgate_relay.audit import AuditLog
+from zgate_relay.control import Boot, ControlPlane, load_boot
+from zgate_relay.control.apply import Applier
+from zgate_relay.control.client import ControlClient
+from zgate_relay.control.metrics import ControlMetrics
 from zgate_relay.core import RelayCore
 from zgate_relay.dns import DnsError, DnsProxy, SuffixUpstreams
 from zgate_relay.egress import Egress
@@ -43,6 +49,7 @@ __all__ = ["run_relay", "system_resolvers"]
 log = logging.getLogger("zgate.relay")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def system_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -76,6 +83,7 @@ async def run_relay(
     geoip = _open_geoip(settings)
     prepare_state(settings)
     check_pki(settings)
+    token, boot = _control_boot(settings)
     metrics = RelayMetrics()
     try:
         audit = AuditLog(
@@ -98,7 +106,7 @@ async def run_relay(
         audit=audit.emit,
     )
     try:
-        policy = policies.load_initial()
+        policy = boot.install_policy(policies) if boot is not None else policies.load_initial()
     except PolicyError as exc:
         audit.close()
         raise StartupError(
@@ -131,12 +139,16 @@ async def run_relay(
     except PkiError as exc:
         audit.close()
         raise StartupError(f"{exc} (PKI directory {pki})") from None
+    connectors: Mapping[str, Sequence[Network]] = settings.connectors
+    if boot is not None:
+        boot.install_revocations(verifier)
+        connectors = boot.connectors()
     try:
         engine, config = _quic_server(settings, verifier)
     except StartupError:
         audit.close()
         raise
-    egress = _open_egress(settings, pool) if own_egress else None
+    egress = _open_egress(settings, pool, connectors) if own_egress else None
     if egress is not None:
         egress_device = egress.device
     core = RelayCore(
@@ -150,13 +162,14 @@ async def run_relay(
         enforcer=enforcer if settings.enforce else None,
         audit=audit.emit,
         relay_name=settings.relay_name,
-        sites=SiteRoutes(settings.connectors),
+        sites=SiteRoutes(connectors),
         own_addresses=frozenset(g.packed for g in gateways),
         connector_deadline=settings.connector_deadline,
     )
     server = RelayPump(core, egress_device, udp_offload=settings.udp_offload)
     dns: DnsProxy | None = None
     http = None
+    control: ControlPlane | None = None
     try:
         try:
             await server.start(*settings.listen_address)
@@ -165,6 +178,10 @@ async def run_relay(
         if settings.dns:
             dns = await _start_dns(settings, server, fqdns, gateways, metrics)
         loop = asyncio.get_running_loop()
+        status: Callable[[], dict[str, Any]] = server.status
+        if boot is not None:
+            control = _control_plane(settings, token, boot, policies, verifier, server, metrics)
+            status = _with_control(server.status, control)
 
         def reload_now() -> dict[str, object]:
             future = asyncio.run_coroutine_threadsafe(policies.reload("reload"), loop)
@@ -175,7 +192,7 @@ async def run_relay(
                 http = serve_status(
                     *settings.metrics_address,
                     metrics.registry,
-                    server.status,
+                    status,
                     actions={"/reload": reload_now},
                 )
             except OSError as exc:
@@ -183,8 +200,11 @@ async def run_relay(
                     exc, "metrics address", "--metrics", str(settings.metrics)
                 ) from None
             log.info("metrics served", extra={"address": f"{http.url}/metrics"})
-        await _serve_until_stopped(server, settings, policies, audit, fqdns, ready)
+        background = control.tasks() if control is not None else []
+        await _serve_until_stopped(server, settings, policies, audit, fqdns, ready, background)
     finally:
+        if control is not None:
+            await control.aclose()
         if http is not None:
             http.close()
         if dns is not None:
@@ -243,7 +263,72 @@ def _open_geoip(settings: RelaySettings) -> GeoIP | None:
     return geoip
 
 
-def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
+def _control_boot(settings: RelaySettings) -> tuple[str, Boot | None]:
+    """The control-plane token and the cached state to start from (when following one)."""
+    if settings.control is None:
+        return "", None
+    try:
+        token = settings.control_token_value()
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    ensure_state_dir(settings.state_dir)  # the cache and the shipping position live there
+    return token, load_boot(settings.state_dir)
+
+
+def _control_plane(
+    settings: RelaySettings,
+    token: str,
+    boot: Boot,
+    policies: PolicyManager,
+    verifier: ChainVerifier,
+    server: RelayPump,
+    metrics: RelayMetrics,
+) -> ControlPlane:
+    assert settings.control is not None
+    core = server.core
+    sites = core.sites
+    assert sites is not None
+
+    def connectors_changed() -> None:
+        for ident, state in sites.connectors().items():
+            metrics.connector_sessions.labels(ident).set(state.sessions)
+            metrics.connector_prefixes.labels(ident).set(len(state.prefixes))
+
+    applier = Applier(
+        policies=policies,
+        verifier=verifier,
+        end_revoked=server.check_revocations,
+        sites=sites,
+        connectors_changed=connectors_changed,
+    )
+    log.info("following the control plane", extra={"url": settings.control})
+    return ControlPlane(
+        client=ControlClient(settings.control, settings.relay_name, token),
+        boot=boot,
+        applier=applier,
+        policies=policies,
+        metrics=ControlMetrics(metrics.registry),
+        status=server.status,
+        state_dir=settings.state_dir,
+        audit_log=settings.audit_log,
+        address=settings.listen,
+        wait=settings.control_wait,
+        heartbeat_interval=settings.control_heartbeat_interval,
+    )
+
+
+def _with_control(
+    status: Callable[[], dict[str, Any]], control: ControlPlane
+) -> Callable[[], dict[str, Any]]:
+    def combined() -> dict[str, Any]:
+        return {**status(), "control": control.status()}
+
+    return combined
+
+
+def _open_egress(
+    settings: RelaySettings, pool: AddressPool, connectors: Mapping[str, Sequence[Network]]
+) -> Egress:
     gateways: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
         ipaddress.IPv4Interface(f"{pool.gateway4}/{settings.pool.prefixlen}")
     ]
@@ -255,7 +340,7 @@ def _open_egress(settings: RelaySettings, pool: AddressPool) -> Egress:
         gateways=gateways,
         nat=settings.nat,
         offload=settings.tun_offload,
-        site_routes=[p for prefixes in settings.connectors.values() for p in prefixes],
+        site_routes=[p for prefixes in connectors.values() for p in prefixes],
     )
 
 
@@ -315,6 +400,7 @@ async def _serve_until_stopped(
     audit: AuditLog,
     fqdns: FqdnBindings,
     ready: asyncio.Event | None,
+    background: Sequence[Callable[[], Awaitable[object]]] = (),
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -357,6 +443,8 @@ async def _serve_until_stopped(
     if settings.policy_check_interval > 0:
         spawn(every(settings.policy_check_interval, watch_policy, "policy file check"))
     spawn(every(1.0, housekeeping, "flow expiry"))
+    for work in background:
+        spawn(work())
     if ready is not None:
         ready.set()
     log.info(

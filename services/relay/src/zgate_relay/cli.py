@@ -31,6 +31,7 @@ its files in its state directory (/var/lib/zgate/relay as root, else
 --pki is given. An explicit --pki DIR must hold a PKI (`zgate pki init --dir DIR`).
 Settings come from, in rising order: defaults, the YAML --config file, ZGATE_RELAY_*
 environment variables (e.g. ZGATE_RELAY_POOL=10.9.0.0/16), and these flags.
+With --control URL it follows a control plane instead of a policy file (docs/relay.md).
 Needs root or CAP_NET_ADMIN for its TUN device and NAT (or --no-egress)."""
 
 
@@ -188,7 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fail a site over when its connector is silent this long [5]",
     )
-    p.add_argument("--relay-name", metavar="NAME", help="name in audit records [hostname]")
+    p.add_argument(
+        "--control",
+        metavar="URL",
+        help="follow this control plane: it publishes the policy, revocations and "
+        "connectors (excludes --policy and --connector); the relay caches its last good "
+        "state in STATE_DIR and enforces it while the control plane is unreachable",
+    )
+    p.add_argument(
+        "--control-token",
+        metavar="TOKEN",
+        help="the relay's API token for --control (better: --control-token-file or "
+        "ZGATE_RELAY_CONTROL_TOKEN, which other users cannot read in the process list)",
+    )
+    p.add_argument(
+        "--control-token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the relay's API token for --control",
+    )
+    p.add_argument(
+        "--relay-name",
+        metavar="NAME",
+        help="name in audit records, and this relay's id on the control plane [hostname]",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "text"])
     p.add_argument(

@@ -308,6 +308,12 @@ class RelayCore:
                 "opened_at": s.opened_at,
                 "packets_in": s.packets_in,
                 "packets_out": s.packets_out,
+                # For the control plane's heartbeat: who, and the bytes each way (as the
+                # relay sees them: _in from the peer, _out to it).
+                "kind": s.identity.kind,
+                "ident": s.identity.ident,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
             }
             for s in self.sessions
         ]

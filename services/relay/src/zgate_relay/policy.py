@@ -20,13 +20,17 @@ from zgate_policy import CompiledPolicy, PolicyError, load_and_compile
 from zgate_policy.audit import AuditEvent, PolicyLoaded, PolicyRefused, PolicySource
 from zgate_relay.metrics import RelayMetrics
 
-__all__ = ["BUILTIN_POLICY", "PolicyManager", "ReloadResult"]
+__all__ = ["BUILTIN_DENY", "BUILTIN_POLICY", "PolicyManager", "ReloadResult"]
 
 log = logging.getLogger("zgate.relay.policy")
 
 #: Without a policy file every authenticated client may reach everything (and every flow
 #: is still tracked and audited). A deployment that wants zero trust names a policy file.
 BUILTIN_POLICY: Final = "default: allow\n"
+
+#: What a relay following a control plane enforces until it has a policy from it (no cached
+#: snapshot and the control plane unreachable, or none published yet): it fails closed.
+BUILTIN_DENY: Final = "default: deny\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +72,17 @@ class PolicyManager:
         self.audit = audit
         self.apply = apply
         self.current: CompiledPolicy | None = None
+        #: The policy text and its name when it came as text (from the control plane), not
+        #: from ``path``: a reload (SIGHUP, POST /reload) compiles that text again.
+        self._text: tuple[str, str] | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._lock = asyncio.Lock()
 
     def _load(self) -> CompiledPolicy:
         now = datetime.now(UTC)
+        if self._text is not None:
+            text, name = self._text
+            return self._compile_text(text, name)
         if self.path is None:
             return load_and_compile(
                 BUILTIN_POLICY,
@@ -81,6 +91,11 @@ class PolicyManager:
                 name="<built-in: allow all>",
             )
         return load_and_compile(self.path, geoip_available=self.geoip_available, now=now)
+
+    def _compile_text(self, text: str, name: str) -> CompiledPolicy:
+        return load_and_compile(
+            text, geoip_available=self.geoip_available, now=datetime.now(UTC), name=name
+        )
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -102,6 +117,40 @@ class PolicyManager:
                 "(flows are still tracked and audited); set --policy FILE"
             )
         return compiled
+
+    def load_initial_text(self, text: str, name: str) -> CompiledPolicy:
+        """Load policy text at start-up (a cached control-plane snapshot, or
+        :data:`BUILTIN_DENY`); raises PolicyError. Reloads then compile this text again
+        until :meth:`install_text` replaces it."""
+        if self.path is not None:
+            raise ValueError("a policy file and a policy text exclude each other")
+        compiled = self._compile_text(text, name)
+        self._text = (text, name)
+        self._install(compiled, "control", changed=True)
+        return compiled
+
+    async def install_text(self, text: str, name: str, source: str = "control") -> ReloadResult:
+        """Check and swap in policy text (from the control plane), compiled off the event
+        loop; a text that fails any step is refused (logged, counted, audited) and the
+        running version stays."""
+        async with self._lock:
+            assert self.current is not None
+            try:
+                compiled = await asyncio.to_thread(self._compile_text, text, name)
+            except PolicyError as exc:
+                return self._refused(str(exc), source)
+            except Exception as exc:
+                log.exception("policy compilation failed unexpectedly")
+                return self._refused(f"{type(exc).__name__}: {exc}", source)
+            self._text = (text, name)
+            changed = compiled.version != self.current.version
+            if changed:
+                self._install(compiled, source, changed=True)
+            else:
+                self.metrics.policy_reloads["ok"].inc()
+                self.metrics.policy_last_reload_ok.set(1)
+                log.info("policy unchanged", extra={"version": compiled.version, "source": source})
+            return ReloadResult(True, compiled.version, None, changed)
 
     def file_changed(self) -> bool:
         """Whether the policy file changed since it was last read (a cheap stat)."""
@@ -142,13 +191,15 @@ class PolicyManager:
         m.watch_rules(compiled.rule_ids)
         m.policy_reloads["ok"].inc()
         m.policy_last_reload_ok.set(1)
-        if self.path is not None:  # without a file, the start-up warning says it all
+        # Without a file or text, the start-up warning says it all.
+        if self.path is not None or self._text is not None:
             log.info(
                 "policy loaded",
                 extra={
                     "version": compiled.version,
                     "rules": len(compiled.rules),
                     "source": source,
+                    "policy": self._text[1] if self._text is not None else str(self.path),
                     "flows_ended": ended,
                 },
             )

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
@@ -118,6 +118,24 @@ class RelaySettings(LayeredSettings):
     audit_stdout: bool = Field(False, description="also write audit records to stdout")
     max_flows: int = Field(262144, ge=16, description="flows tracked in total")
     max_flows_per_session: int = Field(8192, ge=4, description="flows tracked per session")
+    control: str | None = Field(
+        None,
+        description="follow this control plane (base URL, e.g. https://control.example:8443): "
+        "policy, revocations and connectors come from it, heartbeats and audit records go to "
+        "it; excludes --policy and --connector",
+    )
+    control_token: SecretStr | None = Field(
+        None, description="the relay's API token for the control plane (role relay)"
+    )
+    control_token_file: Path | None = Field(
+        None, description="file holding the relay's API token (instead of --control-token)"
+    )
+    control_wait: float = Field(
+        25.0, ge=0, le=30, description="seconds the control plane may hold each long poll"
+    )
+    control_heartbeat_interval: float = Field(
+        5.0, gt=0, description="seconds between heartbeats to the control plane"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     _pki_given: bool = PrivateAttr(default=False)
@@ -179,6 +197,57 @@ class RelaySettings(LayeredSettings):
         if "audit_log" not in given:
             self.audit_log = self.state_dir / "audit.log"
         return self
+
+    @field_validator("control")
+    @classmethod
+    def _check_control(cls, value: str | None) -> str | None:
+        if value in (None, "", "off"):
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: expected an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _control_excludes(self) -> RelaySettings:
+        # The control plane publishes the policy and the connectors: a local file or flag
+        # beside it would be silently overridden, so both together are refused.
+        if self.control is None:
+            return self
+        if self.policy is not None:
+            raise ValueError(
+                "--policy cannot be used with --control: the control plane publishes the "
+                "policy (drop --policy, or drop --control to run from the file)"
+            )
+        if self.connectors:
+            raise ValueError(
+                "--connector cannot be used with --control: the control plane says which "
+                "prefixes each connector may serve"
+            )
+        if self.control_token is None and self.control_token_file is None:
+            raise ValueError(
+                "--control needs the relay's token: --control-token TOKEN or "
+                "--control-token-file FILE (a token of role relay, `zgate-control token create`)"
+            )
+        if self.control_token is not None and self.control_token_file is not None:
+            raise ValueError("give --control-token or --control-token-file, not both")
+        return self
+
+    def control_token_value(self) -> str:
+        """The control-plane token (read from its file when given so); raises ValueError
+        naming the file."""
+        if self.control_token is not None:
+            return self.control_token.get_secret_value().strip()
+        if self.control_token_file is None:
+            raise ValueError("no control-plane token configured")
+        try:
+            token = self.control_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"--control-token-file {self.control_token_file}: {exc.strerror or exc}"
+            ) from None
+        if not token:
+            raise ValueError(f"--control-token-file {self.control_token_file} is empty")
+        return token
 
     @property
     def pki_given(self) -> bool:

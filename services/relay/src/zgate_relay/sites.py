@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from zgate_proto.capsules import IPAddressRange
 from zgate_relay.session import RelaySession
 
-__all__ = ["Advertised", "ConnectorState", "SiteRoutes", "flow_hash_key"]
+__all__ = ["Advertised", "ConnectorState", "Replaced", "SiteRoutes", "flow_hash_key"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CONNECTOR = "connector"
@@ -41,6 +41,15 @@ class Advertised:
 
     accepted: tuple[Network, ...]
     refused: tuple[tuple[str, str], ...]  # (range or prefix, reason)
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """The outcome of :meth:`SiteRoutes.replace`: per live connector session (by session
+    id), the routes it lost and the ones it gained under the new allowed prefixes."""
+
+    withdrawn: dict[str, tuple[Network, ...]]
+    installed: dict[str, tuple[Network, ...]]
 
 
 def flow_hash_key(packet: bytes) -> bytes:
@@ -95,21 +104,55 @@ class SiteRoutes:
         pin_timeout: float = 120.0,
         max_pins: int = 262_144,
     ) -> None:
-        self.allowed = {ident: tuple(nets) for ident, nets in allowed.items()}
+        self.allowed: dict[str, tuple[Network, ...]] = {}
         self.pin_timeout = pin_timeout
         self.max_pins = max_pins
+        self._tables = {4: _Table(32), 6: _Table(128)}
+        self._advertised: dict[RelaySession, tuple[Network, ...]] = {}
+        # Everything each connector session offered, allowed or not: when the allowed
+        # prefixes change (the control plane), its routes are decided again from this.
+        self._offered: dict[RelaySession, tuple[IPAddressRange, ...]] = {}
+        self._pins: dict[bytes, tuple[RelaySession, float]] = {}
+        self._set_allowed(allowed)
+
+    def _set_allowed(self, allowed: Mapping[str, Sequence[Network]]) -> None:
+        self.allowed = {ident: tuple(nets) for ident, nets in allowed.items()}
         self._tables = {4: _Table(32), 6: _Table(128)}
         # Every allowed prefix is a site address space, served or not (see no_connector).
         for nets in self.allowed.values():
             for net in nets:
                 self._tables[net.version].add(net, None)
-        self._advertised: dict[RelaySession, tuple[Network, ...]] = {}
-        self._pins: dict[bytes, tuple[RelaySession, float]] = {}
+
+    def replace(self, allowed: Mapping[str, Sequence[Network]]) -> Replaced:
+        """Take a new set of allowed prefixes (the whole set) at once: every live
+        connector's advertisement is decided again, so a connector whose prefixes shrink
+        loses the withdrawn routes now (its flows there move or are dropped on their next
+        packet) and one whose prefixes grow gains what it had offered. Flow pins stay:
+        :meth:`lookup` only follows a pin to a session still serving the prefix."""
+        before = dict(self._advertised)
+        offered = dict(self._offered)
+        self._set_allowed(allowed)
+        self._advertised.clear()
+        self._offered.clear()
+        for session, ranges in offered.items():
+            self.advertise(session, ranges)
+        withdrawn: dict[str, tuple[Network, ...]] = {}
+        installed: dict[str, tuple[Network, ...]] = {}
+        for session in offered:
+            old, new = set(before.get(session, ())), set(self._advertised.get(session, ()))
+            if old - new:
+                withdrawn[session.session_id] = tuple(n for n in before[session] if n not in new)
+            if new - old:
+                installed[session.session_id] = tuple(
+                    n for n in self._advertised[session] if n not in old
+                )
+        return Replaced(withdrawn, installed)
 
     # -------------------------------------------------------------- advertisements
 
     def advertise(self, session: RelaySession, ranges: Iterable[IPAddressRange]) -> Advertised:
         """Install what a connector advertised (replacing its earlier advertisement)."""
+        ranges = tuple(ranges)
         identity = session.identity
         permitted = self.allowed.get(identity.ident, ()) if identity.kind == CONNECTOR else ()
         accepted: list[Network] = []
@@ -129,6 +172,8 @@ class SiteRoutes:
                 else:
                     refused.append((str(network), f"outside what {identity} may serve"))
         self.withdraw(session)
+        if identity.kind == CONNECTOR:
+            self._offered[session] = ranges
         if accepted:
             for network in accepted:
                 self._tables[network.version].add(network, session)
@@ -139,6 +184,7 @@ class SiteRoutes:
         """Forget a connector's routes (its session ended); its flows move on their next
         packet. Returns the prefixes it had."""
         gone = self._advertised.pop(session, ())
+        self._offered.pop(session, None)
         for network in gone:
             self._tables[network.version].remove(network, session)
         return gone
