@@ -12,6 +12,11 @@ Packets travel as HTTP datagrams with context ID 0 in one of two modes per sessi
 (:class:`PacketMode`); whatever a session's mode, packets that arrive in the other form are
 accepted too, as RFC 9484 allows both at any time.
 
+Beside its session, a client may ask plain HTTP/3 questions on the same connection
+(:meth:`ClientSession.request` -> :class:`ResponseReceived` or :class:`RequestFailed`); a
+server made with ``requests=True`` hands them to its caller as :class:`RequestReceived` and
+answers with :meth:`ServerConnection.respond`. Without it, they are refused (405) as before.
+
 Events of one ``receive`` call come in wire order, so a caller that handles them in order
 sees, say, :class:`SessionRequested` before the packets of that session. Events about a
 session the caller rejected or closed earlier in the same list may still follow: ignore
@@ -32,7 +37,10 @@ from zgate_proto.session._events import (
     PacketDropped,
     PacketMode,
     PacketReceived,
+    RequestFailed,
+    RequestReceived,
     RequestRejected,
+    ResponseReceived,
     RoutesAdvertised,
     ServerEvent,
     SessionAccepted,
@@ -57,7 +65,10 @@ __all__ = [
     "PacketDropped",
     "PacketMode",
     "PacketReceived",
+    "RequestFailed",
+    "RequestReceived",
     "RequestRejected",
+    "ResponseReceived",
     "RoutesAdvertised",
     "SendStatus",
     "ServerConnection",

@@ -42,12 +42,15 @@ from zgate_proto.session._events import (
     PacketDropped,
     PacketMode,
     PacketReceived,
+    RequestFailed,
+    ResponseReceived,
     RoutesAdvertised,
     SessionAccepted,
     SessionClosed,
     SessionError,
     SessionRefused,
 )
+from zgate_proto.session._requests import PendingBody, build_request, read_status
 from zgate_proto.session._wire import (
     NO_ERRORS,
     capsule_packet,
@@ -80,6 +83,17 @@ _CLIENT_MOVES: Final[Mapping[ClientState, frozenset[ClientState]]] = {
 }
 
 
+class _Exchange:
+    """One :meth:`ClientSession.request` waiting for its response."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, limit: int) -> None:
+        self.status = 0  # no final response yet
+        self.headers: Headers = []
+        self.body = PendingBody(limit)
+
+
 class ClientSession(Endpoint[ClientEvent]):
     """One CONNECT-IP session on a client QUIC connection (sans-IO).
 
@@ -90,6 +104,10 @@ class ClientSession(Endpoint[ClientEvent]):
     §4.6); the request is built at once, so a bad authority raises ProtoError here.
     ``datagrams=False``: our QUIC connection takes no DATAGRAM frames, so HTTP datagrams
     are not offered (RFC 9297 §2.1.1) and the relay answers in STREAM mode.
+
+    Beside the session, :meth:`request` asks the relay plain HTTP/3 questions on the same
+    connection; each ends in :class:`ResponseReceived` (body up to ``max_response_body``
+    bytes) or :class:`RequestFailed`.
     """
 
     def __init__(
@@ -105,8 +123,12 @@ class ClientSession(Endpoint[ClientEvent]):
         ipproto: int | None = None,
         template: str = DEFAULT_TEMPLATE,
         datagrams: bool = True,
+        max_response_body: int = 1024 * 1024,
     ) -> None:
         self._request = build_connect_ip_request(authority, target, ipproto, template)
+        self._authority = authority.encode("ascii")
+        self._max_response_body = max_response_body
+        self._exchanges: dict[int, _Exchange] = {}
         super().__init__(
             quic,
             is_client=True,
@@ -190,6 +212,27 @@ class ClientSession(Endpoint[ClientEvent]):
             raise SessionError("capsules can be sent once the session is open")
         self._write_capsules(self._stream_id, capsules)
 
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+    ) -> int:
+        """Send a plain HTTP/3 request (``GET /.well-known/...``) on a new stream of the
+        connection, the session's or not; returns its stream ID, which the
+        :class:`ResponseReceived` or :class:`RequestFailed` that ends it carries.
+        SessionError once the connection ended, or for a bad method, path or header."""
+        if self._terminated:
+            raise SessionError("the connection has ended: no more requests")
+        section = build_request(method, self._authority, path, headers)
+        stream_id = self._quic.next_stream_id(unidirectional=False)
+        self._h3.send_headers(stream_id, section, end_stream=not body)
+        if body:
+            self._h3.send_data(stream_id, body, end_stream=True)
+        self._exchanges[stream_id] = _Exchange(self._max_response_body)
+        return stream_id
+
     def close(self) -> None:
         """End the session: FIN on the CONNECT stream (if the request was sent)."""
         if self._state is ClientState.CLOSED:
@@ -202,7 +245,9 @@ class ClientSession(Endpoint[ClientEvent]):
     # ------------------------------------------------------------------- receiving
 
     def _connection_terminated(self, event: ConnectionTerminated) -> list[ClientEvent]:
-        out: list[ClientEvent] = []
+        reason = f"the connection ended: {event.reason or 'closed'}"
+        out: list[ClientEvent] = [RequestFailed(s, reason) for s in self._exchanges]
+        self._exchanges.clear()
         if self._state in (ClientState.REQUESTED, ClientState.OPEN):
             error = event.error_code not in NO_ERRORS
             out.append(SessionClosed(self._stream_id, event.reason or "connection closed", error))
@@ -215,9 +260,71 @@ class ClientSession(Endpoint[ClientEvent]):
         for h3_event in events:
             if isinstance(h3_event, SettingsReceived):
                 self._settings(out)
-            elif isinstance(h3_event, StreamEvent) and h3_event.stream_id == self._stream_id:
+                continue
+            assert isinstance(h3_event, StreamEvent)  # the only other kind
+            if h3_event.stream_id == self._stream_id:
                 self._stream_event(h3_event, out)
+            elif h3_event.stream_id in self._exchanges:
+                self._exchange_event(h3_event, out)
         return out
+
+    def _exchange_event(self, event: StreamEvent, out: list[ClientEvent]) -> None:
+        """An event on a :meth:`request`'s stream."""
+        stream_id = event.stream_id
+        exchange = self._exchanges[stream_id]
+        if isinstance(event, HeadersReceived):
+            if not exchange.status:  # else trailers: nothing in them matters here
+                status = read_status(event.headers)
+                if not status:
+                    self._exchange_failed(stream_id, "a response without a valid :status", out)
+                    return
+                if status >= 200:  # not an interim (1xx) response
+                    exchange.status, exchange.headers = status, event.headers
+            if event.stream_ended:
+                self._exchange_data(stream_id, exchange, b"", out)
+        elif isinstance(event, DataReceived):
+            self._exchange_data(stream_id, exchange, event.data, out, ended=event.stream_ended)
+        elif isinstance(event, StreamWasReset):
+            del self._exchanges[stream_id]
+            out.append(
+                RequestFailed(
+                    stream_id, f"the relay reset the stream (error 0x{event.error_code:x})"
+                )
+            )
+        elif isinstance(event, SendingStopped) and event.error_code not in NO_ERRORS:
+            # H3_NO_ERROR only says the rest of the request is not needed (RFC 9114 §4.1.1).
+            self._exchange_failed(
+                stream_id, f"the relay refused the request (error 0x{event.error_code:x})", out
+            )
+
+    def _exchange_data(
+        self,
+        stream_id: int,
+        exchange: _Exchange,
+        data: bytes,
+        out: list[ClientEvent],
+        *,
+        ended: bool = True,
+    ) -> None:
+        if not exchange.body.add(data):
+            limit = self._max_response_body
+            self._exchange_failed(stream_id, f"a response body over {limit} bytes", out)
+            return
+        if not ended:
+            return
+        del self._exchanges[stream_id]
+        if not exchange.status:
+            out.append(RequestFailed(stream_id, "the stream ended without a final response"))
+            return
+        body = exchange.body.take()
+        out.append(ResponseReceived(stream_id, exchange.status, exchange.headers, body))
+
+    def _exchange_failed(self, stream_id: int, reason: str, out: list[ClientEvent]) -> None:
+        """Give up on a request: reset our side and ask the relay to stop sending."""
+        del self._exchanges[stream_id]
+        self._reset(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        self._stop(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+        out.append(RequestFailed(stream_id, reason))
 
     def _datagram(self, data: bytes) -> PacketDropped | PacketReceived:
         prefix = self._prefix

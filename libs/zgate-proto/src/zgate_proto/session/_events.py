@@ -24,7 +24,10 @@ __all__ = [
     "PacketDropped",
     "PacketMode",
     "PacketReceived",
+    "RequestFailed",
+    "RequestReceived",
     "RequestRejected",
+    "ResponseReceived",
     "RoutesAdvertised",
     "ServerEvent",
     "SessionAccepted",
@@ -114,6 +117,38 @@ class RequestRejected(SessionEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class RequestReceived(SessionEvent):
+    """Server (made with ``requests=True``): a complete request other than CONNECT arrived
+    (its stream ended); answer it with ``respond()``. ``method`` and ``path`` are the
+    pseudo-header fields as sent (the path with its query); ``body`` is what DATA carried."""
+
+    stream_id: int
+    method: str
+    path: str
+    headers: Headers
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived(SessionEvent):
+    """Client: the complete final response to a ``request()`` arrived (its stream ended)."""
+
+    stream_id: int
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed(SessionEvent):
+    """Client: a ``request()`` ends without a response: the relay reset or refused its
+    stream, sent a malformed or oversized response, or the connection ended."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionAccepted(SessionEvent):
     """Client: the relay answered 2xx; ``mode`` is the one packets now travel in."""
 
@@ -197,6 +232,7 @@ class ConnectionClosed(SessionEvent):
 
 ServerEvent = (
     SessionRequested
+    | RequestReceived
     | RequestRejected
     | PacketReceived
     | PacketDropped
@@ -213,5 +249,7 @@ ClientEvent = (
     | PacketReceived
     | PacketDropped
     | SessionClosed
+    | ResponseReceived
+    | RequestFailed
     | ConnectionClosed
 )

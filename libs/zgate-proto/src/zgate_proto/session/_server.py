@@ -19,6 +19,7 @@ from zgate_proto.http3 import (
     DataReceived,
     ErrorCode,
     H3Event,
+    Headers,
     HeadersReceived,
     SendingStopped,
     SettingsReceived,
@@ -33,6 +34,7 @@ from zgate_proto.session._events import (
     PacketDropped,
     PacketMode,
     PacketReceived,
+    RequestReceived,
     RequestRejected,
     RoutesAdvertised,
     ServerEvent,
@@ -40,6 +42,7 @@ from zgate_proto.session._events import (
     SessionError,
     SessionRequested,
 )
+from zgate_proto.session._requests import PendingBody, build_response, read_request_line
 from zgate_proto.session._wire import (
     NO_ERRORS,
     capsule_packet,
@@ -101,12 +104,33 @@ _OPEN = ServerSessionState.OPEN
 _CLOSED = ServerSessionState.CLOSED
 
 
+class _PlainRequest:
+    """A request other than CONNECT, collected until its stream ends, then awaiting
+    :meth:`ServerConnection.respond`."""
+
+    __slots__ = ("body", "complete", "headers", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: Headers, limit: int) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = PendingBody(limit)
+        self.complete = False
+
+    def received(self, stream_id: int) -> RequestReceived:
+        self.complete = True
+        return RequestReceived(stream_id, self.method, self.path, self.headers, self.body.take())
+
+
 class ServerConnection(Endpoint[ServerEvent]):
     """Every CONNECT-IP session on one server QUIC connection (sans-IO).
 
     Feed it every event of ``quic.next_event()`` with :meth:`receive`.
     ``datagrams=False`` stops it offering HTTP datagrams (for a QUIC connection that does
-    not accept DATAGRAM frames).
+    not accept DATAGRAM frames). ``requests=True``: requests other than CONNECT (a GET, say)
+    become :class:`RequestReceived` once complete, answered with :meth:`respond`, their
+    body limited to ``max_request_body`` bytes (413 beyond); without it they are refused
+    with 405, as every request but CONNECT-IP is.
     """
 
     def __init__(
@@ -116,6 +140,8 @@ class ServerConnection(Endpoint[ServerEvent]):
         max_capsule_size: int = 65536 + 64,
         max_stream_backlog: int = 256 * 1024,
         datagrams: bool = True,
+        requests: bool = False,
+        max_request_body: int = 16 * 1024,
     ) -> None:
         super().__init__(
             quic,
@@ -125,6 +151,9 @@ class ServerConnection(Endpoint[ServerEvent]):
             max_stream_backlog=max_stream_backlog,
         )
         self._sessions: dict[int, _ServerSession] = {}
+        self._serve_requests = requests
+        self._max_request_body = max_request_body
+        self._plain: dict[int, _PlainRequest] = {}
         # Request-stream events that came before the client's SETTINGS, whose
         # SETTINGS_H3_DATAGRAM the mode depends on (a lost packet can hold the control
         # stream back); replayed when they come, or at once past _MAX_PARKED bytes.
@@ -188,6 +217,29 @@ class ServerConnection(Endpoint[ServerEvent]):
             return
         session.move(_CLOSED)
         self._refuse(stream_id, status)
+
+    def respond(
+        self,
+        stream_id: int,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+    ) -> None:
+        """Answer a :class:`RequestReceived` with a final ``status``, ``headers`` (regular
+        fields; ``content-length`` is added) and ``body``, and end the stream. Does nothing
+        if the peer cancelled the request meanwhile; SessionError if there is no complete
+        request on the stream, or for a bad status or header name."""
+        request = self._plain.get(stream_id)
+        if request is None:
+            return
+        if not request.complete:
+            raise SessionError(f"the request on stream {stream_id} has not been received yet")
+        section = build_response(status, headers, body)
+        del self._plain[stream_id]
+        with quietly():
+            self._h3.send_headers(stream_id, section, end_stream=not body)
+            if body:
+                self._h3.send_data(stream_id, body, end_stream=True)
 
     def _requested(self, stream_id: int) -> _ServerSession | None:
         session = self._sessions.get(stream_id)
@@ -288,15 +340,20 @@ class ServerConnection(Endpoint[ServerEvent]):
             session = self._sessions.get(event.stream_id)
             if session is not None:
                 self._data(session, event.data, event.stream_ended, out)
+            elif event.stream_id in self._plain:
+                self._plain_data(event.stream_id, event.data, event.stream_ended, out)
         elif isinstance(event, HeadersReceived):
             self._headers(event, out)
         elif isinstance(event, StreamWasReset):
+            self._plain.pop(event.stream_id, None)  # a cancelled request needs no answer
             session = self._sessions.pop(event.stream_id, None)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
                 self._reset(event.stream_id, ErrorCode.H3_REQUEST_CANCELLED)
                 out.append(reset_closed(event.stream_id, "peer", event.error_code))
         elif isinstance(event, SendingStopped):
+            if self._plain.pop(event.stream_id, None) is not None:
+                self._reset(event.stream_id, event.error_code)  # it wants no answer
             session = self._sessions.get(event.stream_id)
             if session is not None and session.state is not _CLOSED:
                 session.move(_CLOSED)
@@ -310,15 +367,17 @@ class ServerConnection(Endpoint[ServerEvent]):
             if event.stream_ended:
                 self._data(session, b"", True, out)
             return
+        if stream_id in self._plain:  # a plain request's trailers
+            if event.stream_ended:
+                self._plain_data(stream_id, b"", True, out)
+            return
         try:
             parse_connect_ip_request(event.headers)
         except RequestError as exc:
-            self._refuse(stream_id, exc.status, peer_done=event.stream_ended)
-            if not event.stream_ended:
-                closed = _ServerSession(stream_id, PacketMode.STREAM, 0)
-                closed.state = _CLOSED
-                self._sessions[stream_id] = closed
-            out.append(RequestRejected(stream_id, exc.status, exc.reason, str(exc)))
+            if self._serve_requests and exc.reason == "bad_method":
+                self._plain_request(event, out)
+            else:
+                self._rejected(stream_id, exc, event.stream_ended, out)
             return
         asked = mode_header(event.headers)
         if asked is PacketMode.STREAM or not self._h3.peer_supports_datagrams():
@@ -331,6 +390,42 @@ class ServerConnection(Endpoint[ServerEvent]):
         out.append(SessionRequested(stream_id, event.headers, mode))
         if event.stream_ended:
             self._data(session, b"", True, out)
+
+    def _rejected(
+        self, stream_id: int, exc: RequestError, ended: bool, out: list[ServerEvent]
+    ) -> None:
+        """Answer a request we refuse; what else its peer sends on the stream is ignored."""
+        self._refuse(stream_id, exc.status, peer_done=ended)
+        if not ended:
+            closed = _ServerSession(stream_id, PacketMode.STREAM, 0)
+            closed.state = _CLOSED
+            self._sessions[stream_id] = closed
+        out.append(RequestRejected(stream_id, exc.status, exc.reason, str(exc)))
+
+    def _plain_request(self, event: HeadersReceived, out: list[ServerEvent]) -> None:
+        """A request other than CONNECT, for the caller (``requests=True``)."""
+        try:
+            method, path = read_request_line(event.headers)
+        except RequestError as exc:
+            self._rejected(event.stream_id, exc, event.stream_ended, out)
+            return
+        request = _PlainRequest(method, path, event.headers, self._max_request_body)
+        self._plain[event.stream_id] = request
+        if event.stream_ended:
+            out.append(request.received(event.stream_id))
+
+    def _plain_data(self, stream_id: int, data: bytes, ended: bool, out: list[ServerEvent]) -> None:
+        request = self._plain[stream_id]  # incomplete: nothing follows the FIN
+        if not request.body.add(data):
+            del self._plain[stream_id]
+            too_large = RequestError(
+                f"request body over {self._max_request_body} bytes",
+                status=413,
+                reason="body_too_large",
+            )
+            self._rejected(stream_id, too_large, ended, out)
+        elif ended:
+            out.append(request.received(stream_id))
 
     def _data(
         self, session: _ServerSession, data: bytes, ended: bool, out: list[ServerEvent]
@@ -375,5 +470,6 @@ class ServerConnection(Endpoint[ServerEvent]):
             if session.state is not _CLOSED
         ]
         self._sessions.clear()
+        self._plain.clear()
         out.append(connection_closed(event))
         return out
