@@ -1,5 +1,6 @@
-"""The relay's audit log writer: lines field by field, rotation, overflow accounting with a
-writer held up on purpose, write failures, and close flushing the backlog."""
+"""The relay's audit log writer: lines field by field, the hash chain (continued across
+restarts and rotation, or started anew), overflow accounting with a writer held up on purpose,
+write failures, and close flushing the backlog."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from zgate_cli.main import main as zgate
 from zgate_policy.audit import AuthRefused, PolicyLoaded
+from zgate_policy.chain import CHAIN_FIELDS, GENESIS, record_hash, verify_lines
+from zgate_relay import audit as audit_module
 from zgate_relay.audit import AuditLog
 
 TS = datetime(2026, 5, 6, 7, 8, 9, 10_000, tzinfo=UTC)
@@ -28,6 +32,11 @@ def event(n: int) -> AuthRefused:
 
 def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def unchained(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's own fields, without the chain's."""
+    return {k: v for k, v in record.items() if k not in CHAIN_FIELDS}
 
 
 class BlockingStream(io.StringIO):
@@ -60,7 +69,7 @@ def test_records_are_written_field_by_field(tmp_path: Path) -> None:
     finally:
         audit.close(10)
     first, second = lines(path)
-    assert first == {
+    assert unchained(first) == {
         "ts": "2026-05-06T07:08:09.010Z",
         "event": "policy.loaded",
         "relay": "relay-a",
@@ -68,7 +77,7 @@ def test_records_are_written_field_by_field(tmp_path: Path) -> None:
         "source": "file",
         "rules": 3,
     }
-    assert second == {
+    assert unchained(second) == {
         "ts": "2026-05-06T07:08:09.010Z",
         "event": "auth.refused",
         "relay": "relay-a",
@@ -78,16 +87,32 @@ def test_records_are_written_field_by_field(tmp_path: Path) -> None:
     }
     assert stdout.getvalue() == path.read_text()
     assert (audit.written, audit.dropped, audit.failed) == (2, 0, 0)
+    # Each line ends in its chain fields, in the contract's order.
+    assert list(first)[-5:] == list(CHAIN_FIELDS)
+    assert (first["chain"], first["seq"], first["prev"]) == (audit.chain, 1, GENESIS)
+    assert (second["chain"], second["seq"], second["prev"]) == (audit.chain, 2, first["hash"])
+    assert first["hash"] == record_hash(first) and second["hash"] == record_hash(second)
+    assert first["id"] != second["id"]
     assert stat.S_IMODE(path.stat().st_mode) & 0o007 == 0  # not world-readable
 
 
-def test_appends_to_an_existing_file(tmp_path: Path) -> None:
+def test_appends_to_an_existing_file_starting_a_new_chain_after_an_unchained_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text('{"old":true}\n')
-    audit = AuditLog("relay-a", path=path)
+    with caplog.at_level(logging.WARNING, logger="zgate.relay.audit"):
+        audit = AuditLog("relay-a", path=path)
     audit.emit(event(1))
     audit.close(10)
-    assert [r.get("old") for r in lines(path)] == [True, None]
+    old, new = lines(path)
+    assert old == {"old": True}
+    assert (new["chain"], new["seq"], new["prev"]) == (audit.chain, 1, GENESIS)
+    assert (
+        "its last line cannot be continued (unchained record: no id, chain, seq, prev, hash)"
+        in caplog.text
+    )
+    assert f"starting a new hash chain {audit.chain}" in caplog.text
 
 
 def test_reopen_after_rotation_writes_to_the_new_file(tmp_path: Path) -> None:
@@ -107,6 +132,11 @@ def test_reopen_after_rotation_writes_to_the_new_file(tmp_path: Path) -> None:
         audit.close(10)
     assert [r["detail"] for r in lines(rotated)] == ["attempt 1", "attempt 2"]
     assert [r["detail"] for r in lines(path)] == ["attempt 3"]
+    # The new file goes on with the running chain: both files together are one chain.
+    assert [r["seq"] for r in lines(path)] == [3]
+    both = verify_lines([*rotated.read_text().splitlines(), *path.read_text().splitlines()])
+    [group] = both.groups
+    assert both.ok and (group.records, group.first_seq, group.last_seq) == (3, 1, 3)
 
 
 def test_a_failed_reopen_keeps_the_old_file(
@@ -159,13 +189,15 @@ def test_overflow_is_counted_logged_and_recorded(caplog: pytest.LogCaptureFixtur
         audit.close(10)
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [r["detail"] for r in records[:5]] == [f"attempt {n}" for n in range(5)]
-    assert records[5] == {
+    assert unchained(records[5]) == {
         "ts": "2026-05-06T07:09:00.000Z",
         "event": "audit.overflow",
         "relay": "relay-a",
         "dropped": 4,
     }
     assert len(records) == 6
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]  # the overflow record is linked too
+    assert verify_lines(stream.getvalue().splitlines()).ok
     assert audit.dropped == 4 and audit.written == 6
 
 
@@ -203,3 +235,146 @@ def test_needs_a_sink() -> None:
 def test_an_unwritable_path_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         AuditLog("relay-a", path=tmp_path / "missing" / "audit.jsonl")
+
+
+# --- the hash chain across restarts ----------------------------------------------------
+
+
+def write_events(path: Path | None, *numbers: int, stream: io.StringIO | None = None) -> str:
+    """Open an audit log, write ``numbers``, close it; the chain it wrote."""
+    audit = AuditLog("relay-a", path=path, stream=stream)
+    try:
+        for n in numbers:
+            assert audit.emit(event(n))
+    finally:
+        audit.close(10)
+    return audit.chain
+
+
+def test_a_restart_continues_the_chain_of_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = write_events(path, 1, 2, 3)
+    with caplog.at_level(logging.INFO, logger="zgate.relay.audit"):
+        second = write_events(path, 4, 5)
+    assert first == second
+    assert f"continuing chain {first} after seq 3" in caplog.text
+    report = verify_lines(path.read_text().splitlines())
+    assert report.ok
+    [group] = report.groups
+    assert (group.relay, group.chain, group.records) == ("relay-a", first, 5)
+    assert (group.first_seq, group.last_seq, group.notes) == (1, 5, [])
+
+
+def test_missing_or_empty_files_start_a_new_chain_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    with caplog.at_level(logging.WARNING, logger="zgate.relay.audit"):
+        chains = {write_events(tmp_path / "new.jsonl", 1), write_events(empty, 1)}
+    assert len(chains) == 2 and not caplog.records
+    assert [r["seq"] for r in lines(empty)] == [1]
+
+
+def test_without_a_file_the_chain_runs_in_memory() -> None:
+    stdout = io.StringIO()
+    chain = write_events(None, 1, 2, stream=stdout)
+    records = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert [(r["chain"], r["seq"]) for r in records] == [(chain, 1), (chain, 2)]
+    assert verify_lines(stdout.getvalue().splitlines()).ok
+    assert write_events(None, 3, stream=io.StringIO()) != chain  # nothing to continue
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [
+        (
+            '{"ts":"2026-05-06T07:08:09.010Z","event":"x"\n',
+            "its last line cannot be continued (not JSON",
+        ),
+        (
+            "[1, 2]\n",
+            "its last line cannot be continued (unchained record: a JSON list, not an object)",
+        ),
+        ('{"partial', "it has no complete line, only a partial one"),
+    ],
+)
+def test_an_unusable_end_starts_a_new_chain_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, tail: str, why: str
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text(tail)
+    with caplog.at_level(logging.WARNING, logger="zgate.relay.audit"):
+        chain = write_events(path, 1)
+    assert f"audit log {path}: {why}" in caplog.text
+    assert f"starting a new hash chain {chain}" in caplog.text
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert (last["chain"], last["seq"]) == (chain, 1)
+
+
+def test_a_torn_last_line_is_left_alone_and_the_chain_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    chain = write_events(path, 1, 2)
+    with path.open("a") as f:
+        f.write('{"ts":"2026-05-06T07:08:09.010Z","event":"auth.ref')  # a crash mid-write
+    assert write_events(path, 3) == chain
+    text = path.read_text().splitlines()
+    assert text[2].endswith('"event":"auth.ref')  # the torn line is on a line of its own
+    report = verify_lines(text)
+    [group] = report.groups
+    assert group.ok and (group.records, group.last_seq) == (3, 3)
+    assert [(p.position, p.problem[:8]) for p in report.unchained] == [(3, "not JSON")]
+
+
+def test_the_end_is_read_in_pieces_from_the_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit_module, "_TAIL_CHUNK", 64)  # a record spans several reads
+    monkeypatch.setattr(audit_module, "_TAIL_LIMIT", 1024)
+    path = tmp_path / "audit.jsonl"
+    chain = write_events(path, *range(20))
+    with path.open("a") as f:
+        f.write("\n\n")  # blank lines at the end are no record
+    assert write_events(path, 20) == chain
+    assert verify_lines(path.read_text().splitlines()).groups[0].last_seq == 21
+    with path.open("a") as f:
+        f.write("x" * 2000 + "\n")  # longer than the limit: not read to its start
+    with caplog.at_level(logging.WARNING, logger="zgate.relay.audit"):
+        assert write_events(path, 21) != chain
+    assert "it has no complete line in its last 1024 bytes" in caplog.text
+
+
+def test_a_huge_file_is_not_read_to_continue_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with path.open("wb") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse: reading it all would take seconds
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
+    chain = write_events(path, 1)
+    assert write_events(path, 2) == chain
+    with path.open("rb") as f:
+        f.seek(-4096, os.SEEK_END)
+        tail = f.read().split(b"\n")[-3:-1]
+    assert [json.loads(line)["seq"] for line in tail] == [1, 2]
+
+
+def test_verify_finds_a_deleted_and_an_edited_line_across_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_events(path, 1, 2, 3)
+    write_events(path, 4, 5, 6)
+    assert zgate(["audit", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "6 records, seq 1-6: OK" in out
+    text = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(text[:3] + text[4:]))  # line 4 deleted
+    assert zgate(["audit", "verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "line 4: seq 5: deleted: seq jumps from 3 to 5, 1 record missing" in out
+    text[1] = text[1].replace("attempt 2", "attempt 9")  # line 2 edited
+    path.write_text("".join(text))
+    assert zgate(["audit", "verify", str(path)]) == 1
+    assert "line 2: seq 2: altered" in capsys.readouterr().out
