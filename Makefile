@@ -42,7 +42,7 @@ DOCKER ?= $(shell if docker buildx version >/dev/null 2>&1 || [ ! -x /usr/bin/do
 # The images' base, built from the Debian archive by scripts/make-base-image (no registry needed).
 BASE_IMAGE ?= zgate-base:bookworm
 IMAGE_TAG ?= dev
-IMAGES := relay agent connector
+IMAGES := relay agent connector control
 
 .PHONY: help bootstrap sync certs clean-certs demo test coverage e2e bench lint fmt \
 	all relay agent clean docker base-image up down dev-up dev-down logs-relay logs-agent \
@@ -134,16 +134,16 @@ clean: ## remove dist/, build/ and the tool caches (not .zgate: see clean-certs)
 base-image: ## [root] the images' base from the Debian archive (kept if present; FORCE=1 rebuilds)
 	DOCKER=$(DOCKER) scripts/make-base-image $(BASE_IMAGE)
 
-docker: base-image ## the relay, agent and connector images (zgate-*:dev, BuildKit, local base)
+docker: base-image ## the relay, agent, connector and control images (zgate-*:dev, BuildKit, local base)
 	@for image in $(IMAGES); do \
 		echo "== zgate-$$image:$(IMAGE_TAG)"; \
 		DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg PYTHON_IMAGE=$(BASE_IMAGE) \
 			-f services/$$image/Dockerfile -t zgate-$$image:$(IMAGE_TAG) .; \
 	done
 
-up: certs ## start relay, agent and the "internet" host (compose -p zgate; images: make docker)
-	@$(DOCKER) image inspect zgate-relay:$(IMAGE_TAG) zgate-agent:$(IMAGE_TAG) >/dev/null 2>&1 \
-		|| { echo "no zgate-relay/zgate-agent:$(IMAGE_TAG) images: run make docker (or make dev-up)" >&2; exit 1; }
+up: certs ## start relay, agent, control and the "internet" host (compose -p zgate; images: make docker)
+	@$(DOCKER) image inspect zgate-relay:$(IMAGE_TAG) zgate-agent:$(IMAGE_TAG) zgate-control:$(IMAGE_TAG) >/dev/null 2>&1 \
+		|| { echo "no zgate-relay/zgate-agent/zgate-control:$(IMAGE_TAG) images: run make docker (or make dev-up)" >&2; exit 1; }
 	@mkdir -p .zgate/www
 	$(COMPOSE_CMD) up -d --no-build
 

@@ -119,6 +119,22 @@ IMAGES = (
 )
 IMAGE_IDS = [image.compose_service for image in IMAGES]
 
+# The control plane's image: built the same way, but no tunnel endpoint (no capability, device,
+# PKI mount or apt package), so only the build and entrypoint tests run over it too.
+CONTROL_IMAGE = ServiceImage(
+    member_dir="services/control",
+    package="zgate-control",
+    entrypoint="zgate-control",
+    cmd=("serve", "--listen", "0.0.0.0:8080"),
+    apt_packages=frozenset(),
+    exposed=frozenset({"8080/tcp"}),
+    compose_service="control",
+    address="",
+    pki_files=(),
+)
+BUILT_IMAGES = (*IMAGES, CONTROL_IMAGE)
+BUILT_IDS = [image.compose_service for image in BUILT_IMAGES]
+
 YAML_FILES = (
     "compose.yaml",
     ".github/workflows/ci.yml",
@@ -412,7 +428,7 @@ def test_dashboard_is_json_with_unique_panel_ids() -> None:
 # --- tests: Dockerfiles --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
+@pytest.mark.parametrize("image", BUILT_IMAGES, ids=BUILT_IDS)
 def test_dockerfile_builds_from_python_311_slim_in_two_stages(image: ServiceImage) -> None:
     path = ROOT / image.member_dir / "Dockerfile"
     stages = dockerfile_stages(path)
@@ -425,7 +441,7 @@ def test_dockerfile_builds_from_python_311_slim_in_two_stages(image: ServiceImag
     assert "astral.sh" not in path.read_text()
 
 
-@pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
+@pytest.mark.parametrize("image", BUILT_IMAGES, ids=BUILT_IDS)
 def test_dockerfile_syncs_frozen_dependencies_then_the_member(image: ServiceImage) -> None:
     builder = dockerfile_stages(ROOT / image.member_dir / "Dockerfile")[0]
     syncs = uv_syncs(builder)
@@ -443,7 +459,7 @@ def test_dockerfile_syncs_frozen_dependencies_then_the_member(image: ServiceImag
     assert "--no-install-workspace" not in project_sync
 
 
-@pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
+@pytest.mark.parametrize("image", BUILT_IMAGES, ids=BUILT_IDS)
 def test_dockerfile_copies_exactly_the_members_the_package_needs(image: ServiceImage) -> None:
     builder = dockerfile_stages(ROOT / image.member_dir / "Dockerfile")[0]
     (first, _), (second, _) = uv_syncs(builder)
@@ -498,7 +514,7 @@ def test_dockerfile_builds_without_a_registry_frontend_and_keeps_state(path: Pat
     assert [json.loads(i.args) for i in final if i.keyword == "VOLUME"] == [["/var/lib/zgate"]]
 
 
-@pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
+@pytest.mark.parametrize("image", BUILT_IMAGES, ids=BUILT_IDS)
 def test_entrypoint_is_the_members_console_script(image: ServiceImage) -> None:
     final = dockerfile_stages(ROOT / image.member_dir / "Dockerfile")[1]
     entrypoints = [json.loads(i.args) for i in final if i.keyword == "ENTRYPOINT"]
@@ -535,7 +551,14 @@ def test_check_dockerfiles_script_is_strict_and_executable() -> None:
 
 
 def test_compose_has_the_lab_services() -> None:
-    assert set(compose()["services"]) == {"relay", "agent", "internet", "prometheus", "grafana"}
+    assert set(compose()["services"]) == {
+        "relay",
+        "agent",
+        "control",
+        "internet",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_compose_file_suits_compose_1_29() -> None:
@@ -550,7 +573,7 @@ def test_compose_monitoring_is_behind_a_profile() -> None:
     services = compose()["services"]
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"]
-    for name in ("relay", "agent", "internet"):
+    for name in ("relay", "agent", "control", "internet"):
         assert "profiles" not in services[name]
         assert str(services[name]["image"]).startswith("zgate-")
 
@@ -630,6 +653,22 @@ def test_compose_internet_is_test_net_3_behind_the_relay_only() -> None:
     assert "ports" not in internet and "cap_add" not in internet
 
 
+def test_compose_control_plane_keeps_its_state_in_a_named_volume() -> None:
+    data = compose()
+    service = data["services"]["control"]
+    assert service["build"] == {"context": ".", "dockerfile": "services/control/Dockerfile"}
+    assert str(service["image"]).startswith("zgate-control:")
+    # Runs as the image's non-root user: nothing of the tunnel endpoints' privileges.
+    for key in ("cap_add", "devices", "sysctls", "privileged", "user"):
+        assert key not in service, key
+    (volume,) = service["volumes"]
+    name, target = volume.split(":")
+    assert target == "/var/lib/zgate" and name in data["volumes"], "state in a named volume"
+    assert service["ports"] == ["127.0.0.1:8080:8080/tcp"], "the API stays on loopback"
+    assert published_ports(service) == CONTROL_IMAGE.exposed
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+
+
 def test_compose_monitoring_mounts_the_deploy_files() -> None:
     services = compose()["services"]
     prometheus = bind_mounts(services["prometheus"])
@@ -661,7 +700,11 @@ def test_prometheus_scrapes_each_services_metrics_port() -> None:
         f"{image.compose_service}:{metrics_port(services[image.compose_service]['command'])}"
         for image in IMAGES
     }
-    assert targets == expected == {"relay:9101", "agent:9102"}
+    # The control plane serves /metrics on its API port (the image's --listen).
+    listen = option_value(list(CONTROL_IMAGE.cmd), "--listen")
+    assert listen
+    expected.add(f"control:{listen.rpartition(':')[2]}")
+    assert targets == expected == {"relay:9101", "agent:9102", "control:8080"}
 
 
 def test_prometheus_rule_files_are_mounted() -> None:
@@ -689,7 +732,7 @@ def test_prometheus_rules_use_exported_metrics() -> None:
         ('zgate_relay_packets_total{direction="inbound"}', "", "is not one of"),
         ("sum by (client) (zgate_agent_connected)", "", "grouping by unknown label"),
         ("sum by (direction) (zgate_agent_bytes_total)", "{{reason}}", "legend uses"),
-        ('up{job="zgate-control"}', "", "is not scraped"),
+        ('up{job="zgate-console"}', "", "is not scraped"),
         ("vector(1)", "", "no zgate metric"),
     ],
 )
@@ -810,7 +853,7 @@ def test_workflow_installs_uv_with_pip_and_syncs_frozen() -> None:
 
 def test_workflow_pins_the_dockerfiles_uv() -> None:
     version = workflow()["env"]["UV_VERSION"]
-    for image in IMAGES:
+    for image in BUILT_IMAGES:
         assert dockerfile_args_in_stage(image, "UV_VERSION") == version
 
 
