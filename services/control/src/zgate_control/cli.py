@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -129,6 +132,8 @@ def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> 
     settings = load_settings(ControlSettings, args.config, flags)
     if not settings.database_url:
         ensure_state_dir(settings.state_dir)
+        # The embedded database holds the CA's private key: nobody else may read it.
+        os.umask(0o077)
     return settings
 
 
@@ -159,10 +164,15 @@ def _serve(args: argparse.Namespace) -> int:
         },
     )
     configure_logging("zgate-control", level=settings.log_level, json=settings.log_format == "json")
+    _quiet_libraries()
     db = _database(settings)
     try:
         if settings.migrate:
+            before = db.current_revision()
             db.upgrade()
+            after = db.current_revision()
+            if before != after:
+                log.info("database migrated", extra={"from": before or "empty", "to": after})
         _require_current(db)
         created = first_start(
             db, trust_domain=settings.trust_domain, bootstrap_token=settings.bootstrap_token
@@ -177,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         host, port = settings.listen_address
+        listener = _listen(host, port)
         log.info(
             "serving",
             extra={
@@ -187,20 +198,56 @@ def _serve(args: argparse.Namespace) -> int:
         )
         config = uvicorn.Config(
             create_app(settings, db),
-            host=host,
-            port=port,
             log_config=None,
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
-        server.run()
-        if not server.started:
-            raise _Usage(f"could not listen on {host}:{port} (--listen): see the log above")
+        # uvicorn re-raises the stop signal once it has shut down; with this handler in place
+        # that lands here instead of killing the process, so a SIGTERM stop exits 0.
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        with listener:
+            server.run(sockets=[listener])
     finally:
         db.dispose()
     return 0
+
+
+class _NoColour(logging.Filter):
+    """Drops uvicorn's ANSI-coloured copy of each message from our structured logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+def _quiet_libraries() -> None:
+    # Alembic narrates every migration context at info; our own line says what changed.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_NoColour())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy or wrong address is one clear error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _Usage(f"cannot listen on {host}:{port} (--listen): {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise _Usage(
+            f"could not listen on {host}:{port} (--listen): {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
