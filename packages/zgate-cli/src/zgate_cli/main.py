@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import audit_cmd, pki_cmd, policy_cmd
+from . import audit_cmd, ctl, pki_cmd, policy_cmd
 
 __all__ = ["build_parser", "main", "run_parser"]
 
@@ -18,6 +18,7 @@ COMMAND_GROUPS: Final[tuple[Registrar, ...]] = (
     pki_cmd.register,
     policy_cmd.register,
     audit_cmd.register,
+    ctl.register,
 )
 
 

@@ -1,0 +1,78 @@
+"""The failures `zgate ctl` reports, each with its exit status and an actionable message."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = ["ApiError", "ConnectionFailed", "CtlError", "UsageError", "render_problem"]
+
+
+class CtlError(Exception):
+    """Base of every `zgate ctl` failure; ``str()`` is the message after ``zgate ctl: ``."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class UsageError(CtlError):
+    """Bad arguments or configuration (exit status 2)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class ConnectionFailed(CtlError):
+    """The control plane could not be reached (exit status 1)."""
+
+
+def _location(error: dict[str, Any]) -> str:
+    line, column = error.get("line"), error.get("column")
+    if isinstance(line, int) and line > 0:
+        return f"{line}:{column}" if isinstance(column, int) and column > 0 else str(line)
+    field = error.get("field") or error.get("path")
+    return str(field) if field else ""
+
+
+def _error_line(error: Any) -> str:
+    if not isinstance(error, dict):
+        return f"  {error}"
+    where = _location(error)
+    message = error.get("message") or error.get("problem") or error.get("detail") or ""
+    return f"  {where}: {message}" if where else f"  {message}"
+
+
+def _test_line(test: Any) -> str:
+    if not isinstance(test, dict):
+        return f"  test: {test}"
+    where = _location(test)
+    text = test.get("message") or test.get("describe") or test.get("detail") or ""
+    if not text:
+        text = ", ".join(f"{k}={v}" for k, v in test.items() if k not in ("line", "column"))
+    return f"  {where}: FAIL {text}" if where else f"  FAIL {text}"
+
+
+def render_problem(problem: dict[str, Any], status: int) -> list[str]:
+    """The lines of an RFC 9457 problem: ``<title>: <detail>`` then one line per entry of its
+    ``errors`` (``line:column: message`` for policies, ``field: message`` otherwise) and of
+    its failed ``tests``."""
+    title = str(problem.get("title") or f"HTTP {status}")
+    detail = problem.get("detail")
+    lines = [f"{title}: {detail}" if detail else title]
+    errors = problem.get("errors")
+    if isinstance(errors, list):
+        lines.extend(_error_line(e) for e in errors)
+    tests = problem.get("tests")
+    if isinstance(tests, list):
+        lines.extend(_test_line(t) for t in tests if not (isinstance(t, dict) and t.get("passed")))
+    return lines
+
+
+class ApiError(CtlError):
+    """The control plane refused or failed a request: its problem document and a hint."""
+
+    def __init__(self, status: int, problem: dict[str, Any], hint: str | None = None) -> None:
+        self.status = status
+        self.problem = problem
+        self.hint = hint
+        lines = render_problem(problem, status)
+        if hint:
+            lines.append(hint)
+        super().__init__("\n".join(lines))
