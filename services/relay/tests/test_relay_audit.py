@@ -10,14 +10,15 @@ import logging
 import os
 import stat
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from zgate_cli.main import main as zgate
-from zgate_policy.audit import AuthRefused, PolicyLoaded
+from zgate_policy.audit import AuditEvent, AuthRefused, PolicyLoaded
 from zgate_policy.chain import CHAIN_FIELDS, GENESIS, record_hash, verify_lines
 from zgate_relay import audit as audit_module
 from zgate_relay.audit import AuditLog
@@ -378,3 +379,41 @@ def test_verify_finds_a_deleted_and_an_edited_line_across_a_restart(
     path.write_text("".join(text))
     assert zgate(["audit", "verify", str(path)]) == 1
     assert "line 2: seq 2: altered" in capsys.readouterr().out
+
+
+def test_a_fifo_is_not_read_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "audit.fifo"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # so that opening it to write works
+    with os.fdopen(reader, "rb") as pipe:
+        chain = write_events(path, 1)  # would block if it tried to read the FIFO's end
+        record = json.loads(pipe.read())
+    assert (record["chain"], record["seq"]) == (chain, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Unwritable(AuditEvent):
+    """An event with a field JSON cannot take (a bug the writer must survive)."""
+
+    EVENT: ClassVar[str] = "test.unwritable"
+
+    thing: object
+
+
+def test_an_event_that_cannot_be_serialized_is_counted_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog("relay-a", path=path)
+    try:
+        with caplog.at_level(logging.ERROR, logger="zgate.relay.audit"):
+            audit.emit(event(1))
+            audit.emit(Unwritable(TS, "relay-a", object()))
+            audit.emit(event(2))
+            assert audit.flush(10)
+    finally:
+        audit.close(10)
+    assert (audit.written, audit.failed) == (2, 1)
+    assert "cannot be written" in caplog.text
+    assert [r["seq"] for r in lines(path)] == [1, 2]  # the chain has no hole for it
+    assert verify_lines(path.read_text().splitlines()).ok

@@ -167,12 +167,12 @@ class AuditLog:
 
     def _resume_chain(self) -> Chainer:
         """The chain continuing the existing file's last record, or a new one."""
-        if self.path is None:
+        # Only a regular file has an end to read: a FIFO would block the start, a device
+        # (``/dev/stdout``) has no records of ours.
+        if self.path is None or not self.path.is_file():
             return Chainer.new()
         try:
             found = _last_complete_line(self.path)
-        except FileNotFoundError:
-            return Chainer.new()
         except OSError as exc:
             return self._new_chain(f"cannot read its end ({exc})")
         if found is None:
@@ -302,6 +302,8 @@ class AuditLog:
 
 def _ends_mid_line(path: Path) -> bool:
     """Whether the file at ``path`` is non-empty and its last byte is not a newline."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
