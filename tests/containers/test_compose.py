@@ -1,16 +1,17 @@
 """The compose lab, for real: images built here, containers started, traffic through the tunnel.
 
 What it does, in order (one lab for the module, always torn down):
-  1. scripts/make-base-image (kept when present), then the relay, agent and connector images
-     with BuildKit on that base (`--build-arg PYTHON_IMAGE=zgate-base:bookworm`);
+  1. scripts/make-base-image (kept when present), then the relay, agent, connector and control
+     images with BuildKit on that base (`--build-arg PYTHON_IMAGE=zgate-base:bookworm`);
   2. a PKI in a temporary project directory (`zgate pki init` / `zgate pki issue client agent`)
      and a file of random bytes for the "internet" host (203.0.113.100, TEST-NET-3) to serve;
   3. `compose -p <unique> up` of compose.yaml itself with that project directory, then waits
      for health and the tunnel by polling against deadlines;
   4. proves: the agent pings the internet host and downloads the file through the tunnel with
      the right sha256, over IPv4 and IPv6 (2001:db8:203::100); both /metrics answer on their
-     published loopback ports; Debian's Prometheus, scraping a copy of deploy/prometheus.yml
-     aimed at those ports, sees every target up and the series the Grafana dashboard draws;
+     published loopback ports, and the control plane's /healthz and /metrics on its own;
+     Debian's Prometheus, scraping a copy of deploy/prometheus.yml aimed at those ports, sees
+     every target up and the series the Grafana dashboard draws;
   5. `compose down -v`, and nothing of it is left: containers, networks, volumes, network
      namespaces, nftables tables or TUN devices on the host.
 
@@ -52,8 +53,8 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE") or "zgate-base:bookworm"
 IMAGE_TAG = "dev"  # the tags compose.yaml runs
-IMAGES = ("relay", "agent", "connector")
-LAB_SERVICES = ("relay", "agent", "internet")
+IMAGES = ("relay", "agent", "connector", "control")
+LAB_SERVICES = ("relay", "agent", "control", "internet")
 RELAY_ADDRESS = "172.28.0.10"
 INTERNET_HOST = "203.0.113.100"
 INTERNET_HOST6 = "2001:db8:203::100"
@@ -523,6 +524,17 @@ def test_metrics_endpoints_answer_on_loopback(lab: Lab) -> None:
     agent_metrics = http_get(f"http://{agent}/metrics").decode()
     assert re.search(r"^zgate_relay_sessions 1(\.0)?$", relay_metrics, re.MULTILINE)
     assert re.search(r"^zgate_agent_connected 1(\.0)?$", agent_metrics, re.MULTILINE)
+
+
+def test_control_plane_answers_health_and_metrics_on_loopback(lab: Lab) -> None:
+    control = lab.published("control", 8080)
+    assert control.startswith("127.0.0.1:")
+    assert json.loads(http_get(f"http://{control}/healthz")) == {"status": "ok"}
+    metrics = http_get(f"http://{control}/metrics").decode()
+    assert re.search(r"^# TYPE zgate_control_\w+ ", metrics, re.MULTILINE), metrics[:2000]
+    # Its SQLite database lives in the named volume, written by the image's non-root user.
+    owner = lab.exec("control", "stat", "-c", "%u", "/var/lib/zgate/control/control.db").stdout
+    assert owner.strip() == "10001"
 
 
 def prometheus_config(lab: Lab) -> dict[str, Any]:
