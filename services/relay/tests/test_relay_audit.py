@@ -417,3 +417,20 @@ def test_an_event_that_cannot_be_serialized_is_counted_and_skipped(
     assert "cannot be written" in caplog.text
     assert [r["seq"] for r in lines(path)] == [1, 2]  # the chain has no hole for it
     assert verify_lines(path.read_text().splitlines()).ok
+
+
+def test_an_unreadable_end_starts_a_new_chain_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write_events(path, 1)
+
+    def unreadable(path: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    # Root (as tests often run) reads any file: the refusal is simulated where it is read.
+    monkeypatch.setattr(audit_module, "_last_complete_line", unreadable)
+    with caplog.at_level(logging.WARNING, logger="zgate.relay.audit"):
+        chain = write_events(path, 2)
+    assert f"audit log {path}: cannot read its end ([Errno 13] Permission denied" in caplog.text
+    assert json.loads(path.read_text().splitlines()[-1])["chain"] == chain
