@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zgate_policy.chain import (
@@ -279,6 +279,7 @@ def different(value: Any) -> Any:
     return [*value, 1]
 
 
+@settings(max_examples=200, deadline=None)
 @given(CONTENTS)
 def test_any_valid_chain_verifies(contents: list[dict[str, Any]]) -> None:
     records = build(contents)
@@ -290,6 +291,7 @@ def test_any_valid_chain_verifies(contents: list[dict[str, Any]]) -> None:
     ]
 
 
+@settings(max_examples=200, deadline=None)
 @given(CONTENTS, st.data())
 def test_a_deletion_is_found_where_it_was(
     contents: list[dict[str, Any]], data: st.DataObject
@@ -308,6 +310,7 @@ def test_a_deletion_is_found_where_it_was(
         ]
 
 
+@settings(max_examples=200, deadline=None)
 @given(CONTENTS, st.data())
 def test_an_alteration_is_found_where_it_was(
     contents: list[dict[str, Any]], data: st.DataObject
@@ -322,6 +325,7 @@ def test_an_alteration_is_found_where_it_was(
     assert set(found) <= {k, k + 1}
 
 
+@settings(max_examples=200, deadline=None)
 @given(CONTENTS, st.data())
 def test_a_swap_is_found_where_it_was(contents: list[dict[str, Any]], data: st.DataObject) -> None:
     records = build(contents)
