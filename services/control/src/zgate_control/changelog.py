@@ -31,7 +31,7 @@ from zgate_control.models import (
     PolicyVersion,
     utc_now,
 )
-from zgate_control.wakeup import CHANNEL, after_commit_wake
+from zgate_control.wakeup import CHANNEL, after_commit_wake, notify_committed
 
 __all__ = [
     "KINDS",
@@ -43,6 +43,7 @@ __all__ = [
     "connector_set",
     "current_state",
     "head",
+    "notify_committed",
     "read_since",
     "snapshot",
 ]

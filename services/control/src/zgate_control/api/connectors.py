@@ -1,0 +1,237 @@
+"""Connectors: on-prem sites and the prefixes each may serve.
+
+Every change to the set (create, new prefixes, revoke) appends a ``connectors`` change with
+the whole set, so a relay that applies the newest one holds the truth.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Annotated, Any
+
+from cryptography import x509
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from zgate_control import ca, wakeup
+from zgate_control.adminlog import describe
+from zgate_control.api.clients import Bundle, IdentStr, IfMatch, RevokeRequest
+from zgate_control.auth import READ, WRITE, Principal, get_db, require
+from zgate_control.db import Database
+from zgate_control.models import Connector, utc_now
+from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
+from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
+from zgate_control.services.identities import (
+    append_connectors,
+    append_revocation,
+    bundle_out,
+    check_if_match,
+    etag,
+    invalid,
+)
+from zgate_pki import PkiError
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["connectors"], responses=PROBLEM_RESPONSES)
+
+DB = Annotated[Database, Depends(get_db)]
+
+
+def _prefixes(values: list[str]) -> list[str]:
+    """CIDR prefixes in canonical text, duplicates dropped; host bits set are an error."""
+    out: list[str] = []
+    for value in values:
+        try:
+            network = ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a CIDR prefix ({exc})") from None
+        out.append(str(network))
+    return list(dict.fromkeys(out))
+
+
+class ConnectorCreate(BaseModel):
+    """A connector to create, with the prefixes it serves."""
+
+    id: IdentStr
+    prefixes: list[str] = Field(max_length=1024, description='e.g. ["10.20.0.0/24"]')
+    days: int = Field(365, ge=1, le=3650, description="certificate lifetime")
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check(cls, value: list[str]) -> list[str]:
+        return _prefixes(value)
+
+
+class ConnectorPatch(BaseModel):
+    """New prefixes (the whole list)."""
+
+    prefixes: list[str] = Field(max_length=1024)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check(cls, value: list[str]) -> list[str]:
+        return _prefixes(value)
+
+
+class ConnectorOut(BaseModel):
+    """A connector as listed."""
+
+    id: str
+    prefixes: list[str]
+    created_at: datetime
+    created_by: str
+    serial: str | None
+    revoked_at: datetime | None
+    last_seen_at: datetime | None
+    last_relay: str | None
+    row_version: int
+
+
+class ConnectorCreated(BaseModel):
+    """A new connector and its bundle (the private key is in this answer only)."""
+
+    connector: ConnectorOut
+    bundle: Bundle
+
+
+def _out(row: Connector) -> dict[str, Any]:
+    return ConnectorOut.model_validate(row, from_attributes=True).model_dump()
+
+
+def _load(session: Session, connector_id: str, *, lock: bool = False) -> Connector:
+    row = session.get(Connector, connector_id, with_for_update=lock)
+    if row is None:
+        raise ProblemError(404, f"no connector {connector_id}", slug="not-found")
+    return row
+
+
+@router.post("/connectors", status_code=201, response_model=ConnectorCreated)
+def create_connector(
+    body: ConnectorCreate,
+    request: Request,
+    response: Response,
+    db: DB,
+    who: Annotated[Principal, Depends(require(*WRITE))],
+) -> dict[str, Any]:
+    """Create a connector and issue its certificate; relays learn its prefixes."""
+    wakeup.for_app(request.app.state)
+    with db.session() as session:
+        if session.get(Connector, body.id) is not None:
+            raise ProblemError(409, f"connector {body.id} already exists", slug="conflict")
+        try:
+            bundle = ca.issue_bundle(session, "connector", body.id, days=body.days)
+        except PkiError as exc:
+            raise invalid(exc) from None
+        row = Connector(
+            id=body.id,
+            prefixes=body.prefixes,
+            created_at=utc_now(),
+            created_by=who.name,
+            serial=ca.serial_hex(bundle.serial),
+            row_version=1,
+        )
+        session.add(row)
+        append_connectors(session)
+        describe(request, "connector.create", body.id, prefixes=body.prefixes)
+        response.headers["ETag"] = etag(row.row_version)
+        return {"connector": _out(row), "bundle": bundle_out(bundle)}
+
+
+@router.get("/connectors", response_model=Page[ConnectorOut])
+def list_connectors(
+    db: DB,
+    _: Annotated[Principal, Depends(require(*READ))],
+    revoked: bool | None = None,
+    q: Annotated[str | None, Query(description="part of the id")] = None,
+    cursor: str | None = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> dict[str, Any]:
+    """Connectors, oldest first."""
+    after = decode_cursor(cursor, 2)
+    query = select(Connector).order_by(Connector.created_at, Connector.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(tuple_(Connector.created_at, Connector.id) > after)
+    if revoked is not None:
+        query = query.where(
+            Connector.revoked_at.is_not(None) if revoked else Connector.revoked_at.is_(None)
+        )
+    if q:
+        query = query.where(Connector.id.contains(q, autoescape=True))
+    with db.reader() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [_out(r) for r in rows],
+        "next_cursor": encode_cursor((rows[-1].created_at, rows[-1].id)) if more else None,
+    }
+
+
+@router.get("/connectors/{connector_id}", response_model=ConnectorOut)
+def get_connector(
+    connector_id: str,
+    response: Response,
+    db: DB,
+    _: Annotated[Principal, Depends(require(*READ))],
+) -> dict[str, Any]:
+    """One connector; its ETag header is for If-Match on PATCH."""
+    with db.reader() as session:
+        row = _load(session, connector_id)
+        response.headers["ETag"] = etag(row.row_version)
+        return _out(row)
+
+
+@router.patch("/connectors/{connector_id}", response_model=ConnectorOut)
+def patch_connector(
+    connector_id: str,
+    body: ConnectorPatch,
+    request: Request,
+    response: Response,
+    db: DB,
+    _: Annotated[Principal, Depends(require(*WRITE))],
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Replace the prefixes a connector serves."""
+    wakeup.for_app(request.app.state)
+    with db.session() as session:
+        row = _load(session, connector_id, lock=True)
+        check_if_match(if_match, row.row_version, f"connector {connector_id}")
+        if row.revoked_at is not None:
+            raise ProblemError(409, f"connector {connector_id} is revoked", slug="conflict")
+        if body.prefixes != row.prefixes:
+            row.prefixes = body.prefixes
+            row.row_version += 1
+            append_connectors(session)
+        describe(request, "connector.update", connector_id, prefixes=body.prefixes)
+        response.headers["ETag"] = etag(row.row_version)
+        return _out(row)
+
+
+@router.post("/connectors/{connector_id}/revoke", response_model=ConnectorOut)
+def revoke_connector(
+    connector_id: str,
+    request: Request,
+    response: Response,
+    db: DB,
+    _: Annotated[Principal, Depends(require(*WRITE))],
+    body: Annotated[RevokeRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Revoke a connector: its certificate goes into the CRL and its prefixes are withdrawn."""
+    reason = (body or RevokeRequest()).reason
+    wakeup.for_app(request.app.state)
+    with db.session() as session:
+        row = _load(session, connector_id, lock=True)
+        if row.revoked_at is not None or row.serial is None:
+            raise ProblemError(409, f"connector {connector_id} is already revoked", slug="conflict")
+        ca.revoke(session, row.serial, x509.ReasonFlags(reason))
+        row.revoked_at = utc_now()
+        row.row_version += 1
+        append_revocation(session, connector_id, "revoke")
+        append_connectors(session)
+        describe(request, "connector.revoke", connector_id, serial=row.serial, reason=reason)
+        response.headers["ETag"] = etag(row.row_version)
+        return _out(row)
