@@ -47,5 +47,5 @@ class ControlMetrics:
             ["outcome"],
             registry=r,
         )
-        for outcome in ("stored", "duplicate", "chain_broken"):
+        for outcome in ("stored", "duplicate", "chain_broken", "rejected"):
             self.audit_records.labels(outcome)

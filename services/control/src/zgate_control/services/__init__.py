@@ -1,0 +1,1 @@
+"""The logic under the API routers, one module per resource."""
