@@ -49,3 +49,17 @@ class ControlMetrics:
         )
         for outcome in ("stored", "duplicate", "chain_broken", "rejected"):
             self.audit_records.labels(outcome)
+        self.policy_publications = Counter(
+            "zgate_control_policy_publications_total",
+            "Policy versions put in force, by kind (publish, rollback)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("publish", "rollback"):
+            self.policy_publications.labels(kind)
+        self.impact_seconds = Histogram(
+            "zgate_control_policy_impact_duration_seconds",
+            "Time to replay the recorded flows against a candidate policy",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from zgate_control.api import admin, audit
+from zgate_control.api import admin, audit, policies
 
 __all__ = ["ROUTERS"]
 
 #: Every router the app mounts under /api/v1, in OpenAPI order.
-ROUTERS: tuple[APIRouter, ...] = (admin.router, audit.router)
+ROUTERS: tuple[APIRouter, ...] = (admin.router, audit.router, policies.router)
