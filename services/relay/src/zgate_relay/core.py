@@ -55,6 +55,7 @@ from zgate_proto.session import (
     AddressRequested,
     PacketDropped,
     PacketReceived,
+    RequestReceived,
     RequestRejected,
     RoutesAdvertised,
     ServerConnection,
@@ -68,6 +69,7 @@ from zgate_relay.pool import AddressPool, PoolExhausted
 from zgate_relay.router import EGRESS, Deliver, Drop, Reject, Router
 from zgate_relay.session import RelaySession
 from zgate_relay.sites import SiteRoutes
+from zgate_relay.why import answer_why
 
 __all__ = ["SUPPORTED_VERSIONS", "RelayCore"]
 
@@ -349,7 +351,8 @@ class RelayCore:
         quic = self.engine.accept(self.config, data, addr, now)
         if quic is None:
             return None
-        server = ServerConnection(quic, max_capsule_size=self.max_capsule_size)
+        # requests=True: agents ask `why` on their own connection (zgate_relay.why).
+        server = ServerConnection(quic, max_capsule_size=self.max_capsule_size, requests=True)
         conn = _Connection(quic=quic, server=server, peer=f"{addr[0]}:{addr[1]}")
         # The client keeps using its chosen destination CID until it hears from us.
         conn.cids.add(header.destination_cid)
@@ -501,6 +504,19 @@ class RelayCore:
                 self._routes_advertised(session, event.ranges)
         elif isinstance(event, SessionEnded):
             self._session_ended(conn, event, now)
+        elif isinstance(event, RequestReceived):
+            self._plain_request(conn, event, now)
+
+    def _plain_request(self, conn: _Connection, event: RequestReceived, now: float) -> None:
+        """An agent's question beside its session (`why`), answered for its own identity."""
+        reply = answer_why(event, conn.identity, self.enforcer, now)
+        conn.server.respond(event.stream_id, reply.status, reply.headers, reply.body)
+        self.metrics.why_requests[reply.result].inc()
+        self._dirty.add(conn)
+        log.info(
+            "why request",
+            extra={"client": str(conn.identity), "path": event.path, "result": reply.result},
+        )
 
     def _open_session(self, conn: _Connection, event: SessionRequested, now: float) -> None:
         stream_id = event.stream_id

@@ -27,6 +27,7 @@ from zgate_policy.flows import (
 )
 from zgate_proto.icmp import admin_prohibited
 from zgate_proto.packet import PacketView
+from zgate_relay.denials import DenialLog
 
 __all__ = [
     "RELAY_DNS_RULE",
@@ -109,8 +110,11 @@ class Enforcer:
         icmp_budget: IcmpBudget | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        denials: DenialLog | None = None,
     ) -> None:
         self.policy = policy
+        #: Each client's last denied flows (for `why`), recorded once per denied flow.
+        self.denials = denials if denials is not None else DenialLog()
         self.flows = flows
         self.relay_name = relay_name
         self.relay_addresses = relay_addresses
@@ -197,6 +201,8 @@ class Enforcer:
         if flow is None:
             return None
         flow.connector = connector
+        if decision.verdict == "deny":  # once per denied flow, never per packet
+            self.denials.record(str(identity), wall, key, decision.rule_id, names)
         self._sessions[session.session_id] = session
         if self.on_decision is not None:
             self.on_decision(decision)

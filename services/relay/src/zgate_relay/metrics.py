@@ -11,7 +11,14 @@ from prometheus_client.registry import Collector
 from zgate_host.counters import CounterFamilies
 from zgate_pki import REFUSAL_REASONS as CERTIFICATE_REFUSALS
 
-__all__ = ["DIRECTIONS", "DNS_OUTCOMES", "DROP_REASONS", "REFUSAL_REASONS", "RelayMetrics"]
+__all__ = [
+    "DIRECTIONS",
+    "DNS_OUTCOMES",
+    "DROP_REASONS",
+    "REFUSAL_REASONS",
+    "WHY_RESULTS",
+    "RelayMetrics",
+]
 
 #: How DNS queries from agents ended.
 DNS_OUTCOMES = ("answered", "failed", "malformed", "overloaded", "refused")
@@ -48,6 +55,10 @@ REFUSAL_REASONS = (
     "bad_request",
     "pool_exhausted",
 )
+
+
+#: How an agent's `why` request ended: the verdict it was told, or why it got none.
+WHY_RESULTS = ("allow", "deny", "bad_target", "not_found", "bad_method", "no_identity")
 
 
 class RelayMetrics:
@@ -136,6 +147,13 @@ class RelayMetrics:
             ["rule", "verdict"],
             registry=r,
         )
+        why = Counter(
+            "zgate_relay_why_requests",
+            "Agents' why-requests (GET /.well-known/zgate/why), by result.",
+            ["result"],
+            registry=r,
+        )
+        self.why_requests = {result: why.labels(result) for result in WHY_RESULTS}
         self.audit_records = Gauge(
             "zgate_relay_audit_records_written", "Audit records written since start.", registry=r
         )
