@@ -1,0 +1,126 @@
+"""``zgate ctl connector``: site connectors, their certificates and the prefixes they serve."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .bundles import check_writable
+from .client import ControlClient
+from .clients import ONCE, bundle_names, report_bundle, save_bundle
+from .common import SubParsers, add_command, add_list_options, list_items
+from .output import Column, cell, print_json, when
+from .paths import segment
+
+__all__ = ["register"]
+
+COLUMNS: list[Column] = [
+    ("ID", lambda c: cell(c.get("id"))),
+    ("PREFIXES", lambda c: cell(c.get("prefixes"))),
+    ("STATE", lambda c: "revoked" if c.get("revoked_at") else "active"),
+    ("SERIAL", lambda c: cell(c.get("serial"))),
+    ("CREATED", lambda c: when(c.get("created_at"))),
+    ("LAST SEEN", lambda c: when(c.get("last_seen_at"))),
+    ("RELAY", lambda c: cell(c.get("last_relay"))),
+]
+
+
+def _add(args: argparse.Namespace, client: ControlClient) -> int:
+    out: Path = args.out
+    check_writable(out, bundle_names(args.id))
+    body: dict[str, Any] = {"id": args.id, "prefixes": args.prefixes}
+    if args.days is not None:
+        body["days"] = args.days
+    created: dict[str, Any] = client.post("/connectors", body)
+    paths = save_bundle(out, args.id, created.get("bundle") or {})
+    if args.json:
+        print_json({"connector": created["connector"], "files": [str(p) for p in paths]})
+        print(ONCE, file=sys.stderr)
+    else:
+        report_bundle("connector", created["connector"], created["bundle"], paths)
+        print(f"prefixes: {cell(created['connector'].get('prefixes'))}")
+    return 0
+
+
+def _list(args: argparse.Namespace, client: ControlClient) -> int:
+    params = {"revoked": True if args.revoked else None}
+    list_items(args, client, "/connectors", COLUMNS, params, empty="no connectors")
+    return 0
+
+
+def _show(args: argparse.Namespace, client: ControlClient) -> int:
+    item: dict[str, Any] = client.get(f"/connectors/{segment(args.id)}")
+    if args.json:
+        print_json(item)
+    else:
+        for heading, value in COLUMNS:
+            print(f"{heading.lower() + ':':11}{value(item)}")
+    return 0
+
+
+def _set_prefixes(args: argparse.Namespace, client: ControlClient) -> int:
+    item: dict[str, Any] = client.patch(
+        f"/connectors/{segment(args.id)}", {"prefixes": args.prefixes}
+    )
+    if args.json:
+        print_json(item)
+    else:
+        print(f"connector {args.id} now serves {cell(item.get('prefixes'))}; relays follow")
+    return 0
+
+
+def _revoke(args: argparse.Namespace, client: ControlClient) -> int:
+    item: dict[str, Any] = client.post(f"/connectors/{segment(args.id)}/revoke", {})
+    if args.json:
+        print_json(item)
+    else:
+        print(f"revoked connector {args.id} (serial {item.get('serial')})")
+    return 0
+
+
+def _prefix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefix",
+        dest="prefixes",
+        action="append",
+        required=True,
+        metavar="CIDR",
+        help="a prefix the connector's site serves, e.g. 10.20.0.0/24 (repeatable)",
+    )
+
+
+def register(groups: SubParsers) -> None:
+    """Add ``connector`` to ``zgate ctl``."""
+    group = groups.add_parser("connector", help="add, list, re-route and revoke connectors")
+    commands = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    add = add_command(
+        commands,
+        "add",
+        _add,
+        "create a connector and write its certificate bundle (the key is shown only once)",
+        description="Create a connector for the prefixes its site serves and write "
+        "DIR/ID.pem, DIR/ID.key (0600) and DIR/ca.pem; existing files are never overwritten.",
+    )
+    add.add_argument("id", metavar="ID")
+    _prefix_option(add)
+    add.add_argument("--days", type=int, metavar="N", help="certificate lifetime (server: 365)")
+    add.add_argument("--out", type=Path, required=True, metavar="DIR", help="write the bundle here")
+
+    listing = add_command(commands, "list", _list, "list connectors, oldest first")
+    listing.add_argument("--revoked", action="store_true", help="only revoked connectors")
+    add_list_options(listing)
+
+    show = add_command(commands, "show", _show, "show one connector")
+    show.add_argument("id", metavar="ID")
+
+    prefixes = add_command(
+        commands, "set-prefixes", _set_prefixes, "replace the prefixes a connector serves"
+    )
+    prefixes.add_argument("id", metavar="ID")
+    _prefix_option(prefixes)
+
+    revoke = add_command(commands, "revoke", _revoke, "revoke a connector's certificate")
+    revoke.add_argument("id", metavar="ID")
