@@ -89,7 +89,7 @@ class Follower:
     async def step(self) -> None:
         """One round: acknowledge what is pending, poll, apply (or wait after a failure)."""
         try:
-            if self._acked != self.state.seq:
+            if self.state.seq and self._acked != self.state.seq:
                 await self.client.ack(self.state.seq)
                 self._acked = self.state.seq
             response = await self.client.changes(self.state.seq, self.wait)

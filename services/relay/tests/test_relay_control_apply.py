@@ -1,0 +1,212 @@
+"""Applying control-plane steps to the relay's real parts: the policy manager (text from
+the control plane, refused text keeps the running version), the certificate verifier
+(a CRL signed by the CA, blocked serials), the connectors' prefixes; and the follower
+not acknowledging past what failed."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from zgate_pki import ChainVerifier, Identity, revoke_certificate
+from zgate_policy.audit import AuditEvent, PolicyLoaded, PolicyRefused
+from zgate_proto.capsules import IPAddressRange
+from zgate_relay.control.apply import Applier, ApplyFailed
+from zgate_relay.control.boot import Boot
+from zgate_relay.control.client import ControlClient
+from zgate_relay.control.follower import Follower
+from zgate_relay.control.metrics import ControlMetrics
+from zgate_relay.control.plan import InstallConnectors, InstallPolicy, InstallRevocations
+from zgate_relay.control.state import ControlState, PublishedPolicy
+from zgate_relay.metrics import RelayMetrics
+from zgate_relay.policy import PolicyManager
+from zgate_relay.session import RelaySession
+from zgate_relay.sites import SiteRoutes
+from zgate_testkit.pki import make_pki
+
+GOOD = PublishedPolicy(
+    4, "x", "default: deny\nrules:\n  - {id: a, action: allow, from: [alice], to: [10.0.0.0/8]}\n"
+)
+COUNTRY = PublishedPolicy(
+    5,
+    "y",
+    "default: deny\nrules:\n  - {id: c, action: allow, from: [alice], to: [{country: [FR]}]}\n",
+)
+
+
+class Parts:
+    def __init__(self, pki: Path) -> None:
+        self.audit: list[AuditEvent] = []
+        self.metrics = RelayMetrics()
+        self.policies = PolicyManager(
+            None,
+            geoip_available=False,
+            metrics=self.metrics,
+            relay_name="r1",
+            audit=self.audit.append,
+        )
+        self.verifier = ChainVerifier(pki / "ca.pem", pki / "crl.pem")
+        self.sites = SiteRoutes({"site-a": [ipaddress.ip_network("192.168.50.0/24")]})
+        self.ended = 0
+        self.applier = Applier(
+            policies=self.policies,
+            verifier=self.verifier,
+            end_revoked=self._end,
+            sites=self.sites,
+        )
+
+    def _end(self) -> int:
+        self.ended += 1
+        return 0
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    return make_pki(tmp_path / "pki", ["alice", "bob"]).directory
+
+
+@pytest.fixture
+def parts(pki: Path) -> Parts:
+    p = Parts(pki)
+    Boot(ControlState(), None, pki / "unused").install_policy(p.policies)
+    return p
+
+
+def serial_of(pki: Path, client: str) -> int:
+    cert = x509.load_pem_x509_certificate((pki / "clients" / f"{client}.pem").read_bytes())
+    return cert.serial_number
+
+
+async def test_a_published_policy_replaces_deny_all(parts: Parts) -> None:
+    assert parts.policies.current is not None
+    assert parts.policies.current.default.verdict == "deny"
+    await parts.applier.apply(InstallPolicy(1, GOOD))
+    assert [r.id for r in parts.policies.current.rules] == ["a"]
+    loaded = [e for e in parts.audit if isinstance(e, PolicyLoaded)]
+    assert [e.source for e in loaded] == ["control", "control"]
+
+
+async def test_a_policy_this_relay_cannot_use_is_refused_and_the_old_one_stays(
+    parts: Parts,
+) -> None:
+    await parts.applier.apply(InstallPolicy(1, GOOD))
+    running = parts.policies.current
+    assert running is not None
+    with pytest.raises(ApplyFailed) as failed:
+        await parts.applier.apply(InstallPolicy(2, COUNTRY))  # needs a GeoIP database
+    assert failed.value.kind == "policy" and "control v5" in str(failed.value)
+    assert parts.policies.current is running
+    assert isinstance(parts.audit[-1], PolicyRefused)
+    # A reload compiles the control plane's text again, never a file or allow-all.
+    again = await parts.policies.reload("sighup")
+    assert again.ok and again.version == running.version
+
+
+async def test_no_published_policy_means_deny_all(parts: Parts) -> None:
+    await parts.applier.apply(InstallPolicy(1, GOOD))
+    await parts.applier.apply(InstallPolicy(2, None))
+    assert parts.policies.current is not None
+    assert parts.policies.current.default.verdict == "deny" and not parts.policies.current.rules
+
+
+async def test_revocations_from_a_crl_and_blocked_serials(parts: Parts, pki: Path) -> None:
+    revoke_certificate(pki, "alice")
+    crl = (pki / "crl.pem").read_text()
+    bob = serial_of(pki, "bob")
+    await parts.applier.apply(InstallRevocations(3, crl, (f"{bob:x}",)))
+    assert parts.verifier.revoked_serials() >= {serial_of(pki, "alice"), bob}
+    assert parts.ended == 1  # live sessions were checked at once
+
+
+async def test_a_crl_from_another_ca_is_refused_and_the_old_lists_stay(
+    parts: Parts, tmp_path: Path
+) -> None:
+    other = make_pki(tmp_path / "other", ["mallory"]).directory
+    revoke_certificate(other, "mallory")
+    await parts.applier.apply(InstallRevocations(1, "", ("ab",)))
+    with pytest.raises(ApplyFailed) as failed:
+        await parts.applier.apply(InstallRevocations(2, (other / "crl.pem").read_text(), ()))
+    assert failed.value.kind == "revocation"
+    assert 0xAB in parts.verifier.revoked_serials()
+
+
+async def test_connectors_whose_prefixes_shrink_lose_the_withdrawn_routes(parts: Parts) -> None:
+    site_a = RelaySession(
+        identity=Identity("connector", "site-a", None, (), 9), peer="p", opened_at=0.0
+    )
+    offered = [
+        IPAddressRange.from_network(ipaddress.ip_network(n))
+        for n in ("192.168.50.0/25", "192.168.50.128/25", "10.7.0.0/16")
+    ]
+    result = parts.sites.advertise(site_a, offered)
+    assert len(result.accepted) == 2 and len(result.refused) == 1
+    await parts.applier.apply(InstallConnectors(1, {"site-a": ("192.168.50.0/25", "10.7.0.0/16")}))
+    state = parts.sites.connectors()["site-a"]
+    # The withdrawn half is gone; the prefix it offered before and may serve now is in.
+    assert state.prefixes == ["192.168.50.0/25", "10.7.0.0/16"]
+    assert parts.sites.serves(site_a, ipaddress.ip_address("10.7.1.1").packed)
+    assert not parts.sites.serves(site_a, ipaddress.ip_address("192.168.50.200").packed)
+    packet = bytes(20)
+    assert parts.sites.lookup(ipaddress.ip_address("192.168.50.200").packed, packet, 0) is None
+    await parts.applier.apply(InstallConnectors(2, {}))
+    assert parts.sites.connectors() == {}
+    with pytest.raises(ApplyFailed):
+        await parts.applier.apply(InstallConnectors(3, {"site-a": ("not-a-prefix",)}))
+
+
+async def test_the_follower_caches_and_acknowledges_only_what_applied(
+    parts: Parts, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    acks: list[int] = []
+    polls: list[int] = []
+    responses = [
+        {
+            "type": "changes",
+            "head_seq": 3,
+            "changes": [
+                {"seq": 1, "kind": "policy", "payload": GOOD.as_dict()},
+                {"seq": 2, "kind": "policy", "payload": COUNTRY.as_dict()},
+                {"seq": 3, "kind": "revocation", "payload": {"crl_pem": "", "blocked": ["cd"]}},
+            ],
+        }
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/ack"):
+            acks.append(int(request.read().decode().split(":")[1].strip(" }")))
+            return httpx.Response(204)
+        polls.append(int(request.url.params["since"]))
+        return httpx.Response(200, json=responses[0])
+
+    client = ControlClient("http://c.test", "r1", "t", transport=httpx.MockTransport(handler))
+    metrics = ControlMetrics(parts.metrics.registry)
+    cache = tmp_path / "control-snapshot.json"
+    follower = Follower(
+        client,
+        parts.applier,
+        metrics,
+        state=ControlState(),
+        cache_path=cache,
+        failure_retry=0,
+        clock=lambda: datetime(2026, 12, 4, tzinfo=UTC),
+    )
+    with caplog.at_level(logging.ERROR, "zgate.relay.control"):
+        await follower.step()
+    # Only the newest policy (v5) was tried, and refused; the revocation is in force.
+    assert follower.state.seq == 1 and follower.state.blocked == ("cd",)
+    assert follower.state.policy is None
+    assert "CONTROL-PLANE CHANGE NOT APPLIED" in caplog.text
+    assert cache.exists()
+    errors = parts.metrics.registry.get_sample_value(
+        "zgate_relay_control_apply_errors_total", {"kind": "policy"}
+    )
+    assert errors == 1
+    await follower.step()  # acknowledges 1 before it polls again
+    assert acks == [1] and polls == [0, 1]
+    await client.aclose()
