@@ -17,7 +17,6 @@ from zgate_control.db import Database
 from zgate_control.models import Authority, Certificate
 from zgate_pki import CertificateRefused, ChainVerifier
 
-
 Auth = Callable[..., dict[str, str]]
 
 
