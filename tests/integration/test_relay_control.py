@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from cryptography import x509
@@ -450,6 +451,37 @@ async def test_a_revocation_ends_live_sessions_at_once(
                 assert logs.count("certificate revoked: ending its sessions") == 2
 
 
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_status_and_metrics_show_how_the_relay_follows(tmp_path: Path, pki: Path) -> None:
+    control = FakeControlPlane()
+    seq = control.publish_policy(POLICY_7)
+    port = free_tcp_port()
+    with serving(control) as url:
+        settings = settings_for(tmp_path, pki, url, metrics=f"127.0.0.1:{port}")
+        async with relay(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            await until(lambda: control.acked(seq), WAIT, "the snapshot acknowledged")
+            status = (await http.get("/status")).json()["control"]
+            assert status["connected"] is True and status["applied_seq"] == seq
+            assert status["using_cache"] is False and status["policy_version_id"] == 1
+            assert status["audit"]["path"] == str(settings.audit_log)
+            metrics = (await http.get("/metrics")).text
+            for line in (
+                "zgate_relay_control_connected 1.0",
+                f"zgate_relay_control_applied_seq {float(seq)}",
+                "zgate_relay_control_using_cache 0.0",
+                'zgate_relay_control_apply_errors_total{kind="policy"} 0.0',
+                "zgate_relay_control_audit_ship_errors_total 0.0",
+            ):
+                assert line in metrics.splitlines(), line
+            assert "zgate_relay_control_last_apply_timestamp_seconds" in metrics
+            assert "zgate_relay_control_audit_shipped_total" in metrics
+
+
 async def test_the_cache_is_enforced_while_the_control_plane_is_down_at_start(
     tmp_path: Path, pki: Path, logs: LogWatcher
 ) -> None:
@@ -460,7 +492,13 @@ async def test_the_cache_is_enforced_while_the_control_plane_is_down_at_start(
         async with relay(settings_for(tmp_path, pki, url)):
             await until(lambda: control.acked(seq), WAIT, "the snapshot acknowledged")
     # The control plane is gone; the relay starts from its cache and enforces it.
-    async with relay(settings_for(tmp_path, pki, closed_port_url())) as running:
+    port = free_tcp_port()
+    down = settings_for(tmp_path, pki, closed_port_url(), metrics=f"127.0.0.1:{port}")
+    async with relay(down) as running:
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text.splitlines()
+        assert "zgate_relay_control_using_cache 1.0" in metrics
+        assert f"zgate_relay_control_applied_seq {float(seq)}" in metrics
         await until(
             lambda: (
                 logs.count(f"control plane unreachable, enforcing cached snapshot seq {seq} from")
