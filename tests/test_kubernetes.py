@@ -329,6 +329,50 @@ def relay_problems(resources: list[Doc]) -> list[str]:
         problems.append("zgate-relay: the --pki directory is not a Secret mount")
     if template.spec.get("securityContext", {}).get("runAsNonRoot"):
         problems.append("zgate-relay: runAsNonRoot, but NET_ADMIN is only granted to root")
+    return problems + relay_egress_problems(resources, template)
+
+
+def relay_egress_problems(resources: list[Doc], template: PodTemplate) -> list[str]:
+    """An egress NetworkPolicy keeps agents (masqueraded to the relay pod) out of the cluster's
+    private ranges, yet lets the relay reach the control plane."""
+    labels = template.meta.get("labels", {})
+    policies = [
+        doc
+        for doc in resources
+        if doc["kind"] == "NetworkPolicy"
+        and "Egress" in doc["spec"].get("policyTypes", [])
+        and all(labels.get(k) == v for k, v in doc["spec"]["podSelector"]["matchLabels"].items())
+    ]
+    if not policies:
+        return ["zgate-relay: no egress NetworkPolicy: agents reach every pod of the cluster"]
+    rules = [rule for policy in policies for rule in policy["spec"].get("egress", [])]
+    problems = []
+    control = template_of(resources, "Deployment", "zgate-control")
+    control_port = container_ports(control)["http"][0]
+
+    def is_control(peer: Doc) -> bool:
+        selector = peer.get("podSelector", {}).get("matchLabels")
+        return (
+            bool(selector)
+            and "namespaceSelector" not in peer
+            and all(control.meta["labels"].get(k) == v for k, v in selector.items())
+        )
+
+    if not any(
+        any(is_control(peer) for peer in rule.get("to", []))
+        and any(port.get("port") == control_port for port in rule.get("ports", []))
+        for rule in rules
+    ):
+        problems.append("zgate-relay: its egress policy does not let it reach the control plane")
+    for rule in rules:
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if (
+                block
+                and block["cidr"] == "0.0.0.0/0"
+                and "10.0.0.0/8" not in block.get("except", [])
+            ):
+                problems.append("zgate-relay: its egress policy opens 10.0.0.0/8 to agents")
     return problems
 
 
@@ -697,6 +741,21 @@ def _guide_without(name: str) -> Callable[[list[Doc]], list[str]]:
             relay_problems,
             _in(*_RELAY, f"{_CONTAINER}.securityContext.privileged", True),
             "privileged",
+        ),
+        (
+            relay_problems,
+            _in("NetworkPolicy", "zgate-relay-egress", "spec.podSelector.matchLabels", {"a": "b"}),
+            "no egress NetworkPolicy",
+        ),
+        (
+            relay_problems,
+            _in("NetworkPolicy", "zgate-relay-egress", "spec.egress.0.ports.0.port", 80),
+            "reach the control plane",
+        ),
+        (
+            relay_problems,
+            _in("NetworkPolicy", "zgate-relay-egress", "spec.egress.2.to.0.ipBlock.except", []),
+            "opens 10.0.0.0/8",
         ),
         (connector_problems, _in(*_RELAY, "spec.replicas", 3), "one per relay"),
         (
