@@ -224,8 +224,7 @@ def test_publish_with_a_stale_if_match_gets_412(client: TestClient) -> None:
     assert late.json()["type"] == "urn:zgate:problem:stale"
     assert client.get(f"{POLICIES}/published").json()["version"]["id"] == v2["id"]
     assert (
-        client.post(f"{POLICIES}/{v1['id']}/rollback", headers={"If-Match": "*"}).status_code
-        == 200
+        client.post(f"{POLICIES}/{v1['id']}/rollback", headers={"If-Match": "*"}).status_code == 200
     )
 
 
@@ -257,7 +256,9 @@ def test_explain_names_the_deciding_rule(client: TestClient, database: Database)
     assert body["groups_used"] == [] and "not registered" in body["note"]
     assert body["policy_version"] == v1["id"] and body["digest"] == v1["digest"]
 
-    given = client.post(url, json={"client": "carol", "groups": ["dba"], "target": "tcp://10.1.0.5:5432"})
+    given = client.post(
+        url, json={"client": "carol", "groups": ["dba"], "target": "tcp://10.1.0.5:5432"}
+    )
     assert (given.json()["verdict"], given.json()["rule"]) == ("allow", "eng-db")
 
     with database.session() as session:
