@@ -131,7 +131,7 @@ class RelaySettings(LayeredSettings):
         None, description="file holding the relay's API token (instead of --control-token)"
     )
     control_wait: float = Field(
-        25.0, ge=0, le=30, description="seconds the control plane may hold each long poll"
+        25.0, ge=1, le=30, description="seconds the control plane may hold each long poll"
     )
     control_heartbeat_interval: float = Field(
         5.0, gt=0, description="seconds between heartbeats to the control plane"

@@ -69,7 +69,6 @@ class Follower:
         self.last_error: str | None = None
         self._acked: int | None = None
         self._failing = False  # an outage is logged once, not per attempt
-        self._changed = asyncio.Condition()
         metrics.applied_seq.set(state.seq)
         metrics.using_cache.set(1 if cached_at is not None else 0)
 
@@ -156,15 +155,8 @@ class Follower:
                     "snapshot": plan.snapshot,
                 },
             )
-        async with self._changed:
-            self._changed.notify_all()
         self.on_applied()
         return failed
-
-    async def wait_for_seq(self, seq: int) -> None:
-        """Until the state reaches ``seq`` (for tests and callers that must see a change)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.state.seq >= seq)
 
     # --------------------------------------------------------------- reporting
 
