@@ -12,10 +12,14 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["StatusServer", "serve_status"]
+__all__ = ["Query", "StatusServer", "serve_status"]
+
+#: A GET handler: the request's query parameters in, (HTTP status, JSON answer) out.
+Query = Callable[[Mapping[str, list[str]]], tuple[int, dict[str, Any]]]
 
 
 class StatusServer(ThreadingHTTPServer):
@@ -49,18 +53,26 @@ def serve_status(
     registry: CollectorRegistry,
     status: Callable[[], dict[str, Any]] | None = None,
     actions: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+    queries: Mapping[str, Query] | None = None,
 ) -> StatusServer:
     """Serve /metrics (and /status when given) on host:port in a background thread.
 
     ``actions`` map a path to a callable run on POST (e.g. ``/reload``); its result is the
-    JSON answer. They run in the HTTP thread: hand work to the event loop thread-safely.
+    JSON answer. ``queries`` map a path to a handler run on GET with the query parameters
+    (e.g. the agent's ``/why``). Both run in the HTTP thread: hand work to the event loop
+    thread-safely.
     """
     posts = dict(actions or {})
+    gets = dict(queries or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            path, _, query = self.path.partition("?")
+            if path in gets:
+                code, result = gets[path](parse_qs(query))
+                body = json.dumps(result, default=str).encode() + b"\n"
+                self._send(code, "application/json", body)
+            elif path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             elif path == "/status" and status is not None:
                 body = json.dumps(status(), default=str, indent=2).encode() + b"\n"

@@ -35,9 +35,15 @@ from zgate_host.tun import PacketDevice
 from zgate_proto.engines import get_engine
 from zgate_proto.engines.base import Address, ClientConfig, QuicConn
 from zgate_proto.icmp import packet_too_big
-from zgate_proto.session import ClientSession, PacketMode
+from zgate_proto.session import (
+    ClientSession,
+    PacketMode,
+    RequestFailed,
+    ResponseReceived,
+    SessionError,
+)
 
-__all__ = ["Agent", "TunnelError", "backoff_delays", "quiet_quic_logs"]
+__all__ = ["Agent", "RelayQueryError", "TunnelError", "backoff_delays", "quiet_quic_logs"]
 
 log = logging.getLogger("zgate.agent")
 
@@ -49,6 +55,11 @@ class TunnelError(Exception):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class RelayQueryError(Exception):
+    """A question to the relay (:meth:`Agent.ask_relay`) got no answer; the message says
+    why: no tunnel, the relay did not answer in time, or the request failed."""
 
 
 class _Demote(logging.Filter):
@@ -154,6 +165,31 @@ class Agent:
             "last_error": s.last_error,
             **({"dns": self._dns.status()} if self._dns is not None else {}),
         }
+
+    async def ask_relay(self, method: str, path: str, *, timeout: float = 5.0) -> ResponseReceived:
+        """Ask the relay a plain HTTP/3 question on the live tunnel's own connection (so
+        the relay knows who asks from the client certificate) and await its answer.
+        RelayQueryError when there is no tunnel, no answer within ``timeout`` seconds, or
+        the request fails (the connection ends under it, the relay resets it)."""
+        link, pump = self._link, self._pump
+        if link is None or pump is None:
+            raise RelayQueryError(f"not connected to the relay (state: {self._status.state})")
+        try:
+            stream_id = link.request(method, path)
+        except SessionError as exc:
+            raise RelayQueryError(f"cannot ask the relay: {exc}") from None
+        pump.wake()
+        try:
+            async with asyncio.timeout(timeout):
+                # The link wakes _changed when an answer (or anything else) arrived.
+                while (answer := link.take_answer(stream_id)) is None:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise RelayQueryError(f"the relay did not answer within {timeout:g} s") from None
+        if isinstance(answer, RequestFailed):
+            raise RelayQueryError(f"the relay did not answer: {answer.reason}")
+        return answer
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         self._status.state = state

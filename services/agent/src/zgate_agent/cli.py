@@ -1,4 +1,4 @@
-"""`zgate-agent up|status`: flags -> AgentSettings -> run; or ask a running agent."""
+"""`zgate-agent up|status|why`: flags -> AgentSettings -> run; or ask a running agent."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -21,8 +21,9 @@ from zgate_agent.app import Agent
 from zgate_agent.dns import describe as describe_dns
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
+from zgate_agent.why import LOCAL_PATH, show_why, why_query
 from zgate_host.errors import HostError
-from zgate_host.httpd import serve_status
+from zgate_host.httpd import Query, serve_status
 from zgate_host.logs import configure_logging
 from zgate_host.privileges import require_net_admin
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
@@ -42,6 +43,7 @@ the route to the relay itself outside), and reconnects by itself when the path b
 
   zgate-agent up --relay relay.example:4433 --ca ca.pem --cert me.pem --key me.key
   zgate-agent status
+  zgate-agent why tcp://db.corp.example:5432    # why the relay refuses (or allows) it
 
 Settings come from, in rising order: defaults, the YAML --config file, ZGATE_AGENT_*
 environment variables (e.g. ZGATE_AGENT_MODE=stream, ZGATE_AGENT_QUIC_ENGINE=qh3) and
@@ -160,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the agent's /status address [127.0.0.1:9102]",
     )
     st.add_argument("--json", action="store_true", help="print the raw JSON")
+    why = sub.add_parser(
+        "why",
+        help="ask the relay, through the running agent's tunnel, why a destination is refused "
+        "or allowed for this agent (exit 0 allowed, 1 denied, 2 no answer)",
+    )
+    why.add_argument(
+        "target", metavar="TARGET", help="tcp://HOST:PORT, udp://HOST:PORT or icmp://HOST"
+    )
+    why.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default="127.0.0.1:9102",
+        help="the running agent's /status address, where it answers /why [127.0.0.1:9102]",
+    )
+    why.add_argument("--json", action="store_true", help="print the relay's raw JSON answer")
     return p
 
 
@@ -179,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return show_status(args.metrics, as_json=args.json)
+    if args.command == "why":
+        return show_why(args.metrics, args.target, as_json=args.json)
     return run_up("zgate-agent", AgentSettings, args, "the agent's TUN device and routes", _up)
 
 
@@ -226,7 +245,8 @@ async def _up(settings: AgentSettings) -> int:
         settings.tun_name, mtu=settings.tun_mtu, offload=settings.tun_offload
     ) as device:
         agent = Agent(settings, device, metrics, manage_dns=True)
-        await run_until_stopped(agent, metrics.registry, settings.metrics_address)
+        queries = {LOCAL_PATH: why_query(agent, asyncio.get_running_loop())}
+        await run_until_stopped(agent, metrics.registry, settings.metrics_address, queries)
     log.info("TUN device removed", extra={"device": settings.tun_name})
     return 0
 
@@ -242,12 +262,16 @@ class Runner(Protocol):
 
 
 async def run_until_stopped(
-    runner: Runner, registry: CollectorRegistry, metrics_address: tuple[str, int] | None
+    runner: Runner,
+    registry: CollectorRegistry,
+    metrics_address: tuple[str, int] | None,
+    queries: Mapping[str, Query] | None = None,
 ) -> None:
-    """Serve /metrics and /status, stop on SIGTERM/SIGINT, run until stopped."""
+    """Serve /metrics, /status (and ``queries``: the agent's /why), stop on SIGTERM/SIGINT,
+    run until stopped."""
     http = None
     if metrics_address is not None:
-        http = serve_status(*metrics_address, registry, runner.status)
+        http = serve_status(*metrics_address, registry, runner.status, queries=queries)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)

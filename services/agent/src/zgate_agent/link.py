@@ -35,6 +35,8 @@ from zgate_proto.session import (
     PacketDropped,
     PacketMode,
     PacketReceived,
+    RequestFailed,
+    ResponseReceived,
     RoutesAdvertised,
     SessionAccepted,
     SessionClosed,
@@ -94,6 +96,8 @@ class ClientLink:
         self.close_info: CloseInfo | None = None
         #: The mode the session was accepted in (None until then).
         self.accepted_mode: PacketMode | None = None
+        #: How the requests sent with :meth:`request` ended, by stream ID, until taken.
+        self._answers: dict[int, ResponseReceived | RequestFailed] = {}
 
     # ------------------------------------------------------------- the pump's side
 
@@ -173,6 +177,16 @@ class ClientLink:
         """Capsules on the session's stream (a connector's ROUTE_ADVERTISEMENT)."""
         self.session.send_capsules(capsules)
 
+    def request(self, method: str, path: str) -> int:
+        """Ask the relay a plain HTTP/3 question on this connection (the pump's next flush
+        sends it); its answer comes through :meth:`take_answer` under the stream ID
+        returned. SessionError once the connection ended."""
+        return self.session.request(method, path)
+
+    def take_answer(self, stream_id: int) -> ResponseReceived | RequestFailed | None:
+        """How the request on ``stream_id`` ended (once), or None while it goes on."""
+        return self._answers.pop(stream_id, None)
+
     def ping(self) -> None:
         """A QUIC PING (keep-alive; the pump's next flush sends it)."""
         if not self.quic.closed:
@@ -217,7 +231,9 @@ class ClientLink:
             reason = event.reason if event.reason in self._drops else "unknown_context"
             self._drops[reason] += 1
             return False
-        if isinstance(event, SessionAccepted):
+        if isinstance(event, ResponseReceived | RequestFailed):
+            self._answers[event.stream_id] = event
+        elif isinstance(event, SessionAccepted):
             self.accepted_mode = event.mode
         elif isinstance(event, SessionRefused):
             self._fail(event.reason)
