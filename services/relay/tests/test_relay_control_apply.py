@@ -18,6 +18,7 @@ from zgate_pki import ChainVerifier, Identity, revoke_certificate
 from zgate_policy.audit import AuditEvent, PolicyLoaded, PolicyRefused
 from zgate_proto.capsules import IPAddressRange
 from zgate_relay.control.apply import Applier, ApplyFailed
+from zgate_relay.control.backoff import Backoff
 from zgate_relay.control.boot import Boot
 from zgate_relay.control.client import ControlClient
 from zgate_relay.control.follower import Follower
@@ -209,4 +210,55 @@ async def test_the_follower_caches_and_acknowledges_only_what_applied(
     assert errors == 1
     await follower.step()  # acknowledges 1 before it polls again
     assert acks == [1] and polls == [0, 1]
+    await client.aclose()
+
+
+def test_a_cached_policy_this_relay_cannot_use_starts_deny_all_from_a_snapshot(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = Parts(pki)
+    boot = Boot(ControlState(seq=9, policy=COUNTRY), datetime(2026, 12, 4, tzinfo=UTC), pki / "c")
+    compiled = boot.install_policy(p.policies)
+    assert compiled.default.verdict == "deny" and not compiled.rules
+    assert boot.state.seq == 0  # a whole snapshot is asked for, and applied in full
+    assert "the cached policy cannot be used" in caplog.text
+
+
+def test_cached_revocations_or_connectors_that_cannot_be_used_start_over(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = make_pki(tmp_path / "other", ["mallory"]).directory
+    revoke_certificate(other, "mallory")
+    cached = ControlState(seq=9, crl_pem=(other / "crl.pem").read_text(), blocked=("ab",))
+    boot = Boot(cached, datetime(2026, 12, 4, tzinfo=UTC), pki / "c")
+    p = Parts(pki)
+    boot.install_revocations(p.verifier)
+    assert boot.state.seq == 0 and 0xAB not in p.verifier.revoked_serials()
+    assert "cached revocations cannot be used" in caplog.text
+    bad = Boot(ControlState(seq=3, connectors={"a": ("x",)}), None, pki / "c")
+    assert bad.connectors() == {} and bad.state.seq == 0
+
+
+async def test_a_response_that_makes_no_sense_is_counted_and_nothing_changes(
+    parts: Parts, tmp_path: Path
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"type": "gossip", "head_seq": 1})
+
+    client = ControlClient("http://c.test", "r1", "t", transport=httpx.MockTransport(handler))
+    metrics = ControlMetrics(parts.metrics.registry)
+    follower = Follower(
+        client,
+        parts.applier,
+        metrics,
+        state=ControlState(seq=4),
+        cache_path=tmp_path / "cache.json",
+        backoff=Backoff(0.001, 0.001),
+    )
+    await follower.step()
+    assert follower.state.seq == 4 and not (tmp_path / "cache.json").exists()
+    errors = parts.metrics.registry.get_sample_value(
+        "zgate_relay_control_apply_errors_total", {"kind": "response"}
+    )
+    assert errors == 1
     await client.aclose()
