@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from zgate_agent.app import RelayQueryError
 from zgate_agent.cli import main
 from zgate_agent.why import LOCAL_PATH, why_query
 from zgate_host.httpd import serve_status
@@ -25,6 +27,8 @@ from zgate_lab.harness import (
     until,
 )
 from zgate_proto.engines import ENGINES
+from zgate_proto.session import RequestReceived
+from zgate_relay.core import RelayCore
 
 POLICY = """
 default: allow
@@ -108,3 +112,29 @@ async def test_why_reports_the_rule_and_the_agents_own_denial(
             await bob.stop()
             if not stopped:
                 await agent.stop()
+
+
+async def test_a_relay_that_does_not_answer_or_cancels_is_a_clear_error(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cancelled: list[int] = []
+
+    def cancel_some(self: RelayCore, conn: Any, event: RequestReceived, now: float) -> None:
+        if "cancel" in event.path:  # a relay in trouble resets the stream; else it is silent
+            conn.quic.reset_stream(event.stream_id, 0x102)
+            self._dirty.add(conn)
+            cancelled.append(event.stream_id)
+
+    monkeypatch.setattr(RelayCore, "_plain_request", cancel_some)
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice")
+        try:
+            with pytest.raises(RelayQueryError, match=r"did not answer within 0\.3 s"):
+                await agent.agent.ask_relay("GET", "/silent", timeout=0.3)
+            with pytest.raises(RelayQueryError, match="relay reset the stream"):
+                await agent.agent.ask_relay("GET", "/cancel")
+            assert len(cancelled) == 1
+            # The tunnel is still up: the session did not suffer.
+            assert agent.agent.status()["state"] == "connected"
+        finally:
+            await agent.stop()
