@@ -143,6 +143,25 @@ def test_unchained_or_undated_records_are_refused_one_by_one(client: TestClient)
     assert problems[1].startswith("not stored: bad ts 'yesterday'")
 
 
+def test_values_postgresql_cannot_hold_are_refused_on_both_databases(client: TestClient) -> None:
+    nul = flows("r1", 1, detail="a\x00b")[0]
+    nan = flows("r1", 1, duration_s=float("nan"))[0]
+    fine = flows("r1", 1, detail="NaN and Infinity, \\u0000 as text")[0]
+    # httpx refuses to send NaN; a relay's own encoder might not.
+    content = json.dumps({"records": [nul, nan, fine]})
+    response = client.post(
+        "/api/v1/relays/r1/audit", content=content, headers={"Content-Type": "application/json"}
+    )
+    answer = response.json()
+    assert answer["accepted"] == 1
+    assert [
+        b["id"] for b in answer["broken"] if b["problem"].startswith("not stored: unstorable")
+    ] == [
+        nul["id"],
+        nan["id"],
+    ]
+
+
 def test_a_new_chain_switches_the_head(client: TestClient, database: Database) -> None:
     old = flows("r1", 4)
     post(client, "r1", old)

@@ -79,17 +79,20 @@ class VerifyOut(BaseModel):
     relays: list[ChainOut]
 
 
-async def _within_size(request: Request) -> None:
-    """413 for a batch over MAX_BATCH_BYTES (the header first, the body for chunked ones)."""
+async def _screen_batch(request: Request) -> bool:
+    """413 for a batch over MAX_BATCH_BYTES (the header first, the body for chunked ones);
+    else whether its text may hold values PostgreSQL cannot store (see audit.SUSPECT)."""
     declared = request.headers.get("content-length")
     too_big = declared is not None and declared.isdigit() and int(declared) > MAX_BATCH_BYTES
-    if too_big or len(await request.body()) > MAX_BATCH_BYTES:
+    body = b"" if too_big else await request.body()
+    if too_big or len(body) > MAX_BATCH_BYTES:
         raise ProblemError(
             413,
             f"an audit batch may hold at most {MAX_BATCH_BYTES} bytes; send smaller batches",
             slug="too-large",
             title="Content too large",
         )
+    return audit.SUSPECT.search(body) is not None
 
 
 def _filters(
@@ -120,7 +123,7 @@ def post_records(
     request: Request,
     db: DB,
     who: Annotated[Principal, Depends(require(*RELAY))],
-    _size: Annotated[None, Depends(_within_size)],
+    screen: Annotated[bool, Depends(_screen_batch)],
 ) -> dict[str, Any]:
     """Store a batch of a relay's audit records (idempotent by record id), each checked
     against the relay's hash chain; records that do not link are stored and listed."""
@@ -129,7 +132,7 @@ def post_records(
             403, f"this relay token is bound to relay {who.relay_id!r}", slug="forbidden"
         )
     with db.session() as session:
-        result = audit.ingest(session, relay_id, body.records, utc_now())
+        result = audit.ingest(session, relay_id, body.records, utc_now(), screen=screen)
     metrics: ControlMetrics = request.app.state.metrics
     counted = metrics.audit_records
     counted.labels("stored").inc(result.accepted - result.chain_broken)

@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
-from sqlalchemy import Row, Select, select, tuple_
+from sqlalchemy import Row, Select, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,6 @@ from zgate_policy.chain import (
     GENESIS,
     ChainGroup,
     ChainVerifier,
-    canonical_json,
     chain_fields_problem,
     verify_link,
 )
@@ -39,6 +38,7 @@ from zgate_policy.chain import (
 __all__ = [
     "CSV_COLUMNS",
     "EXPORT_BATCH",
+    "SUSPECT",
     "AuditFilter",
     "BrokenRecord",
     "IngestResult",
@@ -70,9 +70,10 @@ _TEXT_COLUMNS: Final = {
 }
 _PORT_COLUMNS: Final = ("sport", "dport")
 _MAX_SEQ: Final = 2**63 - 1
-#: Cheap first look for what JSONB refuses (NUL in a string, NaN/Infinity); a hit is checked
-#: precisely, since the same letters may sit harmlessly inside a string.
-_SUSPECT: Final = re.compile(r"\\u0000|NaN|Infinity")
+#: What JSONB refuses (NUL in a string, NaN/Infinity) can only come in spelled like this: a
+#: batch whose text has none of these needs no record checked; a hit is checked precisely,
+#: since the same letters may sit harmlessly inside a string.
+SUSPECT: Final = re.compile(rb"\\u0000|NaN|Infinity")
 
 #: The export's CSV columns, in order (values as shipped; ``chain_ok`` as stored).
 CSV_COLUMNS: Final = (
@@ -172,7 +173,7 @@ def _jsonb_safe(value: object) -> bool:
     return True
 
 
-def _row(relay_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
+def _row(relay_id: str, record: Mapping[str, Any], screen: bool) -> dict[str, Any]:
     """The table row for a record (raises _Refused). Only called after its chain fields were
     found well-formed."""
     if record.get("relay") != relay_id:
@@ -188,7 +189,7 @@ def _row(relay_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
     event = record.get("event")
     if not isinstance(event, str) or not event or len(event) > 32:
         raise _Refused("no event: the record has no event name (at most 32 characters)")
-    if _SUSPECT.search(canonical_json(record)) and not _jsonb_safe(dict(record)):
+    if screen and not _jsonb_safe(dict(record)):
         raise _Refused("unstorable: a string holds a NUL character or a number is NaN/Infinity")
     row: dict[str, Any] = {
         "id": record["id"],
@@ -260,24 +261,31 @@ def _insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     """One bulk insert; a row another process stored meanwhile is skipped, not an error."""
     if not rows:
         return
+    table = cast(Table, AuditRecord.__table__)
     if session.get_bind().dialect.name == "postgresql":
-        statement: Any = postgresql.insert(AuditRecord).on_conflict_do_nothing(
-            index_elements=["id"]
-        )
+        statement: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
     else:
-        statement = sqlite.insert(AuditRecord).on_conflict_do_nothing()
-    session.execute(statement, rows)
+        statement = sqlite.insert(table).on_conflict_do_nothing()
+    # Core, not the ORM's bulk path: that splits rows by which values are None, one INSERT
+    # per group; this is one executemany (multi-row VALUES on PostgreSQL).
+    session.connection().execute(statement, rows)
 
 
 def ingest(
-    session: Session, relay_id: str, records: Sequence[Mapping[str, Any]], now: datetime
+    session: Session,
+    relay_id: str,
+    records: Sequence[Mapping[str, Any]],
+    now: datetime,
+    *,
+    screen: bool = True,
 ) -> IngestResult:
     """Store a batch of `relay_id`'s records in `session`'s transaction.
 
     Idempotent by record id (an id already stored is a duplicate and not checked again).
     Each new record must follow the last stored record of its chain: the relay's head for its
     current chain, the newest stored one for any other. A record starting a new chain (seq 1,
-    prev GENESIS) makes that chain the relay's current one.
+    prev GENESIS) makes that chain the relay's current one. `screen` false skips looking
+    for values JSONB cannot hold (when the batch's text cannot contain any: see SUSPECT).
     """
     result = IngestResult()
     relay = _relay_for_update(session, relay_id, now)
@@ -300,7 +308,7 @@ def ingest(
         try:
             if malformed is not None:
                 raise _Refused(malformed)
-            row = _row(relay_id, record)
+            row = _row(relay_id, record, screen)
         except _Refused as refused:
             result.broken.append(
                 BrokenRecord(seq_or_none, ident_or_none, f"not stored: {refused}", stored=False)
