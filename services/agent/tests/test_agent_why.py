@@ -8,18 +8,19 @@ import asyncio
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from zgate_agent.app import Agent
+from zgate_agent.app import Agent, RelayQueryError
 from zgate_agent.cli import build_parser, main
 from zgate_agent.metrics import AgentMetrics
 from zgate_agent.settings import AgentSettings
 from zgate_agent.why import LOCAL_PATH, WHY_PATH, describe_why, relay_path, why_query
 from zgate_host.httpd import StatusServer, serve_status
 from zgate_host.memdev import MemoryPacketDevice
+from zgate_proto.session import ResponseReceived, SessionError
 
 DENIED: dict[str, Any] = {
     "client": "client/alice",
@@ -198,5 +199,63 @@ async def test_the_daemons_handler_without_a_tunnel_answers_503(tmp_path: Path) 
         assert (status, answer["error"]) == (503, "not connected to the relay (state: starting)")
         status, answer = await asyncio.to_thread(handle, {})
         assert status == 400 and "give one target" in answer["error"]
+    finally:
+        device.close()
+
+
+def test_an_agent_without_why_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve_status("127.0.0.1", 0, CollectorRegistry())  # an older agent: no /why
+    try:
+        assert main(["why", "tcp://db:1", "--metrics", address(server)]) == 2
+    finally:
+        server.close()
+    assert capsys.readouterr().err == "zgate-agent: why tcp://db:1: Not Found\n"
+
+
+class StubAgent:
+    """Stands in for the Agent whose ask_relay the handler calls."""
+
+    def __init__(self, body: bytes = b"{}", delay: float = 0.0) -> None:
+        self.body = body
+        self.delay = delay
+
+    async def ask_relay(self, method: str, path: str, *, timeout: float) -> ResponseReceived:
+        await asyncio.sleep(self.delay)
+        return ResponseReceived(4, 200, [], self.body)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [(b"<html>", "is not JSON"), (b"[1, 2]", "is not a JSON object")],
+)
+async def test_the_daemons_handler_refuses_an_answer_that_is_no_json_object(
+    body: bytes, error: str
+) -> None:
+    handle = why_query(cast(Agent, StubAgent(body)), asyncio.get_running_loop())
+    status, answer = await asyncio.to_thread(handle, {"target": ["tcp://db:1"]})
+    assert status == 502 and error in answer["error"]
+
+
+async def test_the_daemons_handler_gives_up_on_a_stuck_loop() -> None:
+    agent = StubAgent(delay=3.0)
+    handle = why_query(cast(Agent, agent), asyncio.get_running_loop(), timeout=0.01)
+    status, answer = await asyncio.to_thread(handle, {"target": ["tcp://db:1"]})
+    assert (status, answer["error"]) == (503, "the agent did not answer within 0.01 s")
+
+
+async def test_asking_on_a_connection_that_just_ended_is_a_clear_error(tmp_path: Path) -> None:
+    class EndedLink:
+        def request(self, method: str, path: str) -> int:
+            raise SessionError("the connection has ended: no more requests")
+
+    settings = AgentSettings(
+        relay="127.0.0.1:9", ca=tmp_path / "ca", cert=tmp_path / "c", key=tmp_path / "k"
+    )
+    device = MemoryPacketDevice("mem-ended")
+    try:
+        agent = Agent(settings, device, AgentMetrics(), configure_host=False)
+        agent._link, agent._pump = cast(Any, EndedLink()), cast(Any, object())
+        with pytest.raises(RelayQueryError, match="cannot ask the relay: the connection has ended"):
+            await agent.ask_relay("GET", "/x")
     finally:
         device.close()

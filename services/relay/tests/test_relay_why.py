@@ -242,3 +242,17 @@ def test_what_is_not_a_why_question_gets_a_problem_document(
 def test_two_targets_are_one_too_many() -> None:
     request = RequestReceived(4, "GET", f"{WHY_PATH}?target=tcp://a:1&target=tcp://b:2", [])
     assert answer_why(request, ALICE.identity, None, 0.0).status == 400
+
+
+def test_a_country_rule_is_explained_with_the_destinations_country() -> None:
+    policy = compile_policy(
+        """
+default: allow
+rules:
+  - {id: no-de, action: deny, from: ["*"], to: ["country:DE"]}
+""",
+        geoip=True,
+    )
+    e = make_enforcer(policy, country_of=lambda raw: "DE" if raw[0] == 198 else None)
+    assert body(ask("tcp://198.51.100.5:443", enforcer=e))["rule"] == "no-de"
+    assert body(ask("tcp://203.0.113.5:443", enforcer=e))["rule"] == "default"
