@@ -20,7 +20,7 @@ from zgate_proto.session import RequestReceived
 from zgate_relay.denials import DenialLog
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
-from zgate_relay.why import WHY_PATH, WhyReply, answer_why
+from zgate_relay.why import WHY_PATH, WhyDesk, WhyReply, answer_why
 
 POLICY = """
 default: deny
@@ -256,3 +256,22 @@ rules:
     e = make_enforcer(policy, country_of=lambda raw: "DE" if raw[0] == 198 else None)
     assert body(ask("tcp://198.51.100.5:443", enforcer=e))["rule"] == "no-de"
     assert body(ask("tcp://203.0.113.5:443", enforcer=e))["rule"] == "default"
+
+
+def test_each_connection_asks_within_a_budget() -> None:
+    class Asker:
+        """Stands in for a relay connection (a bucket is kept per connection object)."""
+
+    desk = WhyDesk(rate=1.0, burst=2.0)
+    one, other = Asker(), Asker()
+    request = RequestReceived(4, "GET", f"{WHY_PATH}?target=tcp://db:1", [])
+
+    def status(asker: Asker, now: float) -> int:
+        return desk.answer(asker, request, ALICE.identity, None, now).status
+
+    assert [status(one, 10.0), status(one, 10.0)] == [200, 200]
+    refused = desk.answer(one, request, ALICE.identity, None, 10.1)
+    assert (refused.status, refused.result) == (429, "rate_limited")
+    assert (b"retry-after", b"1") in refused.headers
+    assert status(other, 10.1) == 200  # another connection's budget is its own
+    assert status(one, 11.2) == 200  # a second later, one more

@@ -69,7 +69,7 @@ from zgate_relay.pool import AddressPool, PoolExhausted
 from zgate_relay.router import EGRESS, Deliver, Drop, Reject, Router
 from zgate_relay.session import RelaySession
 from zgate_relay.sites import SiteRoutes
-from zgate_relay.why import answer_why
+from zgate_relay.why import WhyDesk
 
 __all__ = ["SUPPORTED_VERSIONS", "RelayCore"]
 
@@ -141,6 +141,7 @@ class RelayCore:
         self.connector_deadline = connector_deadline
         self.wall_clock = wall_clock
         self.router = Router(enforcer, sites, own_addresses)
+        self._why = WhyDesk()
         self._cid_length = config.connection_id_length
         self._by_cid: dict[bytes, _Connection] = {}
         self._conns: dict[ServerConnection, _Connection] = {}
@@ -509,7 +510,7 @@ class RelayCore:
 
     def _plain_request(self, conn: _Connection, event: RequestReceived, now: float) -> None:
         """An agent's question beside its session (`why`), answered for its own identity."""
-        reply = answer_why(event, conn.identity, self.enforcer, now)
+        reply = self._why.answer(conn, event, conn.identity, self.enforcer, now)
         conn.server.respond(event.stream_id, reply.status, reply.headers, reply.body)
         self.metrics.why_requests[reply.result].inc()
         self._dirty.add(conn)

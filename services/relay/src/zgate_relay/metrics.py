@@ -58,7 +58,15 @@ REFUSAL_REASONS = (
 
 
 #: How an agent's `why` request ended: the verdict it was told, or why it got none.
-WHY_RESULTS = ("allow", "deny", "bad_target", "not_found", "bad_method", "no_identity")
+WHY_RESULTS = (
+    "allow",
+    "deny",
+    "bad_target",
+    "not_found",
+    "bad_method",
+    "no_identity",
+    "rate_limited",
+)
 
 
 class RelayMetrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import weakref
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -23,7 +24,7 @@ from zgate_proto.session import RequestReceived
 from zgate_relay.denials import Denial
 from zgate_relay.enforce import RELAY_DNS_RULE, Enforcer
 
-__all__ = ["WHY_PATH", "WhyReply", "answer_why"]
+__all__ = ["WHY_PATH", "WhyDesk", "WhyReply", "answer_why"]
 
 #: Where agents ask.
 WHY_PATH: Final = "/.well-known/zgate/why"
@@ -32,7 +33,13 @@ WHY_PATH: Final = "/.well-known/zgate/why"
 _PROTOCOLS: Final = {"tcp": frozenset((6,)), "udp": frozenset((17,)), "icmp": frozenset((1, 58))}
 _JSON: Final = (b"content-type", b"application/json")
 _PROBLEM: Final = (b"content-type", b"application/problem+json")
-_TITLES: Final = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+_TITLES: Final = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+}
 _DNS_PORT: Final = 53
 
 
@@ -44,6 +51,38 @@ class WhyReply:
     headers: Sequence[tuple[bytes, bytes]]
     body: bytes
     result: str
+
+
+class WhyDesk:
+    """Answers the plain requests of each connection (``asker``) within a token bucket of
+    ``rate`` a second and bursts of ``burst``: ``explain()`` walks every rule, so an agent
+    asking in a loop must not take the relay's time from the packets. Beyond it: 429."""
+
+    def __init__(self, *, rate: float = 5.0, burst: float = 20.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        # Weak keys: a bucket goes with its connection, never needing a sweep.
+        self._buckets: weakref.WeakKeyDictionary[object, tuple[float, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def answer(
+        self,
+        asker: object,
+        request: RequestReceived,
+        identity: Identity | None,
+        enforcer: Enforcer | None,
+        now: float,
+    ) -> WhyReply:
+        """:func:`answer_why`, or 429 when ``asker`` has asked too often."""
+        tokens, last = self._buckets.get(asker, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[asker] = (tokens, now)
+            detail = "too many questions: ask again in a second"
+            return _problem(429, detail, "rate_limited", [(b"retry-after", b"1")])
+        self._buckets[asker] = (tokens - 1, now)
+        return answer_why(request, identity, enforcer, now)
 
 
 def answer_why(
