@@ -257,6 +257,8 @@ class AuditRecord(Base):
         Index("ix_audit_records_verdict_ts", "verdict", "ts"),
         Index("ix_audit_records_rule_ts", "rule", "ts"),
         Index("ix_audit_records_event_ts", "event", "ts"),
+        Index("ix_audit_records_fqdn_ts", "fqdn", "ts"),
+        Index("ix_audit_records_session_ts", "session", "ts"),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     relay_id: Mapped[str] = mapped_column(String(200))
