@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from zgate_control.api import admin, audit, policies
+from zgate_control.api import admin, audit, clients, connectors, policies, relays
 
 __all__ = ["ROUTERS"]
 
 #: Every router the app mounts under /api/v1, in OpenAPI order.
-ROUTERS: tuple[APIRouter, ...] = (admin.router, audit.router, policies.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    admin.router,
+    audit.router,
+    policies.router,
+    clients.router,
+    connectors.router,
+    relays.router,
+)
