@@ -226,9 +226,13 @@ class ControlClient:
             hint = self._is_it_zgate()
         conn = self.connection
         if status == 401:
-            given = f"the token from {conn.token_from}" if conn.token_from else "no token was given"
+            given = (
+                f"the control plane refused the token from {conn.token_from}"
+                if conn.token_from
+                else "no token was given"
+            )
             hint = (
-                f"{given}; pass an API token (zgt_...) with --token, --token-file,"
+                f"{given}: pass a valid API token (zgt_...) with --token, --token-file,"
                 f" {TOKEN_ENV} or token: in the config file"
             )
         elif status == 403:

@@ -17,8 +17,8 @@ from .paths import segment
 __all__ = ["ONCE", "bundle_names", "register", "report_bundle", "save_bundle"]
 
 ONCE = (
-    "the private key was in the control plane's answer only: it keeps no copy and cannot show"
-    " it again"
+    "this bundle is shown only once: the control plane keeps no copy of the private key"
+    " (lost: revoke and issue a new one)"
 )
 
 COLUMNS: list[Column] = [

@@ -57,7 +57,8 @@ def _test_line(test: Any) -> str:
 def render_problem(problem: dict[str, Any], status: int, source: str | None = None) -> list[str]:
     """The lines of an RFC 9457 problem: ``<title>: <detail>`` then one line per entry of its
     ``errors`` (``line:column: message`` for policies, ``field: message`` otherwise) and of
-    its failed ``tests``. `source` (a file name) prefixes the line numbers."""
+    its failed ``tests`` (when no errors name them). `source` (a file name) prefixes the line
+    numbers."""
     title = str(problem.get("title") or f"HTTP {status}")
     detail = problem.get("detail")
     lines = [f"{title}: {detail}" if detail else title]
@@ -65,7 +66,8 @@ def render_problem(problem: dict[str, Any], status: int, source: str | None = No
     if isinstance(errors, list):
         lines.extend(_error_line(e, source) for e in errors)
     tests = problem.get("tests")
-    if isinstance(tests, list):
+    # A failing test is among the errors too (at its line); list tests only when it is not.
+    if isinstance(tests, list) and not errors:
         lines.extend(_test_line(t) for t in tests if not (isinstance(t, dict) and t.get("passed")))
     return lines
 

@@ -179,14 +179,12 @@ def _explain(args: argparse.Namespace, client: ControlClient) -> int:
     if args.json:
         print_json(result)
     else:
-        used = ", ".join(result.get("groups_used") or []) or "none"
+        # The explanation's own lines start with the verdict and name the groups used.
         print(f"v{result.get('policy_version', version)}: {args.client} -> {args.target}")
-        print(f"groups: {used}")
-        for line in result.get("explanation") or []:
+        for line in result.get("explanation") or [f"verdict: {verdict}"]:
             print(line)
         if result.get("note"):
             print(f"note: {result['note']}")
-        print(f"verdict: {verdict} (rule {result.get('rule')})")
     return 0 if verdict == "allow" else 1
 
 

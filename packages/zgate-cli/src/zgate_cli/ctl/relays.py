@@ -102,7 +102,12 @@ def _cert(args: argparse.Namespace, client: ControlClient) -> int:
         )
         for path in paths:
             print(f"wrote {path}" + (" (0600)" if path.suffix == ".key" else ""))
-        print(f"start it with: serve --pki {out} --control {client.connection.url}")
+        print(
+            f"start it with: serve --pki {out} --relay-name {args.id}"
+            f" --control {client.connection.url} --control-token-file FILE"
+            f" (a relay token: zgate ctl token create --role relay --name {args.id}"
+            f" --relay {args.id})"
+        )
     print(ONCE, file=sys.stderr)
     return 0
 
