@@ -69,13 +69,10 @@ def flow(
     rule: str,
     ts: datetime,
     fqdn: str | None = None,
-    groups: list[str] | None = None,
 ) -> AuditRecord:
     """A stored flow.allow/flow.deny record (the chain fields are not what is tested here)."""
     seq = next(_seq)
     record: dict[str, Any] = {"event": f"flow.{verdict}", "client": client, "dst": dst}
-    if groups is not None:
-        record["groups"] = groups
     return AuditRecord(
         id=uuid.uuid4().hex,
         relay_id="relay-1",
@@ -113,10 +110,9 @@ def fill(database: Database, now: datetime) -> None:
     ]
     rows += [flow("bob", "tcp", "10.2.0.7", 443, "allow", "web", now - i * hour) for i in (1, 2)]
     rows += [flow("bob", "tcp", "10.3.0.9", 22, "deny", "default", now - hour) for _ in range(3)]
-    # Recorded with certificate groups: decided with them, not the clients table's.
+    # carol is in eng by her certificate (the clients table), not by the policy: she keeps it.
     rows += [
-        flow("carol", "tcp", "10.1.0.6", 5432, "allow", "eng-db", now - hour, groups=["eng"])
-        for _ in range(4)
+        flow("carol", "tcp", "10.1.0.6", 5432, "allow", "eng-db", now - hour) for _ in range(4)
     ]
     rows.append(flow("dave", "sctp", "10.2.0.1", 9, "deny", "default", now - hour))
     rows.append(flow("erin", "icmp", "10.2.0.1", 4711, "deny", "default", now - hour))
@@ -124,6 +120,7 @@ def fill(database: Database, now: datetime) -> None:
         session.add_all(rows)
         session.add(Client(id="alice", groups=[], created_at=now, created_by="tests"))
         session.add(Client(id="bob", groups=["dba"], created_at=now, created_by="tests"))
+        session.add(Client(id="carol", groups=["eng"], created_at=now, created_by="tests"))
 
 
 def test_impact_lists_who_loses_and_gains_what(

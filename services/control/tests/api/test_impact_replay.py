@@ -51,10 +51,9 @@ def row(
     *,
     rule: str | None = "old",
     fqdn: str | None = None,
-    groups: tuple[str, ...] | None = None,
     ago: timedelta = timedelta(hours=1),
 ) -> FlowGroup:
-    return FlowGroup(client, proto, dst, dport, fqdn, verdict, rule, groups, flows, NOW - ago)
+    return FlowGroup(client, proto, dst, dport, fqdn, verdict, rule, flows, NOW - ago)
 
 
 def run(
@@ -71,17 +70,16 @@ def run(
     )
 
 
-def test_groups_come_from_the_records_else_from_the_clients_table() -> None:
+def test_groups_come_from_the_clients_table() -> None:
     rows = [
-        row("alice", "tcp", "10.1.0.5", 5432, "deny", 4, groups=("sre",)),
+        row("alice", "tcp", "10.1.0.5", 5432, "allow", 4),
         row("bob", "tcp", "10.1.0.5", 5432, "deny", 3),
-        row("carol", "tcp", "10.1.0.5", 5432, "allow", 2, groups=()),
+        row("carol", "tcp", "10.1.0.5", 5432, "allow", 2),
     ]
     result = run(rows, groups={"bob": ["sre"], "carol": ["sre"]})
     assert [(c.client, c.change, c.flows, c.new_rule) for c in result.changes] == [
-        ("alice", "gains", 4, "db"),
+        ("alice", "loses", 4, "default"),  # not registered: no groups
         ("bob", "gains", 3, "db"),
-        ("carol", "loses", 2, "default"),  # the records say no groups: the table is not asked
     ]
     assert result.flows_considered == 9 and result.distinct == 3
 

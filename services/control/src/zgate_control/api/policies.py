@@ -441,11 +441,11 @@ def impact(body: ImpactIn, request: Request, db: DB, _: Reader) -> dict[str, Any
         except service.PolicyRejected as exc:
             raise _rejected(exc) from None
         rows = service.recorded_flows(session, since, until, body.client)
-        unknown = {r.client for r in rows if r.groups is None}
-        groups = service.client_groups(session, unknown)
+        seen = {r.client for r in rows}
+        groups = service.client_groups(session, seen)
     if checked.compiled.uses_geoip:
         notes.append("country rules never match in the replay: the control plane has no GeoIP")
-    missing = sorted(unknown - set(groups))
+    missing = sorted(seen - set(groups))
     if missing:
         notes.append(
             f"{len(missing)} client(s) not registered, replayed without groups: "

@@ -51,8 +51,6 @@ class FlowGroup:
     #: The verdict and rule recorded when the flows were decided.
     verdict: str
     rule: str | None
-    #: The certificate groups the records carry; None: they carry none (use the clients table).
-    groups: tuple[str, ...] | None
     flows: int
     last_seen: datetime
 
@@ -158,9 +156,10 @@ def replay(
 ) -> Impact:
     """Decide every row with `candidate` (rule expiry judged at `now`) and report the changes.
 
-    A row's groups are its records' when they carry some, else `client_groups[client]`, else
-    none. Rows whose flows the candidate decides like the recorded verdict (whatever the rule)
-    are not changes. Changes with the same client, flow and rules are merged.
+    A client's groups are `client_groups[client]` (none for a client missing there): flow
+    records carry no groups, and the candidate would meet today's clients anyway. Rows whose
+    flows the candidate decides like the recorded verdict (whatever the rule) are not changes.
+    Changes with the same client, flow and rules are merged.
     """
     merged: dict[_Key, tuple[int, datetime]] = {}
     considered = distinct = undecidable = 0
@@ -171,7 +170,7 @@ def replay(
         if proto is None:
             undecidable += 1
             continue
-        groups = row.groups if row.groups is not None else tuple(client_groups.get(row.client, ()))
+        groups = tuple(client_groups.get(row.client, ()))
         dport = row.dport if proto in _PORTED else None
         decision = candidate.decide(
             row.client,
