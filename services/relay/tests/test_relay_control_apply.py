@@ -221,6 +221,7 @@ def test_a_cached_policy_this_relay_cannot_use_starts_deny_all_from_a_snapshot(
     compiled = boot.install_policy(p.policies)
     assert compiled.default.verdict == "deny" and not compiled.rules
     assert boot.state.seq == 0  # a whole snapshot is asked for, and applied in full
+    assert boot.state.policy is None  # the state says what runs: deny-all
     assert "the cached policy cannot be used" in caplog.text
 
 
@@ -234,6 +235,7 @@ def test_cached_revocations_or_connectors_that_cannot_be_used_start_over(
     p = Parts(pki)
     boot.install_revocations(p.verifier)
     assert boot.state.seq == 0 and 0xAB not in p.verifier.revoked_serials()
+    assert (boot.state.crl_pem, boot.state.blocked) == ("", ())
     assert "cached revocations cannot be used" in caplog.text
     bad = Boot(ControlState(seq=3, connectors={"a": ("x",)}), None, pki / "c")
     assert bad.connectors() == {} and bad.state.seq == 0
@@ -261,4 +263,35 @@ async def test_a_response_that_makes_no_sense_is_counted_and_nothing_changes(
         "zgate_relay_control_apply_errors_total", {"kind": "response"}
     )
     assert errors == 1
+    await client.aclose()
+
+
+async def test_the_same_snapshot_again_is_not_applied_again(parts: Parts, tmp_path: Path) -> None:
+    empty = {
+        "type": "snapshot",
+        "head_seq": 0,
+        "snapshot": {"seq": 0, "policy": None, "crl_pem": "", "blocked": [], "connectors": {}},
+    }
+    polls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        polls.append(int(request.url.params["since"]))
+        return httpx.Response(200, json=empty)
+
+    client = ControlClient("http://c.test", "r1", "t", transport=httpx.MockTransport(handler))
+    applied: list[int] = []
+    follower = Follower(
+        client,
+        parts.applier,
+        ControlMetrics(parts.metrics.registry),
+        state=ControlState(),
+        cache_path=tmp_path / "cache.json",
+        idle_snapshot_pause=0,
+        on_applied=lambda: applied.append(follower.state.seq),
+    )
+    for _ in range(3):
+        await follower.step()
+    assert polls == [0, 0, 0]
+    assert parts.ended == 1  # the revocations were installed once, on the first snapshot
+    assert (tmp_path / "cache.json").exists()
     await client.aclose()

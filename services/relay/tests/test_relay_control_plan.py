@@ -3,9 +3,14 @@ snapshots, changes in seq order, one step per kind, nothing acknowledged past a 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from zgate_relay.control.backoff import Backoff
 from zgate_relay.control.plan import (
@@ -16,6 +21,7 @@ from zgate_relay.control.plan import (
     settle,
 )
 from zgate_relay.control.state import ControlState, PublishedPolicy, StateFormatError
+from zgate_testkit.pki import make_pki
 
 V1 = PublishedPolicy(1, "aaaa", "default: deny\n")
 V2 = PublishedPolicy(2, "bbbb", "default: allow\n")
@@ -190,3 +196,48 @@ def test_backoff_doubles_to_its_maximum_with_jitter_and_starts_over() -> None:
     assert high.next() == 0.5
     with pytest.raises(ValueError):
         Backoff(0, 1)
+
+
+def test_an_empty_control_plane_is_applied_once_not_on_every_poll() -> None:
+    # Position 0 with nothing published: the control plane answers each poll with the same
+    # snapshot. The first is applied in full; once it is in force, the next needs nothing.
+    empty = snapshot(0, policy=None)
+    first = plan_changes(ControlState(), empty, in_force=False)
+    assert [s.kind for s in first.steps] == ["policy", "revocation", "connectors"]
+    state = settle(ControlState(), first, [])
+    assert state.seq == 0
+    again = plan_changes(state, empty, in_force=True)
+    assert again.steps == () and settle(state, again, []) == state
+
+
+def signed_crl(pki: Path, serials: list[int], at: datetime) -> str:
+    """A CRL of ``serials`` signed by the PKI's CA at ``at``."""
+    ca = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(at)
+        .next_update(at + timedelta(days=1))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_crl_signed_anew_with_the_same_serials_is_no_step(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", []).directory
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    first = signed_crl(pki, [5, 7], now)
+    second = signed_crl(pki, [7, 5], now + timedelta(seconds=30))
+    assert first != second
+    state = ControlState(seq=3, crl_pem=first, blocked=("b", "a"))
+    same = plan_changes(state, changes(revocation(4, "a", "b", crl=second)))
+    assert same.steps == () and same.through == 4
+    more = signed_crl(pki, [5, 7, 9], now)
+    assert plan_changes(state, changes(revocation(4, "a", "b", crl=more))).steps != ()
+    garbled = plan_changes(state, changes(revocation(4, "a", "b", crl="not a CRL")))
+    assert garbled.steps != ()  # installing it decides, and refuses it

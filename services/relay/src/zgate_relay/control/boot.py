@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from zgate_pki import PkiError
 from zgate_policy import CompiledPolicy, PolicyError
@@ -47,7 +48,7 @@ class Boot:
                     "deny-all policy until the control plane sends one that can",
                     extra={"policy": policy.name, "error": str(exc)},
                 )
-                self._start_over()
+                self._start_over(policy=None)
         elif self.cached_at is None:
             log.warning(
                 "FOLLOWING A CONTROL PLANE WITHOUT A CACHED SNAPSHOT: every flow is denied "
@@ -69,7 +70,7 @@ class Boot:
                 "in force until the control plane sends them",
                 extra={"error": str(exc)},
             )
-            self._start_over()
+            self._start_over(crl_pem="", blocked=())
 
     def connectors(self) -> dict[str, list[Network]]:
         """The cached connectors' allowed prefixes."""
@@ -77,13 +78,14 @@ class Boot:
             return parse_connectors(self.state.connectors)
         except ValueError as exc:
             log.error("the cached connectors are unusable", extra={"error": str(exc)})
-            self._start_over()
+            self._start_over(connectors={})
             return {}
 
-    def _start_over(self) -> None:
-        # Position 0 makes the control plane send a whole snapshot, and every part of it
-        # is applied again: what the cache held but could not be used is not skipped.
-        self.state = replace(self.state, seq=0)
+    def _start_over(self, **enforced: Any) -> None:
+        # Position 0 makes the control plane send a whole snapshot, applied in full. The
+        # part that could not be used is replaced by what is enforced instead, so the state
+        # says what runs (a later snapshot equal to it needs no step).
+        self.state = replace(self.state, seq=0, **enforced)
 
 
 def load_boot(state_dir: Path) -> Boot:

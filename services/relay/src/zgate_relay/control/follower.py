@@ -47,6 +47,7 @@ class Follower:
         backoff: Backoff | None = None,
         auth_retry: float = 30.0,
         failure_retry: float = 10.0,
+        idle_snapshot_pause: float = 2.0,
         on_applied: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -60,6 +61,9 @@ class Follower:
         self.backoff = backoff or Backoff()
         self.auth_retry = auth_retry
         self.failure_retry = failure_retry
+        self.idle_snapshot_pause = idle_snapshot_pause
+        #: Whether the relay enforces ``state`` (a usable cache, or anything applied).
+        self.in_force = state.seq > 0
         self.on_applied = on_applied
         self.clock = clock
         self.connected = False
@@ -101,8 +105,9 @@ class Follower:
             await asyncio.sleep(self.backoff.next())
             return
         self._reachable()
+        before = self.state.seq
         try:
-            plan = plan_changes(self.state, response)
+            plan = plan_changes(self.state, response, in_force=self.in_force)
         except StateFormatError as exc:
             self.metrics.apply_errors["response"].inc()
             log.error("the control plane sent a response that makes no sense: %s", exc)
@@ -112,6 +117,10 @@ class Follower:
         if await self.apply(plan):
             # The failed change comes back with the next poll; do not spin on it.
             await asyncio.sleep(self.failure_retry)
+        elif plan.snapshot and plan.through == before:
+            # A snapshot at the position asked for: the control plane answers position 0
+            # (an empty change log) with a snapshot at once instead of holding the poll.
+            await asyncio.sleep(self.idle_snapshot_pause)
 
     async def apply(self, plan: Plan) -> list[Step]:
         """Apply a plan's steps in order; returns those that failed (each logged loudly and
@@ -131,7 +140,9 @@ class Follower:
         for seq, kind in plan.ignored:
             log.warning("change of an unknown kind passed over", extra={"seq": seq, "kind": kind})
         new = settle(self.state, plan, failed)
-        if new == self.state:
+        self.in_force = True  # what failed left the previous value in force
+        applied = len(failed) < len(plan.steps)
+        if new == self.state and not applied:
             return failed
         self.state = new
         now = self.clock()
@@ -146,7 +157,7 @@ class Follower:
         self.last_apply = now
         self.metrics.applied_seq.set(new.seq)
         self.metrics.last_apply.set(now.timestamp())
-        if len(failed) < len(plan.steps):
+        if applied:
             log.info(
                 "control-plane changes applied",
                 extra={

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
+from cryptography import x509
+
 from zgate_relay.control.state import (
     ControlState,
     PublishedPolicy,
@@ -83,8 +85,14 @@ class Plan:
     ignored: tuple[tuple[int, str], ...] = ()
 
 
-def plan_changes(state: ControlState, response: object) -> Plan:
-    """The plan for a GET .../changes response; raises StateFormatError on a bad one."""
+def plan_changes(state: ControlState, response: object, *, in_force: bool | None = None) -> Plan:
+    """The plan for a GET .../changes response; raises StateFormatError on a bad one.
+
+    ``in_force`` says whether the relay enforces ``state`` now, so that parts equal to it
+    need no step (default: once it holds a position, ``state.seq > 0``); when it does not
+    (nothing applied yet, or a cache it could not use) every part is a step.
+    """
+    known = state.seq > 0 if in_force is None else in_force
     if not isinstance(response, Mapping):
         raise StateFormatError("the changes response is not a JSON object")
     head = response.get("head_seq")
@@ -92,24 +100,24 @@ def plan_changes(state: ControlState, response: object) -> Plan:
         raise StateFormatError(f"head_seq: expected an integer, got {head!r}")
     kind = response.get("type")
     if kind == "snapshot":
-        return _plan_snapshot(state, ControlState.from_dict(response.get("snapshot")), head)
+        return _plan_snapshot(state, ControlState.from_dict(response.get("snapshot")), head, known)
     if kind == "changes":
-        return _plan_changes(state, response.get("changes"), head)
+        return _plan_changes(state, response.get("changes"), head, known)
     raise StateFormatError(f"type: expected 'changes' or 'snapshot', got {kind!r}")
 
 
-def _plan_snapshot(state: ControlState, snapshot: ControlState, head: int) -> Plan:
+def _plan_snapshot(state: ControlState, snapshot: ControlState, head: int, known: bool) -> Plan:
     seq = snapshot.seq
     wanted: list[Step] = [
         InstallPolicy(seq, snapshot.policy),
         InstallRevocations(seq, snapshot.crl_pem, snapshot.blocked),
         InstallConnectors(seq, snapshot.connectors),
     ]
-    steps = tuple(step for step in wanted if not _in_force(state, step))
+    steps = tuple(step for step in wanted if not (known and _in_force(state, step)))
     return Plan(steps, seq, head, snapshot=True, ca_pem=snapshot.ca_pem)
 
 
-def _plan_changes(state: ControlState, changes: object, head: int) -> Plan:
+def _plan_changes(state: ControlState, changes: object, head: int, known: bool) -> Plan:
     if not isinstance(changes, list):
         raise StateFormatError("changes: expected a list")
     newest: dict[str, Step] = {}
@@ -135,7 +143,8 @@ def _plan_changes(state: ControlState, changes: object, head: int) -> Plan:
         current = newest.get(kind)
         if current is None or current.seq < seq:
             newest[kind] = step
-    steps = sorted((s for s in newest.values() if not _in_force(state, s)), key=lambda s: s.seq)
+    fresh = (s for s in newest.values() if not (known and _in_force(state, s)))
+    steps = sorted(fresh, key=lambda s: s.seq)
     return Plan(tuple(steps), through, head, ignored=tuple(sorted(ignored)))
 
 
@@ -158,10 +167,29 @@ def _step(seq: int, kind: str, payload: object) -> Step:
 def _in_force(state: ControlState, step: Step) -> bool:
     """Whether the state holds what the step would install already."""
     if isinstance(step, InstallPolicy):
-        return state.policy == step.policy and state.seq > 0
+        return state.policy == step.policy
     if isinstance(step, InstallRevocations):
-        return (state.crl_pem, state.blocked) == (step.crl_pem, step.blocked) and state.seq > 0
-    return dict(state.connectors) == dict(step.connectors) and state.seq > 0
+        return set(state.blocked) == set(step.blocked) and _same_crl(state.crl_pem, step.crl_pem)
+    return dict(state.connectors) == dict(step.connectors)
+
+
+def _same_crl(a: str, b: str) -> bool:
+    """Whether two CRLs revoke the same serials. The control plane may sign its CRL anew
+    for every snapshot (a new date, a new signature): the text alone would differ."""
+    if a == b:
+        return True
+    serials_a, serials_b = _crl_serials(a), _crl_serials(b)
+    return serials_a is not None and serials_a == serials_b
+
+
+def _crl_serials(pem: str) -> frozenset[int] | None:
+    if not pem.strip():
+        return frozenset()
+    try:
+        crl = x509.load_pem_x509_crl(pem.encode())
+    except ValueError:
+        return None  # not comparable: installing it decides (and refuses it)
+    return frozenset(entry.serial_number for entry in crl)
 
 
 def settle(state: ControlState, plan: Plan, failed: Collection[Step]) -> ControlState:
