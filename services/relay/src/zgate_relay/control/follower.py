@@ -47,7 +47,7 @@ class Follower:
         backoff: Backoff | None = None,
         auth_retry: float = 30.0,
         failure_retry: float = 10.0,
-        idle_snapshot_pause: float = 2.0,
+        idle_snapshot_pause: float = 1.0,
         on_applied: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
