@@ -95,7 +95,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        # Other work on the machine skews every figure: say how busy it was.
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _ts(when: datetime) -> str:
@@ -230,14 +236,15 @@ class Result:
     records: int
     ingest_records: int = 0
     ingest_per_s: float = 0.0
+    ingest_full_per_s: float = 0.0
     fill_s: float = 0.0
     queries: dict[str, dict[str, float]] = field(default_factory=dict)
     export_per_s: float = 0.0
 
 
-def measure_ingest(url: str, relay_token: str, count: int, batch: int) -> float:
+def measure_ingest(url: str, relay_token: str, relay: str, count: int, batch: int) -> float:
     """Records per second posted by one relay in batches of `batch`."""
-    records = list(chained("ingest-relay", count, seed=99, span=timedelta(hours=1)))
+    records = list(chained(relay, count, seed=sum(relay.encode()), span=timedelta(hours=1)))
     # Encoded beforehand: the client shares this process, and its JSON encoding is not what
     # is measured.
     batches = [
@@ -248,7 +255,7 @@ def measure_ingest(url: str, relay_token: str, count: int, batch: int) -> float:
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         started = time.perf_counter()
         for size, content in batches:
-            answer = client.post("/api/v1/relays/ingest-relay/audit", content=content)
+            answer = client.post(f"/api/v1/relays/{relay}/audit", content=content)
             answer.raise_for_status()
             body = answer.json()
             if body["accepted"] != size or body["broken"]:
@@ -284,8 +291,9 @@ def measure_queries(url: str, viewer: str, repeat: int) -> dict[str, dict[str, f
     shapes: dict[str, Callable[[], dict[str, Any]]] = {
         "client over a day": by_client,
         "by dst (IP)": by_dst,
-        "by dst (fqdn, no index)": by_fqdn,
+        "by dst (name)": by_fqdn,
         "deny verdicts": lambda: {"verdict": "deny"},
+        "by relay": lambda: {"relay": f"relay-{rng.randrange(RELAYS)}"},
         "newest page": dict,
     }
     figures: dict[str, dict[str, float]] = {}
@@ -338,17 +346,23 @@ def run_one(name: str, url: str, args: argparse.Namespace, work: Path) -> Result
         db.upgrade()
         first_start(db, trust_domain="bench.zgate", bootstrap_token=False)
         result = Result(name, args.records, ingest_records=args.ingest)
-        relay_token, viewer = token(db, "relay", "ingest-relay"), token(db, "viewer")
+        relay_token, viewer = token(db, "relay"), token(db, "viewer")
         with serving(db, work / f"state-{name}") as api:
             print(f"[{name}] ingest: {args.ingest} records through the API ...", flush=True)
-            result.ingest_per_s = measure_ingest(api, relay_token, args.ingest, args.batch)
+            result.ingest_per_s = measure_ingest(
+                api, relay_token, "ingest-empty", args.ingest, args.batch
+            )
             print(f"[{name}] fill: {args.records} records directly ...", flush=True)
             result.fill_s = fill(db, args.records)
+            print(f"[{name}] ingest again, into the filled table ...", flush=True)
+            result.ingest_full_per_s = measure_ingest(
+                api, relay_token, "ingest-full", args.ingest, args.batch
+            )
             print(f"[{name}] queries ({args.repeat} each) ...", flush=True)
             result.queries = measure_queries(api, viewer, args.repeat)
             if not args.no_export:
                 print(f"[{name}] export ...", flush=True)
-                total = args.records + args.ingest
+                total = args.records + 2 * args.ingest
                 result.export_per_s = measure_export(api, viewer, total)
         return result
     finally:
@@ -357,11 +371,22 @@ def run_one(name: str, url: str, args: argparse.Namespace, work: Path) -> Result
 
 def print_table(results: list[Result], about: dict[str, Any]) -> None:
     """The figures side by side, one column per database."""
-    print(f"\nmachine: {about['nproc']} CPUs, {about['cpu']}, Python {about['python']}")
+    about["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    print(
+        f"\nmachine: {about['nproc']} CPUs, {about['cpu']}, Python {about['python']},"
+        f" load average {about['loadavg_1m']} at start, {about['loadavg_1m_end']} at the end"
+    )
     names = [r.database for r in results]
     width = 26
     print(f"{'':{width}}" + "".join(f"{n:>22}" for n in names))
-    print(f"{'ingest (records/s)':{width}}" + "".join(f"{r.ingest_per_s:>22,.0f}" for r in results))
+    print(
+        f"{'ingest, empty (records/s)':{width}}"
+        + "".join(f"{r.ingest_per_s:>22,.0f}" for r in results)
+    )
+    print(
+        f"{'ingest, filled (records/s)':{width}}"
+        + "".join(f"{r.ingest_full_per_s:>22,.0f}" for r in results)
+    )
     print(f"{'stored records':{width}}" + "".join(f"{r.records:>22,}" for r in results))
     print(f"{'direct fill (s)':{width}}" + "".join(f"{r.fill_s:>22.1f}" for r in results))
     for query in results[0].queries:
