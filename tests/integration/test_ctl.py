@@ -411,6 +411,19 @@ def test_policy_impact(
     )
     assert result["window"]["since"].startswith("2026-01-01T00:00:00")
     assert result["changes"] == []
+    # With recorded flows: alice's two allowed flows to tcp/443 would be denied.
+    ship_audit(control)
+    code, out, err = run(capsys, "ctl", "policy", "impact", "--file", str(candidate))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("replayed 3 flows (3 distinct) from ")
+    heading = next(i for i, line in enumerate(lines) if line.startswith("CLIENT"))
+    rows = [line.split() for line in lines[heading + 1 :]]
+    assert [row[:3] for row in rows] == [["alice", "loses", "tcp"], ["alice", "loses", "tcp"]]
+    assert "note: 2 client(s) not registered" in err
+    code, out, _ = run(capsys, "ctl", "policy", "impact", "--file", str(candidate), "--limit", "1")
+    assert out.splitlines()[-1] == "(only the first 1 changes are listed: --limit N for more)"
+
     candidate.write_text(POLICY_BAD)
     code, _, err = run(capsys, "ctl", "policy", "impact", "--file", str(candidate))
     assert code == 1 and f"{candidate}:3:" in err, err
