@@ -429,6 +429,8 @@ def test_policy_impact(
     assert code == 1 and f"{candidate}:3:" in err, err
     code, _, err = run(capsys, "ctl", "policy", "impact", "1", "--file", str(candidate))
     assert code == 2
+    code, _, err = run(capsys, "ctl", "policy", "impact", "1", "--since", "2d", "--days", "1")
+    assert (code, err) == (2, "zgate ctl: give --since or --days, not both\n")
 
 
 # --- clients -----------------------------------------------------------------------------------

@@ -198,7 +198,9 @@ def _impact(args: argparse.Namespace, client: ControlClient) -> int:
         body["version_id"] = _resolve(client, args.version)
     until: datetime | None = args.until
     since: datetime | None = args.since
-    if since is None and args.days is not None:
+    if since is not None and args.days is not None:
+        raise UsageError("give --since or --days, not both")
+    if args.days is not None:
         since = (until or datetime.now(UTC)) - timedelta(days=args.days)
     body.update(since=rfc3339(since), until=rfc3339(until))
     try:
@@ -298,7 +300,7 @@ def register(groups: SubParsers) -> None:
     impact.add_argument("--since", type=parse_time, metavar="TIME", help="window start")
     impact.add_argument("--until", type=parse_time, metavar="TIME", help="window end (now)")
     impact.add_argument(
-        "--days", type=int, default=None, metavar="N", help="window of N days (default 7)"
+        "--days", type=int, default=None, metavar="N", help="window of N days up to --until (7)"
     )
     impact.add_argument("--client", metavar="CLIENT", help="only this client's flows")
     impact.add_argument(
