@@ -275,3 +275,22 @@ def test_each_connection_asks_within_a_budget() -> None:
     assert (b"retry-after", b"1") in refused.headers
     assert status(other, 10.1) == 200  # another connection's budget is its own
     assert status(one, 11.2) == 200  # a second later, one more
+
+
+def test_rules_for_other_clients_are_left_out_of_the_explanation() -> None:
+    policy = compile_policy("""
+default: deny
+groups:
+  dba: []
+rules:
+  - {id: dave-db, action: allow, from: [dave, "group:dba"], to: [198.51.100.5/32]}
+  - {id: web, action: allow, from: ["*"], to: [203.0.113.0/24], ports: [tcp/443]}
+""")
+    answer = body(ask("tcp://198.51.100.5:5432", enforcer=make_enforcer(policy)))
+    text = "\n".join(answer["explanation"])
+    assert "dave" not in text and "dba" not in text
+    assert answer["explanation"][2] == "  (1 rule for other clients left out)"
+    assert any(
+        line.startswith("  web (allow): no match: destination") for line in answer["explanation"]
+    )
+    assert answer["explanation"][-1] == "  default (deny): no rule matched"

@@ -18,7 +18,7 @@ from typing import Final
 from urllib.parse import parse_qs
 
 from zgate_pki import Identity
-from zgate_policy import TestTarget
+from zgate_policy import Explanation, TestTarget
 from zgate_policy.testing import target_flow
 from zgate_proto.session import RequestReceived
 from zgate_relay.denials import Denial
@@ -149,7 +149,7 @@ def _verdict(
             now=enforcer.wall_clock(),
         )
         verdict, rule = explained.decision.verdict, explained.decision.rule_id
-        lines = explained.lines()
+        lines = _own_lines(explained)
         if fqdns:
             lines.insert(1, f"names: {', '.join(fqdns)}")
     denials = _about(enforcer.denials.recent(str(identity)), target)
@@ -161,6 +161,17 @@ def _verdict(
         "explanation": lines,
         "recent_denials": [d.to_json() for d in denials],
     }
+
+
+def _own_lines(explained: Explanation) -> list[str]:
+    """``explain()``'s lines without the rules that are not for this client: their reason
+    names the clients and groups they are for, which are none of the asker's business."""
+    own = tuple(s for s in explained.steps if s.matched or not s.reason.startswith("principal:"))
+    lines = Explanation(explained.decision, explained.principals, own).lines()
+    hidden = len(explained.steps) - len(own)
+    if hidden:
+        lines.insert(2, f"  ({hidden} rule{'s' * (hidden > 1)} for other clients left out)")
+    return lines
 
 
 def _relay_dns(
