@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 
 from zgate_control.db import Database
 from zgate_control.models import AuditRecord, Relay
-from zgate_policy.chain import GENESIS, Chainer, record_hash, verify_lines
+from zgate_policy.chain import GENESIS, Chainer, record_hash, verify_lines, verify_records
 
 Auth = Callable[..., dict[str, str]]
 
@@ -146,9 +146,10 @@ def test_unchained_or_undated_records_are_refused_one_by_one(client: TestClient)
 def test_values_postgresql_cannot_hold_are_refused_on_both_databases(client: TestClient) -> None:
     nul = flows("r1", 1, detail="a\x00b")[0]
     nan = flows("r1", 1, duration_s=float("nan"))[0]
-    fine = flows("r1", 1, detail="NaN and Infinity, \\u0000 as text")[0]
+    huge = flows("r1", 1, bytes_out=1e16)[0]
+    fine = flows("r1", 1, detail="NaN and Infinity, \\u0000 as text", small=1e-7, big=1e15)[0]
     # httpx refuses to send NaN; a relay's own encoder might not.
-    content = json.dumps({"records": [nul, nan, fine]})
+    content = json.dumps({"records": [nul, nan, huge, fine]})
     response = client.post(
         "/api/v1/relays/r1/audit", content=content, headers={"Content-Type": "application/json"}
     )
@@ -159,7 +160,11 @@ def test_values_postgresql_cannot_hold_are_refused_on_both_databases(client: Tes
     ] == [
         nul["id"],
         nan["id"],
+        huge["id"],
     ]
+    (stored,) = client.get("/api/v1/audit").json()["items"]
+    assert stored.pop("chain_ok") is True
+    assert stored["small"] == 1e-7 and record_hash(stored) == fine["hash"]
 
 
 def test_a_new_chain_switches_the_head(client: TestClient, database: Database) -> None:
@@ -280,6 +285,7 @@ def test_export_jsonl_verifies_and_csv_has_its_header(client: TestClient, auth: 
     assert report.ok and [(g.relay, g.records) for g in report.groups] == [("r1", 20), ("r2", 5)]
     exported = [json.loads(line) for line in lines[:20]]
     assert exported == shipped  # values survive the database: same record, same hash
+    assert verify_records(enumerate((json.loads(line) for line in lines), 1)).ok
     assert all(record_hash(r) == r["hash"] for r in exported)
     assert isinstance(exported[0]["whole"], float) and isinstance(exported[0]["big"], int)
 

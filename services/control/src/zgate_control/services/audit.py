@@ -15,6 +15,7 @@ import csv
 import io
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,10 +71,11 @@ _TEXT_COLUMNS: Final = {
 }
 _PORT_COLUMNS: Final = ("sport", "dport")
 _MAX_SEQ: Final = 2**63 - 1
-#: What JSONB refuses (NUL in a string, NaN/Infinity) can only come in spelled like this: a
-#: batch whose text has none of these needs no record checked; a hit is checked precisely,
-#: since the same letters may sit harmlessly inside a string.
-SUSPECT: Final = re.compile(rb"\\u0000|NaN|Infinity")
+#: What JSONB refuses (NUL in a string, NaN/Infinity) or changes (a float of 1e16 or more,
+#: which comes back as an integer) can only come in spelled like this: a batch whose text has
+#: none of these needs no record checked; a hit is checked precisely, since the same letters
+#: may sit harmlessly inside a string.
+SUSPECT: Final = re.compile(rb"\\u0000|NaN|Infinity|[0-9][eE]\+?[0-9]")
 
 #: The export's CSV columns, in order (values as shipped; ``chain_ok`` as stored).
 CSV_COLUMNS: Final = (
@@ -161,11 +163,13 @@ def _parse_ts(value: object) -> datetime:
 
 
 def _jsonb_safe(value: object) -> bool:
-    """Whether PostgreSQL can store `value` (JSONB has no NUL character, no NaN)."""
+    """Whether PostgreSQL gives `value` back as it came (JSONB has no NUL character, no NaN,
+    and keeps numbers as decimals: 1e16 as a float returns as the integer 10000000000000000,
+    which hashes differently; both databases refuse what one of them would change)."""
     if isinstance(value, str):
         return "\x00" not in value
     if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
+        return math.isfinite(value) and abs(value) < 1e16
     if isinstance(value, dict):
         return all(_jsonb_safe(k) and _jsonb_safe(v) for k, v in value.items())
     if isinstance(value, list):
@@ -190,7 +194,10 @@ def _row(relay_id: str, record: Mapping[str, Any], screen: bool) -> dict[str, An
     if not isinstance(event, str) or not event or len(event) > 32:
         raise _Refused("no event: the record has no event name (at most 32 characters)")
     if screen and not _jsonb_safe(dict(record)):
-        raise _Refused("unstorable: a string holds a NUL character or a number is NaN/Infinity")
+        raise _Refused(
+            "unstorable: a string holds a NUL character, or a number is NaN, Infinity"
+            " or a float of 1e16 or more"
+        )
     row: dict[str, Any] = {
         "id": record["id"],
         "relay_id": relay_id,
