@@ -546,6 +546,20 @@ def test_client_list_disable_enable_revoke(
 
     code, _, err = run(capsys, "ctl", "client", "revoke", "alice")
     assert code == 1 and "already revoked" in err
+
+    # A revoked client gets a new certificate (new groups), which the CRL does not refuse.
+    code, _, err = run(capsys, "ctl", "client", "reissue", "bob", "--out", str(tmp_path / "b2"))
+    assert code == 1 and "holds a valid certificate; revoke it first" in err
+    again = tmp_path / "alice-2"
+    code, out, err = run(
+        capsys, "ctl", "client", "reissue", "alice", "--group", "ops", "--out", str(again)
+    )
+    assert code == 0, err
+    assert out.startswith("re-issued client alice (serial ") and "groups ops" in out
+    assert mode(again / "alice.key") == 0o600
+    assert verify(again, "alice", control.api("GET", "/ca")["crl_pem"].encode()) == "alice"
+    shown = run_json(capsys, "ctl", "client", "show", "alice")
+    assert (shown["groups"], shown["revoked_at"]) == (["ops"], None)
     code, _, err = run(capsys, "ctl", "client", "disable", "nobody")
     assert code == 1 and err.startswith("zgate ctl: Not found: no client nobody")
 
@@ -625,6 +639,9 @@ def test_relay_list_show_and_cert(
     assert run_json(capsys, "ctl", "relay", "show", "relay-1")["live_sessions"][0]["client"] == (
         "alice"
     )
+    code, out, _ = run(capsys, "ctl", "relay", "sessions", "--client", "alice")
+    assert out.splitlines()[1].split()[:4] == ["relay-1", "s1", "alice", "client"]
+    assert run_json(capsys, "ctl", "relay", "sessions", "--client", "bob")["items"] == []
 
     pki = tmp_path / "pki"
     code, out, err = run(
@@ -787,6 +804,9 @@ def test_json_everywhere_parses(
         ["connector", "revoke", "site"],
         ["relay", "list"],
         ["relay", "show", "relay-1"],
+        ["relay", "sessions"],
+        ["client", "reissue", "alice", "--out", str(tmp_path / "a2")],
+        ["admin-log"],
         ["relay", "cert", "relay-1", "--name", "r.example", "--out", str(tmp_path / "r")],
         ["token", "create", "--role", "operator", "--name", "ci"],
         ["token", "list"],
@@ -796,6 +816,15 @@ def test_json_everywhere_parses(
         code, out, err = run(capsys, "ctl", *argv, "--json")
         assert code == 0, (argv, err)
         json.loads(out)
+    # Every change above is in the admin log.
+    code, out, _ = run(capsys, "ctl", "admin-log", "--action", "client.revoke")
+    assert [line.split()[2:5] for line in out.splitlines()[1:]] == [
+        ["test-admin", "admin", "client.revoke"]
+    ]
+    actions = {
+        e["action"] for e in run_json(capsys, "ctl", "admin-log", "--all", "--since", "1h")["items"]
+    }
+    assert {"policy.create", "policy.publish", "client.create", "token.create"} <= actions
     # --json before the command works as well.
     code, out, _ = run(capsys, "ctl", "--json", "relay", "list")
     assert code == 0 and json.loads(out)["items"][0]["id"] == "relay-1"

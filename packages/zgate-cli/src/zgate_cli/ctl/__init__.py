@@ -6,7 +6,7 @@ One module per command group; `client` speaks HTTP, `config` finds the URL and t
 
 from __future__ import annotations
 
-from . import audit, clients, connectors, policy, relays, tokens
+from . import adminlog, audit, clients, connectors, policy, relays, tokens
 from .common import PROGRAM, SubParsers, connection_options
 from .config import DEFAULT_URL, TOKEN_ENV, URL_ENV
 
@@ -26,5 +26,5 @@ def register(groups: SubParsers) -> None:
         parents=[connection_options(leaf=False)],
     )
     commands = ctl.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for module in (policy, clients, connectors, relays, tokens, audit):
+    for module in (policy, clients, connectors, relays, tokens, audit, adminlog):
         module.register(commands)

@@ -18,7 +18,7 @@ __all__ = ["ONCE", "bundle_names", "register", "report_bundle", "save_bundle"]
 
 ONCE = (
     "this bundle is shown only once: the control plane keeps no copy of the private key"
-    " (lost: revoke and issue a new one)"
+    " (lost: revoke it, then reissue)"
 )
 
 COLUMNS: list[Column] = [
@@ -58,13 +58,18 @@ def save_bundle(out: Path, ident: str, bundle: dict[str, Any]) -> list[Path]:
 
 
 def report_bundle(
-    kind: str, item: dict[str, Any], bundle: dict[str, Any], paths: list[Path]
+    kind: str,
+    item: dict[str, Any],
+    bundle: dict[str, Any],
+    paths: list[Path],
+    *,
+    done: str = "created",
 ) -> None:
     """Say what was issued and written (stdout), and that the key is shown once (stderr)."""
     groups = item.get("groups")
     extra = f", groups {cell(groups)}" if groups else ""
     print(
-        f"created {kind} {item['id']} (serial {bundle.get('serial')}{extra},"
+        f"{done} {kind} {item['id']} (serial {bundle.get('serial')}{extra},"
         f" valid until {when(bundle.get('not_after'))})"
     )
     for path in paths:
@@ -85,6 +90,22 @@ def _add(args: argparse.Namespace, client: ControlClient) -> int:
         print(ONCE, file=sys.stderr)
     else:
         report_bundle("client", created["client"], created["bundle"], paths)
+    return 0
+
+
+def _reissue(args: argparse.Namespace, client: ControlClient) -> int:
+    out: Path = args.out
+    check_writable(out, bundle_names(args.id))
+    body: dict[str, Any] = {"groups": args.groups or None}
+    if args.days is not None:
+        body["days"] = args.days
+    issued: dict[str, Any] = client.post(f"/clients/{segment(args.id)}/certificate", body)
+    paths = save_bundle(out, args.id, issued.get("bundle") or {})
+    if args.json:
+        print_json({"client": issued["client"], "files": [str(p) for p in paths]})
+        print(ONCE, file=sys.stderr)
+    else:
+        report_bundle("client", issued["client"], issued["bundle"], paths, done="re-issued")
     return 0
 
 
@@ -136,7 +157,9 @@ def _revoke(args: argparse.Namespace, client: ControlClient) -> int:
 
 def register(groups: SubParsers) -> None:
     """Add ``client`` to ``zgate ctl``."""
-    group = groups.add_parser("client", help="add, list, disable, enable, revoke clients")
+    group = groups.add_parser(
+        "client", help="add, list, disable, enable, revoke and reissue clients"
+    )
     commands = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     add = add_command(
@@ -159,6 +182,28 @@ def register(groups: SubParsers) -> None:
     )
     add.add_argument("--days", type=int, metavar="N", help="certificate lifetime (server: 365)")
     add.add_argument("--out", type=Path, required=True, metavar="DIR", help="write the bundle here")
+
+    reissue = add_command(
+        commands,
+        "reissue",
+        _reissue,
+        "issue a new certificate for a revoked client and write its bundle",
+        description="Issue a new certificate for a revoked client (its groups, or new ones "
+        "with --group) and write DIR/ID.pem, DIR/ID.key (0600) and DIR/ca.pem.",
+    )
+    reissue.add_argument("id", metavar="ID")
+    reissue.add_argument(
+        "--group",
+        dest="groups",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="the new certificate's groups (repeatable; default: the current ones)",
+    )
+    reissue.add_argument("--days", type=int, metavar="N", help="certificate lifetime (365)")
+    reissue.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="write the bundle here"
+    )
 
     listing = add_command(commands, "list", _list, "list clients, oldest first")
     listing.add_argument("--group", metavar="GROUP", help="only members of this group")

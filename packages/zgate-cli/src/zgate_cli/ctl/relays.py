@@ -50,6 +50,13 @@ def _list(args: argparse.Namespace, client: ControlClient) -> int:
     return 0
 
 
+def _sessions(args: argparse.Namespace, client: ControlClient) -> int:
+    params = {"client": args.client, "relay": args.relay}
+    columns: list[Column] = [("RELAY", lambda s: cell(s.get("relay"))), *SESSION_COLUMNS]
+    list_items(args, client, "/sessions", columns, params, empty="no live sessions")
+    return 0
+
+
 def _show(args: argparse.Namespace, client: ControlClient) -> int:
     relay: dict[str, Any] = client.get(f"/relays/{segment(args.id)}")
     if args.json:
@@ -114,11 +121,20 @@ def _cert(args: argparse.Namespace, client: ControlClient) -> int:
 
 def register(groups: SubParsers) -> None:
     """Add ``relay`` to ``zgate ctl``."""
-    group = groups.add_parser("relay", help="list relays, show one, issue a server certificate")
+    group = groups.add_parser(
+        "relay", help="list relays and live sessions, show one, issue a server certificate"
+    )
     commands = group.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     listing = add_command(commands, "list", _list, "list relays and how far they follow")
     add_list_options(listing)
+
+    sessions = add_command(
+        commands, "sessions", _sessions, "live sessions on every relay, as last reported"
+    )
+    sessions.add_argument("--client", metavar="ID", help="only this client's (or connector's)")
+    sessions.add_argument("--relay", metavar="ID", help="only on this relay")
+    add_list_options(sessions)
 
     show = add_command(commands, "show", _show, "show a relay and its live sessions")
     show.add_argument("id", metavar="ID")
