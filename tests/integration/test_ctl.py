@@ -3,6 +3,7 @@ by uvicorn on a loopback port in a background thread, driven through `zgate_cli.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import stat
@@ -57,7 +58,9 @@ class Control:
         return text
 
 
+@contextlib.contextmanager
 def _serve(app: Any) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -99,7 +102,7 @@ def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Control
     monkeypatch.delenv("ZGATE_CONTROL_URL", raising=False)
     monkeypatch.delenv("ZGATE_CONTROL_TOKEN", raising=False)
     try:
-        for url in _serve(create_app(settings, database)):
+        with _serve(create_app(settings, database)) as url:
             monkeypatch.setenv("ZGATE_CONTROL_URL", url)
             monkeypatch.setenv("ZGATE_CONTROL_TOKEN", admin)
             yield Control(url, database, admin)
