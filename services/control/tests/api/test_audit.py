@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -337,3 +338,30 @@ def test_verify_notices_records_cut_off_at_the_end(client: TestClient, database:
     (chain,) = client.get("/api/v1/audit/verify").json()["relays"]
     assert chain["ok"] is False
     assert chain["problems"][0]["problem"].startswith("truncated: the relay's chain reached seq 5")
+
+
+def test_two_processes_posting_the_same_batch_store_it_once(database: Database) -> None:
+    from zgate_control.services.audit import ingest
+
+    other = Database(str(database.url.render_as_string(hide_password=False)))
+    records = flows("r1", 200)
+    barrier = threading.Barrier(2)
+    answers: list[tuple[int, int, int]] = []
+
+    def post_once(db: Database) -> None:
+        barrier.wait(timeout=10)
+        with db.session() as session:
+            result = ingest(session, "r1", records, datetime.now(UTC))
+        answers.append((result.accepted, result.duplicates, len(result.broken)))
+
+    try:
+        threads = [threading.Thread(target=post_once, args=(db,)) for db in (database, other)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        other.dispose()
+    assert sorted(answers) == [(0, 200, 0), (200, 0, 0)]
+    with database.reader() as session:
+        assert len(session.scalars(select(AuditRecord.id)).all()) == 200
