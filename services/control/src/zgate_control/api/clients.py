@@ -26,6 +26,10 @@ from zgate_control.models import Client, utc_now
 from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
 from zgate_control.services.identities import (
+    PRINTABLE,
+    IdPath,
+    Printable,
+    TextQuery,
     append_revocation,
     bundle_out,
     check_if_match,
@@ -60,7 +64,7 @@ class ClientCreate(BaseModel):
     """A client to create; its certificate carries `groups`."""
 
     id: IdentStr
-    groups: list[str] = Field(default_factory=list, max_length=64)
+    groups: list[Printable] = Field(default_factory=list, max_length=64)
     days: int = Field(365, ge=1, le=3650, description="certificate lifetime")
 
 
@@ -91,7 +95,7 @@ class ClientPatch(BaseModel):
     certificate (revoke and re-issue to change them)."""
 
     disabled: bool | None = None
-    groups: list[str] | None = None
+    groups: list[Printable] | None = None
 
 
 ReasonName = Literal[
@@ -108,7 +112,7 @@ class RevokeRequest(BaseModel):
 class Reissue(BaseModel):
     """A new certificate for a revoked client (groups: the current ones if omitted)."""
 
-    groups: list[str] | None = None
+    groups: list[Printable] | None = None
     days: int = Field(365, ge=1, le=3650)
 
 
@@ -168,10 +172,12 @@ def create_client(
 def list_clients(
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
-    group: str | None = None,
+    group: TextQuery = None,
     disabled: bool | None = None,
     revoked: bool | None = None,
-    q: Annotated[str | None, Query(description="part of the id")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="part of the id")
+    ] = None,
     cursor: str | None = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
@@ -202,7 +208,7 @@ def list_clients(
 
 @router.get("/clients/{client_id}", response_model=ClientOut)
 def get_client(
-    client_id: str,
+    client_id: IdPath,
     response: Response,
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
@@ -216,7 +222,7 @@ def get_client(
 
 @router.patch("/clients/{client_id}", response_model=ClientOut)
 def patch_client(
-    client_id: str,
+    client_id: IdPath,
     body: ClientPatch,
     request: Request,
     response: Response,
@@ -258,7 +264,7 @@ def patch_client(
 
 @router.post("/clients/{client_id}/revoke", response_model=ClientOut)
 def revoke_client(
-    client_id: str,
+    client_id: IdPath,
     request: Request,
     response: Response,
     db: DB,
@@ -284,7 +290,7 @@ def revoke_client(
 
 @router.post("/clients/{client_id}/certificate", status_code=201, response_model=ClientCreated)
 def reissue_client(
-    client_id: str,
+    client_id: IdPath,
     body: Reissue,
     request: Request,
     response: Response,

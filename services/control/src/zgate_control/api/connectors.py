@@ -25,6 +25,9 @@ from zgate_control.models import Connector, utc_now
 from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
 from zgate_control.services.identities import (
+    PRINTABLE,
+    IdPath,
+    Printable,
     append_connectors,
     append_revocation,
     bundle_out,
@@ -57,7 +60,7 @@ class ConnectorCreate(BaseModel):
     """A connector to create, with the prefixes it serves."""
 
     id: IdentStr
-    prefixes: list[str] = Field(max_length=1024, description='e.g. ["10.20.0.0/24"]')
+    prefixes: list[Printable] = Field(max_length=1024, description='e.g. ["10.20.0.0/24"]')
     days: int = Field(365, ge=1, le=3650, description="certificate lifetime")
 
     @field_validator("prefixes")
@@ -69,7 +72,7 @@ class ConnectorCreate(BaseModel):
 class ConnectorPatch(BaseModel):
     """New prefixes (the whole list)."""
 
-    prefixes: list[str] = Field(max_length=1024)
+    prefixes: list[Printable] = Field(max_length=1024)
 
     @field_validator("prefixes")
     @classmethod
@@ -146,7 +149,9 @@ def list_connectors(
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
     revoked: bool | None = None,
-    q: Annotated[str | None, Query(description="part of the id")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="part of the id")
+    ] = None,
     cursor: str | None = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
@@ -173,7 +178,7 @@ def list_connectors(
 
 @router.get("/connectors/{connector_id}", response_model=ConnectorOut)
 def get_connector(
-    connector_id: str,
+    connector_id: IdPath,
     response: Response,
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
@@ -187,7 +192,7 @@ def get_connector(
 
 @router.patch("/connectors/{connector_id}", response_model=ConnectorOut)
 def patch_connector(
-    connector_id: str,
+    connector_id: IdPath,
     body: ConnectorPatch,
     request: Request,
     response: Response,
@@ -213,7 +218,7 @@ def patch_connector(
 
 @router.post("/connectors/{connector_id}/revoke", response_model=ConnectorOut)
 def revoke_connector(
-    connector_id: str,
+    connector_id: IdPath,
     request: Request,
     response: Response,
     db: DB,

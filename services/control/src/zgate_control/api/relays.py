@@ -7,7 +7,7 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -18,10 +18,17 @@ from zgate_control.adminlog import describe
 from zgate_control.api.clients import Bundle
 from zgate_control.auth import ADMIN, READ, RELAY, Principal, get_db, require
 from zgate_control.db import Database
-from zgate_control.models import Client, Connector, Relay, RelaySession, utc_now
+from zgate_control.models import Client, Connector, Relay, RelaySession, as_utc, utc_now
 from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
-from zgate_control.services.identities import bundle_out, invalid
+from zgate_control.services.identities import (
+    MAX_BIGINT,
+    IdPath,
+    Printable,
+    TextQuery,
+    bundle_out,
+    invalid,
+)
 from zgate_pki import PkiError
 
 __all__ = ["router"]
@@ -29,7 +36,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["relays"], responses=PROBLEM_RESPONSES)
 
 DB = Annotated[Database, Depends(get_db)]
-RelayId = Annotated[str, Path(min_length=1, max_length=200)]
+RelayId = IdPath
 #: Who may read the CA and CRL: every role (relays fetch them too).
 _ANYONE = (*READ, "relay")
 
@@ -49,8 +56,8 @@ def _relay_caller(relay_id: str, who: Principal) -> None:
 class RelayCertificateRequest(BaseModel):
     """The names and addresses agents dial the relay by (its certificate's SANs)."""
 
-    names: list[str] = Field(default_factory=list, max_length=100)
-    ips: list[str] = Field(default_factory=list, max_length=100)
+    names: list[Printable] = Field(default_factory=list, max_length=100)
+    ips: list[Printable] = Field(default_factory=list, max_length=100)
     days: int = Field(825, ge=1, le=3650, description="certificate lifetime")
 
 
@@ -64,23 +71,25 @@ class RelayCertificate(BaseModel):
 class SessionReport(BaseModel):
     """One live session as a relay reports it."""
 
-    session: str = Field(min_length=1, max_length=64)
-    client: str = Field(min_length=1, max_length=200)
+    session: Printable = Field(min_length=1, max_length=64)
+    client: Printable = Field(min_length=1, max_length=200)
     kind: Literal["client", "connector"]
-    addresses: list[str] = Field(default_factory=list, max_length=64)
-    mode: str = Field("", max_length=16)
-    since: datetime
-    bytes_in: int = Field(0, ge=0)
-    bytes_out: int = Field(0, ge=0)
+    addresses: list[Annotated[Printable, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64
+    )
+    mode: Printable = Field("", max_length=16)
+    since: datetime = Field(description="RFC 3339; a time without a zone is taken as UTC")
+    bytes_in: int = Field(0, ge=0, le=MAX_BIGINT)
+    bytes_out: int = Field(0, ge=0, le=MAX_BIGINT)
 
 
 class Heartbeat(BaseModel):
     """What a relay reports every few seconds; its sessions replace the previous list."""
 
-    applied_seq: int = Field(0, ge=0)
-    policy_version: str | None = Field(None, max_length=64)
-    software: str = Field("", max_length=64)
-    address: str | None = Field(None, max_length=200)
+    applied_seq: int = Field(0, ge=0, le=MAX_BIGINT)
+    policy_version: Printable | None = Field(None, max_length=64)
+    software: Printable = Field("", max_length=64)
+    address: Printable | None = Field(None, max_length=200)
     following: bool = True
     sessions: list[SessionReport] = Field(default_factory=list, max_length=100_000)
 
@@ -95,7 +104,7 @@ class HeartbeatAnswer(BaseModel):
 class Ack(BaseModel):
     """The seq a relay applied."""
 
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_BIGINT)
 
 
 class SessionOut(BaseModel):
@@ -265,7 +274,7 @@ def list_relays(
 
 @router.get("/relays/{relay_id}", response_model=RelayDetail)
 def get_relay(
-    relay_id: str,
+    relay_id: RelayId,
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
 ) -> dict[str, Any]:
@@ -289,8 +298,8 @@ def get_relay(
 def list_sessions(
     db: DB,
     _: Annotated[Principal, Depends(require(*READ))],
-    client: str | None = None,
-    relay: str | None = None,
+    client: TextQuery = None,
+    relay: TextQuery = None,
     cursor: str | None = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
@@ -364,7 +373,7 @@ def _record_heartbeat(db: Database, relay_id: str, beat: Heartbeat) -> int:
                 kind=s.kind,
                 addresses=list(s.addresses),
                 mode=s.mode,
-                since=s.since,
+                since=as_utc(s.since),
                 bytes_in=s.bytes_in,
                 bytes_out=s.bytes_out,
             )
@@ -403,7 +412,9 @@ async def changes(
     relay_id: RelayId,
     request: Request,
     who: Annotated[Principal, Depends(require(*RELAY))],
-    since: Annotated[int, Query(ge=0, description="the last seq the relay applied")] = 0,
+    since: Annotated[
+        int, Query(ge=0, le=MAX_BIGINT, description="the last seq the relay applied")
+    ] = 0,
     wait: Annotated[
         float, Query(ge=0, le=30, description="seconds to wait for a change when none is new")
     ] = 25,

@@ -3,8 +3,10 @@ translation of PKI errors into problems."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
+from fastapi import Path, Query
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from zgate_control import ca, changelog
@@ -12,7 +14,12 @@ from zgate_control.problems import ProblemError
 from zgate_pki import CertificateBundle, PkiError
 
 __all__ = [
+    "MAX_BIGINT",
+    "PRINTABLE",
+    "IdPath",
+    "Printable",
     "RevocationAction",
+    "TextQuery",
     "append_connectors",
     "append_revocation",
     "bundle_out",
@@ -22,6 +29,18 @@ __all__ = [
 ]
 
 RevocationAction = Literal["revoke", "disable", "enable"]
+
+#: Text stored as given contains no control characters (PostgreSQL refuses NUL in text and
+#: JSONB, and nothing here has a use for the others).
+PRINTABLE: Final = r"^[^\x00-\x1f\x7f]*$"
+#: The largest value a BIGINT column holds (sequence numbers, byte counters).
+MAX_BIGINT: Final = 2**63 - 1
+#: A free-text field of a request body.
+Printable = Annotated[str, Field(pattern=PRINTABLE)]
+#: The id of a client, connector or relay in a path.
+IdPath = Annotated[str, Path(min_length=1, max_length=200, pattern=PRINTABLE)]
+#: A free-text query filter.
+TextQuery = Annotated[str | None, Query(max_length=200, pattern=PRINTABLE)]
 
 
 def etag(row_version: int) -> str:
