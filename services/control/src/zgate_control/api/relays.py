@@ -382,6 +382,11 @@ def _record_heartbeat(db: Database, relay_id: str, beat: Heartbeat) -> int:
         for table, kind in ((Client, "client"), (Connector, "connector")):
             ids = sorted({s.client for s in reports.values() if s.kind == kind})
             if ids:
+                # Lock in id order first: two relays' heartbeats naming the same clients then
+                # queue instead of deadlocking (an UPDATE ... IN locks in no set order).
+                session.execute(
+                    select(table.id).where(table.id.in_(ids)).order_by(table.id).with_for_update()
+                )
                 session.execute(
                     update(table)
                     .where(table.id.in_(ids))
