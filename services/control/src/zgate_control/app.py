@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
-from zgate_control import adminlog, problems
+from zgate_control import adminlog, problems, wakeup
 from zgate_control.api import ROUTERS
 from zgate_control.db import Database, DatabaseError
 from zgate_control.metrics import ControlMetrics
@@ -68,6 +68,7 @@ def create_app(settings: ControlSettings, database: Database) -> FastAPI:
     app.state.db = database
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.wakeups = wakeup.Wakeups(database, metrics=metrics)
     problems.install(app)
     adminlog.install(app)
     for router in ROUTERS:

@@ -88,8 +88,14 @@ def test_db_commands_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "never migrated" in capsys.readouterr().out
     assert main(["token", "create", "--role", "admin", "--database-url", url]) == 2
     assert "db upgrade" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--database-url", url, "--revision", "0001"]) == 0
+    assert "empty -> 0001" in capsys.readouterr().out
+    assert main(["db", "current", "--database-url", url]) == 0
+    assert "behind" in capsys.readouterr().out
     assert main(["db", "upgrade", "--database-url", url]) == 0
-    assert "-> 0001" in capsys.readouterr().out
+    assert "0001 -> " in capsys.readouterr().out
+    assert main(["db", "current", "--database-url", url]) == 0
+    assert "up to date" in capsys.readouterr().out
     assert (
         main(["token", "create", "--role", "viewer", "--name", "grafana", "--database-url", url])
         == 0
