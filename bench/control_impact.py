@@ -13,6 +13,11 @@ the verdict the current policy gives it. Then it times the replay of a candidate
 (``recorded_flows``), the client groups lookup, and the sans-IO decisions (``replay``), and
 prints the median of --rounds runs. The fill is timed too but is not the point.
 
+On a 2-vCPU VM the default million flows take about 4 minutes to store in SQLite and 1½ in
+PostgreSQL; the replay then takes about 3.5 s on SQLite and 1.5 s on PostgreSQL, nearly all of
+it the SQL aggregation (deciding the ~6 000 distinct rows takes ~30 ms). --flows 100000 runs in
+under a minute.
+
 A PostgreSQL database given by URL must be empty or already migrated by zgate-control: the
 benchmark adds rows to ``audit_records`` and ``clients`` and deletes them at the end.
 """
@@ -247,6 +252,9 @@ def _insert_sqlite(db: Database, batch: list[dict[str, Any]]) -> None:
         for row in batch
     ]
     with db.engine.begin() as connection:
+        # Random record ids land all over the primary key's b-tree: with SQLite's default 2 MB
+        # page cache most inserts would read and write pages from disk.
+        connection.exec_driver_sql("PRAGMA cache_size = -262144")
         connection.exec_driver_sql(statement, rows)
 
 

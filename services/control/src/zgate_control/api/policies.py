@@ -7,9 +7,9 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlalchemy import select
 
 from zgate_control.adminlog import describe
@@ -36,13 +36,27 @@ IfMatch = Annotated[
 
 #: The impact window when none is given.
 DEFAULT_WINDOW: Final = timedelta(days=7)
+#: Version numbers are 32-bit on both databases: larger ones cannot exist (and must not reach
+#: PostgreSQL, which would refuse them as out of range).
+_MAX_ID: Final = 2**31 - 1
+VersionId = Annotated[int, Path(ge=1, le=_MAX_ID, description="the version number (v<N>)")]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class PolicyIn(BaseModel):
     """A policy to store as a new version."""
 
     yaml: str = Field(description="the policy document (YAML, at most 1 MiB)")
-    comment: str = Field("", max_length=2000, description="why this version")
+    comment: Text = Field("", max_length=2000, description="why this version")
 
 
 class TestOut(BaseModel):
@@ -130,7 +144,7 @@ class DiffOut(BaseModel):
 class ExplainIn(BaseModel):
     """A flow to explain."""
 
-    client: str = Field(min_length=1, max_length=200)
+    client: Text = Field(min_length=1, max_length=200)
     groups: list[str] | None = Field(
         None, description="certificate groups; default: the client's in the clients table"
     )
@@ -154,11 +168,11 @@ class ExplainOut(BaseModel):
 class ImpactIn(BaseModel):
     """A candidate (a stored version or YAML) to replay the recorded flows against."""
 
-    version_id: int | None = None
+    version_id: int | None = Field(None, ge=1, le=_MAX_ID)
     yaml: str | None = None
     since: datetime | None = Field(None, description="default: `until` minus 7 days")
     until: datetime | None = Field(None, description="default: now")
-    client: str | None = Field(None, description="only this client's flows")
+    client: Text | None = Field(None, max_length=200, description="only this client's flows")
     limit: int = Field(200, ge=1, le=10_000, description="most changes listed")
 
     @model_validator(mode="after")
@@ -231,16 +245,10 @@ def _rejected(exc: service.PolicyRejected) -> ProblemError:
     return ProblemError(422, exc.detail, slug="policy-invalid", errors=exc.errors, tests=exc.tests)
 
 
-def _published_out(
-    result: service.Published | tuple[PolicyPublication, PolicyVersion],
-) -> dict[str, Any]:
-    publication, version = (
-        (result.publication, result.version) if isinstance(result, service.Published) else result
-    )
-    detail = {**_version_out(version, version.id), "yaml": version.yaml}
+def _published_out(publication: PolicyPublication, version: PolicyVersion) -> dict[str, Any]:
     return {
         "publication": PublicationOut.model_validate(publication, from_attributes=True),
-        "version": detail,
+        "version": {**_version_out(version, version.id), "yaml": version.yaml},
     }
 
 
@@ -308,11 +316,11 @@ def published(db: DB, _: Reader, response: Response) -> dict[str, Any]:
             raise ProblemError(404, "no policy was ever published", slug="not-found")
         version = service.get_version(session, current.version_id)
     response.headers["ETag"] = service.etag(current)
-    return _published_out((current, version))
+    return _published_out(current, version)
 
 
 @router.get("/policies/{version_id}", response_model=PolicyVersionDetail)
-def get(version_id: int, db: DB, _: Reader) -> dict[str, Any]:
+def get(version_id: VersionId, db: DB, _: Reader) -> dict[str, Any]:
     """One version with its YAML."""
     with db.reader() as session:
         row = service.get_version(session, version_id)
@@ -340,7 +348,11 @@ def _publish(
     if result.changed:  # changelog.append wakes the relays' long polls at commit
         request.app.state.metrics.policy_publications.labels(kind).inc()
     body = PublishOut.model_validate(
-        {**_published_out(result), "changed": result.changed, "seq": result.seq}
+        {
+            **_published_out(result.publication, result.version),
+            "changed": result.changed,
+            "seq": result.seq,
+        }
     )
     return JSONResponse(
         body.model_dump(mode="json"), headers={"ETag": service.etag(result.publication)}
@@ -349,7 +361,7 @@ def _publish(
 
 @router.post("/policies/{version_id}/publish", response_model=PublishOut)
 def publish(
-    version_id: int, request: Request, db: DB, who: Writer, if_match: IfMatch = None
+    version_id: VersionId, request: Request, db: DB, who: Writer, if_match: IfMatch = None
 ) -> JSONResponse:
     """Put a version in force: relays follow within seconds. The version already in force is a
     no-op (``changed`` false, no change for the relays)."""
@@ -358,14 +370,14 @@ def publish(
 
 @router.post("/policies/{version_id}/rollback", response_model=PublishOut)
 def rollback(
-    version_id: int, request: Request, db: DB, who: Writer, if_match: IfMatch = None
+    version_id: VersionId, request: Request, db: DB, who: Writer, if_match: IfMatch = None
 ) -> JSONResponse:
     """Put back a version that was published before (409 for one never published)."""
     return _publish(request, db, who, version_id, "rollback", if_match)
 
 
 @router.get("/policies/{from_id}/diff/{to_id}", response_model=DiffOut)
-def diff(from_id: int, to_id: int, db: DB, _: Reader) -> dict[str, Any]:
+def diff(from_id: VersionId, to_id: VersionId, db: DB, _: Reader) -> dict[str, Any]:
     """The YAML's unified diff and the rules added, removed, changed and moved (by id)."""
     with db.reader() as session:
         a = service.get_version(session, from_id)
@@ -375,7 +387,7 @@ def diff(from_id: int, to_id: int, db: DB, _: Reader) -> dict[str, Any]:
 
 @router.post("/policies/{version_id}/explain", response_model=ExplainOut)
 def explain(
-    version_id: int, body: ExplainIn, request: Request, db: DB, _: Reader
+    version_id: VersionId, body: ExplainIn, request: Request, db: DB, _: Reader
 ) -> dict[str, Any]:
     """How a version decides one flow, rule by rule."""
     try:
@@ -394,7 +406,7 @@ def explain(
                 groups, note = [], f"client {body.client} is not registered: decided without groups"
             else:
                 groups = [str(g) for g in client.groups]
-    compiled = service.compiled(row.yaml)[1]
+    compiled = service.compiled_version(row)[1]
     proto, dst, dport, fqdns = target_flow(target, body.fqdn)
     result = compiled.explain(
         body.client,
@@ -424,8 +436,11 @@ def impact(body: ImpactIn, request: Request, db: DB, _: Reader) -> dict[str, Any
     candidate and list who would lose or gain what, biggest first. Changes nothing."""
     started = time.perf_counter()
     now = utc_now()
-    until = as_utc(body.until) if body.until is not None else now
-    since = as_utc(body.since) if body.since is not None else until - DEFAULT_WINDOW
+    try:
+        until = as_utc(body.until) if body.until is not None else now
+        since = as_utc(body.since) if body.since is not None else until - DEFAULT_WINDOW
+    except OverflowError:
+        raise ProblemError(422, "the window is out of range: give since", slug="invalid") from None
     if since >= until:
         raise ProblemError(422, "since must be before until", slug="invalid")
     notes: list[str] = []

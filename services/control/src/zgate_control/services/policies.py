@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -46,6 +46,7 @@ __all__ = [
     "check_policy",
     "client_groups",
     "compiled",
+    "compiled_version",
     "create_version",
     "current_publication",
     "diff_versions",
@@ -103,6 +104,18 @@ def compiled(text: str) -> tuple[Policy, CompiledPolicy]:
     """Load and compile `text` (cached: versions are immutable); PolicyInvalid if it is wrong."""
     policy = load_policy_text(text, _SOURCE)
     return policy, compile_policy(policy, geoip_available=True)
+
+
+def compiled_version(row: PolicyVersion) -> tuple[Policy, CompiledPolicy]:
+    """A stored version, compiled; a 409 problem if this software no longer accepts it."""
+    try:
+        return compiled(row.yaml)
+    except PolicyInvalid as exc:
+        raise ProblemError(
+            409,
+            f"v{row.id} no longer loads with this zgate-control: {exc.problems[0]}",
+            slug="conflict",
+        ) from None
 
 
 def check_policy(text: str, *, now: datetime, run_tests: bool = True) -> Checked:
@@ -206,7 +219,7 @@ class Published:
     publication: PolicyPublication
     version: PolicyVersion
     changed: bool
-    seq: int | None = field(default=None)
+    seq: int | None = None
 
 
 def publish(
@@ -257,14 +270,6 @@ def publish(
     return Published(publication, version, changed=True, seq=seq)
 
 
-def published_ids(session: Session, ids: Iterable[int]) -> int | None:
-    """The id of the version in force, if it is among `ids` (for list flags)."""
-    current = current_publication(session)
-    if current is None:
-        return None
-    return current.version_id if current.version_id in set(ids) else None
-
-
 def _rule_order_moves(before: Sequence[str], after: Sequence[str]) -> list[str]:
     """Rules kept in both whose place among the kept ones changed: those outside the longest
     common subsequence, so swapping two rules moves one, not every rule after them."""
@@ -280,8 +285,8 @@ def _rule_order_moves(before: Sequence[str], after: Sequence[str]) -> list[str]:
 
 def diff_versions(a: PolicyVersion, b: PolicyVersion) -> dict[str, Any]:
     """The unified diff of two versions' YAML and their rules compared by id."""
-    old, _ = compiled(a.yaml)
-    new, _ = compiled(b.yaml)
+    old, _ = compiled_version(a)
+    new, _ = compiled_version(b)
     old_rules = {r.id: r.model_dump(mode="json", by_alias=True) for r in old.rules}
     new_rules = {r.id: r.model_dump(mode="json", by_alias=True) for r in new.rules}
     unified = "".join(
