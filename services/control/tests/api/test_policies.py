@@ -293,3 +293,23 @@ def test_a_viewer_reads_but_cannot_change(client: TestClient, auth: Auth) -> Non
     )
     assert explained.status_code == 200 and explained.json()["rule"] == "default"
     assert client.get(f"{POLICIES}/published", headers=auth("relay")).status_code == 403
+
+
+def test_out_of_range_ids_and_nul_characters_are_refused(client: TestClient) -> None:
+    # Both would otherwise reach PostgreSQL and fail there (integer out of range, NUL in text).
+    assert client.get(f"{POLICIES}/{2**31}").status_code == 422
+    assert client.post(f"{POLICIES}/0/publish").status_code == 422
+    response = client.post(POLICIES, json={"yaml": V1, "comment": "a\x00b"})
+    assert response.status_code == 422 and "NUL" in response.json()["detail"]
+    nul_yaml = client.post(POLICIES, json={"yaml": "default: deny\x00\n"})
+    assert nul_yaml.status_code == 422 and nul_yaml.json()["errors"]
+
+
+def test_publications_are_counted_in_the_metrics(client: TestClient) -> None:
+    v1, v2 = create(client, V1), create(client, V2)
+    for path in (f"{v1['id']}/publish", f"{v2['id']}/publish", f"{v1['id']}/rollback"):
+        client.post(f"{POLICIES}/{path}").raise_for_status()
+    client.post(f"{POLICIES}/{v1['id']}/publish").raise_for_status()  # a no-op is not counted
+    text = client.get("/metrics").text
+    assert 'zgate_control_policy_publications_total{kind="publish"} 2.0' in text
+    assert 'zgate_control_policy_publications_total{kind="rollback"} 1.0' in text
