@@ -482,15 +482,29 @@ def test_client_add_writes_a_verifiable_bundle_once(
     leaf = x509.load_pem_x509_certificate((out / "alice.pem").read_bytes())
     assert leaf.not_valid_after_utc - datetime.now(UTC) < timedelta(days=31)
 
-    # Never overwrites: refused before anything is issued (bob does not exist afterwards).
+    # Never overwrites a client's own files: refused before anything is issued (bob does not
+    # exist afterwards).
     (tmp_path / "bob").mkdir()
-    (tmp_path / "bob" / "ca.pem").write_text("keep me")
+    (tmp_path / "bob" / "bob.key").write_text("keep me")
     code, stdout, err = run(capsys, "ctl", "client", "add", "bob", "--out", str(tmp_path / "bob"))
     assert (code, stdout) == (2, "")
-    assert "refusing to overwrite" in err and "ca.pem" in err
-    assert (tmp_path / "bob" / "ca.pem").read_text() == "keep me"
+    assert "refusing to overwrite" in err and "bob.key" in err
+    assert (tmp_path / "bob" / "bob.key").read_text() == "keep me"
     code, _, err = run(capsys, "ctl", "client", "show", "bob")
     assert code == 1 and "Not found" in err
+
+    # ca.pem is shared: the same CA is kept as it is, so several clients share a directory...
+    code, _, err = run(capsys, "ctl", "client", "add", "dave", "--out", str(out))
+    assert code == 0, err
+    assert verify(out, "dave") == "dave" and verify(out, "alice") == "alice"
+    # ...and another CA's ca.pem is never replaced: the bundle is written, the CA beside it.
+    (tmp_path / "erin").mkdir()
+    (tmp_path / "erin" / "ca.pem").write_text("another CA")
+    code, _, err = run(capsys, "ctl", "client", "add", "erin", "--out", str(tmp_path / "erin"))
+    assert code == 1 and "holds another CA" in err
+    assert (tmp_path / "erin" / "ca.pem").read_text() == "another CA"
+    assert (tmp_path / "erin" / "ca.pem.new").read_text().startswith("-----BEGIN CERTIFICATE")
+    assert (tmp_path / "erin" / "erin.key").exists()
 
     # The same id again is a conflict from the server.
     code, _, err = run(capsys, "ctl", "client", "add", "alice", "--out", str(tmp_path / "again"))
