@@ -268,6 +268,10 @@ def test_query_filters_and_pagination(client: TestClient, auth: Auth) -> None:
     assert seen == keys
     assert client.get("/api/v1/audit", params={"cursor": "!!"}).status_code == 400
     assert client.get("/api/v1/audit", params={"verdict": "maybe"}).status_code == 422
+    # Relays record the identity (client/<id>); the API finds it by the bare id as well.
+    post(client, "r3", flows("r3", 2, client="client/dora"))
+    assert len(query(client="dora")) == 2 == len(query(client="client/dora"))
+    assert {i["client"] for i in query(client="dora")} == {"client/dora"}  # as shipped
 
 
 def test_export_jsonl_verifies_and_csv_has_its_header(client: TestClient, auth: Auth) -> None:

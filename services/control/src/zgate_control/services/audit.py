@@ -43,6 +43,7 @@ __all__ = [
     "AuditFilter",
     "BrokenRecord",
     "IngestResult",
+    "client_id",
     "export_chunks",
     "ingest",
     "page",
@@ -212,10 +213,18 @@ def _row(relay_id: str, record: Mapping[str, Any], screen: bool) -> dict[str, An
     for name, width in _TEXT_COLUMNS.items():
         value = record.get(name)
         row[name] = value[:width] if isinstance(value, str) else None
+    if row["client"] is not None:
+        row["client"] = client_id(row["client"])
     for name in _PORT_COLUMNS:
         value = record.get(name)
         row[name] = value if type(value) is int and 0 <= value <= 0xFFFF else None
     return row
+
+
+def client_id(identity: str) -> str:
+    """The id a client has in policies and in the clients table: relays record the identity
+    as ``client/<id>`` (``connector/<id>`` stays as it is, a connector is no client)."""
+    return identity.removeprefix("client/")
 
 
 def _link_problem(tail: _Tail | None, record: Mapping[str, Any]) -> str | None:
@@ -370,7 +379,7 @@ class AuditFilter:
         instead of reading the time index backwards until a page is full."""
         conditions = []
         for column, value in (
-            (AuditRecord.client, self.client),
+            (AuditRecord.client, client_id(self.client) if self.client else None),
             (AuditRecord.verdict, self.verdict),
             (AuditRecord.rule, self.rule),
             (AuditRecord.event, self.event),

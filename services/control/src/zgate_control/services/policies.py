@@ -26,6 +26,7 @@ from zgate_control.models import (
     PolicyVersion,
 )
 from zgate_control.problems import ProblemError
+from zgate_control.services.audit import client_id as bare_client_id
 from zgate_control.services.impact import FlowGroup
 from zgate_policy import (
     CompiledPolicy,
@@ -355,7 +356,7 @@ def recorded_flows(
         .group_by(*key)
     )
     if client is not None:
-        query = query.where(AuditRecord.client == client)
+        query = query.where(AuditRecord.client == bare_client_id(client))
     return [
         FlowGroup(
             client=str(row_client),
