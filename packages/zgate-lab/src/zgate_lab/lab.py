@@ -157,6 +157,10 @@ class Lab:
     def relay_ns(self) -> str:
         return f"zr-{self.tag}"
 
+    def extra_relay_ns(self, n: int) -> str:
+        """The namespace of the lab's relay number `n` (2-9) beside the first one."""
+        return f"zr{n}-{self.tag}"
+
     @property
     def inet_ns(self) -> str:
         return f"zi-{self.tag}"
@@ -231,6 +235,20 @@ class Lab:
             self._add_wan(n)
         self.agents = max(self.agents, n)
         return a
+
+    def add_extra_relay_ns(self, n: int) -> tuple[str, str]:
+        """Namespace and LAN address (198.51.100.n) of one more relay host on the LAN, for
+        tests where several relays serve agents. It has no way to the internet host."""
+        if not 2 <= n <= 9:
+            raise ValueError("extra relays are numbered 2-9")
+        ns, r = self.extra_relay_ns(n), self.relay_ns
+        self.add_ns(ns)
+        add_veth(f"q{n}{self.tag}", ns, f"p{n}{self.tag}", r)
+        self.ns(r, "ip", "link", "set", f"p{n}{self.tag}", "master", "br0", "up")
+        address = f"198.51.100.{n}"
+        self.ns(ns, "ip", "addr", "add", f"{address}/24", "dev", f"q{n}{self.tag}")
+        self.ns(ns, "ip", "link", "set", f"q{n}{self.tag}", "up")
+        return ns, address
 
     def _add_wan(self, n: int) -> None:
         """Agent n's own way to the internet host: a veth in 198.18.N.0/24 (RFC 2544's
@@ -769,7 +787,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 
 _TAG = re.compile(r"[0-9a-z]{1,12}")
-_NAMESPACE = re.compile(r"(?:zr|zi|zs|za[1-9][0-9]?|zc[1-9][0-9]?)-[0-9a-z]{1,12}")
+_NAMESPACE = re.compile(r"(?:zr[2-9]?|zi|zs|za[1-9][0-9]?|zc[1-9][0-9]?)-[0-9a-z]{1,12}")
 
 
 @dataclass(frozen=True)

@@ -178,10 +178,16 @@ def _oldest(session: Session) -> int | None:
 
 
 def read_since(session: Session, since: int, snapshot_after: int) -> Changes:
-    """The answer for a relay at `since`: a snapshot when `since` is 0, older than the oldest
+    """The answer for a relay at `since`: a snapshot when `since` is 0 (and something has
+    changed), older than the oldest
     row kept, newer than the head, or more than `snapshot_after` changes behind; else the
     changes after it (at most `snapshot_after`)."""
     current = head(session)
+    if since == 0 == current:
+        # Nothing was ever changed: a new relay's empty state is the whole truth, so it waits
+        # like a relay that is up to date instead of fetching the same empty snapshot again
+        # and again.
+        return Changes(0, [], None)
     oldest = _oldest(session)
     # Rows may be trimmed some day: a relay behind the oldest row kept cannot catch up by rows.
     too_old = since < current if oldest is None else since < oldest - 1
