@@ -25,12 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
-    """Every metric the relay, the agent and the connector export, with their labels and
-    label values, read from fresh registries of the services' own metrics modules."""
+    """Every metric the relay, the agent, the connector and the control plane export, with their
+    labels and label values, read from fresh registries of the services' own metrics modules."""
     from zgate_agent.metrics import AgentMetrics
+    from zgate_control.metrics import ControlMetrics
+    from zgate_relay.control.metrics import ControlMetrics as RelayControlMetrics
     from zgate_relay.metrics import RelayMetrics
 
     relay = RelayMetrics()
+    # zgate_relay_control_*: registered once the relay follows a control plane (--control).
+    RelayControlMetrics(relay.registry)
     # Series that exist only once a policy is running or DNS is served: make one of each.
     relay.watch_rules(["a-rule", "default"])
     relay.policy_version.labels("0123456789ab").set(1)
@@ -38,9 +42,16 @@ def _exported_metrics() -> dict[str, dict[str, frozenset[str] | None]]:
     relay.connector_sessions.labels("site-a").set(1)  # per connector id, once one is known
     relay.connector_prefixes.labels("site-a").set(1)
     relay.route_refusals.labels("site-a").inc()
+    control = ControlMetrics()
+    # Labelled per request: one route, every method and status class the middleware records.
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        for status in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+            control.requests.labels("/v1/policies", method, status)
+    control.latency.labels("/v1/policies")
     exported: dict[str, dict[str, frozenset[str] | None]] = {}
     connector = AgentMetrics(prefix="zgate_connector")
-    for registry in (relay.registry, AgentMetrics().registry, connector.registry):
+    registries = (relay.registry, AgentMetrics().registry, connector.registry, control.registry)
+    for registry in registries:
         for family in registry.collect():
             for sample in family.samples:
                 if sample.name.endswith("_created"):
