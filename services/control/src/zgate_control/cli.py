@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--trust-domain", metavar="NAME", help="trust domain of the CA made at first start"
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this certificate chain (PEM, with --tls-key) [plain HTTP]",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="the key of --tls-cert")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", choices=("json", "text"))
     serve.set_defaults(handler=_serve)
@@ -159,6 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
             "listen": args.listen,
             "migrate": args.migrate,
             "trust_domain": args.trust_domain,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
             "log_level": args.log_level,
             "log_format": args.log_format,
         },
@@ -187,13 +197,14 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         host, port = settings.listen_address
+        _check_tls(settings)
         listener = _listen(host, port)
         log.info(
             "serving",
             extra={
-                "address": f"http://{host}:{port}",
+                "address": f"{settings.scheme}://{host}:{port}",
                 "database": db.display_url,
-                "api": f"http://{host}:{port}/api/v1/openapi.json",
+                "api": f"{settings.scheme}://{host}:{port}/api/v1/openapi.json",
             },
         )
         config = uvicorn.Config(
@@ -202,6 +213,8 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=5,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         )
         server = uvicorn.Server(config)
         # uvicorn re-raises the stop signal once it has shut down; with this handler in place
@@ -227,6 +240,20 @@ def _quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).addFilter(_NoColour())
+
+
+def _check_tls(settings: ControlSettings) -> None:
+    """Load --tls-cert/--tls-key once here, so a wrong file is one clear line at start."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise _Usage(
+            f"cannot use --tls-cert {settings.tls_cert} with --tls-key {settings.tls_key}: "
+            f"{getattr(exc, 'strerror', None) or exc} (both PEM, the key matching the certificate)"
+        ) from None
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
@@ -33,6 +33,12 @@ class ControlSettings(LayeredSettings):
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/zgate; "
         "none: SQLite in <state_dir>/control.db",
     )
+    tls_cert: Path | None = Field(
+        None,
+        description="serve HTTPS with this certificate chain (PEM; with --tls-key); "
+        "none: plain HTTP (keep it on loopback or behind a TLS proxy)",
+    )
+    tls_key: Path | None = Field(None, description="the private key of --tls-cert (PEM)")
     migrate: bool = Field(True, description="apply database migrations at start")
     trust_domain: str = Field(
         "zgate.local", description="SPIFFE trust domain of the CA created at first start"
@@ -56,6 +62,20 @@ class ControlSettings(LayeredSettings):
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value, 8080)
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControlSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        for name, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with a TLS certificate, else ``http``."""
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -303,7 +303,9 @@ def _control_plane(
     )
     log.info("following the control plane", extra={"url": settings.control})
     return ControlPlane(
-        client=ControlClient(settings.control, settings.relay_name, token),
+        client=ControlClient(
+            settings.control, settings.relay_name, token, ca_file=settings.control_ca
+        ),
         boot=boot,
         applier=applier,
         policies=policies,

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the relay's API token for --control",
     )
     p.add_argument(
+        "--control-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) (PEM) of the control plane's HTTPS certificate [system store]",
+    )
+    p.add_argument(
         "--relay-name",
         metavar="NAME",
         help="name in audit records, and this relay's id on the control plane [hostname]",

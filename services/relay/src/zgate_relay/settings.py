@@ -127,6 +127,11 @@ class RelaySettings(LayeredSettings):
     control_token: SecretStr | None = Field(
         None, description="the relay's API token for the control plane (role relay)"
     )
+    control_ca: Path | None = Field(
+        None,
+        description="CA certificate(s) (PEM) that sign the control plane's HTTPS certificate; "
+        "none: the system's trust store",
+    )
     control_token_file: Path | None = Field(
         None, description="file holding the relay's API token (instead of --control-token)"
     )
@@ -197,6 +202,13 @@ class RelaySettings(LayeredSettings):
         if "audit_log" not in given:
             self.audit_log = self.state_dir / "audit.log"
         return self
+
+    @field_validator("control_ca")
+    @classmethod
+    def _check_control_ca(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file (--control-ca)")
+        return value
 
     @field_validator("control")
     @classmethod

@@ -4,6 +4,8 @@ do with the answers is decided elsewhere. httpx's exceptions stop here, translat
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +46,7 @@ class ControlClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
+        ca_file: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.relay = relay
@@ -54,6 +57,7 @@ class ControlClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file is not None else True,
         )
 
     async def changes(self, since: int, wait: float) -> Any:
