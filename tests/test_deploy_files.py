@@ -736,6 +736,201 @@ def test_prometheus_rules_use_exported_metrics() -> None:
             assert promql_problems(rule["expr"]) == [], rule.get("alert", rule.get("record"))
 
 
+# promtool unit-test cases, one or more per alert: (alert, input series, eval time, labels of
+# each firing alert). Labels include the rule's own (severity); annotations are not compared.
+ALERT_CASES: list[tuple[str, dict[str, str], str, list[dict[str, str]]]] = [
+    (
+        "ZgateRelayDown",
+        {'up{job="zgate-relay",instance="relay:9101"}': "1 0x5"},
+        "4m",
+        [{"job": "zgate-relay", "instance": "relay:9101", "severity": "critical"}],
+    ),
+    ("ZgateRelayDown", {'up{job="zgate-relay",instance="relay:9101"}': "1x5"}, "4m", []),
+    (
+        "ZgateRelayDropping",
+        {'zgate_relay_drops_total{instance="relay:9101",reason="no_route"}': "0+1200x20"},
+        "15m",
+        [{"instance": "relay:9101", "reason": "no_route", "severity": "warning"}],
+    ),
+    (
+        "ZgateRelayHandshakeRefusals",
+        {
+            'zgate_relay_handshake_refusals_total{instance="relay:9101",reason="revoked"}': (
+                "0+120x20"
+            )
+        },
+        "18m",
+        [{"instance": "relay:9101", "reason": "revoked", "severity": "warning"}],
+    ),
+    (
+        "ZgateRelayDatagramBacklog",
+        {'zgate_relay_datagram_queue_depth{instance="relay:9101"}': "2000x15"},
+        "12m",
+        [{"instance": "relay:9101", "severity": "warning"}],
+    ),
+    (
+        "ZgateAgentDown",
+        {'up{job="zgate-agent",instance="agent:9102"}': "0x5"},
+        "3m",
+        [{"job": "zgate-agent", "instance": "agent:9102", "severity": "critical"}],
+    ),
+    (
+        "ZgateAgentDisconnected",
+        {'zgate_agent_connected{instance="agent:9102"}': "0x5"},
+        "3m",
+        [{"instance": "agent:9102", "severity": "warning"}],
+    ),
+    (
+        "ZgateAgentFlapping",
+        {'zgate_agent_reconnects_total{instance="agent:9102"}': "0+1x15"},
+        "10m",
+        [{"instance": "agent:9102", "severity": "warning"}],
+    ),
+    # Lost for 3 minutes: pending; for 6: firing.
+    (
+        "ZgateRelayLostControlPlane",
+        {'zgate_relay_control_connected{instance="relay:9101"}': "1 0x10"},
+        "3m",
+        [],
+    ),
+    (
+        "ZgateRelayLostControlPlane",
+        {'zgate_relay_control_connected{instance="relay:9101"}': "1 0x10"},
+        "7m",
+        [{"instance": "relay:9101", "severity": "critical"}],
+    ),
+    (
+        "ZgateRelayOnCachedSnapshot",
+        {'zgate_relay_control_using_cache{instance="relay:9101"}': "1x5"},
+        "3m",
+        [{"instance": "relay:9101", "severity": "warning"}],
+    ),
+    (
+        "ZgateRelayOnCachedSnapshot",
+        {'zgate_relay_control_using_cache{instance="relay:9101"}': "0x5"},
+        "3m",
+        [],
+    ),
+    # One failed change fires at once, and clears once 10 minutes pass without another.
+    (
+        "ZgateRelayControlApplyErrors",
+        {'zgate_relay_control_apply_errors_total{instance="relay:9101",kind="policy"}': "0 0 1x30"},
+        "3m",
+        [{"instance": "relay:9101", "kind": "policy", "severity": "critical"}],
+    ),
+    (
+        "ZgateRelayControlApplyErrors",
+        {'zgate_relay_control_apply_errors_total{instance="relay:9101",kind="policy"}': "0 0 1x30"},
+        "20m",
+        [],
+    ),
+    (
+        "ZgateRelayAuditShipping",
+        {'zgate_relay_control_audit_ship_errors_total{instance="relay:9101"}': "0+1x30"},
+        "25m",
+        [{"instance": "relay:9101", "severity": "warning"}],
+    ),
+    (
+        "ZgateControlDown",
+        {'up{job="zgate-control",instance="control:8080"}': "0x5"},
+        "3m",
+        [{"job": "zgate-control", "instance": "control:8080", "severity": "critical"}],
+    ),
+    (
+        "ZgateControlAuditChainBroken",
+        {
+            'zgate_control_audit_records_total{instance="control:8080",outcome="chain_broken"}': (
+                "0 0 1x10"
+            ),
+        },
+        "3m",
+        [{"instance": "control:8080", "severity": "critical"}],
+    ),
+    # Stored records alone are no alert.
+    (
+        "ZgateControlAuditChainBroken",
+        {
+            'zgate_control_audit_records_total{instance="control:8080",outcome="stored"}': (
+                "0+50x10"
+            ),
+            'zgate_control_audit_records_total{instance="control:8080",outcome="chain_broken"}': (
+                "0x10"
+            ),
+        },
+        "5m",
+        [],
+    ),
+    (
+        "ZgateControlAuditRecordsRejected",
+        {'zgate_control_audit_records_total{instance="control:8080",outcome="rejected"}': "0 3x10"},
+        "3m",
+        [{"instance": "control:8080", "severity": "warning"}],
+    ),
+    (
+        "ZgateControlServerErrors",
+        {
+            'zgate_control_http_requests_total{instance="control:8080",route="/v1/policies",'
+            'method="GET",status="5xx"}': "0+60x30"
+        },
+        "20m",
+        [{"instance": "control:8080", "severity": "warning"}],
+    ),
+]
+
+
+def test_every_alert_has_a_promtool_case() -> None:
+    rules = load_yaml("deploy/prometheus-rules.yml")
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    assert alerts == {alert for alert, *_ in ALERT_CASES}
+
+
+@pytest.mark.needs(tools=("promtool",), reason="to check and unit-test the alerting rules")
+def test_promtool_checks_and_fires_the_alerts(tmp_path: Path) -> None:
+    source = ROOT / "deploy/prometheus-rules.yml"
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Annotations are checked above (templates parse); the cases compare labels only.
+    rules = load_yaml("deploy/prometheus-rules.yml")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                {"series": series, "values": values} for series, values in inputs.items()
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": at,
+                    "alertname": alert,
+                    "exp_alerts": [{"exp_labels": labels} for labels in firing],
+                }
+            ],
+        }
+        for alert, inputs, at, firing in ALERT_CASES
+    ]
+    (tmp_path / "tests.yml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yml"], "tests": tests})
+    )
+    result = subprocess.run(
+        ["promtool", "test", "rules", "tests.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("expr", "legend", "complaint"),
     [
