@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,10 @@ class Relay:
         value = metric(self.metrics(), "zgate_relay_control_applied_seq")
         return -1 if value is None else int(value)
 
+    def applied_at_least(self, seq: int) -> bool:
+        """Whether the relay has applied the change log up to `seq`."""
+        return self.applied_seq() >= seq
+
     def close(self) -> None:
         """Stop the relay."""
         self.http.close()
@@ -351,7 +356,7 @@ def measure(name: str, database_url: str | None, rounds: int, revocations: int) 
             started = time.perf_counter()
             _api(api.post(f"/api/v1/policies/{version}/publish"))
             returned = time.perf_counter()
-            wait_for(lambda: relay.runs(digest), ENFORCE_TIMEOUT_S, f"policy {digest}", POLL_S)
+            wait_for(partial(relay.runs, digest), ENFORCE_TIMEOUT_S, f"policy {digest}", POLL_S)
             enforced = time.perf_counter()
             samples["publish_from_return"].append(enforced - returned)
             samples["publish_from_start"].append(enforced - started)
@@ -361,20 +366,29 @@ def measure(name: str, database_url: str | None, rounds: int, revocations: int) 
             client_id = f"bench-client-{n}"
             _api(api.post("/api/v1/clients", json={"id": client_id}))
             head = head_seq(api)
-            wait_for(lambda: relay.applied_seq() >= head, ENFORCE_TIMEOUT_S, "catch-up", POLL_S)
+            wait_for(partial(relay.applied_at_least, head), ENFORCE_TIMEOUT_S, "catch-up", POLL_S)
             started = time.perf_counter()
             _api(api.post(f"/api/v1/clients/{client_id}/revoke"))
             returned = time.perf_counter()
             wait_for(
-                lambda: relay.applied_seq() > head, ENFORCE_TIMEOUT_S, "the revocation", POLL_S
+                partial(relay.applied_at_least, head + 1),
+                ENFORCE_TIMEOUT_S,
+                "the revocation",
+                POLL_S,
             )
             applied = time.perf_counter()
             samples["revoke_from_return"].append(applied - returned)
             samples["revoke_from_start"].append(applied - started)
             samples["revoke_call"].append(returned - started)
+    figures = {k: stats(v) if v else Stats(0, 0.0, 0.0, 0.0) for k, v in samples.items()}
     return Result(
         name,
-        *(stats(samples[k]) if samples[k] else Stats(0, 0.0, 0.0, 0.0) for k in samples),
+        figures["publish_from_return"],
+        figures["publish_from_start"],
+        figures["publish_call"],
+        figures["revoke_from_return"],
+        figures["revoke_from_start"],
+        figures["revoke_call"],
         samples_ms={k: [round(v * 1000, 2) for v in s] for k, s in samples.items()},
     )
 
