@@ -388,6 +388,12 @@ def test_audit_records_reach_the_control_plane_and_their_chain_verifies(cl: Cont
         log = cl.relays["relay-a"].log()[-3000:]
         raise AssertionError(f"shipped={shipped}\n{json.dumps(everything)[:3000]}\n{log}") from None
     assert any(r.get("dst") == INET_IP_OTHER for r in denied())
+    # What would a candidate change, over the flows actually recorded? agent1 pinged the
+    # internet host under the policy in force; a candidate without that rule takes it away.
+    candidate = _policy_file(cl.lab, "candidate", POLICY_NO_PING)
+    impact = cl.ctl("policy", "impact", "--file", str(candidate), "--days", "1")
+    losses = [line for line in impact["summary"] if line.startswith("agent1 loses")]
+    assert any(INET_IP in line for line in losses), impact["summary"]
     proc = cl.lab.ns(
         cl.lab.relay_ns,
         str(VENV_BIN / "zgate"),
