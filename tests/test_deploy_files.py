@@ -1014,10 +1014,69 @@ def test_systemd_unit_hardening_keeps_net_admin(image: ServiceImage) -> None:
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
+def test_systemd_control_unit_runs_unprivileged_from_its_files() -> None:
+    unit = systemd_unit(ROOT / "deploy/systemd/zgate-control.service")
+    service = unit["Service"]
+    one = {key: values[-1] for key, values in service.items()}
+    # A user made up by systemd; the state directory it creates is the one the settings name
+    # (a non-root user's default would be under $HOME, which ProtectHome hides).
+    assert one["DynamicUser"] == "yes"
+    assert "User" not in one
+    assert one["StateDirectory"] == "zgate/control"
+    assert one["StateDirectoryMode"] == "0700"
+    environment = dict(value.split("=", 1) for value in service["Environment"])
+    assert environment["ZGATE_CONTROL_STATE_DIR"] == "/var/lib/" + one["StateDirectory"]
+    # Secrets (the database URL's password) come from a root-only file systemd reads.
+    assert service["EnvironmentFile"] == ["-/etc/zgate/control.env"]
+    argv = one["ExecStart"].split()
+    scripts = _load_toml(ROOT / CONTROL_IMAGE.member_dir / "pyproject.toml")["project"]["scripts"]
+    assert Path(argv[0]).name == CONTROL_IMAGE.entrypoint in scripts
+    assert argv[1] == "serve"
+    assert option_value(argv, "--config") == "/etc/zgate/control.yaml"
+    # Any other flag would override what control.yaml and control.env say.
+    assert len(argv) == 4
+    assert one["Restart"] == "on-failure"
+    assert one["CapabilityBoundingSet"] == ""
+    assert one.get("AmbientCapabilities", "") == ""
+    for key in ("NoNewPrivileges", "PrivateDevices", "PrivateUsers", "ProtectHome", "PrivateTmp"):
+        assert one[key] == "yes", key
+    assert one["ProtectSystem"] == "strict"
+    assert one["ProtectKernelTunables"] == "yes"
+    assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+SETTINGS_CLASSES = {
+    "ZGATE_RELAY_": "zgate_relay.settings:RelaySettings",
+    "ZGATE_CONTROL_": "zgate_control.settings:ControlSettings",
+}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(ROOT.glob("deploy/systemd/*.service")), ids=lambda p: p.stem
+)
+def test_systemd_units_name_real_settings(path: Path) -> None:
+    """Every ZGATE_RELAY_*/ZGATE_CONTROL_* variable a unit sets or its comments suggest is a
+    setting of that service (a misspelt one would be silently ignored)."""
+    import importlib
+
+    for prefix, where in SETTINGS_CLASSES.items():
+        module, _, name = where.partition(":")
+        fields = getattr(importlib.import_module(module), name).model_fields
+        for variable in re.findall(rf"\b{prefix}([A-Z0-9_]+)=", path.read_text()):
+            assert variable.lower() in fields, f"{path.name}: {prefix}{variable} is no setting"
+
+
+def test_relay_unit_says_how_to_follow_a_control_plane() -> None:
+    text = (ROOT / "deploy/systemd/zgate-relay.service").read_text()
+    assert "ZGATE_RELAY_CONTROL=" in text
+    assert "ZGATE_RELAY_CONTROL_TOKEN_FILE=/etc/zgate/relay.token" in text
+
+
 @pytest.mark.needs(tools=("systemd-analyze",), reason="to verify the systemd units")
-@pytest.mark.parametrize("image", IMAGES, ids=IMAGE_IDS)
-def test_systemd_analyze_accepts_the_unit(image: ServiceImage, tmp_path: Path) -> None:
-    source = ROOT / f"deploy/systemd/zgate-{image.compose_service}.service"
+@pytest.mark.parametrize("service", ["relay", "agent", "control"])
+def test_systemd_analyze_accepts_the_unit(service: str, tmp_path: Path) -> None:
+    source = ROOT / f"deploy/systemd/zgate-{service}.service"
     exec_start = systemd_unit(source)["Service"]["ExecStart"][-1].split()[0]
     # verify insists that ExecStart exists and EnvironmentFile is readable; neither is installed.
     text = source.read_text().replace(exec_start, "/bin/true")
