@@ -965,6 +965,25 @@ def test_dashboard_shows_every_exported_metric() -> None:
     assert set(EXPORTED_METRICS) - used == set()
 
 
+@pytest.mark.needs(tools=("promtool",), reason="to parse the dashboard's queries")
+def test_dashboard_queries_parse(tmp_path: Path) -> None:
+    # Each query as a recording rule, Grafana's variables replaced by what they stand for.
+    records = [
+        {"record": f"zgate:panel_{index}", "expr": target["expr"].replace("$__rate_interval", "1m")}
+        for index, (_, target) in enumerate(dashboard_targets())
+    ]
+    rules = tmp_path / "dashboard-rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dashboard_uses_the_provisioned_datasource() -> None:
     provisioned = load_yaml("deploy/grafana/provisioning/datasources/prometheus.yml")
     (datasource,) = provisioned["datasources"]
