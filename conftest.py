@@ -19,9 +19,10 @@ Tests that skip because they must run *without* root are not for this: nothing r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn
 
 import pytest
@@ -65,3 +66,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             raise pytest.UsageError(f"{item.nodeid}: needs() takes keyword arguments only")
         if (reason := missing(**mark.kwargs)) is not None:
             skip_or_fail_now(reason)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what a test's call of a service's main() did to logging: the root level and the
+    handler configure_logging() installed. Left in place they change what later tests see
+    (records at INFO that a test asserts are absent, output into another test's stderr)."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if type(handler).__name__ in ("_ZgateHandler", "_StderrHandler"):
+            root.removeHandler(handler)
+

@@ -114,6 +114,21 @@ class _ZgateHandler(logging.StreamHandler[TextIO]):
     """Marks the handler configure_logging() installed, so a second call replaces it."""
 
 
+class _StderrHandler(_ZgateHandler):
+    """Writes each record to whatever ``sys.stderr`` is when it is logged (as Python's own
+    last-resort handler does), not to the stream stderr was at configuration time: a caller
+    that redirects or replaces stderr later (a test harness, a daemonizing wrapper) must not
+    leave the logs writing into a closed file."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(
     service: str, *, level: str = "info", json: bool = True, stream: TextIO | None = None
 ) -> None:
@@ -124,7 +139,7 @@ def configure_logging(
     name = level.lower()
     if name not in _LEVELS:
         raise InvalidArgument(f"bad log level {level!r} (one of {', '.join(sorted(_LEVELS))})")
-    handler = _ZgateHandler(sys.stderr if stream is None else stream)
+    handler = _StderrHandler() if stream is None else _ZgateHandler(stream)
     handler.setFormatter(JsonFormatter(service) if json else HumanFormatter(service))
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _ZgateHandler)]:
