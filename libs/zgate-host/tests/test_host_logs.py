@@ -166,3 +166,28 @@ def test_aioquic_warnings_are_demoted_to_debug(stream: io.StringIO) -> None:
     assert [(r["level"], r["logger"]) for r in records] == [("debug", "quic")]
     configure_logging("svc", level="debug", stream=stream)
     assert len([f for f in quic.filters if type(f).__name__ == "_DemoteToDebug"]) == 1
+
+
+def test_http_client_requests_show_only_at_debug(stream: io.StringIO) -> None:
+    # A relay following a control plane makes a request every few seconds: httpx's line per
+    # request is noise at info, detail at debug; its warnings still show.
+    httpx_log = logging.getLogger("httpx")
+    configure_logging("svc", level="info", stream=stream)
+    httpx_log.info("HTTP Request: POST http://control/api/v1/relays/r1/heartbeat 200")
+    assert stream.getvalue() == ""
+    httpx_log.warning("something odd")
+    assert json.loads(stream.getvalue())["msg"] == "something odd"
+    configure_logging("svc", level="debug", stream=stream)
+    httpx_log.info("HTTP Request: GET http://control/api/v1/relays/r1/changes 200")
+    assert "HTTP Request: GET" in stream.getvalue()
+
+
+def test_without_a_stream_records_follow_the_current_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging("svc", level="info")
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("zgate.test").info("where")
+    assert first.getvalue() == "" and json.loads(second.getvalue())["msg"] == "where"

@@ -155,6 +155,11 @@ def configure_logging(
     for old_filter in [f for f in quic.filters if isinstance(f, _DemoteToDebug)]:
         quic.removeFilter(old_filter)
     quic.addFilter(_DemoteToDebug())
+    # httpx logs every request at info ("HTTP Request: POST .../heartbeat 200"): a relay that
+    # follows a control plane would write a line every few seconds. Our own lines say when a
+    # call fails; the requests themselves are debugging detail.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if name == "debug" else logging.WARNING)
 
 
 class _DemoteToDebug(logging.Filter):
