@@ -67,6 +67,10 @@ class Database:
             ) from None
         self.url = parsed
         self.dialect = parsed.get_backend_name()
+        if self.dialect == "postgres":  # Heroku-style URLs; SQLAlchemy knows no such name
+            raise DatabaseError(
+                "the database URL starts with postgres://: write postgresql+psycopg:// instead"
+            )
         if self.dialect not in ("sqlite", "postgresql"):
             raise DatabaseError(
                 f"unsupported database {self.dialect!r}: use sqlite or postgresql+psycopg"

@@ -120,6 +120,7 @@ def test_db_commands_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ("url", "message"),
     [
         ("mysql://x/y", "unsupported database"),
+        ("postgres://u:p@db/zgate", "write postgresql+psycopg://"),
         ("not a url", "cannot parse the database URL"),
         ("sqlite:////nonexistent/dir/c.db", "does not exist"),
         ("postgresql+psycopg://nobody@127.0.0.1:1/zgate", "cannot reach the database"),
