@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from zgate_control.adminlog import describe
+from zgate_control.api._common import keyset_page
 from zgate_control.auth import ADMIN, READ, Principal, Role, create_token, get_db, require
 from zgate_control.db import Database
 from zgate_control.models import AdminLogEntry, ApiToken, as_utc, utc_now
@@ -96,18 +97,7 @@ def list_tokens(
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """Every token, oldest first."""
-    after = decode_cursor(cursor, 2)
-    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(tuple_(ApiToken.created_at, ApiToken.id) > after)
-    with db.reader() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [_token_out(r) for r in rows],
-        "next_cursor": encode_cursor((rows[-1].created_at, rows[-1].id)) if more else None,
-    }
+    return keyset_page(db, ApiToken, _token_out, cursor, limit)
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

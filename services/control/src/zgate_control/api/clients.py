@@ -12,18 +12,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from cryptography import x509
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import TextClause, select, text, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnExpressionArgument, TextClause, text
 
 from zgate_control import ca, wakeup
 from zgate_control.adminlog import describe
+from zgate_control.api._common import (
+    issue,
+    keyset_page,
+    load,
+    load_for_write,
+    refuse_existing,
+    revoke_certificate,
+    set_etag,
+)
 from zgate_control.auth import READ, WRITE, Principal, get_db, require
 from zgate_control.db import Database
 from zgate_control.models import Client, utc_now
-from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
+from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
 from zgate_control.services.identities import (
     PRINTABLE,
@@ -32,11 +39,7 @@ from zgate_control.services.identities import (
     TextQuery,
     append_revocation,
     bundle_out,
-    check_if_match,
-    etag,
-    invalid,
 )
-from zgate_pki import PkiError
 
 __all__ = ["Bundle", "IdentStr", "IfMatch", "RevokeRequest", "group_filter", "router"]
 
@@ -129,13 +132,6 @@ def group_filter(dialect: str, table: str, group: str) -> TextClause:
     return clause.bindparams(group=group)
 
 
-def _load(session: Session, client_id: str, *, lock: bool = False) -> Client:
-    row = session.get(Client, client_id, with_for_update=lock)
-    if row is None:
-        raise ProblemError(404, f"no client {client_id}", slug="not-found")
-    return row
-
-
 @router.post("/clients", status_code=201, response_model=ClientCreated)
 def create_client(
     body: ClientCreate,
@@ -146,12 +142,8 @@ def create_client(
 ) -> dict[str, Any]:
     """Create a client and issue its certificate; the bundle is in this answer only."""
     with db.session() as session:
-        if session.get(Client, body.id) is not None:
-            raise ProblemError(409, f"client {body.id} already exists", slug="conflict")
-        try:
-            bundle = ca.issue_bundle(session, "client", body.id, groups=body.groups, days=body.days)
-        except PkiError as exc:
-            raise invalid(exc) from None
+        refuse_existing(session, Client, body.id, "client")
+        bundle = issue(session, "client", body.id, groups=body.groups, days=body.days)
         row = Client(
             id=body.id,
             groups=list(bundle.groups),
@@ -164,7 +156,7 @@ def create_client(
         session.add(row)
         session.flush()
         describe(request, "client.create", body.id, groups=list(bundle.groups))
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return {"client": _out(row), "bundle": bundle_out(bundle)}
 
 
@@ -182,28 +174,16 @@ def list_clients(
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """Clients, oldest first, filtered by group, state or part of the id."""
-    after = decode_cursor(cursor, 2)
-    query = select(Client).order_by(Client.created_at, Client.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(tuple_(Client.created_at, Client.id) > after)
+    filters: list[ColumnExpressionArgument[bool]] = []
     if group:
-        query = query.where(group_filter(db.dialect, "clients", group))
+        filters.append(group_filter(db.dialect, "clients", group))
     if disabled is not None:
-        query = query.where(Client.disabled.is_(disabled))
+        filters.append(Client.disabled.is_(disabled))
     if revoked is not None:
-        query = query.where(
-            Client.revoked_at.is_not(None) if revoked else Client.revoked_at.is_(None)
-        )
+        filters.append(Client.revoked_at.is_not(None) if revoked else Client.revoked_at.is_(None))
     if q:
-        query = query.where(Client.id.contains(q, autoescape=True))
-    with db.reader() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [_out(r) for r in rows],
-        "next_cursor": encode_cursor((rows[-1].created_at, rows[-1].id)) if more else None,
-    }
+        filters.append(Client.id.contains(q, autoescape=True))
+    return keyset_page(db, Client, _out, cursor, limit, filters)
 
 
 @router.get("/clients/{client_id}", response_model=ClientOut)
@@ -215,8 +195,8 @@ def get_client(
 ) -> dict[str, Any]:
     """One client; its ETag header is for If-Match on PATCH."""
     with db.reader() as session:
-        row = _load(session, client_id)
-        response.headers["ETag"] = etag(row.row_version)
+        row = load(session, Client, client_id, "client")
+        set_etag(response, row.row_version)
         return _out(row)
 
 
@@ -233,8 +213,7 @@ def patch_client(
     """Disable or enable a client (reversible; relays refuse a disabled client's serial)."""
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        row = _load(session, client_id, lock=True)
-        check_if_match(if_match, row.row_version, f"client {client_id}")
+        row = load_for_write(session, Client, client_id, "client", if_match)
         if body.groups is not None and list(dict.fromkeys(body.groups)) != row.groups:
             raise ProblemError(
                 409,
@@ -258,7 +237,7 @@ def patch_client(
             describe(request, f"client.{action}", client_id)
         else:
             describe(request, "client.update", client_id)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return _out(row)
 
 
@@ -275,16 +254,10 @@ def revoke_client(
     reason = (body or RevokeRequest()).reason
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        row = _load(session, client_id, lock=True)
-        if row.revoked_at is not None or row.serial is None:
-            raise ProblemError(409, f"client {client_id} is already revoked", slug="conflict")
-        ca.revoke(session, row.serial, x509.ReasonFlags(reason))
-        row.revoked_at = utc_now()
-        row.row_version += 1
-        session.flush()
-        append_revocation(session, client_id, "revoke")
+        row = load(session, Client, client_id, "client", lock=True)
+        revoke_certificate(session, row, "client", reason)
         describe(request, "client.revoke", client_id, serial=row.serial, reason=reason)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return _out(row)
 
 
@@ -301,8 +274,7 @@ def reissue_client(
     """Issue a new certificate for a revoked client (optionally with new groups)."""
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        row = _load(session, client_id, lock=True)
-        check_if_match(if_match, row.row_version, f"client {client_id}")
+        row = load_for_write(session, Client, client_id, "client", if_match)
         if row.revoked_at is None:
             raise ProblemError(
                 409,
@@ -310,10 +282,7 @@ def reissue_client(
                 slug="conflict",
             )
         groups = row.groups if body.groups is None else body.groups
-        try:
-            bundle = ca.issue_bundle(session, "client", client_id, groups=groups, days=body.days)
-        except PkiError as exc:
-            raise invalid(exc) from None
+        bundle = issue(session, "client", client_id, groups=groups, days=body.days)
         row.groups = list(bundle.groups)
         row.serial = ca.serial_hex(bundle.serial)
         row.revoked_at = None
@@ -322,5 +291,5 @@ def reissue_client(
         if row.disabled:  # the new serial must be blocked too
             append_revocation(session, client_id, "disable")
         describe(request, "client.reissue", client_id, serial=row.serial, groups=row.groups)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return {"client": _out(row), "bundle": bundle_out(bundle)}

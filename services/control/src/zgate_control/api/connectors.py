@@ -10,32 +10,34 @@ import ipaddress
 from datetime import datetime
 from typing import Annotated, Any
 
-from cryptography import x509
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnExpressionArgument
 
 from zgate_control import ca, wakeup
 from zgate_control.adminlog import describe
+from zgate_control.api._common import (
+    issue,
+    keyset_page,
+    load,
+    load_for_write,
+    refuse_existing,
+    revoke_certificate,
+    set_etag,
+)
 from zgate_control.api.clients import Bundle, IdentStr, IfMatch, RevokeRequest
 from zgate_control.auth import READ, WRITE, Principal, get_db, require
 from zgate_control.db import Database
 from zgate_control.models import Connector, utc_now
-from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
+from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
 from zgate_control.services.identities import (
     PRINTABLE,
     IdPath,
     Printable,
     append_connectors,
-    append_revocation,
     bundle_out,
-    check_if_match,
-    etag,
-    invalid,
 )
-from zgate_pki import PkiError
 
 __all__ = ["router"]
 
@@ -105,13 +107,6 @@ def _out(row: Connector) -> dict[str, Any]:
     return ConnectorOut.model_validate(row, from_attributes=True).model_dump()
 
 
-def _load(session: Session, connector_id: str, *, lock: bool = False) -> Connector:
-    row = session.get(Connector, connector_id, with_for_update=lock)
-    if row is None:
-        raise ProblemError(404, f"no connector {connector_id}", slug="not-found")
-    return row
-
-
 @router.post("/connectors", status_code=201, response_model=ConnectorCreated)
 def create_connector(
     body: ConnectorCreate,
@@ -123,12 +118,8 @@ def create_connector(
     """Create a connector and issue its certificate; relays learn its prefixes."""
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        if session.get(Connector, body.id) is not None:
-            raise ProblemError(409, f"connector {body.id} already exists", slug="conflict")
-        try:
-            bundle = ca.issue_bundle(session, "connector", body.id, days=body.days)
-        except PkiError as exc:
-            raise invalid(exc) from None
+        refuse_existing(session, Connector, body.id, "connector")
+        bundle = issue(session, "connector", body.id, days=body.days)
         row = Connector(
             id=body.id,
             prefixes=body.prefixes,
@@ -140,7 +131,7 @@ def create_connector(
         session.add(row)
         append_connectors(session)
         describe(request, "connector.create", body.id, prefixes=body.prefixes)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return {"connector": _out(row), "bundle": bundle_out(bundle)}
 
 
@@ -156,24 +147,14 @@ def list_connectors(
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """Connectors, oldest first."""
-    after = decode_cursor(cursor, 2)
-    query = select(Connector).order_by(Connector.created_at, Connector.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(tuple_(Connector.created_at, Connector.id) > after)
+    filters: list[ColumnExpressionArgument[bool]] = []
     if revoked is not None:
-        query = query.where(
+        filters.append(
             Connector.revoked_at.is_not(None) if revoked else Connector.revoked_at.is_(None)
         )
     if q:
-        query = query.where(Connector.id.contains(q, autoescape=True))
-    with db.reader() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "items": [_out(r) for r in rows],
-        "next_cursor": encode_cursor((rows[-1].created_at, rows[-1].id)) if more else None,
-    }
+        filters.append(Connector.id.contains(q, autoescape=True))
+    return keyset_page(db, Connector, _out, cursor, limit, filters)
 
 
 @router.get("/connectors/{connector_id}", response_model=ConnectorOut)
@@ -185,8 +166,8 @@ def get_connector(
 ) -> dict[str, Any]:
     """One connector; its ETag header is for If-Match on PATCH."""
     with db.reader() as session:
-        row = _load(session, connector_id)
-        response.headers["ETag"] = etag(row.row_version)
+        row = load(session, Connector, connector_id, "connector")
+        set_etag(response, row.row_version)
         return _out(row)
 
 
@@ -203,8 +184,7 @@ def patch_connector(
     """Replace the prefixes a connector serves."""
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        row = _load(session, connector_id, lock=True)
-        check_if_match(if_match, row.row_version, f"connector {connector_id}")
+        row = load_for_write(session, Connector, connector_id, "connector", if_match)
         if row.revoked_at is not None:
             raise ProblemError(409, f"connector {connector_id} is revoked", slug="conflict")
         if body.prefixes != row.prefixes:
@@ -212,7 +192,7 @@ def patch_connector(
             row.row_version += 1
             append_connectors(session)
         describe(request, "connector.update", connector_id, prefixes=body.prefixes)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return _out(row)
 
 
@@ -229,14 +209,9 @@ def revoke_connector(
     reason = (body or RevokeRequest()).reason
     wakeup.for_app(request.app.state)
     with db.session() as session:
-        row = _load(session, connector_id, lock=True)
-        if row.revoked_at is not None or row.serial is None:
-            raise ProblemError(409, f"connector {connector_id} is already revoked", slug="conflict")
-        ca.revoke(session, row.serial, x509.ReasonFlags(reason))
-        row.revoked_at = utc_now()
-        row.row_version += 1
-        append_revocation(session, connector_id, "revoke")
+        row = load(session, Connector, connector_id, "connector", lock=True)
+        revoke_certificate(session, row, "connector", reason)
         append_connectors(session)
         describe(request, "connector.revoke", connector_id, serial=row.serial, reason=reason)
-        response.headers["ETag"] = etag(row.row_version)
+        set_etag(response, row.row_version)
         return _out(row)
