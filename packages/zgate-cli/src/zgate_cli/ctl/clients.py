@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-from .bundles import BundleFile, check_writable, write_bundle
 from .client import ControlClient
-from .common import SubParsers, add_command, add_list_options, list_items
-from .errors import CtlError
-from .output import Column, cell, print_json, when
+from .common import (
+    SubParsers,
+    add_bundle_options,
+    add_command,
+    add_list_options,
+    issue_bundle,
+    list_items,
+    print_outcome,
+    show_item,
+)
+from .output import Column, cell, when
 from .paths import segment
 
-__all__ = ["ONCE", "bundle_names", "register", "report_bundle", "save_bundle"]
-
-ONCE = (
-    "this bundle is shown only once: the control plane keeps no copy of the private key"
-    " (lost: revoke it, then reissue)"
-)
+__all__ = ["register"]
 
 COLUMNS: list[Column] = [
     ("ID", lambda c: cell(c.get("id"))),
@@ -38,75 +38,21 @@ def _state(item: dict[str, Any]) -> str:
     return "disabled" if item.get("disabled") else "active"
 
 
-def bundle_names(ident: str) -> list[str]:
-    """The files a client or connector bundle becomes: ID.pem, ID.key, ca.pem."""
-    return [f"{ident}.pem", f"{ident}.key", "ca.pem"]
-
-
-def save_bundle(out: Path, ident: str, bundle: dict[str, Any]) -> list[Path]:
-    """Write `bundle` (cert_pem, key_pem, ca_pem) as ``out/ID.pem``, ``ID.key``, ``ca.pem``."""
-    cert, key, ca = bundle_names(ident)
-    try:
-        files = [
-            BundleFile(cert, bundle["cert_pem"]),
-            BundleFile(key, bundle["key_pem"], private=True),
-            BundleFile(ca, bundle["ca_pem"]),
-        ]
-    except (KeyError, TypeError):
-        raise CtlError(f"the control plane's answer holds no bundle for {ident}") from None
-    return write_bundle(out, files)
-
-
-def report_bundle(
-    kind: str,
-    item: dict[str, Any],
-    bundle: dict[str, Any],
-    paths: list[Path],
-    *,
-    done: str = "created",
-) -> None:
-    """Say what was issued and written (stdout), and that the key is shown once (stderr)."""
-    groups = item.get("groups")
-    extra = f", groups {cell(groups)}" if groups else ""
-    print(
-        f"{done} {kind} {item['id']} (serial {bundle.get('serial')}{extra},"
-        f" valid until {when(bundle.get('not_after'))})"
-    )
-    for path in paths:
-        print(f"wrote {path}" + (" (0600)" if path.suffix == ".key" else ""))
-    print(ONCE, file=sys.stderr)
-
-
 def _add(args: argparse.Namespace, client: ControlClient) -> int:
-    out: Path = args.out
-    check_writable(out, bundle_names(args.id))
-    body: dict[str, Any] = {"id": args.id, "groups": args.groups}
-    if args.days is not None:
-        body["days"] = args.days
-    created: dict[str, Any] = client.post("/clients", body)
-    paths = save_bundle(out, args.id, created.get("bundle") or {})
-    if args.json:
-        print_json({"client": created["client"], "files": [str(p) for p in paths]})
-        print(ONCE, file=sys.stderr)
-    else:
-        report_bundle("client", created["client"], created["bundle"], paths)
+    issue_bundle(args, client, "client", "/clients", {"id": args.id, "groups": args.groups})
     return 0
 
 
 def _reissue(args: argparse.Namespace, client: ControlClient) -> int:
-    out: Path = args.out
-    check_writable(out, bundle_names(args.id))
-    body: dict[str, Any] = {"groups": args.groups or None}
-    if args.days is not None:
-        body["days"] = args.days
-    issued: dict[str, Any] = client.post(f"/clients/{segment(args.id)}/certificate", body)
-    paths = save_bundle(out, args.id, issued.get("bundle") or {})
-    if args.json:
-        print_json({"client": issued["client"], "files": [str(p) for p in paths]})
-        print(ONCE, file=sys.stderr)
-    else:
-        report_bundle("client", issued["client"], issued["bundle"], paths, done="re-issued")
+    path = f"/clients/{segment(args.id)}/certificate"
+    issue_bundle(args, client, "client", path, {"groups": args.groups or None}, done="re-issued")
     return 0
+
+
+def _group_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--group", dest="groups", action="append", default=[], metavar="GROUP", help=help_text
+    )
 
 
 def _list(args: argparse.Namespace, client: ControlClient) -> int:
@@ -122,22 +68,15 @@ def _list(args: argparse.Namespace, client: ControlClient) -> int:
 
 def _show(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.get(f"/clients/{segment(args.id)}")
-    if args.json:
-        print_json(item)
-    else:
-        for heading, value in COLUMNS:
-            print(f"{heading.lower() + ':':11}{value(item)}")
+    show_item(args, item, COLUMNS)
     return 0
 
 
 def _set_disabled(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.patch(f"/clients/{segment(args.id)}", {"disabled": args.disable})
-    if args.json:
-        print_json(item)
-    else:
-        done = "disabled" if args.disable else "enabled"
-        follow = "; relays refuse its certificate" if args.disable else ""
-        print(f"{done} client {args.id}{follow}")
+    done = "disabled" if args.disable else "enabled"
+    follow = "; relays refuse its certificate" if args.disable else ""
+    print_outcome(args, item, f"{done} client {args.id}{follow}")
     return 0
 
 
@@ -145,13 +84,12 @@ def _revoke(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.post(
         f"/clients/{segment(args.id)}/revoke", {"reason": args.reason}
     )
-    if args.json:
-        print_json(item)
-    else:
-        print(
-            f"revoked client {args.id} (serial {item.get('serial')}): relays end its sessions"
-            " and refuse the certificate"
-        )
+    print_outcome(
+        args,
+        item,
+        f"revoked client {args.id} (serial {item.get('serial')}): relays end its sessions"
+        " and refuse the certificate",
+    )
     return 0
 
 
@@ -172,16 +110,8 @@ def register(groups: SubParsers) -> None:
         "overwritten. With --json, the client and the paths written are printed (not the key).",
     )
     add.add_argument("id", metavar="ID", help="the client's identity (letters, digits, . _ -)")
-    add.add_argument(
-        "--group",
-        dest="groups",
-        action="append",
-        default=[],
-        metavar="GROUP",
-        help="a group for its certificate (repeatable)",
-    )
-    add.add_argument("--days", type=int, metavar="N", help="certificate lifetime (server: 365)")
-    add.add_argument("--out", type=Path, required=True, metavar="DIR", help="write the bundle here")
+    _group_option(add, "a group for its certificate (repeatable)")
+    add_bundle_options(add, "certificate lifetime (server: 365)")
 
     reissue = add_command(
         commands,
@@ -192,18 +122,8 @@ def register(groups: SubParsers) -> None:
         "with --group) and write DIR/ID.pem, DIR/ID.key (0600) and DIR/ca.pem.",
     )
     reissue.add_argument("id", metavar="ID")
-    reissue.add_argument(
-        "--group",
-        dest="groups",
-        action="append",
-        default=[],
-        metavar="GROUP",
-        help="the new certificate's groups (repeatable; default: the current ones)",
-    )
-    reissue.add_argument("--days", type=int, metavar="N", help="certificate lifetime (365)")
-    reissue.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="write the bundle here"
-    )
+    _group_option(reissue, "the new certificate's groups (repeatable; default: the current ones)")
+    add_bundle_options(reissue, "certificate lifetime (365)")
 
     listing = add_command(commands, "list", _list, "list clients, oldest first")
     listing.add_argument("--group", metavar="GROUP", help="only members of this group")

@@ -1,5 +1,6 @@
 """What every `zgate ctl` command shares: the connection options, running a handler with a
-client (errors printed as ``zgate ctl: ...`` with the right exit status) and listing pages."""
+client (errors printed as ``zgate ctl: ...`` with the right exit status), listing pages,
+showing one item, and writing the certificate bundles of clients and connectors."""
 
 from __future__ import annotations
 
@@ -10,24 +11,39 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from .bundles import BundleFile, check_writable, write_bundle
 from .client import ControlClient, Page, Params
 from .config import DEFAULT_URL, TOKEN_ENV, URL_ENV, resolve_connection
 from .errors import CtlError
-from .output import Column, print_json, render_table
+from .output import Column, cell, print_json, render_table, when
 
 __all__ = [
+    "ONCE",
     "PROGRAM",
     "Handler",
     "SubParsers",
+    "add_bundle_options",
     "add_command",
     "add_list_options",
+    "bundle_names",
     "connection_options",
     "fail",
+    "issue_bundle",
     "list_items",
+    "print_outcome",
+    "print_written",
+    "report_bundle",
     "runs_with_client",
+    "save_bundle",
+    "show_item",
 ]
 
 PROGRAM = "zgate ctl"
+
+ONCE = (
+    "this bundle is shown only once: the control plane keeps no copy of the private key"
+    " (lost: revoke it, then reissue)"
+)
 
 #: Quoted: argparse's class is generic to type checkers only.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -155,3 +171,101 @@ def list_items(
             file=sys.stderr,
         )
     return page
+
+
+def show_item(
+    args: argparse.Namespace, item: dict[str, Any], columns: Sequence[Column], width: int = 11
+) -> None:
+    """One item: the API's JSON with ``--json``, else ``heading: value`` lines, the values
+    aligned at `width`."""
+    if args.json:
+        print_json(item)
+        return
+    for heading, value in columns:
+        print(f"{heading.lower() + ':':{width}}{value(item)}")
+
+
+def print_outcome(args: argparse.Namespace, item: Any, message: str) -> None:
+    """What a change returned: the API's JSON with ``--json``, else `message`."""
+    if args.json:
+        print_json(item)
+    else:
+        print(message)
+
+
+def print_written(paths: Sequence[Path]) -> None:
+    """One ``wrote PATH`` line per file written (private keys marked 0600)."""
+    for path in paths:
+        print(f"wrote {path}" + (" (0600)" if path.suffix == ".key" else ""))
+
+
+def bundle_names(ident: str) -> list[str]:
+    """The files a client or connector bundle becomes: ID.pem, ID.key, ca.pem."""
+    return [f"{ident}.pem", f"{ident}.key", "ca.pem"]
+
+
+def save_bundle(out: Path, ident: str, bundle: dict[str, Any]) -> list[Path]:
+    """Write `bundle` (cert_pem, key_pem, ca_pem) as ``out/ID.pem``, ``ID.key``, ``ca.pem``."""
+    cert, key, ca = bundle_names(ident)
+    try:
+        files = [
+            BundleFile(cert, bundle["cert_pem"]),
+            BundleFile(key, bundle["key_pem"], private=True),
+            BundleFile(ca, bundle["ca_pem"]),
+        ]
+    except (KeyError, TypeError):
+        raise CtlError(f"the control plane's answer holds no bundle for {ident}") from None
+    return write_bundle(out, files)
+
+
+def report_bundle(
+    kind: str,
+    item: dict[str, Any],
+    bundle: dict[str, Any],
+    paths: list[Path],
+    *,
+    done: str = "created",
+) -> None:
+    """Say what was issued and written (stdout), and that the key is shown once (stderr)."""
+    groups = item.get("groups")
+    extra = f", groups {cell(groups)}" if groups else ""
+    print(
+        f"{done} {kind} {item['id']} (serial {bundle.get('serial')}{extra},"
+        f" valid until {when(bundle.get('not_after'))})"
+    )
+    print_written(paths)
+    print(ONCE, file=sys.stderr)
+
+
+def issue_bundle(
+    args: argparse.Namespace,
+    client: ControlClient,
+    kind: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    done: str = "created",
+) -> dict[str, Any]:
+    """POST `body` (plus ``--days``) to `path`, which answers ``{kind: ..., "bundle": ...}``,
+    write the bundle of ``args.id`` into ``--out`` (checked writable first, so nothing is
+    issued that cannot be saved) and report it. Returns the answer."""
+    out: Path = args.out
+    check_writable(out, bundle_names(args.id))
+    if args.days is not None:
+        body["days"] = args.days
+    issued: dict[str, Any] = client.post(path, body)
+    paths = save_bundle(out, args.id, issued.get("bundle") or {})
+    if args.json:
+        print_json({kind: issued[kind], "files": [str(p) for p in paths]})
+        print(ONCE, file=sys.stderr)
+    else:
+        report_bundle(kind, issued[kind], issued["bundle"], paths, done=done)
+    return issued
+
+
+def add_bundle_options(parser: argparse.ArgumentParser, days_help: str) -> None:
+    """``--days`` and ``--out DIR`` for a command that writes a certificate bundle."""
+    parser.add_argument("--days", type=int, metavar="N", help=days_help)
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="write the bundle here"
+    )

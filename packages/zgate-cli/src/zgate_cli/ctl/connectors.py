@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-from .bundles import check_writable
 from .client import ControlClient
-from .clients import ONCE, bundle_names, report_bundle, save_bundle
-from .common import SubParsers, add_command, add_list_options, list_items
-from .output import Column, cell, print_json, when
+from .common import (
+    SubParsers,
+    add_bundle_options,
+    add_command,
+    add_list_options,
+    issue_bundle,
+    list_items,
+    print_outcome,
+    show_item,
+)
+from .output import Column, cell, when
 from .paths import segment
 
 __all__ = ["register"]
@@ -28,18 +33,9 @@ COLUMNS: list[Column] = [
 
 
 def _add(args: argparse.Namespace, client: ControlClient) -> int:
-    out: Path = args.out
-    check_writable(out, bundle_names(args.id))
-    body: dict[str, Any] = {"id": args.id, "prefixes": args.prefixes}
-    if args.days is not None:
-        body["days"] = args.days
-    created: dict[str, Any] = client.post("/connectors", body)
-    paths = save_bundle(out, args.id, created.get("bundle") or {})
-    if args.json:
-        print_json({"connector": created["connector"], "files": [str(p) for p in paths]})
-        print(ONCE, file=sys.stderr)
-    else:
-        report_bundle("connector", created["connector"], created["bundle"], paths)
+    body = {"id": args.id, "prefixes": args.prefixes}
+    created = issue_bundle(args, client, "connector", "/connectors", body)
+    if not args.json:
         print(f"prefixes: {cell(created['connector'].get('prefixes'))}")
     return 0
 
@@ -52,11 +48,7 @@ def _list(args: argparse.Namespace, client: ControlClient) -> int:
 
 def _show(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.get(f"/connectors/{segment(args.id)}")
-    if args.json:
-        print_json(item)
-    else:
-        for heading, value in COLUMNS:
-            print(f"{heading.lower() + ':':11}{value(item)}")
+    show_item(args, item, COLUMNS)
     return 0
 
 
@@ -64,19 +56,14 @@ def _set_prefixes(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.patch(
         f"/connectors/{segment(args.id)}", {"prefixes": args.prefixes}
     )
-    if args.json:
-        print_json(item)
-    else:
-        print(f"connector {args.id} now serves {cell(item.get('prefixes'))}; relays follow")
+    message = f"connector {args.id} now serves {cell(item.get('prefixes'))}; relays follow"
+    print_outcome(args, item, message)
     return 0
 
 
 def _revoke(args: argparse.Namespace, client: ControlClient) -> int:
     item: dict[str, Any] = client.post(f"/connectors/{segment(args.id)}/revoke", {})
-    if args.json:
-        print_json(item)
-    else:
-        print(f"revoked connector {args.id} (serial {item.get('serial')})")
+    print_outcome(args, item, f"revoked connector {args.id} (serial {item.get('serial')})")
     return 0
 
 
@@ -106,8 +93,7 @@ def register(groups: SubParsers) -> None:
     )
     add.add_argument("id", metavar="ID")
     _prefix_option(add)
-    add.add_argument("--days", type=int, metavar="N", help="certificate lifetime (server: 365)")
-    add.add_argument("--out", type=Path, required=True, metavar="DIR", help="write the bundle here")
+    add_bundle_options(add, "certificate lifetime (server: 365)")
 
     listing = add_command(commands, "list", _list, "list connectors, oldest first")
     listing.add_argument("--revoked", action="store_true", help="only revoked connectors")

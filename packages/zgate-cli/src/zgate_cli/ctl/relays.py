@@ -10,8 +10,15 @@ from typing import Any
 
 from .bundles import BundleFile, check_writable, write_bundle
 from .client import ControlClient
-from .clients import ONCE
-from .common import SubParsers, add_command, add_list_options, list_items
+from .common import (
+    ONCE,
+    SubParsers,
+    add_command,
+    add_list_options,
+    list_items,
+    print_written,
+    show_item,
+)
 from .errors import CtlError
 from .output import Column, cell, print_json, render_table, when
 from .paths import segment
@@ -59,11 +66,9 @@ def _sessions(args: argparse.Namespace, client: ControlClient) -> int:
 
 def _show(args: argparse.Namespace, client: ControlClient) -> int:
     relay: dict[str, Any] = client.get(f"/relays/{segment(args.id)}")
+    show_item(args, relay, COLUMNS, width=16)
     if args.json:
-        print_json(relay)
         return 0
-    for heading, value in COLUMNS:
-        print(f"{heading.lower() + ':':16}{value(relay)}")
     print(f"{'audit chain:':16}{cell(relay.get('audit_chain'))} (seq {relay.get('audit_seq')})")
     sessions = relay.get("live_sessions") or []
     print()
@@ -107,8 +112,7 @@ def _cert(args: argparse.Namespace, client: ControlClient) -> int:
             f"issued relay {args.id}'s server certificate for {names} (serial"
             f" {bundle.get('serial')}, valid until {when(bundle.get('not_after'))})"
         )
-        for path in paths:
-            print(f"wrote {path}" + (" (0600)" if path.suffix == ".key" else ""))
+        print_written(paths)
         print(
             f"start it with: serve --pki {out} --relay-name {args.id}"
             f" --control {client.connection.url} --control-token-file FILE"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .client import ControlClient
-from .common import SubParsers, add_command, add_list_options, list_items
+from .common import SubParsers, add_command, add_list_options, list_items, print_outcome
 from .output import Column, cell, print_json, when
 from .paths import segment
 
@@ -47,10 +47,7 @@ def _list(args: argparse.Namespace, client: ControlClient) -> int:
 
 def _revoke(args: argparse.Namespace, client: ControlClient) -> int:
     client.delete(f"/tokens/{segment(args.id)}")
-    if args.json:
-        print_json({"id": args.id, "revoked": True})
-    else:
-        print(f"revoked token {args.id}")
+    print_outcome(args, {"id": args.id, "revoked": True}, f"revoked token {args.id}")
     return 0
 
 
