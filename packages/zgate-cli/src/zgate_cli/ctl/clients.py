@@ -7,6 +7,7 @@ from typing import Any
 
 from .client import ControlClient
 from .common import (
+    IDENTITY_COLUMNS,
     SubParsers,
     add_bundle_options,
     add_command,
@@ -16,7 +17,7 @@ from .common import (
     print_outcome,
     show_item,
 )
-from .output import Column, cell, when
+from .output import Column, cell
 from .paths import segment
 
 __all__ = ["register"]
@@ -25,10 +26,7 @@ COLUMNS: list[Column] = [
     ("ID", lambda c: cell(c.get("id"))),
     ("GROUPS", lambda c: cell(c.get("groups"))),
     ("STATE", lambda c: _state(c)),
-    ("SERIAL", lambda c: cell(c.get("serial"))),
-    ("CREATED", lambda c: when(c.get("created_at"))),
-    ("LAST SEEN", lambda c: when(c.get("last_seen_at"))),
-    ("RELAY", lambda c: cell(c.get("last_relay"))),
+    *IDENTITY_COLUMNS,
 ]
 
 

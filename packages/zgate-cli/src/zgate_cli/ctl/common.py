@@ -18,6 +18,7 @@ from .errors import CtlError
 from .output import Column, cell, print_json, render_table, when
 
 __all__ = [
+    "IDENTITY_COLUMNS",
     "ONCE",
     "PROGRAM",
     "Handler",
@@ -89,6 +90,14 @@ def connection_options(*, leaf: bool) -> argparse.ArgumentParser:
     )
     return parent
 
+
+#: The columns clients and connectors share, after their own: certificate and last contact.
+IDENTITY_COLUMNS: list[Column] = [
+    ("SERIAL", lambda c: cell(c.get("serial"))),
+    ("CREATED", lambda c: when(c.get("created_at"))),
+    ("LAST SEEN", lambda c: when(c.get("last_seen_at"))),
+    ("RELAY", lambda c: cell(c.get("last_relay"))),
+]
 
 _LEAF_OPTIONS = connection_options(leaf=True)
 
