@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -12,9 +14,11 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from zgate_control.app import create_app
 from zgate_control.auth import ROLES, create_token
@@ -207,8 +211,9 @@ def _serve(args: argparse.Namespace) -> int:
                 "api": f"{settings.scheme}://{host}:{port}/api/v1/openapi.json",
             },
         )
+        app = create_app(settings, db)
         config = uvicorn.Config(
-            create_app(settings, db),
+            app,
             log_config=None,
             access_log=False,
             server_header=False,
@@ -216,7 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, app)
         # uvicorn re-raises the stop signal once it has shut down; with this handler in place
         # that lands here instead of killing the process, so a SIGTERM stop exits 0.
         signal.signal(signal.SIGTERM, lambda *_: None)
@@ -240,6 +245,22 @@ def _quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).addFilter(_NoColour())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also releases the relays' held long polls when told to stop
+    (otherwise a stop waits for each of them, up to the graceful-shutdown timeout)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._app.state.stopping = True
+        # This runs as a signal handler: hand the wake-up to the loop as a callback.
+        with contextlib.suppress(RuntimeError):  # no loop running: nothing is waiting
+            asyncio.get_running_loop().call_soon_threadsafe(self._app.state.wakeups.wake)
 
 
 def _check_tls(settings: ControlSettings) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,3 +145,55 @@ def test_busy_port_and_bad_listen(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "could not listen" in capsys.readouterr().err
     assert main(["serve", "--state-dir", str(tmp_path), "--listen", "host:notaport"]) == 2
     assert "listen" in capsys.readouterr().err
+
+
+def test_a_stop_answers_the_relays_held_polls(tmp_path: Path) -> None:
+    """SIGTERM releases every held long poll with an answer (the relay simply asks again,
+    elsewhere or later) instead of cutting it off when the graceful shutdown times out."""
+    env = {**os.environ, "ZGATE_CONTROL_STATE_DIR": str(tmp_path)}
+    subprocess.run([*CONTROL, "db", "upgrade"], env=env, check=True, capture_output=True)
+    token = subprocess.run(
+        [*CONTROL, "token", "create", "--role", "relay"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [*CONTROL, "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    answers: list[httpx.Response] = []
+    try:
+        _await_ready(url, process)
+        headers = {"Authorization": f"Bearer {token.stdout.strip()}"}
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(
+                    f"{url}/api/v1/relays/r1/changes",
+                    params={"since": 0, "wait": 30},
+                    headers=headers,
+                    timeout=60,
+                )
+            )
+        )
+        poll.start()
+        end = time.monotonic() + 10
+        while "zgate_control_relay_streams 1.0" not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < end, "the poll never reached the control plane"
+            time.sleep(0.02)
+        process.terminate()
+        poll.join(timeout=30)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert [a.status_code for a in answers] == [200]
+    assert answers[0].json() == {"type": "changes", "changes": [], "head_seq": 0}
+    assert "Traceback" not in err

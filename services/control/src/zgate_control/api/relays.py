@@ -439,7 +439,8 @@ async def changes(
             watched = wakeups.watch()  # before reading: a commit meanwhile still wakes us
             answer = await run_in_threadpool(_read, db, since, settings.snapshot_after)
             remaining = deadline - loop.time()
-            if not answer.empty or remaining <= 0:
+            # Stopping: answer now, so a restart does not wait out every held poll.
+            if not answer.empty or remaining <= 0 or getattr(state, "stopping", False):
                 return answer.body()
             # Re-check every poll_interval even unwoken: a lost NOTIFY costs at most that.
             await wakeups.wait(watched, min(settings.poll_interval, remaining))
