@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -41,6 +40,15 @@ from typing import Any
 
 import httpx
 import uvicorn
+from control_common import (
+    audit_row,
+    copy_audit_rows,
+    cpu_model,
+    free_port,
+    postgres_unavailable,
+    throwaway_postgres,
+    wait_for,
+)
 from sqlalchemy import insert
 
 from zgate_control.app import create_app
@@ -50,7 +58,6 @@ from zgate_control.db import Database
 from zgate_control.models import AuditRecord
 from zgate_control.settings import ControlSettings
 from zgate_policy.chain import Chainer
-from zgate_testkit.postgres import PostgresServer, find_postgres_bin
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 7
@@ -59,45 +66,13 @@ CLIENTS = 2_000
 DESTINATIONS = 5_000
 RULES = 50
 FILL_CHUNK = 20_000
-COLUMNS = (
-    "id",
-    "relay_id",
-    "chain",
-    "seq",
-    "ts",
-    "event",
-    "client",
-    "session",
-    "proto",
-    "src",
-    "sport",
-    "dst",
-    "dport",
-    "fqdn",
-    "verdict",
-    "rule",
-    "policy_version",
-    "connector",
-    "prev",
-    "hash",
-    "chain_ok",
-    "record",
-)
 
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "nproc": os.cpu_count(),
-        "cpu": model,
+        "cpu": cpu_model(platform.processor() or "unknown"),
         "python": platform.python_version(),
         # Other work on the machine skews every figure: say how busy it was.
         "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -140,17 +115,6 @@ def chained(relay: str, count: int, seed: int, span: timedelta) -> Iterator[dict
         yield chainer.link(flow_record(rng, relay, START + step * n))
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    row = {name: record.get(name) for name in COLUMNS}
-    row.update(
-        relay_id=record["relay"],
-        ts=datetime.fromisoformat(record["ts"]),
-        chain_ok=True,
-        record=record,
-    )
-    return row
-
-
 def fill(db: Database, records: int) -> float:
     """Put `records` chained rows in directly (RELAYS chains); returns the seconds taken."""
     started = time.perf_counter()
@@ -158,9 +122,9 @@ def fill(db: Database, records: int) -> float:
     for r in range(RELAYS):
         count = per_relay + (records % RELAYS if r == 0 else 0)
         source = chained(f"relay-{r}", count, seed=r, span=timedelta(days=DAYS))
-        while chunk := [_row(rec) for _, rec in zip(range(FILL_CHUNK), source, strict=False)]:
+        while chunk := [audit_row(r) for _, r in zip(range(FILL_CHUNK), source, strict=False)]:
             if db.dialect == "postgresql":
-                _copy_rows(db, chunk)
+                copy_audit_rows(db, chunk)
             else:
                 with db.session() as session:
                     session.execute(insert(AuditRecord), chunk)
@@ -174,34 +138,10 @@ def fill(db: Database, records: int) -> float:
     return time.perf_counter() - started
 
 
-def _copy_rows(db: Database, rows: list[dict[str, Any]]) -> None:
-    """COPY on PostgreSQL: several times faster than INSERT for a bulk fill."""
-    raw = db.engine.raw_connection()
-    try:
-        conn: Any = raw.driver_connection
-        with conn.cursor() as cursor:
-            statement = f"COPY audit_records ({', '.join(COLUMNS)}) FROM STDIN"
-            with cursor.copy(statement) as copy:
-                for row in rows:
-                    values = [row[name] for name in COLUMNS]
-                    values[-1] = json.dumps(row["record"], separators=(",", ":"))
-                    copy.write_row(values)
-        conn.commit()
-    finally:
-        raw.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serving(db: Database, state_dir: Path) -> Iterator[str]:
     """The control plane's API over `db` on loopback (uvicorn in a thread); yields its URL."""
-    port = _free_port()
+    port = free_port()
     settings = ControlSettings(state_dir=state_dir, listen=f"127.0.0.1:{port}")
     config = uvicorn.Config(
         create_app(settings, db), host="127.0.0.1", port=port, log_level="warning"
@@ -209,11 +149,13 @@ def serving(db: Database, state_dir: Path) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the control plane did not start within 30 s")
-        time.sleep(0.01)
+
+    def started() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("the control plane stopped while starting")
+        return bool(server.started)
+
+    wait_for(started, 30, "the control plane to start", 0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -425,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_one("sqlite", f"sqlite:///{work / 'control.db'}", args, work))
         if "postgresql" in wanted:
             url = args.database_url
-            if url is None and find_postgres_bin() is not None:
-                server = stack.enter_context(PostgresServer())
-                url = server.create_database("zgate_bench")
+            if url is None and postgres_unavailable() is None:
+                url = stack.enter_context(throwaway_postgres("zgate_bench"))
             if url is None:
                 print("postgresql: skipped (no --database-url and no PostgreSQL binaries)")
             else:

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from control_common import cpu_model, free_port, postgres_unavailable, throwaway_postgres, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 RELAY_ID = "bench"
@@ -104,37 +105,13 @@ def stats(samples: list[float]) -> Stats:
 
 def machine() -> dict[str, Any]:
     """CPUs, CPU model, load average, Python: printed beside the figures."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
-
-
-def free_port(kind: int) -> int:
-    """A loopback port free right now (`kind`: SOCK_STREAM or SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float) -> None:
-    """Poll `predicate` every `interval` s until it holds; RuntimeError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -441,12 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.database_url:
         results.append(measure("postgresql", args.database_url, args.rounds, args.revocations))
     if args.postgres:
-        from zgate_testkit.postgres import PostgresServer, find_postgres_bin
-
-        if find_postgres_bin() is None:
-            parser.error("--postgres: no PostgreSQL binaries (initdb, pg_ctl) found")
-        with PostgresServer() as server:
-            url = server.create_database("enforce")
+        missing = postgres_unavailable()
+        if missing is not None:
+            parser.error(f"--postgres: {missing}")
+        with throwaway_postgres("enforce") as url:
             results.append(measure("postgresql", url, args.rounds, args.revocations))
     about["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print_table(results, about)

@@ -38,6 +38,13 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from control_common import (
+    AUDIT_ROW_COLUMNS,
+    audit_row,
+    copy_audit_rows,
+    postgres_unavailable,
+    throwaway_postgres,
+)
 from sqlalchemy import delete
 
 from zgate_control.db import Database
@@ -173,7 +180,6 @@ def _records(
             verdict_rule = decided[client, target] = (decision.verdict, decision.rule_id)
         verdict, rule = verdict_rule
         ts = now - timedelta(seconds=rng.random() * span)
-        record_id = f"{rng.getrandbits(128):032x}"
         record = {
             "ts": ts.isoformat(timespec="milliseconds"),
             "event": f"flow.{verdict}",
@@ -190,36 +196,11 @@ def _records(
             "rule": rule,
             "policy_version": policy.version,
             "connector": None,
-            "id": record_id,
+            "id": f"{rng.getrandbits(128):032x}",
             "chain": chain,
             "seq": seq,
         }
-        batch.append(
-            {
-                "id": record_id,
-                "relay_id": "relay-1",
-                "chain": chain,
-                "seq": seq,
-                "ts": ts,
-                "event": f"flow.{verdict}",
-                "client": client,
-                "session": "s-" + client,
-                "proto": target.proto,
-                "src": "100.64.0.2",
-                "sport": record["sport"],
-                "dst": target.dst,
-                "dport": target.dport,
-                "fqdn": target.fqdn,
-                "verdict": verdict,
-                "rule": rule,
-                "policy_version": policy.version,
-                "connector": None,
-                "prev": "0" * 64,
-                "hash": f"{seq:064x}",
-                "chain_ok": True,
-                "record": record,
-            }
-        )
+        batch.append(audit_row(record, ts=ts, prev="0" * 64, hash=f"{seq:064x}"))
         if len(batch) == BATCH:
             yield batch
             batch = []
@@ -227,18 +208,11 @@ def _records(
         yield batch
 
 
-_COLUMNS = (
-    "id", "relay_id", "chain", "seq", "ts", "event", "client", "session", "proto", "src",
-    "sport", "dst", "dport", "fqdn", "verdict", "rule", "policy_version", "connector", "prev",
-    "hash", "chain_ok", "record",
-)  # fmt: skip
-
-
 def _insert_sqlite(db: Database, batch: list[dict[str, Any]]) -> None:
     # The driver's executemany, as SQLAlchemy would store the values: naive UTC text times.
     statement = (
-        f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) "
-        f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        f"INSERT INTO audit_records ({', '.join(AUDIT_ROW_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in AUDIT_ROW_COLUMNS)})"
     )
     rows = [
         tuple(
@@ -247,7 +221,7 @@ def _insert_sqlite(db: Database, batch: list[dict[str, Any]]) -> None:
             else json.dumps(row[c])
             if c == "record"
             else row[c]
-            for c in _COLUMNS
+            for c in AUDIT_ROW_COLUMNS
         )
         for row in batch
     ]
@@ -258,20 +232,6 @@ def _insert_sqlite(db: Database, batch: list[dict[str, Any]]) -> None:
         connection.exec_driver_sql(statement, rows)
 
 
-def _insert_postgresql(db: Database, batch: list[dict[str, Any]]) -> None:
-    raw = db.engine.raw_connection()
-    try:
-        connection = raw.driver_connection
-        assert connection is not None
-        statement = f"COPY audit_records ({', '.join(_COLUMNS)}) FROM STDIN"
-        with connection.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in batch:
-                copy.write_row([json.dumps(row[c]) if c == "record" else row[c] for c in _COLUMNS])
-        raw.commit()
-    finally:
-        raw.close()
-
-
 def fill(db: Database, flows: int, now: datetime, policy: CompiledPolicy) -> float:
     """Insert the synthetic clients and `flows` records in bulk; the seconds it took."""
     started = time.perf_counter()
@@ -279,7 +239,7 @@ def fill(db: Database, flows: int, now: datetime, policy: CompiledPolicy) -> flo
     with db.session() as session:
         for client, groups in _clients(random.Random(SEED)).items():
             session.add(Client(id=client, groups=groups, created_at=now, created_by="bench"))
-    insert = _insert_postgresql if db.dialect == "postgresql" else _insert_sqlite
+    insert = copy_audit_rows if db.dialect == "postgresql" else _insert_sqlite
     for batch in _records(flows, now, policy, rng):
         insert(db, batch)
         print(f"\r  filled {batch[-1]['seq']:,} of {flows:,}", end="", file=sys.stderr)
@@ -382,18 +342,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _throwaway_postgres(flows: int, rounds: int) -> list[Result]:
-    try:
-        from zgate_testkit.postgres import PostgresServer, find_postgres_bin
-    except ImportError:
-        print("postgresql: skipped (zgate_testkit is not installed)", file=sys.stderr)
+    missing = postgres_unavailable()
+    if missing is not None:
+        print(f"postgresql: skipped ({missing}; or pass --database-url)", file=sys.stderr)
         return []
-    if find_postgres_bin() is None:
-        print(
-            "postgresql: skipped (no PostgreSQL binaries; or pass --database-url)", file=sys.stderr
-        )
-        return []
-    with PostgresServer() as server:
-        return [measure("postgresql", server.create_database("impact"), flows, rounds)]
+    with throwaway_postgres("impact") as url:
+        return [measure("postgresql", url, flows, rounds)]
 
 
 if __name__ == "__main__":
