@@ -16,25 +16,32 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from zgate_agent.app import Agent
-from zgate_agent.metrics import AgentMetrics
-from zgate_agent.settings import AgentSettings
 from zgate_host.memdev import MemoryPacketDevice
-from zgate_lab.harness import INTERNET, QUIC_ENGINES, make_pki, udp4, until
+from zgate_lab.harness import (
+    INTERNET,
+    QUIC_ENGINES,
+    WAIT,
+    LogWatcher,
+    address4,
+    app_agent,
+    device_of,
+    free_udp_port,
+    make_pki,
+    relay_app,
+    udp4,
+    until,
+    watching_logs,
+)
 from zgate_pki import revoke_certificate
 from zgate_proto.ip import parse_packet
-from zgate_proto.session import PacketMode
 from zgate_relay.app import run_relay
 from zgate_relay.settings import RelaySettings
 from zgate_relay.startup import StartupError
-
-WAIT = 10.0  # bound on any one await; each finishes far sooner
 
 # alice may reach 203.0.113.0/24 on udp/7 (what udp4() sends to) and nothing else.
 POLICY = """\
@@ -49,44 +56,10 @@ POLICY_FAILING_TEST = POLICY.replace("expect: allow", "expect: deny")
 POLICY_INVALID = "default: deny\nrules:\n  - {id: x, action: perhaps, from: [alice]}\n"
 
 
-class LogWatcher(logging.Handler):
-    """Collects the relay's log messages; ``await wait_for(text)`` until one contains it."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.loop = loop
-        self.records: list[logging.LogRecord] = []
-        self.changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self.loop.call_soon_threadsafe(self.changed.set)
-
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
-
-    def count(self, text: str) -> int:
-        return sum(text in m for m in self.messages())
-
-    async def wait_for(self, text: str, count: int = 1) -> None:
-        async with asyncio.timeout(WAIT):
-            while self.count(text) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-
 @pytest.fixture
 async def logs() -> AsyncIterator[LogWatcher]:
-    watcher = LogWatcher(asyncio.get_running_loop())
-    logger = logging.getLogger("zgate")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watcher)
-    try:
+    with watching_logs() as watcher:
         yield watcher
-    finally:
-        logger.removeHandler(watcher)
-        logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True, params=QUIC_ENGINES)
@@ -100,12 +73,6 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     return make_pki(tmp_path / "pki", ["alice", "bob"])
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def udp_port_is_free(port: int) -> bool:
@@ -135,83 +102,6 @@ def settings_for(tmp_path: Path, pki: Path, **values: object) -> RelaySettings:
 
 def audit_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive()}
-
-
-@dataclass
-class Running:
-    settings: RelaySettings
-    egress: MemoryPacketDevice
-    task: asyncio.Task[None]
-
-    @property
-    def port(self) -> int:
-        return int(self.settings.listen.rpartition(":")[2])
-
-
-@contextlib.asynccontextmanager
-async def relay(settings: RelaySettings) -> AsyncIterator[Running]:
-    """run_relay in a task, awaited until ready; SIGTERM ends it at the end."""
-    egress = MemoryPacketDevice("egress-mem")
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_relay(settings, ready=ready, egress_device=egress))
-    try:
-        done, _ = await asyncio.wait(
-            {task, asyncio.create_task(ready.wait())},
-            timeout=WAIT,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()  # raises what stopped it
-        assert ready.is_set(), "the relay did not get ready"
-        yield Running(settings, egress, task)
-    finally:
-        if not task.done():
-            # SIGTERM only once run_relay's handler is installed (ready); before that the
-            # default action would end the test run itself.
-            if ready.is_set():
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, WAIT)
-        egress.close()
-
-
-@contextlib.asynccontextmanager
-async def agent(running: Running, pki: Path, client: str) -> AsyncIterator[Agent]:
-    settings = AgentSettings(
-        relay=f"127.0.0.1:{running.port}",
-        ca=pki / "ca.pem",
-        cert=pki / "clients" / f"{client}.pem",
-        key=pki / "clients" / f"{client}.key",
-        server_name="localhost",
-        mode=PacketMode.DATAGRAM,
-        metrics=None,
-        backoff_initial=0.05,
-        backoff_max=0.5,
-    )
-    device = MemoryPacketDevice(f"mem-{client}")
-    tunnel = Agent(settings, device, AgentMetrics(), configure_host=False)
-    task = asyncio.create_task(tunnel.run())
-    try:
-        await asyncio.wait_for(tunnel.connected.wait(), WAIT)
-        yield tunnel
-    finally:
-        tunnel.stop()
-        await asyncio.wait_for(task, WAIT)
-        device.close()
-
-
-def address4(tunnel: Agent) -> str:
-    addresses = tunnel.status()["addresses"]
-    assert isinstance(addresses, list)
-    return str(next(a for a in addresses if "." in a)).split("/")[0]
-
-
-def device_of(tunnel: Agent) -> MemoryPacketDevice:
-    device = tunnel.device
-    assert isinstance(device, MemoryPacketDevice)
-    return device
 
 
 def audit_records(path: Path | None) -> list[dict[str, Any]]:
@@ -259,7 +149,10 @@ async def test_a_policy_that_cannot_be_used_stops_the_start(
 async def test_no_policy_means_allow_all_with_a_warning(
     tmp_path: Path, pki: Path, logs: LogWatcher, engine: str
 ) -> None:
-    async with relay(settings_for(tmp_path, pki)) as running, agent(running, pki, "bob") as bob:
+    async with (
+        relay_app(settings_for(tmp_path, pki)) as running,
+        app_agent(running, pki, "bob") as bob,
+    ):
         [chosen] = [r for r in logs.records if r.getMessage() == "QUIC engine"]
         assert chosen.engine == engine  # type: ignore[attr-defined]
         warnings = [r for r in logs.records if r.levelno == logging.WARNING]
@@ -282,7 +175,7 @@ async def test_sighup_reloads_the_policy_and_reports_each_result(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     settings = settings_for(tmp_path, pki, policy=policy)
-    async with relay(settings) as running, agent(running, pki, "alice") as alice:
+    async with relay_app(settings) as running, app_agent(running, pki, "alice") as alice:
         src = address4(alice)
         to_port_7 = udp4(src, str(INTERNET), b"allowed", sport=40001)
         device_of(alice).inject(to_port_7)
@@ -327,7 +220,7 @@ async def test_sighup_reopens_the_audit_log(tmp_path: Path, pki: Path, logs: Log
     log_file = settings.audit_log
     assert log_file is not None
     rotated = tmp_path / "audit.log.1"
-    async with relay(settings):
+    async with relay_app(settings):
         await until(lambda: audit_events(log_file) == ["policy.loaded"], WAIT)
         log_file.rename(rotated)  # what logrotate does before it signals
         policy.write_text(POLICY_PORT_9)
@@ -341,7 +234,7 @@ async def test_sighup_rereads_the_crl_and_ends_a_revoked_clients_session(
     tmp_path: Path, pki: Path, logs: LogWatcher
 ) -> None:
     settings = settings_for(tmp_path, pki)  # the periodic CRL check is an hour away
-    async with relay(settings) as running, agent(running, pki, "alice") as alice:
+    async with relay_app(settings) as running, app_agent(running, pki, "alice") as alice:
         assert alice.connected.is_set()
         revoke_certificate(pki, "alice")
         os.kill(os.getpid(), signal.SIGHUP)
@@ -354,7 +247,7 @@ async def test_periodic_crl_check_ends_a_revoked_clients_session(
     tmp_path: Path, pki: Path, logs: LogWatcher
 ) -> None:
     settings = settings_for(tmp_path, pki, crl_check_interval=0.2)
-    async with relay(settings) as running, agent(running, pki, "alice") as alice:
+    async with relay_app(settings) as running, app_agent(running, pki, "alice") as alice:
         assert alice.connected.is_set()
         revoke_certificate(pki, "alice")
         await logs.wait_for("session closed")
@@ -372,7 +265,7 @@ async def test_sigterm_ends_run_relay_cleanly(
     settings = settings_for(tmp_path, pki)
     port = int(settings.listen.rpartition(":")[2])
     with no_leftovers(port):
-        async with relay(settings) as running:
+        async with relay_app(settings) as running:
             assert not udp_port_is_free(port)
             os.kill(os.getpid(), sig)
             await asyncio.wait_for(running.task, WAIT)  # returns, raises nothing

@@ -13,14 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
-import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,18 +28,26 @@ from cryptography import x509
 from fastapi import FastAPI, Header, HTTPException, Request, Response
 
 from zgate_agent.app import Agent
-from zgate_agent.metrics import AgentMetrics
-from zgate_agent.settings import AgentSettings
-from zgate_host.memdev import MemoryPacketDevice
-from zgate_lab.harness import INTERNET, make_pki, udp4, until
+from zgate_lab.harness import (
+    INTERNET,
+    WAIT,
+    LogWatcher,
+    RunningRelayApp,
+    address4,
+    app_agent,
+    device_of,
+    free_udp_port,
+    make_pki,
+    relay_app,
+    udp4,
+    until,
+    watching_logs,
+)
 from zgate_pki import revoke_certificate
 from zgate_proto.ip import parse_packet
-from zgate_proto.session import PacketMode
-from zgate_relay.app import run_relay
 from zgate_relay.control.cache import CACHE_NAME
 from zgate_relay.settings import RelaySettings
 
-WAIT = 10.0  # bound on any one await; each finishes far sooner
 TOKEN = "zgt_0123456789ab_secret"
 RELAY = "relay-under-test"
 
@@ -210,43 +214,15 @@ def closed_port_url() -> str:
 # ------------------------------------------------------------------ relay and agent
 
 
-class LogWatcher(logging.Handler):
-    """Collects the relay's log messages."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def count(self, text: str) -> int:
-        return sum(text in r.getMessage() for r in list(self.records))
-
-
 @pytest.fixture
-def logs() -> Iterator[LogWatcher]:
-    watcher = LogWatcher()
-    logger = logging.getLogger("zgate")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watcher)
-    try:
+async def logs() -> AsyncIterator[LogWatcher]:
+    with watching_logs() as watcher:
         yield watcher
-    finally:
-        logger.removeHandler(watcher)
-        logger.setLevel(level)
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     return make_pki(tmp_path / "pki", ["alice", "bob"])
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_for(tmp_path: Path, pki: Path, control: str, **values: object) -> RelaySettings:
@@ -268,81 +244,7 @@ def settings_for(tmp_path: Path, pki: Path, control: str, **values: object) -> R
     return RelaySettings(**base)  # type: ignore[arg-type]
 
 
-@dataclass
-class Running:
-    settings: RelaySettings
-    egress: MemoryPacketDevice
-
-    @property
-    def port(self) -> int:
-        return int(self.settings.listen.rpartition(":")[2])
-
-
-@contextlib.asynccontextmanager
-async def relay(settings: RelaySettings) -> AsyncIterator[Running]:
-    """run_relay in a task, awaited until ready; SIGTERM ends it at the end."""
-    egress = MemoryPacketDevice("egress-mem")
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_relay(settings, ready=ready, egress_device=egress))
-    try:
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait(
-            {task, waiter}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED
-        )
-        waiter.cancel()
-        if task in done:
-            task.result()
-        assert ready.is_set(), "the relay did not get ready"
-        yield Running(settings, egress)
-    finally:
-        if not task.done():
-            if ready.is_set():
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, WAIT)
-        egress.close()
-
-
-@contextlib.asynccontextmanager
-async def agent(running: Running, pki: Path, client: str) -> AsyncIterator[Agent]:
-    settings = AgentSettings(
-        relay=f"127.0.0.1:{running.port}",
-        ca=pki / "ca.pem",
-        cert=pki / "clients" / f"{client}.pem",
-        key=pki / "clients" / f"{client}.key",
-        server_name="localhost",
-        mode=PacketMode.DATAGRAM,
-        metrics=None,
-        backoff_initial=0.05,
-        backoff_max=0.5,
-    )
-    device = MemoryPacketDevice(f"mem-{client}")
-    tunnel = Agent(settings, device, AgentMetrics(), configure_host=False)
-    task = asyncio.create_task(tunnel.run())
-    try:
-        await asyncio.wait_for(tunnel.connected.wait(), WAIT)
-        yield tunnel
-    finally:
-        tunnel.stop()
-        await asyncio.wait_for(task, WAIT)
-        device.close()
-
-
-def address4(tunnel: Agent) -> str:
-    addresses = tunnel.status()["addresses"]
-    assert isinstance(addresses, list)
-    return str(next(a for a in addresses if "." in a)).split("/")[0]
-
-
-def device_of(tunnel: Agent) -> MemoryPacketDevice:
-    device = tunnel.device
-    assert isinstance(device, MemoryPacketDevice)
-    return device
-
-
-async def passes(running: Running, tunnel: Agent, dport: int, sport: int) -> bool:
+async def passes(running: RunningRelayApp, tunnel: Agent, dport: int, sport: int) -> bool:
     """Whether a new flow to INTERNET:dport leaves through egress (else it is answered
     with ICMP administratively prohibited)."""
     packet = udp4(address4(tunnel), str(INTERNET), b"x", sport=sport, dport=dport)
@@ -378,9 +280,9 @@ async def test_a_published_policy_is_enforced_reported_and_audited(
     control.publish_policy(POLICY_7)
     with serving(control) as url:
         settings = settings_for(tmp_path, pki, url)
-        async with relay(settings) as running:
+        async with relay_app(settings) as running:
             await until(lambda: control.acked(1), WAIT, "the snapshot acknowledged")
-            async with agent(running, pki, "alice") as alice:
+            async with app_agent(running, pki, "alice") as alice:
                 assert await passes(running, alice, 7, 40001)
                 seq = control.publish_policy(POLICY_9)
                 await until(lambda: control.acked(seq), WAIT, "the new policy acknowledged")
@@ -419,9 +321,9 @@ async def test_a_revocation_ends_live_sessions_at_once(
     control = FakeControlPlane()
     control.publish_policy(POLICY_7)
     with serving(control) as url:
-        async with relay(settings_for(tmp_path, pki, url)) as running:
+        async with relay_app(settings_for(tmp_path, pki, url)) as running:
             await until(lambda: control.acked(1), WAIT, "the snapshot acknowledged")
-            async with agent(running, pki, "alice"), agent(running, pki, "bob") as bob:
+            async with app_agent(running, pki, "alice"), app_agent(running, pki, "bob") as bob:
                 # alice's certificate revoked: the CA's CRL comes from the control plane.
                 revoke_certificate(pki, "alice")
                 crl = (pki / "crl.pem").read_text()
@@ -463,7 +365,10 @@ async def test_status_and_metrics_show_how_the_relay_follows(tmp_path: Path, pki
     port = free_tcp_port()
     with serving(control) as url:
         settings = settings_for(tmp_path, pki, url, metrics=f"127.0.0.1:{port}")
-        async with relay(settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        async with (
+            relay_app(settings),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        ):
             await until(lambda: control.acked(seq), WAIT, "the snapshot acknowledged")
             status = (await http.get("/status")).json()["control"]
             assert status["connected"] is True and status["applied_seq"] == seq
@@ -489,12 +394,12 @@ async def test_the_cache_is_enforced_while_the_control_plane_is_down_at_start(
     control.publish_policy(POLICY_9)
     seq = control.publish_policy(POLICY_7)
     with serving(control) as url:
-        async with relay(settings_for(tmp_path, pki, url)):
+        async with relay_app(settings_for(tmp_path, pki, url)):
             await until(lambda: control.acked(seq), WAIT, "the snapshot acknowledged")
     # The control plane is gone; the relay starts from its cache and enforces it.
     port = free_tcp_port()
     down = settings_for(tmp_path, pki, closed_port_url(), metrics=f"127.0.0.1:{port}")
-    async with relay(down) as running:
+    async with relay_app(down) as running:
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text.splitlines()
         assert "zgate_relay_control_using_cache 1.0" in metrics
@@ -507,7 +412,7 @@ async def test_the_cache_is_enforced_while_the_control_plane_is_down_at_start(
             WAIT,
             "the outage reported",
         )
-        async with agent(running, pki, "alice") as alice:
+        async with app_agent(running, pki, "alice") as alice:
             assert await passes(running, alice, 7, 40001)
             assert not await passes(running, alice, 9, 40002)
 
@@ -515,14 +420,14 @@ async def test_the_cache_is_enforced_while_the_control_plane_is_down_at_start(
 async def test_without_a_cache_or_a_control_plane_everything_is_denied(
     tmp_path: Path, pki: Path, logs: LogWatcher
 ) -> None:
-    async with relay(settings_for(tmp_path, pki, closed_port_url())) as running:
+    async with relay_app(settings_for(tmp_path, pki, closed_port_url())) as running:
         assert logs.count("FOLLOWING A CONTROL PLANE WITHOUT A CACHED SNAPSHOT") == 1
         await until(
             lambda: logs.count("control plane unreachable and no cached snapshot") == 1,
             WAIT,
             "the outage reported",
         )
-        async with agent(running, pki, "alice") as alice:
+        async with app_agent(running, pki, "alice") as alice:
             assert not await passes(running, alice, 7, 40001)
 
 
@@ -534,7 +439,7 @@ async def test_a_corrupt_cache_is_moved_aside_and_a_bad_token_reported(
     (state / CACHE_NAME).write_text("{half a snapshot")
     control = FakeControlPlane()
     with serving(control) as url:
-        async with relay(settings_for(tmp_path, pki, url, control_token="zgt_wrong_token")):
+        async with relay_app(settings_for(tmp_path, pki, url, control_token="zgt_wrong_token")):
             await until(
                 lambda: logs.count("refuses this relay's token") == 1, WAIT, "the token error"
             )

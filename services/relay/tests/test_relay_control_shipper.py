@@ -66,6 +66,20 @@ async def ship_all(s: AuditShipper) -> None:
         pass
 
 
+async def ship_fresh(tmp_path: Path, control: FakeControl) -> None:
+    """A new shipper (as after a restart) ships all it finds, then closes."""
+    s = shipper(tmp_path, control)
+    try:
+        await ship_all(s)
+    finally:
+        s.close()
+
+
+def append(log: Path, data: bytes) -> None:
+    with log.open("ab") as f:
+        f.write(data)
+
+
 def saved(tmp_path: Path) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((tmp_path / CURSOR_NAME).read_text())
     return result
@@ -116,8 +130,7 @@ async def test_batches_are_shipped_and_the_position_persisted(
     complete = len(b"".join(record(n) for n in range(1, 8)))
     assert saved(tmp_path) == {"path": str(log), "inode": log.stat().st_ino, "offset": complete}
     # The cut line is completed later: it goes next, alone.
-    with log.open("ab") as f:
-        f.write(b'"}\n')
+    append(log, b'"}\n')
     await ship_all(s)
     assert control.batches[-1] == [{"event": "cut"}]
     s.close()
@@ -143,14 +156,9 @@ async def test_a_restart_continues_from_the_saved_position(
 ) -> None:
     log = tmp_path / "audit.log"
     log.write_bytes(record(1) + record(2))
-    first = shipper(tmp_path, control)
-    await ship_all(first)
-    first.close()
-    with log.open("ab") as f:
-        f.write(record(3))
-    second = shipper(tmp_path, control)
-    await ship_all(second)
-    second.close()
+    await ship_fresh(tmp_path, control)
+    append(log, record(3))
+    await ship_fresh(tmp_path, control)
     assert control.ids == ["r1", "r2", "r3"]
 
 
@@ -162,8 +170,7 @@ async def test_rotation_ships_the_old_files_rest_then_the_new_file(
     log.write_bytes(record(1))
     s = shipper(tmp_path, control)
     await ship_all(s)
-    with log.open("ab") as f:  # written before the rename: still to be shipped
-        f.write(record(2))
+    append(log, record(2))  # written before the rename: still to be shipped
     log.rename(tmp_path / "audit.log.1")
     log.write_bytes(record(3))
     await ship_all(s)
@@ -179,15 +186,11 @@ async def test_a_new_file_found_at_start_is_shipped_from_its_start(
 ) -> None:
     log = tmp_path / "audit.log"
     log.write_bytes(record(1) + record(2))
-    first = shipper(tmp_path, control)
-    await ship_all(first)
-    first.close()
+    await ship_fresh(tmp_path, control)
     log.rename(tmp_path / "audit.log.1")
     log.write_bytes(record(3))
     assert os.stat(log).st_ino != saved(tmp_path)["inode"]
-    second = shipper(tmp_path, control)
-    await ship_all(second)
-    second.close()
+    await ship_fresh(tmp_path, control)
     assert control.ids == ["r1", "r2", "r3"]
 
 
@@ -200,8 +203,7 @@ async def test_a_truncated_file_is_shipped_again_from_its_start(
     await ship_all(s)
     with log.open("r+b") as f:  # copytruncate
         f.truncate(0)
-    with log.open("ab") as f:
-        f.write(record(3))
+    append(log, record(3))
     await ship_all(s)
     assert control.ids == ["r1", "r2", "r3"]
     s.close()
@@ -212,9 +214,7 @@ async def test_an_unreadable_position_ships_everything_again(
 ) -> None:
     (tmp_path / "audit.log").write_bytes(record(1))
     (tmp_path / CURSOR_NAME).write_text("{oops")
-    s = shipper(tmp_path, control)
-    await ship_all(s)
-    s.close()
+    await ship_fresh(tmp_path, control)
     assert control.ids == ["r1"]
 
 

@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import logging
+import os
+import signal
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from zgate_proto.engines import DEFAULT_ENGINE, ENGINES, get_engine
 from zgate_proto.engines.base import Address, ClientConfig, QuicConn, ServerConfig
 from zgate_proto.ip import ipv4_checksum
 from zgate_proto.session import ClientSession, PacketMode, PacketReceived
+from zgate_relay.app import run_relay
 from zgate_relay.core import RelayCore
 from zgate_relay.enforce import Enforcer
 from zgate_relay.metrics import RelayMetrics
@@ -42,6 +46,7 @@ from zgate_relay.pool import AddressPool
 from zgate_relay.pump import RelayPump
 from zgate_relay.router import Deliver
 from zgate_relay.session import RelaySession
+from zgate_relay.settings import RelaySettings
 from zgate_testkit.pki import make_pki as make_test_pki
 from zgate_testkit.pki import server_config
 
@@ -387,11 +392,20 @@ class AgentUnderTest:
 def agent_settings(
     relay: RelayUnderTest, client: str, mode: PacketMode, **kw: object
 ) -> AgentSettings:
+    """An agent's settings for `client` of a relay under test."""
+    return agent_settings_for(relay.port, relay.pki, client, mode, **kw)
+
+
+def agent_settings_for(
+    port: int, pki: Path, client: str, mode: PacketMode, **kw: object
+) -> AgentSettings:
+    """An agent's settings for `client` (certificate from `pki`) of a relay on 127.0.0.1:`port`,
+    reconnecting quickly, no metrics."""
     values: dict[str, object] = {
-        "relay": f"127.0.0.1:{relay.port}",
-        "ca": relay.pki / "ca.pem",
-        "cert": relay.pki / "clients" / f"{client}.pem",
-        "key": relay.pki / "clients" / f"{client}.key",
+        "relay": f"127.0.0.1:{port}",
+        "ca": pki / "ca.pem",
+        "cert": pki / "clients" / f"{client}.pem",
+        "key": pki / "clients" / f"{client}.key",
         "server_name": "localhost",
         "mode": mode,
         "metrics": None,
@@ -418,3 +432,134 @@ async def start_agent(
     if wait:
         await asyncio.wait_for(agent.connected.wait(), 10)
     return AgentUnderTest(agent, device, task, metrics)
+
+
+# ------------------------------------------------- the whole relay app (run_relay) in process
+
+#: Bound on any one await of the in-process relay and agent below; each finishes far sooner.
+WAIT = 10.0
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LogWatcher(logging.Handler):
+    """Collects log messages; ``await wait_for(text)`` until one contains it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.INFO)
+        self.loop = loop
+        self.records: list[logging.LogRecord] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.loop.call_soon_threadsafe(self.changed.set)
+
+    def messages(self) -> list[str]:
+        """Every message so far (a copy: records may arrive from other threads)."""
+        return [r.getMessage() for r in list(self.records)]
+
+    def count(self, text: str) -> int:
+        """How many messages contain `text`."""
+        return sum(text in m for m in self.messages())
+
+    async def wait_for(self, text: str, count: int = 1) -> None:
+        """Until `count` messages contain `text` (TimeoutError after WAIT)."""
+        async with asyncio.timeout(WAIT):
+            while self.count(text) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextlib.contextmanager
+def watching_logs(name: str = "zgate") -> Iterator[LogWatcher]:
+    """A LogWatcher on logger `name` (at INFO) while the block runs; call it in a loop."""
+    watcher = LogWatcher(asyncio.get_running_loop())
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(watcher)
+    try:
+        yield watcher
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(level)
+
+
+@dataclass
+class RunningRelayApp:
+    """run_relay running in this process, with its in-memory egress device."""
+
+    settings: RelaySettings
+    egress: MemoryPacketDevice
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        """The UDP port it listens on."""
+        return int(self.settings.listen.rpartition(":")[2])
+
+
+@contextlib.asynccontextmanager
+async def relay_app(settings: RelaySettings) -> AsyncIterator[RunningRelayApp]:
+    """run_relay in a task with an in-memory egress device, awaited until ready (what stopped
+    it is raised if it stops first); SIGTERM ends it at the end."""
+    egress = MemoryPacketDevice("egress-mem")
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_relay(settings, ready=ready, egress_device=egress))
+    try:
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait(
+            {task, waiter}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        if task in done:
+            task.result()  # raises what stopped it
+        assert ready.is_set(), "the relay did not get ready"
+        yield RunningRelayApp(settings, egress, task)
+    finally:
+        if not task.done():
+            # SIGTERM only once run_relay's handler is installed (ready); before that the
+            # default action would end the test run itself.
+            if ready.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, WAIT)
+        egress.close()
+
+
+@contextlib.asynccontextmanager
+async def app_agent(running: RunningRelayApp, pki: Path, client: str) -> AsyncIterator[Agent]:
+    """An agent of `client` (datagram mode, in-memory device) connected to `running`."""
+    settings = agent_settings_for(running.port, pki, client, PacketMode.DATAGRAM)
+    device = MemoryPacketDevice(f"mem-{client}")
+    tunnel = Agent(settings, device, AgentMetrics(), configure_host=False)
+    task = asyncio.create_task(tunnel.run())
+    try:
+        await asyncio.wait_for(tunnel.connected.wait(), WAIT)
+        yield tunnel
+    finally:
+        tunnel.stop()
+        await asyncio.wait_for(task, WAIT)
+        device.close()
+
+
+def address4(tunnel: Agent) -> str:
+    """The agent's tunnel IPv4 address."""
+    addresses = tunnel.status()["addresses"]
+    assert isinstance(addresses, list)
+    return str(next(a for a in addresses if "." in a)).split("/")[0]
+
+
+def device_of(tunnel: Agent) -> MemoryPacketDevice:
+    """The agent's in-memory device."""
+    device = tunnel.device
+    assert isinstance(device, MemoryPacketDevice)
+    return device
