@@ -21,16 +21,19 @@ from zgate_control.services.identities import append_revocation, check_if_match,
 from zgate_pki import CertificateBundle, Kind, PkiError
 
 __all__ = [
+    "get_tagged",
+    "identity_filters",
     "issue",
     "keyset_page",
     "load",
     "load_for_write",
     "refuse_existing",
     "revoke_certificate",
-    "set_etag",
+    "tagged",
 ]
 
 RowT = TypeVar("RowT", bound=Base)
+AnswerT = TypeVar("AnswerT")
 
 #: The sort key of the tables listed oldest first: creation time, then id (unique).
 CREATED_KEY: tuple[str, ...] = ("created_at", "id")
@@ -110,6 +113,34 @@ def revoke_certificate(session: Session, row: Client | Connector, what: str, rea
     append_revocation(session, row.id, "revoke")
 
 
-def set_etag(response: Response, row_version: int) -> None:
-    """Put the ETag of a row at `row_version` in `response` (for If-Match on a later write)."""
+def tagged(response: Response, row_version: int, answer: AnswerT) -> AnswerT:
+    """`answer`, with the ETag of a row at `row_version` put in `response` (for If-Match on a
+    later write)."""
     response.headers["ETag"] = etag(row_version)
+    return answer
+
+
+def get_tagged(
+    db: Database,
+    response: Response,
+    model: type[Client] | type[Connector],
+    ident: str,
+    what: str,
+    out: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """The `model` row `ident` as `out` shows it, its ETag in `response`; 404 when none."""
+    with db.reader() as session:
+        row = load(session, model, ident, what)
+        return tagged(response, row.row_version, out(row))
+
+
+def identity_filters(
+    model: type[Client] | type[Connector], revoked: bool | None, q: str | None
+) -> list[ColumnExpressionArgument[bool]]:
+    """The list filters clients and connectors share: revoked or not, and part of the id."""
+    filters: list[ColumnExpressionArgument[bool]] = []
+    if revoked is not None:
+        filters.append(model.revoked_at.is_not(None) if revoked else model.revoked_at.is_(None))
+    if q:
+        filters.append(model.id.contains(q, autoescape=True))
+    return filters

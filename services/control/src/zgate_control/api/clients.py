@@ -14,18 +14,20 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnExpressionArgument, TextClause, text
+from sqlalchemy import TextClause, text
 
 from zgate_control import ca, wakeup
 from zgate_control.adminlog import describe
 from zgate_control.api._common import (
+    get_tagged,
+    identity_filters,
     issue,
     keyset_page,
     load,
     load_for_write,
     refuse_existing,
     revoke_certificate,
-    set_etag,
+    tagged,
 )
 from zgate_control.auth import READ, WRITE, Principal, get_db, require
 from zgate_control.db import Database
@@ -156,8 +158,9 @@ def create_client(
         session.add(row)
         session.flush()
         describe(request, "client.create", body.id, groups=list(bundle.groups))
-        set_etag(response, row.row_version)
-        return {"client": _out(row), "bundle": bundle_out(bundle)}
+        return tagged(
+            response, row.row_version, {"client": _out(row), "bundle": bundle_out(bundle)}
+        )
 
 
 @router.get("/clients", response_model=Page[ClientOut])
@@ -174,15 +177,11 @@ def list_clients(
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """Clients, oldest first, filtered by group, state or part of the id."""
-    filters: list[ColumnExpressionArgument[bool]] = []
+    filters = identity_filters(Client, revoked, q)
     if group:
         filters.append(group_filter(db.dialect, "clients", group))
     if disabled is not None:
         filters.append(Client.disabled.is_(disabled))
-    if revoked is not None:
-        filters.append(Client.revoked_at.is_not(None) if revoked else Client.revoked_at.is_(None))
-    if q:
-        filters.append(Client.id.contains(q, autoescape=True))
     return keyset_page(db, Client, _out, cursor, limit, filters)
 
 
@@ -194,10 +193,7 @@ def get_client(
     _: Annotated[Principal, Depends(require(*READ))],
 ) -> dict[str, Any]:
     """One client; its ETag header is for If-Match on PATCH."""
-    with db.reader() as session:
-        row = load(session, Client, client_id, "client")
-        set_etag(response, row.row_version)
-        return _out(row)
+    return get_tagged(db, response, Client, client_id, "client", _out)
 
 
 @router.patch("/clients/{client_id}", response_model=ClientOut)
@@ -237,8 +233,7 @@ def patch_client(
             describe(request, f"client.{action}", client_id)
         else:
             describe(request, "client.update", client_id)
-        set_etag(response, row.row_version)
-        return _out(row)
+        return tagged(response, row.row_version, _out(row))
 
 
 @router.post("/clients/{client_id}/revoke", response_model=ClientOut)
@@ -257,8 +252,7 @@ def revoke_client(
         row = load(session, Client, client_id, "client", lock=True)
         revoke_certificate(session, row, "client", reason)
         describe(request, "client.revoke", client_id, serial=row.serial, reason=reason)
-        set_etag(response, row.row_version)
-        return _out(row)
+        return tagged(response, row.row_version, _out(row))
 
 
 @router.post("/clients/{client_id}/certificate", status_code=201, response_model=ClientCreated)
@@ -291,5 +285,6 @@ def reissue_client(
         if row.disabled:  # the new serial must be blocked too
             append_revocation(session, client_id, "disable")
         describe(request, "client.reissue", client_id, serial=row.serial, groups=row.groups)
-        set_etag(response, row.row_version)
-        return {"client": _out(row), "bundle": bundle_out(bundle)}
+        return tagged(
+            response, row.row_version, {"client": _out(row), "bundle": bundle_out(bundle)}
+        )

@@ -12,18 +12,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import ColumnExpressionArgument
 
 from zgate_control import ca, wakeup
 from zgate_control.adminlog import describe
 from zgate_control.api._common import (
+    get_tagged,
+    identity_filters,
     issue,
     keyset_page,
     load,
     load_for_write,
     refuse_existing,
     revoke_certificate,
-    set_etag,
+    tagged,
 )
 from zgate_control.api.clients import Bundle, IdentStr, IfMatch, RevokeRequest
 from zgate_control.auth import READ, WRITE, Principal, get_db, require
@@ -131,8 +132,9 @@ def create_connector(
         session.add(row)
         append_connectors(session)
         describe(request, "connector.create", body.id, prefixes=body.prefixes)
-        set_etag(response, row.row_version)
-        return {"connector": _out(row), "bundle": bundle_out(bundle)}
+        return tagged(
+            response, row.row_version, {"connector": _out(row), "bundle": bundle_out(bundle)}
+        )
 
 
 @router.get("/connectors", response_model=Page[ConnectorOut])
@@ -147,14 +149,7 @@ def list_connectors(
     limit: Limit = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """Connectors, oldest first."""
-    filters: list[ColumnExpressionArgument[bool]] = []
-    if revoked is not None:
-        filters.append(
-            Connector.revoked_at.is_not(None) if revoked else Connector.revoked_at.is_(None)
-        )
-    if q:
-        filters.append(Connector.id.contains(q, autoescape=True))
-    return keyset_page(db, Connector, _out, cursor, limit, filters)
+    return keyset_page(db, Connector, _out, cursor, limit, identity_filters(Connector, revoked, q))
 
 
 @router.get("/connectors/{connector_id}", response_model=ConnectorOut)
@@ -165,10 +160,7 @@ def get_connector(
     _: Annotated[Principal, Depends(require(*READ))],
 ) -> dict[str, Any]:
     """One connector; its ETag header is for If-Match on PATCH."""
-    with db.reader() as session:
-        row = load(session, Connector, connector_id, "connector")
-        set_etag(response, row.row_version)
-        return _out(row)
+    return get_tagged(db, response, Connector, connector_id, "connector", _out)
 
 
 @router.patch("/connectors/{connector_id}", response_model=ConnectorOut)
@@ -192,8 +184,7 @@ def patch_connector(
             row.row_version += 1
             append_connectors(session)
         describe(request, "connector.update", connector_id, prefixes=body.prefixes)
-        set_etag(response, row.row_version)
-        return _out(row)
+        return tagged(response, row.row_version, _out(row))
 
 
 @router.post("/connectors/{connector_id}/revoke", response_model=ConnectorOut)
@@ -213,5 +204,4 @@ def revoke_connector(
         revoke_certificate(session, row, "connector", reason)
         append_connectors(session)
         describe(request, "connector.revoke", connector_id, serial=row.serial, reason=reason)
-        set_etag(response, row.row_version)
-        return _out(row)
+        return tagged(response, row.row_version, _out(row))
