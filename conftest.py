@@ -80,4 +80,3 @@ def _restore_logging() -> Iterator[None]:
     for handler in list(root.handlers):
         if type(handler).__name__ in ("_ZgateHandler", "_StderrHandler"):
             root.removeHandler(handler)
-

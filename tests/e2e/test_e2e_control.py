@@ -139,6 +139,11 @@ class ControlLab:
 
     # -- relays ---------------------------------------------------------------------
 
+    def publish(self, name: str, text: str) -> str:
+        """`zgate ctl policy push FILE --publish`; the digest of the version now in force."""
+        pushed = self.ctl("policy", "push", str(_policy_file(self.lab, name, text)), "--publish")
+        return str(pushed["version"]["digest"])
+
     def relay_token(self, relay_id: str) -> Path:
         created = self.ctl(
             "token", "create", "--role", "relay", "--name", relay_id, "--relay", relay_id
@@ -183,16 +188,7 @@ class ControlLab:
         return relay
 
     def relay_metrics(self, ns: str | None = None) -> str:
-        proc = self.lab.ns(
-            ns or self.lab.relay_ns,
-            "curl",
-            "-s",
-            "--max-time",
-            "2",
-            "http://127.0.0.1:9101/metrics",
-            check=False,
-        )
-        return proc.stdout if proc.returncode == 0 else ""
+        return self.lab.relay_metrics_text(ns)
 
     def relay_metric(self, name: str, ns: str | None = None, **labels: str) -> float:
         return metric_value(self.relay_metrics(ns), name, **labels)
@@ -298,19 +294,13 @@ def _await_version(
 def test_nothing_published_means_deny_then_a_publish_is_enforced_within_2s(cl: ControlLab) -> None:
     cl.start_agent(1)
     assert not cl.ping(1, INET_IP, count=1)  # no policy published yet: the relay fails closed
-    published = cl.ctl(
-        "policy", "push", str(_policy_file(cl.lab, "ping", POLICY_PING)), "--publish"
-    )
-    digest = published["digest"] if "digest" in published else published["version"]["digest"]
+    digest = cl.publish("ping", POLICY_PING)
     took = _await_version(cl, digest)
     assert took < ENFORCE_WITHIN
     assert cl.ping(1, INET_IP)
     assert not cl.ping(1, INET_IP_OTHER, count=1)
 
-    denied = cl.ctl(
-        "policy", "push", str(_policy_file(cl.lab, "noping", POLICY_NO_PING)), "--publish"
-    )
-    digest = denied["digest"] if "digest" in denied else denied["version"]["digest"]
+    digest = cl.publish("noping", POLICY_NO_PING)
     _await_version(cl, digest)
     wait_until(lambda: not cl.ping(1, INET_IP, count=1), ENFORCE_WITHIN + 3, "pings to stop")
 
@@ -331,11 +321,8 @@ def test_a_client_revoked_through_the_api_loses_its_live_session_within_2s(cl: C
 def test_the_relay_keeps_enforcing_without_the_control_plane_and_restarts_from_its_cache(
     cl: ControlLab,
 ) -> None:
-    published = cl.ctl(
-        "policy", "push", str(_policy_file(cl.lab, "ping2", POLICY_PING)), "--publish"
-    )
     # the same YAML as an earlier version: the control plane hands back that version
-    digest = published["digest"] if "digest" in published else published["version"]["digest"]
+    digest = cl.publish("ping2", POLICY_PING)
     _await_version(cl, digest)
     assert cl.ping(1, INET_IP)
     assert cl.control is not None
@@ -361,10 +348,7 @@ def test_the_relay_catches_up_when_the_control_plane_returns(cl: ControlLab) -> 
         lambda: cl.relay_metric("zgate_relay_control_connected") == 1, 30, "the relay to reconnect"
     )
     assert cl.relay_metric("zgate_relay_control_using_cache") == 0
-    published = cl.ctl(
-        "policy", "push", str(_policy_file(cl.lab, "both", POLICY_BOTH)), "--publish"
-    )
-    digest = published["digest"] if "digest" in published else published["version"]["digest"]
+    digest = cl.publish("both", POLICY_BOTH)
     took = _await_version(cl, digest)
     assert took < ENFORCE_WITHIN
     assert cl.ping(1, INET_IP_OTHER)
@@ -435,10 +419,7 @@ def test_two_relays_follow_one_control_plane(cl: ControlLab) -> None:
         "both relays to apply the whole change log",
     )
     # a change now reaches both
-    published = cl.ctl(
-        "policy", "push", str(_policy_file(cl.lab, "noping2", POLICY_NO_PING)), "--publish"
-    )
-    digest = published["digest"] if "digest" in published else published["version"]["digest"]
+    digest = cl.publish("noping2", POLICY_NO_PING)
     _await_version(cl, digest)
     _await_version(cl, digest, ns)
     # agent3 on relay-b is refused by the published policy; relay-b's record reaches the API

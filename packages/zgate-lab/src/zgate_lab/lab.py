@@ -694,9 +694,10 @@ class Lab:
         assert status is not None
         return status
 
-    def relay_metrics_text(self) -> str:
+    def relay_metrics_text(self, ns: str | None = None) -> str:
+        """The /metrics text of the relay in ``ns`` (default: the lab's relay), or ""."""
         proc = self.ns(
-            self.relay_ns,
+            ns or self.relay_ns,
             "curl",
             "-s",
             "--max-time",
