@@ -102,6 +102,7 @@ def test_the_repository_has_a_floor_for_every_package() -> None:
         "zgate_relay",
         "zgate_agent",
         "zgate_connector",
+        "zgate_control",
         "zgate_cli",
         "zgate_lab",
     }
