@@ -6,15 +6,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 
-from zgate_control import adminlog, problems, wakeup
+from zgate_control import adminlog, console, problems, wakeup
 from zgate_control.api import ROUTERS
+from zgate_control.console.session import SignInRequired
 from zgate_control.db import Database, DatabaseError
 from zgate_control.metrics import ControlMetrics
 from zgate_control.settings import ControlSettings
@@ -73,6 +75,12 @@ def create_app(settings: ControlSettings, database: Database) -> FastAPI:
     adminlog.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    console.install(app)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, exc: SignInRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/console/sign-in?next={quote(target)}", status_code=303)
 
     @app.middleware("http")
     async def _measure(

@@ -34,9 +34,11 @@ __all__ = [
     "ChangeLogEntry",
     "Client",
     "Connector",
+    "ConsoleSession",
     "PolicyPublication",
     "PolicyVersion",
     "Relay",
+    "RelaySample",
     "RelaySession",
     "UTCDateTime",
     "as_utc",
@@ -299,3 +301,29 @@ class AdminLogEntry(Base):
     target: Mapped[str | None] = mapped_column(String(500))
     status: Mapped[int] = mapped_column(Integer)
     detail: Mapped[dict[str, Any]]
+
+
+class ConsoleSession(Base):
+    """A signed-in console browser: the cookie holds a random id, the table its SHA-256, so a
+    copy of the database signs nobody in. ``csrf`` goes into every form the console serves."""
+
+    __tablename__ = "console_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class RelaySample(Base):
+    """What a relay carried, as of one heartbeat (its live sessions' byte totals): the console
+    draws throughput from the differences. Kept for an hour."""
+
+    __tablename__ = "relay_samples"
+    __table_args__ = (Index("ix_relay_samples_relay_at", "relay_id", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    relay_id: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(index=True)
+    sessions: Mapped[int] = mapped_column(Integer)
+    bytes_in: Mapped[int] = mapped_column(BigInteger)
+    bytes_out: Mapped[int] = mapped_column(BigInteger)

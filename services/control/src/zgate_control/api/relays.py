@@ -4,8 +4,9 @@ they follow (long poll) and their acknowledgements; the CA and CRL anyone may fe
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -18,7 +19,15 @@ from zgate_control.adminlog import describe
 from zgate_control.api.clients import Bundle
 from zgate_control.auth import ADMIN, READ, RELAY, Principal, get_db, require
 from zgate_control.db import Database
-from zgate_control.models import Client, Connector, Relay, RelaySession, as_utc, utc_now
+from zgate_control.models import (
+    Client,
+    Connector,
+    Relay,
+    RelaySample,
+    RelaySession,
+    as_utc,
+    utc_now,
+)
 from zgate_control.pagination import DEFAULT_LIMIT, Limit, Page, decode_cursor, encode_cursor
 from zgate_control.problems import PROBLEM_RESPONSES, ProblemError
 from zgate_control.services.identities import (
@@ -351,6 +360,27 @@ def _relay_row(session: Session, relay_id: str) -> Relay:
     return row
 
 
+#: How long the per-heartbeat samples the console draws throughput from are kept.
+SAMPLES_KEPT: Final = timedelta(hours=1)
+
+
+def _moved_since_last_beat(
+    session: Session, relay_id: str, reports: Mapping[str, Any]
+) -> tuple[int, int]:
+    """Bytes the relay's sessions moved since its previous heartbeat (in, out): a session
+    seen before counts its growth, a new one all it has."""
+    before = {
+        s.session_id: (s.bytes_in, s.bytes_out)
+        for s in session.scalars(select(RelaySession).where(RelaySession.relay_id == relay_id))
+    }
+    moved_in = moved_out = 0
+    for session_id, report in reports.items():
+        old_in, old_out = before.get(session_id, (0, 0))
+        moved_in += max(0, report.bytes_in - old_in)
+        moved_out += max(0, report.bytes_out - old_out)
+    return moved_in, moved_out
+
+
 def _record_heartbeat(db: Database, relay_id: str, beat: Heartbeat) -> int:
     now = utc_now()
     reports = {s.session: s for s in beat.sessions}  # a repeated id: the last report wins
@@ -364,6 +394,17 @@ def _record_heartbeat(db: Database, relay_id: str, beat: Heartbeat) -> int:
         row.following = beat.following
         row.sessions = len(reports)
         session.flush()
+        moved_in, moved_out = _moved_since_last_beat(session, relay_id, reports)
+        session.add(
+            RelaySample(
+                relay_id=relay_id,
+                at=now,
+                sessions=len(reports),
+                bytes_in=moved_in,
+                bytes_out=moved_out,
+            )
+        )
+        session.execute(delete(RelaySample).where(RelaySample.at < now - SAMPLES_KEPT))
         session.execute(delete(RelaySession).where(RelaySession.relay_id == relay_id))
         session.add_all(
             RelaySession(

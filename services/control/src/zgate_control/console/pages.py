@@ -1,0 +1,12 @@
+"""The console's pages: each section is a module with a ``router``; this lists them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from zgate_control.console.overview import router as overview
+
+__all__ = ["ROUTERS"]
+
+#: Every page router, in navigation order (one line per section).
+ROUTERS: tuple[APIRouter, ...] = (overview,)
