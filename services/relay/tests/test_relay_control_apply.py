@@ -23,7 +23,12 @@ from zgate_relay.control.boot import Boot
 from zgate_relay.control.client import ControlClient
 from zgate_relay.control.follower import Follower
 from zgate_relay.control.metrics import ControlMetrics
-from zgate_relay.control.plan import InstallConnectors, InstallPolicy, InstallRevocations
+from zgate_relay.control.plan import (
+    EndSession,
+    InstallConnectors,
+    InstallPolicy,
+    InstallRevocations,
+)
 from zgate_relay.control.state import ControlState, PublishedPolicy
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.policy import PolicyManager
@@ -295,3 +300,24 @@ async def test_the_same_snapshot_again_is_not_applied_again(parts: Parts, tmp_pa
     assert parts.ended == 1  # the revocations were installed once, on the first snapshot
     assert (tmp_path / "cache.json").exists()
     await client.aclose()
+
+
+async def test_a_session_end_asks_the_core_with_the_operators_reason(pki: Path) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def end_session(session: str, reason: str) -> bool:
+        asked.append((session, reason))
+        return True
+
+    parts = Parts(pki)
+    applier = Applier(
+        policies=parts.policies,
+        verifier=parts.verifier,
+        end_revoked=lambda: 0,
+        sites=parts.sites,
+        end_session=end_session,
+    )
+    await applier.apply(EndSession(3, "abc123"))
+    assert asked == [("abc123", "ended by operator")]
+    # A session that is gone already is no failure (the default knows none).
+    await parts.applier.apply(EndSession(4, "gone"))

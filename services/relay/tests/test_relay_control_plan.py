@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from zgate_relay.control.backoff import Backoff
 from zgate_relay.control.plan import (
+    EndSession,
     InstallConnectors,
     InstallPolicy,
     InstallRevocations,
@@ -241,3 +242,30 @@ def test_a_crl_signed_anew_with_the_same_serials_is_no_step(tmp_path: Path) -> N
     assert plan_changes(state, changes(revocation(4, "a", "b", crl=more))).steps != ()
     garbled = plan_changes(state, changes(revocation(4, "a", "b", crl="not a CRL")))
     assert garbled.steps != ()  # installing it decides, and refuses it
+
+
+def end(seq: int, relay: str, session: str) -> dict[str, Any]:
+    return change(seq, "session.end", {"relay": relay, "session": session})
+
+
+def test_every_session_end_for_this_relay_is_a_step_and_others_are_passed_over() -> None:
+    state = ControlState(seq=4, policy=V1)
+    response = changes(
+        end(5, "r1", "aa"), end(6, "r2", "bb"), policy_change(7, V2), end(8, "r1", "cc")
+    )
+    plan = plan_changes(state, response, relay="r1")
+    assert plan.steps == (EndSession(5, "aa"), InstallPolicy(7, V2), EndSession(8, "cc"))
+    assert plan.through == 8 and plan.ignored == ()  # another relay's: no warning either
+    new = settle(state, plan, [])
+    assert new.seq == 8 and new.policy == V2
+    # Without a relay id nothing is this relay's; an applied one is not asked again.
+    assert plan_changes(state, response).steps == (InstallPolicy(7, V2),)
+    assert plan_changes(new, response, relay="r1").steps == ()
+
+
+@pytest.mark.parametrize(
+    "payload", [[], {"relay": "r1"}, {"relay": 1, "session": "aa"}, {"relay": "r1", "session": ""}]
+)
+def test_a_malformed_session_end_is_a_format_error(payload: Any) -> None:
+    with pytest.raises(StateFormatError, match=r"session\.end"):
+        plan_changes(ControlState(seq=1), changes(change(2, "session.end", payload)), relay="r1")

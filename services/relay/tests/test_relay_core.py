@@ -489,6 +489,21 @@ def test_revocation_ends_the_session(peers: Peers) -> None:
     assert bob.session.ready
 
 
+def test_an_operator_ends_one_session_and_its_connection(peers: Peers) -> None:
+    alice = peers.connect("alice")
+    bob = peers.connect("bob")
+    [alice_session] = [s for s in peers.core.sessions if s.identity.ident == "alice"]
+    assert peers.core.end_session(alice_session.session_id, "ended by operator", peers.now)
+    peers.run()
+    assert alice.of(cs.ConnectionClosed)
+    assert [s.identity.ident for s in peers.core.sessions] == ["bob"]
+    [closed] = peers.audit_of(SessionClosed)
+    assert closed.reason == "ended by operator"
+    assert not peers.core.end_session(alice_session.session_id, "again", peers.now)
+    assert not peers.core.end_session("no-such", "x", peers.now)
+    assert bob.session.ready
+
+
 def test_a_silent_connector_is_failed_over(
     engine: QuicEngine, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

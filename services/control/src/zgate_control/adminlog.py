@@ -47,9 +47,11 @@ def install(app: FastAPI) -> None:
     ) -> Response:
         response = await call_next(request)
         path = request.url.path
+        # Console forms are recorded too once their handler named the action (describe).
+        named = hasattr(request.state, "admin_action")
         if (
             request.method not in _MUTATING
-            or not path.startswith("/api/")
+            or not (path.startswith("/api/") or named)
             or _RELAY_SYNC.match(path)
         ):
             return response

@@ -48,8 +48,10 @@ __all__ = [
     "snapshot",
 ]
 
-ChangeKind = Literal["policy", "revocation", "connectors"]
-KINDS: Final[tuple[ChangeKind, ...]] = ("policy", "revocation", "connectors")
+ChangeKind = Literal["policy", "revocation", "connectors", "session.end"]
+#: ``session.end`` is an event, not state: {"relay": id, "session": id} asks that relay to end
+#: that live session now (snapshots carry no such thing: a session outlives no restart).
+KINDS: Final[tuple[ChangeKind, ...]] = ("policy", "revocation", "connectors", "session.end")
 
 
 def append(session: Session, kind: str, payload: dict[str, Any]) -> int:

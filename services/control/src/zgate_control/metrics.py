@@ -34,7 +34,7 @@ class ControlMetrics:
             ["kind"],
             registry=r,
         )
-        for kind in ("policy", "revocation", "connectors"):
+        for kind in ("policy", "revocation", "connectors", "session.end"):
             self.changes.labels(kind)
         self.relays_waiting = Gauge(
             "zgate_control_relay_streams",

@@ -9,6 +9,7 @@ from typing import Any
 from cryptography import x509
 from fastapi.testclient import TestClient
 
+from zgate_control import changelog
 from zgate_control.db import Database
 from zgate_control.models import Relay
 
@@ -125,3 +126,22 @@ def test_ack_records_the_applied_seq(client: TestClient, auth: Auth, database: D
     # Machine traffic stays out of the admin log.
     actions = [e["path"] for e in client.get("/api/v1/admin-log").json()["items"]]
     assert not any(path.endswith(("/ack", "/heartbeat")) for path in actions)
+
+
+def test_ending_a_session_appends_a_change_for_its_relay(
+    client: TestClient, auth: Auth, database: Database
+) -> None:
+    relay = auth("relay", relay_id="r1")
+    client.post("/api/v1/relays/r1/heartbeat", json=_beat([_session("s1", "alice")]), headers=relay)
+    path = "/api/v1/sessions/r1/s1"
+    assert client.delete(path, headers=auth("viewer")).status_code == 403
+    assert client.delete("/api/v1/sessions/r1/nope", headers=auth("operator")).status_code == 404
+    answer = client.delete(path, headers=auth("operator"))
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"relay": "r1", "session": "s1", "client": "alice", "seq": 1}
+    with database.reader() as session:
+        [entry] = changelog.changes_after(session, 0, 10)
+    assert entry["kind"] == "session.end"
+    assert entry["payload"] == {"relay": "r1", "session": "s1"}
+    logged = client.get("/api/v1/admin-log").json()["items"]
+    assert any(e["action"] == "session.end" and e["target"] == "r1/s1" for e in logged)

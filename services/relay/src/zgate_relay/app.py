@@ -300,6 +300,7 @@ def _control_plane(
         end_revoked=server.check_revocations,
         sites=sites,
         connectors_changed=connectors_changed,
+        end_session=server.end_session,
     )
     log.info("following the control plane", extra={"url": settings.control})
     return ControlPlane(

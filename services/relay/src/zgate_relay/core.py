@@ -272,6 +272,23 @@ class RelayCore:
             closed += 1
         return closed
 
+    def end_session(self, session_id: str, reason: str, now: float) -> bool:
+        """End the live session `session_id` (an operator asked), telling the agent; False
+        when no such session is live. A connection left without sessions is closed with
+        the same reason: an agent holds one session per connection, and an empty one would
+        only idle out later."""
+        for conn in list(self._conns.values()):
+            for session in list(conn.sessions.values()):
+                if session.session_id != session_id:
+                    continue
+                log.warning("ending a session", extra={"session": session_id, "reason": reason})
+                if len(conn.sessions) == 1 and conn.ending is None:
+                    self._close_connection(conn, reason, now)
+                else:
+                    self._close_session(conn, session, reason, now, end_stream=True)
+                return True
+        return False
+
     def close(self, now: float) -> None:
         """End every session and connection, telling the peers (then :meth:`flush`)."""
         for conn in list(self._conns.values()):

@@ -149,6 +149,12 @@ class RelayPump:
         self._wake()
         return closed
 
+    def end_session(self, session_id: str, reason: str) -> bool:
+        """End the live session `session_id` now; False when there is none."""
+        ended = self.core.end_session(session_id, reason, self._now())
+        self._wake()
+        return ended
+
     def tick(self) -> None:
         """Periodic housekeeping (about once a second)."""
         self.core.tick(self._now())

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from zgate_control import ca, changelog, wakeup
 from zgate_control.adminlog import describe
 from zgate_control.api.clients import Bundle
-from zgate_control.auth import ADMIN, READ, RELAY, Principal, get_db, require
+from zgate_control.auth import ADMIN, READ, RELAY, WRITE, Principal, get_db, require
 from zgate_control.db import Database
 from zgate_control.models import (
     Client,
@@ -38,6 +38,7 @@ from zgate_control.services.identities import (
     bundle_out,
     invalid,
 )
+from zgate_control.services.sessions import end_session
 from zgate_pki import PkiError
 
 __all__ = ["router"]
@@ -128,6 +129,16 @@ class SessionOut(BaseModel):
     since: datetime
     bytes_in: int
     bytes_out: int
+
+
+class SessionEnding(BaseModel):
+    """A session asked to end: the relay applies change `seq` within its next long poll and
+    its next heartbeat no longer lists the session."""
+
+    relay: str
+    session: str
+    client: str
+    seq: int = Field(description="the session.end change appended to the change log")
 
 
 class RelayOut(BaseModel):
@@ -333,6 +344,25 @@ def list_sessions(
         "items": [_session_out(r) for r in rows],
         "next_cursor": encode_cursor((rows[-1].relay_id, rows[-1].session_id)) if more else None,
     }
+
+
+@router.delete("/sessions/{relay_id}/{session_id}", status_code=202, response_model=SessionEnding)
+def end_live_session(
+    relay_id: RelayId,
+    session_id: IdPath,
+    request: Request,
+    db: DB,
+    _: Annotated[Principal, Depends(require(*WRITE))],
+) -> dict[str, Any]:
+    """End a live session now: appends a ``session.end`` change ({"relay", "session"}) that
+    the relay applies; 202 because the session is gone only once the relay has done so (its
+    row leaves the list with the relay's next heartbeat). The agent may connect again:
+    disable or revoke the client to keep it out. 404 when the relay reports no such session."""
+    wakeup.for_app(request.app.state)
+    with db.session() as session:
+        seq, client = end_session(session, relay_id, session_id)
+        describe(request, "session.end", f"{relay_id}/{session_id}", client=client, seq=seq)
+        return {"relay": relay_id, "session": session_id, "client": client, "seq": seq}
 
 
 @router.get("/ca", response_model=CaOut)

@@ -11,7 +11,13 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from zgate_pki import PkiError
-from zgate_relay.control.plan import InstallConnectors, InstallPolicy, InstallRevocations, Step
+from zgate_relay.control.plan import (
+    EndSession,
+    InstallConnectors,
+    InstallPolicy,
+    InstallRevocations,
+    Step,
+)
 from zgate_relay.policy import BUILTIN_DENY, PolicyManager
 from zgate_relay.sites import SiteRoutes
 
@@ -20,6 +26,9 @@ __all__ = ["Applier", "ApplyFailed", "RevocationTarget", "parse_connectors"]
 log = logging.getLogger("zgate.relay.control")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Why a session asked to end by the control plane ended (its audit record's reason).
+OPERATOR_ENDED = "ended by operator"
 
 #: The name of the policy enforced while the control plane has published none.
 NO_POLICY_NAME = "<built-in: deny, no policy published>"
@@ -64,12 +73,14 @@ class Applier:
         end_revoked: Callable[[], int],
         sites: SiteRoutes,
         connectors_changed: Callable[[], None] = lambda: None,
+        end_session: Callable[[str, str], bool] = lambda session, reason: False,
     ) -> None:
         self.policies = policies
         self.verifier = verifier
         self.end_revoked = end_revoked
         self.sites = sites
         self.connectors_changed = connectors_changed
+        self.end_session = end_session
 
     async def apply(self, step: Step) -> None:
         """Apply one step; raises ApplyFailed."""
@@ -77,8 +88,18 @@ class Applier:
             await self._policy(step)
         elif isinstance(step, InstallRevocations):
             self.revocations(step.crl_pem, step.blocked)
+        elif isinstance(step, EndSession):
+            self._end_session(step)
         else:
             self._connectors(step)
+
+    def _end_session(self, step: EndSession) -> None:
+        # A session already gone is no failure: ending it is what was asked.
+        ended = self.end_session(step.session, OPERATOR_ENDED)
+        log.info(
+            "session end asked by the control plane",
+            extra={"session": step.session, "seq": step.seq, "was_live": ended},
+        )
 
     async def _policy(self, step: InstallPolicy) -> None:
         if step.policy is None:

@@ -107,7 +107,9 @@ class Follower:
         self._reachable()
         before = self.state.seq
         try:
-            plan = plan_changes(self.state, response, in_force=self.in_force)
+            plan = plan_changes(
+                self.state, response, in_force=self.in_force, relay=self.client.relay
+            )
         except StateFormatError as exc:
             self.metrics.apply_errors["response"].inc()
             log.error("the control plane sent a response that makes no sense: %s", exc)

@@ -25,6 +25,7 @@ from zgate_relay.control.state import (
 )
 
 __all__ = [
+    "EndSession",
     "InstallConnectors",
     "InstallPolicy",
     "InstallRevocations",
@@ -34,8 +35,10 @@ __all__ = [
     "settle",
 ]
 
-#: The change kinds this relay applies (the contract's change log).
+#: The change kinds that carry state: the newest of each kind in a response is enough.
 KINDS = ("policy", "revocation", "connectors")
+#: The event kind: an operator asks one relay to end one live session now.
+SESSION_END = "session.end"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,16 @@ class InstallConnectors:
     kind = "connectors"
 
 
-Step = InstallPolicy | InstallRevocations | InstallConnectors
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """End this live session now (an operator asked; the agent may connect again)."""
+
+    seq: int
+    session: str
+    kind = SESSION_END
+
+
+Step = InstallPolicy | InstallRevocations | InstallConnectors | EndSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +97,19 @@ class Plan:
     ignored: tuple[tuple[int, str], ...] = ()
 
 
-def plan_changes(state: ControlState, response: object, *, in_force: bool | None = None) -> Plan:
+def plan_changes(
+    state: ControlState,
+    response: object,
+    *,
+    in_force: bool | None = None,
+    relay: str | None = None,
+) -> Plan:
     """The plan for a GET .../changes response; raises StateFormatError on a bad one.
 
     ``in_force`` says whether the relay enforces ``state`` now, so that parts equal to it
     need no step (default: once it holds a position, ``state.seq > 0``); when it does not
-    (nothing applied yet, or a cache it could not use) every part is a step.
+    (nothing applied yet, or a cache it could not use) every part is a step. ``relay`` is
+    this relay's id: ``session.end`` changes for another relay are no step (None: none is).
     """
     known = state.seq > 0 if in_force is None else in_force
     if not isinstance(response, Mapping):
@@ -102,7 +121,7 @@ def plan_changes(state: ControlState, response: object, *, in_force: bool | None
     if kind == "snapshot":
         return _plan_snapshot(state, ControlState.from_dict(response.get("snapshot")), head, known)
     if kind == "changes":
-        return _plan_changes(state, response.get("changes"), head, known)
+        return _plan_changes(state, response.get("changes"), head, known, relay)
     raise StateFormatError(f"type: expected 'changes' or 'snapshot', got {kind!r}")
 
 
@@ -117,10 +136,13 @@ def _plan_snapshot(state: ControlState, snapshot: ControlState, head: int, known
     return Plan(steps, seq, head, snapshot=True, ca_pem=snapshot.ca_pem)
 
 
-def _plan_changes(state: ControlState, changes: object, head: int, known: bool) -> Plan:
+def _plan_changes(
+    state: ControlState, changes: object, head: int, known: bool, relay: str | None
+) -> Plan:
     if not isinstance(changes, list):
         raise StateFormatError("changes: expected a list")
     newest: dict[str, Step] = {}
+    events: list[Step] = []  # every session.end counts, not only the newest
     ignored: list[tuple[int, str]] = []
     through = state.seq
     seen: set[int] = set()
@@ -136,6 +158,11 @@ def _plan_changes(state: ControlState, changes: object, head: int, known: bool) 
         if seq <= state.seq:  # applied already (payloads are idempotent; skip the work)
             continue
         through = max(through, seq)
+        if kind == SESSION_END:
+            end = _end_session(seq, change.get("payload"), relay)
+            if end is not None:
+                events.append(end)
+            continue
         if kind not in KINDS:
             ignored.append((seq, kind))
             continue
@@ -144,8 +171,20 @@ def _plan_changes(state: ControlState, changes: object, head: int, known: bool) 
         if current is None or current.seq < seq:
             newest[kind] = step
     fresh = (s for s in newest.values() if not (known and _in_force(state, s)))
-    steps = sorted(fresh, key=lambda s: s.seq)
+    steps = sorted([*fresh, *events], key=lambda s: s.seq)
     return Plan(tuple(steps), through, head, ignored=tuple(sorted(ignored)))
+
+
+def _end_session(seq: int, payload: object, relay: str | None) -> EndSession | None:
+    """The step of a ``session.end`` change, None when it names another relay."""
+    if not isinstance(payload, Mapping):
+        raise StateFormatError(f"change {seq} ({SESSION_END}): the payload is not an object")
+    target, session = payload.get("relay"), payload.get("session")
+    if not isinstance(target, str) or not isinstance(session, str) or not session:
+        raise StateFormatError(
+            f"change {seq} ({SESSION_END}): expected text relay and session, got {dict(payload)!r}"
+        )
+    return EndSession(seq, session) if relay is not None and target == relay else None
 
 
 def _step(seq: int, kind: str, payload: object) -> Step:
@@ -166,6 +205,8 @@ def _step(seq: int, kind: str, payload: object) -> Step:
 
 def _in_force(state: ControlState, step: Step) -> bool:
     """Whether the state holds what the step would install already."""
+    if isinstance(step, EndSession):
+        return False  # an event, not state
     if isinstance(step, InstallPolicy):
         return state.policy == step.policy
     if isinstance(step, InstallRevocations):
@@ -207,7 +248,7 @@ def settle(state: ControlState, plan: Plan, failed: Collection[Step]) -> Control
             new = replace(new, policy=step.policy)
         elif isinstance(step, InstallRevocations):
             new = replace(new, crl_pem=step.crl_pem, blocked=step.blocked)
-        else:
+        elif isinstance(step, InstallConnectors):
             new = replace(new, connectors=dict(step.connectors))
     if plan.ca_pem is not None:
         new = replace(new, ca_pem=plan.ca_pem)
