@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from zgate_control.auth import Role
 from zgate_control.models import AuditRecord, utc_now
@@ -175,7 +175,9 @@ async def test_a_record_links_to_its_rule_in_the_version_in_force(
     await expect(page.locator("#rule-eng-db")).to_be_in_viewport()
 
 
-async def test_the_audit_page_fits_a_phone(browser: Any, control: Control, sign_in: SignIn) -> None:
+async def test_the_audit_page_fits_a_phone(
+    browser: Browser, control: Control, sign_in: SignIn
+) -> None:
     _fill(control)
     context = await browser.new_context(viewport={"width": 390, "height": 844})
     try:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Dialog, Page, expect
+from playwright.async_api import Browser, Dialog, Page, expect
 
 from zgate_control.auth import Role
 from zgate_control.models import AuditRecord, utc_now
@@ -115,6 +115,9 @@ async def test_an_error_is_shown_at_its_line_and_a_valid_version_is_applied(
         await expect(page.locator("h1 .published")).to_have_text("in force")
         await _relay_applies(control, digest)
         await shot(page, "policy-version")
+    log = control.api("GET", "/admin-log").json()["items"]
+    actions = {(e["action"], e["actor"]) for e in log}
+    assert {("policy.create", "operator-user"), ("policy.publish", "operator-user")} <= actions
 
 
 async def test_failing_inline_tests_are_listed_and_placed(
@@ -242,3 +245,23 @@ async def test_a_viewer_sees_no_control_that_changes_anything(
     )
     assert refused.status == 403
     assert control.api("GET", "/policies/published").status_code == 404
+
+
+async def test_a_version_page_fits_a_phone(
+    browser: Browser, control: Control, sign_in: SignIn
+) -> None:
+    long_id = "a-rule-with-a-very-long-identifier-" + "x" * 29  # 64, the longest allowed
+    unbroken = "# " + "y" * 300 + "\n"  # one long word must wrap, not widen the page
+    version = _create(control, unbroken + V1.replace("id: web", f"id: {long_id}"), unbroken)
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = await context.new_page()
+        await sign_in(page, "admin")
+        await page.goto(f"{control.url}/console/policies/{version['id']}#rule-{long_id}")
+        await expect(page.locator(f"[id='rule-{long_id}']")).to_be_in_viewport()
+        widths = await page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths[0] <= widths[1], widths
+    finally:
+        await context.close()
