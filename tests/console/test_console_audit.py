@@ -124,6 +124,10 @@ async def test_search_pages_and_exports(
     assert "verdict=allow" in page.url and "cursor=" in page.url
     await expect(page.locator("#next-page")).to_have_count(0)
 
+    await page.goto(f"{control.url}/console/audit?event=flow.deny&relay=relay-1")
+    await expect(rows).to_have_count(5)
+    await page.goto(f"{control.url}/console/audit?relay=relay-2")
+    await expect(page.locator("#records tbody tr.empty")).to_have_text("No record matches.")
     await page.goto(f"{control.url}/console/audit?verdict=deny")
     await expect(rows).to_have_count(5)
     href = await page.get_attribute("#export-csv", "href")

@@ -16,6 +16,7 @@ from typing import Any
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from zgate_control.auth import Role
+from zgate_control.console.policies import numbered
 from zgate_control.models import AuditRecord, utc_now
 from zgate_lab.control_harness import RELAY, Control, following_relay, write_identity_files
 
@@ -265,3 +266,20 @@ async def test_a_version_page_fits_a_phone(
         assert widths[0] <= widths[1], widths
     finally:
         await context.close()
+
+
+def test_errors_and_rules_are_placed_at_their_lines() -> None:
+    text = "a: 1\nrules:\n  - id: r1\n"
+    errors = [{"line": 3, "column": 5, "message": "bad"}, {"line": 5, "message": "at the end"}]
+    lines = numbered(text, errors, {3: "r1"})
+    # The final newline opens no line; an error past the end gets lines up to its own.
+    assert [(line.number, line.text) for line in lines] == [
+        (1, "a: 1"),
+        (2, "rules:"),
+        (3, "  - id: r1"),
+        (4, ""),
+        (5, ""),
+    ]
+    assert lines[2].rule == "r1" and [i for i, _ in lines[2].errors] == [1]
+    assert [i for i, _ in lines[4].errors] == [2]
+    assert numbered("x", [{"line": None, "message": "somewhere"}])[0].errors
