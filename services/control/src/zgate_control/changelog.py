@@ -175,13 +175,23 @@ class Changes:
         return {"type": "changes", "changes": self.changes, "head_seq": self.head_seq}
 
 
+def _holds_state(session: Session) -> bool:
+    """Whether any change carries state (anything but the ``session.end`` events)."""
+    return (
+        session.scalar(
+            select(ChangeLogEntry.seq).where(ChangeLogEntry.kind != "session.end").limit(1)
+        )
+        is not None
+    )
+
+
 def _oldest(session: Session) -> int | None:
     return session.scalar(select(func.min(ChangeLogEntry.seq)))
 
 
 def read_since(session: Session, since: int, snapshot_after: int) -> Changes:
-    """The answer for a relay at `since`: a snapshot when `since` is 0 (and something has
-    changed), older than the oldest
+    """The answer for a relay at `since`: a snapshot when `since` is 0 (and some change
+    carries state), older than the oldest
     row kept, newer than the head, or more than `snapshot_after` changes behind; else the
     changes after it (at most `snapshot_after`)."""
     current = head(session)
@@ -190,10 +200,13 @@ def read_since(session: Session, since: int, snapshot_after: int) -> Changes:
         # like a relay that is up to date instead of fetching the same empty snapshot again
         # and again.
         return Changes(0, [], None)
+    # A relay at 0 starts from a snapshot, unless the log holds only events (session.end) so
+    # far: the empty state is then still the whole truth, and a snapshot would swallow them.
+    from_nothing = since == 0 and _holds_state(session)
     oldest = _oldest(session)
     # Rows may be trimmed some day: a relay behind the oldest row kept cannot catch up by rows.
     too_old = since < current if oldest is None else since < oldest - 1
-    if since == 0 or since > current or too_old or current - since > snapshot_after:
+    if from_nothing or since > current or too_old or current - since > snapshot_after:
         state = current_state(session)
         return Changes(state["seq"], [], state)
     rows = changes_after(session, since, snapshot_after)

@@ -143,5 +143,12 @@ def test_ending_a_session_appends_a_change_for_its_relay(
         [entry] = changelog.changes_after(session, 0, 10)
     assert entry["kind"] == "session.end"
     assert entry["payload"] == {"relay": "r1", "session": "s1"}
+    # A new relay (at 0) follows an events-only log as rows: a snapshot would swallow them.
+    answer = client.get("/api/v1/relays/r1/changes?since=0&wait=0", headers=relay).json()
+    assert answer["type"] == "changes" and [c["kind"] for c in answer["changes"]] == ["session.end"]
+    client.post("/api/v1/clients", json={"id": "dave"})
+    client.post("/api/v1/clients/dave/revoke")  # state: now a relay at 0 needs a snapshot
+    answer = client.get("/api/v1/relays/r1/changes?since=0&wait=0", headers=relay).json()
+    assert answer["type"] == "snapshot"
     logged = client.get("/api/v1/admin-log").json()["items"]
     assert any(e["action"] == "session.end" and e["target"] == "r1/s1" for e in logged)
