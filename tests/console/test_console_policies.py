@@ -114,6 +114,7 @@ async def test_an_error_is_shown_at_its_line_and_a_valid_version_is_applied(
         await page.click("#publish")
         await page.wait_for_url("**?done=published")
         await expect(page.locator("h1 .published")).to_have_text("in force")
+        await expect(page.locator("#done")).to_contain_text("relays apply it within seconds")
         await _relay_applies(control, digest)
         await shot(page, "policy-version")
     log = control.api("GET", "/admin-log").json()["items"]

@@ -34,6 +34,14 @@ VersionId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 HISTORY: Final = 200
 #: What the editor starts from when nothing was ever published.
 STARTER: Final = "default: deny\nrules: []\n"
+#: What a page says after a change (the redirect names it in ``?done=``).
+DONE: Final = {
+    "created": "Saved as a new version: its inline tests pass. Publish it when ready.",
+    "exists": "This exact text was saved before: here is that version.",
+    "published": "Published: relays apply it within seconds.",
+    "rolled-back": "Rolled back: relays apply this version again within seconds.",
+    "in-force": "This version is already in force: nothing changed.",
+}
 #: Impact windows the form accepts, in days.
 MAX_DAYS: Final = 366
 
@@ -125,7 +133,7 @@ def _list_page(
         tests=tests or [],
         detail=detail,
         lines=numbered(yaml, errors or []) if errors else [],
-        done=request.query_params.get("done"),
+        done=DONE.get(request.query_params.get("done", "")),
     )
 
 
@@ -316,7 +324,7 @@ def version(request: Request, user: User, version_id: VersionId) -> HTMLResponse
         explained=explained,
         impact=impact,
         params=params,
-        done=params.get("done"),
+        done=DONE.get(params.get("done", "")),
     )
 
 
