@@ -494,6 +494,8 @@ def test_an_operator_ends_one_session_and_its_connection(peers: Peers) -> None:
     bob = peers.connect("bob")
     [alice_session] = [s for s in peers.core.sessions if s.identity.ident == "alice"]
     assert peers.core.end_session(alice_session.session_id, "ended by operator", peers.now)
+    # Gone from the live list at once: the heartbeat sent right after no longer lists it.
+    assert [s.identity.ident for s in peers.core.sessions] == ["bob"]
     peers.run()
     assert alice.of(cs.ConnectionClosed)
     assert [s.identity.ident for s in peers.core.sessions] == ["bob"]

@@ -282,10 +282,11 @@ class RelayCore:
                 if session.session_id != session_id:
                     continue
                 log.warning("ending a session", extra={"session": session_id, "reason": reason})
-                if len(conn.sessions) == 1 and conn.ending is None:
+                # The session goes at once (the heartbeat sent right after no longer lists
+                # it); its connection follows when nothing else rides on it.
+                self._close_session(conn, session, reason, now, end_stream=True)
+                if not conn.sessions and conn.ending is None:
                     self._close_connection(conn, reason, now)
-                else:
-                    self._close_session(conn, session, reason, now, end_stream=True)
                 return True
         return False
 
