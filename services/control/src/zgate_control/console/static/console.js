@@ -33,13 +33,21 @@
           const html = new DOMParser().parseFromString(await response.text(), "text/html");
           const fresh = html.querySelector(selector);
           const current = document.querySelector(selector);
-          if (fresh && current && !current.contains(document.activeElement)) current.replaceWith(fresh);
+          // Not while the user is in it, nor over a value typed and not yet submitted.
+          if (fresh && current && !current.contains(document.activeElement) && !edited(current)) current.replaceWith(fresh);
         }
       } catch (_) { /* next time */ }
       setTimeout(tick, ms);
     }
     setTimeout(tick, ms);
   };
+
+  function edited(element) {
+    for (const field of element.querySelectorAll("input, textarea")) {
+      if (field.type !== "hidden" && field.value !== field.defaultValue) return true;
+    }
+    return false;
+  }
 
   function get(data, path) {
     return path.split(".").reduce((v, k) => (v == null ? v : v[k]), data);
