@@ -10,9 +10,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from zgate_control.auth import Role
+from zgate_control.console import identities
 from zgate_lab.control_harness import Control
 
 SignIn = Callable[[Page, Role], Awaitable[None]]
@@ -225,3 +227,39 @@ async def test_the_clients_page_at_phone_width_with_a_long_id(
         await shot(page, "clients-phone")
     finally:
         await context.close()
+
+
+async def test_list_filters_pages_and_refused_adds(
+    page: Page, control: Control, sign_in: SignIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for ident in ("c-active", "c-disabled", "c-revoked"):
+        assert control.api("POST", "/clients", json={"id": ident}).status_code == 201
+    assert control.api("PATCH", "/clients/c-disabled", json={"disabled": True}).status_code == 200
+    assert control.api("POST", "/clients/c-revoked/revoke").status_code == 200
+    monkeypatch.setattr(identities, "PAGE", 2)  # the server runs in this process
+    await sign_in(page, "admin")
+    rows = page.locator("#clients tbody tr[data-client]")
+    for state, expected in (("disabled", "c-disabled"), ("revoked", "c-revoked")):
+        await page.goto(f"{control.url}/console/clients?state={state}")
+        await expect(rows).to_have_count(1)
+        await expect(rows).to_have_attribute("data-client", expected)
+    await page.goto(f"{control.url}/console/clients")
+    await expect(rows).to_have_count(2)
+    await page.get_by_role("link", name="Next page").click()
+    await page.wait_for_url("**cursor=*")
+    await expect(rows).to_have_count(1)
+    await page.goto(f"{control.url}/console/clients?cursor=garbage")
+    await expect(page.locator("[role=alert]")).to_be_visible()
+
+    body = {"id": "site-c", "prefixes": ["10.50.0.0/24"]}
+    assert control.api("POST", "/connectors", json=body).status_code == 201
+    await page.goto(f"{control.url}/console/connectors")
+    await page.fill("#connector-id", "site-c")
+    await page.click("#add-connector button[type=submit]")
+    await expect(page.locator("[role=alert]")).to_contain_text("site-c already exists")
+    await page.fill("#connector-id", "site-d")
+    await page.fill("#connector-prefixes", "10.60.0.1/24")
+    await page.click("#add-connector button[type=submit]")
+    await expect(page.locator("[role=alert]")).to_contain_text("not a CIDR prefix")
+    assert await page.input_value("#connector-prefixes") == "10.60.0.1/24"
+    assert control.api("GET", "/connectors/site-d").status_code == 404
