@@ -38,6 +38,7 @@ from zgate_control.services.identities import (
     bundle_out,
     invalid,
 )
+from zgate_control.services.relays import relay_for_update
 from zgate_control.services.sessions import end_session
 from zgate_pki import PkiError
 
@@ -376,18 +377,7 @@ def get_ca(db: DB, _: Annotated[Principal, Depends(require(*_ANYONE))]) -> dict[
 
 
 def _relay_row(session: Session, relay_id: str) -> Relay:
-    row = session.get(Relay, relay_id, with_for_update=True)
-    if row is None:
-        row = Relay(
-            id=relay_id,
-            registered_at=utc_now(),
-            applied_seq=0,
-            sessions=0,
-            following=True,
-            audit_seq=0,
-        )
-        session.add(row)
-    return row
+    return relay_for_update(session, relay_id, utc_now())
 
 
 #: How long the per-heartbeat samples the console draws throughput from are kept.

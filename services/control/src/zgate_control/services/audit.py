@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from zgate_control.db import Database
 from zgate_control.models import AuditRecord, Relay, as_utc
+from zgate_control.services.relays import relay_for_update
 from zgate_policy.chain import (
     GENESIS,
     ChainGroup,
@@ -242,19 +243,6 @@ def _link_problem(tail: _Tail | None, record: Mapping[str, Any]) -> str | None:
     return f"{problem}; {missing}" if problem else missing
 
 
-def _relay_for_update(session: Session, relay_id: str, now: datetime) -> Relay:
-    """The relay's row, locked until commit (created when its first heartbeat is yet to come):
-    two control-plane processes then take turns on one relay's chain."""
-    query = select(Relay).where(Relay.id == relay_id).with_for_update()
-    relay = session.scalars(query).one_or_none()
-    if relay is not None:
-        return relay
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(Relay).values(id=relay_id, registered_at=now).on_conflict_do_nothing())
-    return session.scalars(query).one()
-
-
 def _last_stored(session: Session, relay_id: str, chain: str) -> _Tail | None:
     row = session.execute(
         select(AuditRecord.seq, AuditRecord.hash)
@@ -304,7 +292,7 @@ def ingest(
     for values JSONB cannot hold (when the batch's text cannot contain any: see SUSPECT).
     """
     result = IngestResult()
-    relay = _relay_for_update(session, relay_id, now)
+    relay = relay_for_update(session, relay_id, now)
     ids = [r["id"] for r in records if isinstance(r.get("id"), str)]
     seen = _stored_ids(session, ids)
     head_chain = relay.audit_chain
