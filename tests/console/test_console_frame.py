@@ -51,6 +51,20 @@ async def test_a_post_without_the_csrf_token_is_refused(
     )
     assert forged.status_code in (403, 404, 405, 422)
     assert control.api("GET", "/clients/mallory").status_code == 404
+    # A sign-in form posted from another site's page is refused.
+    elsewhere = httpx.post(
+        f"{control.url}/console/sign-in",
+        data={"token": control.token("viewer")},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert elsewhere.status_code == 403 and "zgate_console" not in elsewhere.cookies
+    # Nor can another site sign the user out: the sign-out form carries the token too.
+    signed_out = httpx.post(
+        f"{control.url}/console/sign-out", cookies={"zgate_console": cookie["value"]}
+    )
+    assert signed_out.status_code == 403
+    await page.goto(f"{control.url}/console/")
+    assert page.url.endswith("/console/")  # still signed in
 
 
 async def test_the_overview_shows_the_live_relay_and_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -13,6 +14,7 @@ from zgate_control.console.session import (
     COOKIE,
     LIFETIME,
     SignInRequired,
+    check_csrf,
     current_user,
     sign_in,
     sign_out,
@@ -45,7 +47,11 @@ def sign_in_page(request: Request, next: str | None = None) -> Response:
 async def sign_in_submit(
     request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/console/"
 ) -> Response:
-    """Check the token and set the session cookie."""
+    """Check the token and set the session cookie. A form posted from another site is
+    refused (its Origin names that site): nobody can sign a browser into their own account."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.url.netloc:
+        raise ProblemError(403, "sign-in from another site's page is refused", slug="origin")
     try:
         session_id, _ = await run_in_threadpool(sign_in, request.app.state.db, token)
     except ProblemError:
@@ -71,8 +77,15 @@ async def sign_in_submit(
 
 
 @router.post("/sign-out")
-async def sign_out_submit(request: Request) -> Response:
-    """End the session and forget the cookie."""
+async def sign_out_submit(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    """End the session and forget the cookie (a form of this session only: another site
+    cannot sign the user out)."""
+    try:
+        user = await run_in_threadpool(current_user, request)
+    except SignInRequired:
+        user = None
+    if user is not None:
+        check_csrf(user, csrf)
     await run_in_threadpool(sign_out, request.app.state.db, request.cookies.get(COOKIE))
     response = RedirectResponse("/console/sign-in", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
