@@ -217,6 +217,28 @@ def clients(
     return _clients_page(request, user, q=q[:200], state=state, group=group[:200], cursor=cursor)
 
 
+def _add_identity(
+    request: Request,
+    user: ConsoleUser,
+    kind: str,
+    form: dict[str, str],
+    validate: Callable[[dict[str, str]], Any],
+    create: Callable[..., dict[str, Any]],
+    page: Callable[..., HTMLResponse],
+) -> HTMLResponse:
+    """Create a client or connector through the REST API's own handler; the answer is the
+    page with its bundle (the only time it is shown), or the list page with the errors and
+    what was typed."""
+    try:
+        body = validate({"id": form["id"].strip(), "days": form["days"].strip() or "365"})
+        created = create(body, request, Response(), request.app.state.db, user.principal())
+    except ValidationError as exc:
+        return page(request, user, errors=_errors(exc), form=form, status_code=422)
+    except ProblemError as exc:
+        return page(request, user, errors=[exc.detail], form=form, status_code=exc.status)
+    return _bundle_page(request, user, kind, body.id, created["bundle"])
+
+
 @router.post("/clients", response_class=HTMLResponse)
 def add_client(
     request: Request,
@@ -226,19 +248,17 @@ def add_client(
     days: Annotated[str, Form()] = "365",
 ) -> HTMLResponse:
     """Create a client; the answer is the page with its bundle, the only time it is shown."""
-    form = {"id": id, "groups": groups, "days": days}
-    try:
-        body = clients_api.ClientCreate.model_validate(
-            {"id": id.strip(), "groups": _split(groups), "days": days.strip() or "365"}
-        )
-        created = clients_api.create_client(
-            body, request, Response(), request.app.state.db, user.principal()
-        )
-    except ValidationError as exc:
-        return _clients_page(request, user, errors=_errors(exc), form=form, status_code=422)
-    except ProblemError as exc:
-        return _clients_page(request, user, errors=[exc.detail], form=form, status_code=exc.status)
-    return _bundle_page(request, user, "client", body.id, created["bundle"])
+    return _add_identity(
+        request,
+        user,
+        "client",
+        {"id": id, "groups": groups, "days": days},
+        lambda fields: clients_api.ClientCreate.model_validate(
+            {**fields, "groups": _split(groups)}
+        ),
+        clients_api.create_client,
+        _clients_page,
+    )
 
 
 def _client_action(
@@ -345,21 +365,17 @@ def add_connector(
     days: Annotated[str, Form()] = "365",
 ) -> HTMLResponse:
     """Create a connector; the answer is the page with its bundle, shown this once."""
-    form = {"id": id, "prefixes": prefixes, "days": days}
-    try:
-        body = connectors_api.ConnectorCreate.model_validate(
-            {"id": id.strip(), "prefixes": _split(prefixes), "days": days.strip() or "365"}
-        )
-        created = connectors_api.create_connector(
-            body, request, Response(), request.app.state.db, user.principal()
-        )
-    except ValidationError as exc:
-        return _connectors_page(request, user, errors=_errors(exc), form=form, status_code=422)
-    except ProblemError as exc:
-        return _connectors_page(
-            request, user, errors=[exc.detail], form=form, status_code=exc.status
-        )
-    return _bundle_page(request, user, "connector", body.id, created["bundle"])
+    return _add_identity(
+        request,
+        user,
+        "connector",
+        {"id": id, "prefixes": prefixes, "days": days},
+        lambda fields: connectors_api.ConnectorCreate.model_validate(
+            {**fields, "prefixes": _split(prefixes)}
+        ),
+        connectors_api.create_connector,
+        _connectors_page,
+    )
 
 
 @router.post("/connectors/{connector_id}/prefixes")
