@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import TextClause, text
 
-from zgate_control import ca, wakeup
+from zgate_control import ca
 from zgate_control.adminlog import describe
 from zgate_control.api._common import (
     get_tagged,
@@ -207,7 +207,6 @@ def patch_client(
     if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """Disable or enable a client (reversible; relays refuse a disabled client's serial)."""
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         row = load_for_write(session, Client, client_id, "client", if_match)
         if body.groups is not None and list(dict.fromkeys(body.groups)) != row.groups:
@@ -247,7 +246,6 @@ def revoke_client(
 ) -> dict[str, Any]:
     """Revoke the client's certificate: it goes into the CRL and relays end its sessions."""
     reason = (body or RevokeRequest()).reason
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         row = load(session, Client, client_id, "client", lock=True)
         revoke_certificate(session, row, "client", reason)
@@ -266,7 +264,6 @@ def reissue_client(
     if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """Issue a new certificate for a revoked client (optionally with new groups)."""
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         row = load_for_write(session, Client, client_id, "client", if_match)
         if row.revoked_at is None:

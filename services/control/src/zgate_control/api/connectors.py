@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
-from zgate_control import ca, wakeup
+from zgate_control import ca
 from zgate_control.adminlog import describe
 from zgate_control.api._common import (
     get_tagged,
@@ -117,7 +117,6 @@ def create_connector(
     who: Annotated[Principal, Depends(require(*WRITE))],
 ) -> dict[str, Any]:
     """Create a connector and issue its certificate; relays learn its prefixes."""
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         refuse_existing(session, Connector, body.id, "connector")
         bundle = issue(session, "connector", body.id, days=body.days)
@@ -174,7 +173,6 @@ def patch_connector(
     if_match: IfMatch = None,
 ) -> dict[str, Any]:
     """Replace the prefixes a connector serves."""
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         row = load_for_write(session, Connector, connector_id, "connector", if_match)
         if row.revoked_at is not None:
@@ -198,7 +196,6 @@ def revoke_connector(
 ) -> dict[str, Any]:
     """Revoke a connector: its certificate goes into the CRL and its prefixes are withdrawn."""
     reason = (body or RevokeRequest()).reason
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         row = load(session, Connector, connector_id, "connector", lock=True)
         revoke_certificate(session, row, "connector", reason)

@@ -359,7 +359,6 @@ def end_live_session(
     the relay applies; 202 because the session is gone only once the relay has done so (its
     row leaves the list with the relay's next heartbeat). The agent may connect again:
     disable or revoke the client to keep it out. 404 when the relay reports no such session."""
-    wakeup.for_app(request.app.state)
     with db.session() as session:
         seq, client = end_session(session, relay_id, session_id)
         describe(request, "session.end", f"{relay_id}/{session_id}", client=client, seq=seq)
