@@ -184,6 +184,17 @@ def test_no_agent_listening_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "is `zgate-agent up` running" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("target", ["not-a-target", "db.corp:5432", "http://db.corp", "tcp://"])
+def test_a_mistyped_target_is_said_before_asking_anyone(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No agent listens at this address: the answer must come from the target's shape alone.
+    assert main(["why", target, "--metrics", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a destination: write tcp://HOST:PORT" in err
+    assert "nothing answers" not in err
+
+
 # ---- the daemon's handler -----------------------------------------------------------------------
 
 

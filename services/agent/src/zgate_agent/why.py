@@ -91,9 +91,21 @@ def describe_why(answer: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def target_problem(target: str) -> str | None:
+    """What is wrong with ``target`` at a glance (the relay checks the rest), or None: a typo
+    is said here, not as "nothing answers" when no agent runs."""
+    scheme, separator, rest = target.partition("://")
+    if separator and scheme.lower() in ("tcp", "udp", "icmp") and rest.strip("/"):
+        return None
+    return f"{target!r} is not a destination: write tcp://HOST:PORT, udp://HOST:PORT or icmp://HOST"
+
+
 def show_why(address: str, target: str, *, as_json: bool, default_port: int = 9102) -> int:
     """Ask the running agent at ``address`` (its metrics/status endpoint) why ``target`` is
     refused or allowed; print the answer. Exit 0 allowed, 1 denied, 2 no answer."""
+    if (problem := target_problem(target)) is not None:
+        print(f"zgate-agent: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     host, port = parse_hostport(address, default_port)
     host = f"[{host}]" if ":" in host else host
     url = f"http://{host}:{port}{LOCAL_PATH}?target={quote(target, safe='')}"
