@@ -35,6 +35,7 @@ __all__ = [
     "certificate_names",
     "close_info",
     "describe_close",
+    "describe_refusal",
     "describe_timeout",
 ]
 
@@ -307,6 +308,26 @@ def describe_close(
     if alert is not None:
         return _local(close, ctx), True
     return _local(close, ctx), False
+
+
+def describe_refusal(status: int, reason: str) -> str:
+    """One line for a CONNECT-IP request the relay refused with ``status`` (``reason``: the
+    session core's words, kept for the statuses that need no more). Both limits below are
+    transient: sessions end and free their room, so the agent retries on its short backoff,
+    which doubles up to --backoff-max and spreads many refused agents apart."""
+    if status == 503:
+        return (
+            "the relay is full: it refused a new session (503: its session limit "
+            "--max-sessions, or no tunnel address left); retrying with backoff"
+        )
+    if status == 429:
+        return (
+            "the relay refused a new session for this certificate (429): it already holds "
+            "the most sessions one client may (--max-sessions-per-client on the relay); "
+            "another device using the same certificate, or sessions of an earlier connection "
+            "not timed out yet; retrying with backoff"
+        )
+    return reason
 
 
 def describe_timeout(host: str, port: int, seconds: float, *, handshake_done: bool) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from zgate_agent.failures import CloseInfo, close_info
+from zgate_agent.failures import CloseInfo, close_info, describe_refusal
 from zgate_agent.metrics import AgentMetrics
 from zgate_proto.capsules import Capsule, IPAddressRange
 from zgate_proto.engines.base import Address, QuicConn, SendStatus
@@ -236,7 +236,7 @@ class ClientLink:
         elif isinstance(event, SessionAccepted):
             self.accepted_mode = event.mode
         elif isinstance(event, SessionRefused):
-            self._fail(event.reason)
+            self._fail(describe_refusal(event.status, event.reason))
         elif isinstance(event, SessionClosed):
             self._fail(event.reason)
             if not self.quic.closed:

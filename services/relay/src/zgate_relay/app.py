@@ -36,6 +36,7 @@ from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
 from zgate_relay.geoip import GeoIP, GeoIPError
+from zgate_relay.limits import SessionLimits
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.policy import PolicyManager
 from zgate_relay.pool import AddressPool
@@ -165,6 +166,11 @@ async def run_relay(
         sites=SiteRoutes(connectors),
         own_addresses=frozenset(g.packed for g in gateways),
         connector_deadline=settings.connector_deadline,
+        limits=SessionLimits(
+            max_sessions=settings.max_sessions,
+            max_sessions_per_client=settings.max_sessions_per_client,
+            bare_connection_timeout=settings.bare_connection_timeout,
+        ),
     )
     server = RelayPump(core, egress_device, udp_offload=settings.udp_offload)
     dns: DnsProxy | None = None

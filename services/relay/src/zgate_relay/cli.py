@@ -116,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest UDP payload QUIC sends [1452]",
     )
     p.add_argument(
+        "--max-sessions",
+        type=int,
+        metavar="N",
+        help="refuse a CONNECT-IP session past N live ones with 503 (relay full); "
+        "0: no limit [5000]",
+    )
+    p.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        metavar="N",
+        help="refuse a client certificate's session past N live ones with 429 (connectors "
+        "are exempt); 0: no limit [8]",
+    )
+    p.add_argument(
+        "--bare-connection-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close an authenticated connection that holds no session this long; 0: never [10]",
+    )
+    p.add_argument(
         "--policy",
         type=Path,
         metavar="FILE",

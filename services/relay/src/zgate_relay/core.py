@@ -64,6 +64,7 @@ from zgate_proto.session import (
 )
 from zgate_proto.session import SessionClosed as SessionEnded
 from zgate_relay.enforce import Enforcer
+from zgate_relay.limits import Admission, SessionLimits
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.pool import AddressPool, PoolExhausted
 from zgate_relay.router import EGRESS, Deliver, Drop, Reject, Router
@@ -102,6 +103,8 @@ class _Connection:
     live: bool = True
     refusal_reported: bool = False
     last_rx: float = 0.0  # when the peer was last heard from
+    #: Since when an authenticated connection has held no session (seen at a tick).
+    bare_since: float | None = None
     timer_at: float | None = None  # the deadline this connection has on the timer heap
 
 
@@ -125,6 +128,7 @@ class RelayCore:
         connector_deadline: float = 5.0,
         own_addresses: frozenset[bytes] = frozenset(),
         wall_clock: Callable[[], datetime] = _utcnow,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -141,6 +145,7 @@ class RelayCore:
         self.connector_deadline = connector_deadline
         self.wall_clock = wall_clock
         self.router = Router(enforcer, sites, own_addresses)
+        self.admission = Admission(limits or SessionLimits())
         self._why = WhyDesk()
         self._cid_length = config.connection_id_length
         self._by_cid: dict[bytes, _Connection] = {}
@@ -244,7 +249,9 @@ class RelayCore:
 
     def tick(self, now: float) -> None:
         """Periodic housekeeping (about once a second): end idle flows, fail silent
-        connectors over, export gauges, write the flows' audit records."""
+        connectors over, close connections that hold no session, export gauges, write the
+        flows' audit records."""
+        self._close_bare_connections(now)
         if self.sites is not None:
             self.sites.expire(now)
             self._fail_silent_connectors(now)
@@ -543,6 +550,10 @@ class RelayCore:
         if identity is None:
             self._refuse(conn, stream_id, 403, "no_certificate", "no client identity")
             return
+        refusal = self.admission.check(identity)
+        if refusal is not None:
+            self._refuse(conn, stream_id, refusal.status, refusal.reason, refusal.detail)
+            return
         session = RelaySession(
             identity=identity,
             peer=conn.peer,
@@ -558,6 +569,7 @@ class RelayCore:
             self._refuse(conn, stream_id, 503, "pool_exhausted", str(exc))
             return
         conn.sessions[stream_id] = session
+        self.admission.opened(identity)
         self.router.attach(session)
         # A connector is told the agents' addresses (what it must route back into the
         # tunnel); an agent what it may reach.
@@ -581,6 +593,30 @@ class RelayCore:
                 "mode": event.mode.value,
             },
         )
+
+    def _close_bare_connections(self, now: float) -> None:
+        """Close authenticated connections that have held no session for longer than the
+        limit: a certificate holder that opens connections and no sessions would otherwise
+        keep a QUIC connection's memory each until the idle timeout, unbounded in number.
+        Seen once a tick, so a connection gets between the limit and a tick more."""
+        timeout = self.admission.limits.bare_connection_timeout
+        if not timeout:
+            return
+        bare: list[_Connection] = []
+        for conn in self._conns.values():
+            if conn.sessions or conn.identity is None or conn.ending is not None:
+                conn.bare_since = None
+            elif conn.bare_since is None:
+                conn.bare_since = now
+            elif now - conn.bare_since >= timeout:
+                bare.append(conn)
+        for conn in bare:
+            self.metrics.refusals["bare_connection"].inc()
+            log.warning(
+                "closing a connection that opened no session",
+                extra={"peer": conn.peer, "client": str(conn.identity), "timeout_s": timeout},
+            )
+            self._close_connection(conn, f"no CONNECT-IP session within {timeout:g}s", now)
 
     def _refuse(
         self, conn: _Connection, stream_id: int, status: int, reason: str, detail: str
@@ -645,6 +681,7 @@ class RelayCore:
             self._report_connectors()
         addresses = list(session.addresses)
         session.release(self.pool)
+        self.admission.closed(session.identity)
         if self.enforcer is not None:
             self.enforcer.end_session(session)
         duration = max(0.0, now - session.started)

@@ -54,6 +54,9 @@ REFUSAL_REASONS = (
     "handshake_failed",
     "bad_request",
     "pool_exhausted",
+    "relay_full",  # --max-sessions reached: 503
+    "client_limit",  # --max-sessions-per-client reached for that identity: 429
+    "bare_connection",  # closed: authenticated, yet no session within --bare-connection-timeout
 )
 
 

@@ -116,6 +116,24 @@ class RelaySettings(LayeredSettings):
         description="audit log file (JSON lines) [<state_dir>/audit.log]; null or 'off': none",
     )
     audit_stdout: bool = Field(False, description="also write audit records to stdout")
+    max_sessions: int = Field(
+        5000,
+        ge=0,
+        description="live CONNECT-IP sessions on the relay, at most; one more is refused with "
+        "503 (about 0.1 MB each: docs/relay.md); 0: no limit",
+    )
+    max_sessions_per_client: int = Field(
+        8,
+        ge=0,
+        description="live sessions of one client certificate, at most; one more is refused "
+        "with 429 (connectors are exempt); 0: no limit",
+    )
+    bare_connection_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="seconds an authenticated connection may hold no session before the relay "
+        "closes it; 0: never",
+    )
     max_flows: int = Field(262144, ge=16, description="flows tracked in total")
     max_flows_per_session: int = Field(8192, ge=4, description="flows tracked per session")
     control: str | None = Field(
