@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from zgate_pki import (
+    PkiError,
     PkiFileError,
     PkiPaths,
     check_identity_files,
@@ -16,6 +18,7 @@ from zgate_pki import (
     load_certificate_file,
     load_private_key_file,
 )
+from zgate_pki._x509 import load_ca_key
 
 
 @pytest.fixture
@@ -103,3 +106,32 @@ def test_unreadable_key_as_root_is_reported(pki: PkiPaths, monkeypatch: pytest.M
 def test_loaders_without_flag(pki: PkiPaths) -> None:
     with pytest.raises(PkiFileError, match=r"^CA certificate .*ca.key holds a private key"):
         load_certificate_file(pki.ca_key, "CA certificate")
+
+
+def _key_on_unknown_curve() -> bytes:
+    """A PEM EC key whose curve OID OpenSSL does not know (found by fuzz/fuzz_pki.py: the
+    P-256 OID 1.2.840.10045.3.1.7 with its last arcs changed, same length, valid DER)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    p256 = bytes.fromhex("06082a8648ce3d030107")
+    assert der.count(p256) == 1
+    der = der.replace(p256, bytes.fromhex("06082a8648ce3d03fd06"))
+    body = base64.encodebytes(der).decode("ascii")
+    return f"-----BEGIN PRIVATE KEY-----\n{body}-----END PRIVATE KEY-----\n".encode()
+
+
+def test_key_on_an_unknown_curve_is_a_clear_error(tmp_path: Path) -> None:
+    # cryptography raises UnsupportedAlgorithm here, neither ValueError nor TypeError.
+    path = tmp_path / "odd.key"
+    path.write_bytes(_key_on_unknown_curve())
+    path.chmod(0o600)
+    with pytest.raises(PkiFileError, match=r"^private key .*odd.key is a private key of an unsupp"):
+        load_private_key_file(path, "private key", "--key")
+    with pytest.raises(PkiError, match=r"^CA key is a private key of an unsupported kind"):
+        load_ca_key(path.read_bytes(), "CA key")

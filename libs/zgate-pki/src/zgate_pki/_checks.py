@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -113,6 +113,10 @@ def load_private_key_file(path: Path, what: str, flag: str | None = None) -> Pri
     except ValueError as exc:
         raise PkiFileError(
             f"{what} {label} is not a valid PEM private key ({_short(exc)})"
+        ) from None
+    except UnsupportedAlgorithm as exc:  # e.g. an EC key on a curve OpenSSL does not know
+        raise PkiFileError(
+            f"{what} {label} is a private key of an unsupported kind ({exc})"
         ) from None
 
 

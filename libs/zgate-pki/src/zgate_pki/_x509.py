@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -275,6 +276,8 @@ def load_ca_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise PkiError(f"{what} is not an unencrypted PEM private key ({exc})") from None
+    except UnsupportedAlgorithm as exc:  # e.g. an EC key on a curve OpenSSL does not know
+        raise PkiError(f"{what} is a private key of an unsupported kind ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{what} is not an ECDSA key")
     return key
