@@ -274,8 +274,8 @@ class _AnonymousEngine:
         self.name = inner.name
         self.version = inner.version
 
-    def accept(self, *args: Any) -> Any:
-        conn = self._inner.accept(*args)
+    def accept(self, *args: Any, **kwargs: Any) -> Any:
+        conn = self._inner.accept(*args, **kwargs)
         return None if conn is None else _Anonymous(conn)
 
     def __getattr__(self, name: str) -> Any:

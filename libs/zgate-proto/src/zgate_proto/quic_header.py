@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Final
 
 from zgate_proto.errors import DecodeError
+from zgate_proto.varint import decode_varint
 
 __all__ = [
     "MAX_CID_LENGTH",
@@ -22,6 +23,7 @@ __all__ = [
     "LongPacketType",
     "QuicHeader",
     "destination_cid",
+    "initial_token",
     "parse_header",
     "starts_connection",
     "version_negotiation",
@@ -120,6 +122,16 @@ def starts_connection(header: QuicHeader, size: int) -> bool:
         and header.packet_type is LongPacketType.INITIAL
         and size >= MIN_INITIAL_SIZE
     )
+
+
+def initial_token(data: bytes, header: QuicHeader) -> bytes:
+    """The Token field of a QUIC v1 Initial (RFC 9000 §17.2.2): empty on a first
+    Initial, a Retry or NEW_TOKEN token on a later one. Raises DecodeError when cut short."""
+    pos = 7 + len(header.destination_cid) + len(header.source_cid)
+    length, start = decode_varint(data, pos)
+    if start + length > len(data):
+        raise DecodeError("Initial token cut short", reason="malformed_quic_header")
+    return data[start : start + length]
 
 
 def wants_version_negotiation(header: QuicHeader, size: int, supported: tuple[int, ...]) -> bool:

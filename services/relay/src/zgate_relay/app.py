@@ -32,6 +32,7 @@ from zgate_relay.control.client import ControlClient
 from zgate_relay.control.metrics import ControlMetrics
 from zgate_relay.core import RelayCore
 from zgate_relay.dns import DnsError, DnsProxy, SuffixUpstreams
+from zgate_relay.door import DoorLimits, FrontDoor
 from zgate_relay.egress import Egress
 from zgate_relay.enforce import Enforcer
 from zgate_relay.fqdn import FqdnBindings
@@ -41,6 +42,7 @@ from zgate_relay.metrics import RelayMetrics
 from zgate_relay.policy import PolicyManager
 from zgate_relay.pool import AddressPool
 from zgate_relay.pump import RelayPump
+from zgate_relay.reset_key import load_reset_key
 from zgate_relay.settings import RelaySettings
 from zgate_relay.sites import SiteRoutes
 from zgate_relay.startup import StartupError, address_error, check_pki, prepare_state
@@ -145,7 +147,8 @@ async def run_relay(
         boot.install_revocations(verifier)
         connectors = boot.connectors()
     try:
-        engine, config = _quic_server(settings, verifier)
+        door = _front_door(settings, metrics)
+        engine, config = _quic_server(settings, verifier, door)
     except StartupError:
         audit.close()
         raise
@@ -166,6 +169,7 @@ async def run_relay(
         sites=SiteRoutes(connectors),
         own_addresses=frozenset(g.packed for g in gateways),
         connector_deadline=settings.connector_deadline,
+        door=door,
         limits=SessionLimits(
             max_sessions=settings.max_sessions,
             max_sessions_per_client=settings.max_sessions_per_client,
@@ -222,8 +226,34 @@ async def run_relay(
         audit.close(timeout=5)
 
 
+def _front_door(settings: RelaySettings, metrics: RelayMetrics) -> FrontDoor:
+    """The admission checks for new connections, and the stateless reset key."""
+    reset_key = None
+    if settings.reset_key is not None:
+        if settings.reset_key.parent == settings.state_dir:
+            ensure_state_dir(settings.state_dir)
+        reset_key = load_reset_key(settings.reset_key)
+    limits = DoorLimits(
+        retry=settings.retry,
+        retry_above_rate=settings.retry_above_rate,
+        retry_above_half_open=settings.retry_above_half_open,
+        max_half_open=settings.max_half_open,
+        max_half_open_per_source=settings.max_half_open_per_source,
+        new_per_source=settings.new_connections_per_source,
+        handshake_deadline=settings.handshake_deadline,
+    )
+    door = FrontDoor(
+        limits,
+        drops=metrics.handshake_drops,
+        outcomes=metrics.front_door,
+        reset_key=reset_key,
+    )
+    metrics.half_open.set_function(lambda: door.half_open)
+    return door
+
+
 def _quic_server(
-    settings: RelaySettings, verifier: ChainVerifier
+    settings: RelaySettings, verifier: ChainVerifier, door: FrontDoor
 ) -> tuple[QuicEngine, ServerConfig]:
     """The chosen QUIC engine and the relay's server configuration, its certificate
     loaded once (a certificate the engine cannot use is a start-up error)."""
@@ -239,6 +269,7 @@ def _quic_server(
         idle_timeout=settings.idle_timeout,
         max_datagram_size=settings.max_datagram_size,
         datagram_queue=settings.datagram_queue,
+        reset_token=door.reset_token_of if door.reset_key is not None else None,
     )
     try:
         engine.server_context(config)

@@ -135,6 +135,58 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close an authenticated connection that holds no session this long; 0: never [10]",
     )
+    door = p.add_argument_group(
+        "handshake floods (docs/relay.md, 'Handshake floods and Retry'); 0 turns a limit off"
+    )
+    door.add_argument(
+        "--retry",
+        choices=["auto", "always", "never"],
+        help="answer new connections with a QUIC Retry (address validation) first: auto = "
+        "only while under load (see the next two), always, never [auto]",
+    )
+    door.add_argument(
+        "--retry-above-rate",
+        type=float,
+        metavar="PER_SECOND",
+        help="auto: Retry while more new connections than this arrive per second [50]",
+    )
+    door.add_argument(
+        "--retry-above-half-open",
+        type=int,
+        metavar="N",
+        help="auto: Retry while at least N handshakes are pending [32]",
+    )
+    door.add_argument(
+        "--max-half-open",
+        type=int,
+        metavar="N",
+        help="pending handshakes in all, at most (~10 kB each) [1000]",
+    )
+    door.add_argument(
+        "--max-half-open-per-source",
+        type=int,
+        metavar="N",
+        help="pending handshakes per source IP, at most [32]",
+    )
+    door.add_argument(
+        "--new-connections-per-source",
+        type=float,
+        metavar="PER_SECOND",
+        help="new-connection attempts per source IP per second, bursts of twice that [20]",
+    )
+    door.add_argument(
+        "--handshake-deadline",
+        type=float,
+        metavar="SECONDS",
+        help="drop a connection whose handshake is not done this long after it began [10]",
+    )
+    door.add_argument(
+        "--reset-key",
+        type=Path,
+        metavar="FILE",
+        help="key for stateless resets, created 0600 on first start and kept across "
+        "restarts so agents learn of a restart at once; 'off': none [STATE_DIR/reset.key]",
+    )
     p.add_argument(
         "--policy",
         type=Path,

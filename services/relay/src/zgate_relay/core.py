@@ -21,6 +21,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ from zgate_proto.session import (
     SessionRequested,
 )
 from zgate_proto.session import SessionClosed as SessionEnded
+from zgate_relay.door import Admitted, FrontDoor
 from zgate_relay.enforce import Enforcer
 from zgate_relay.limits import Admission, SessionLimits
 from zgate_relay.metrics import RelayMetrics
@@ -73,6 +75,8 @@ from zgate_relay.sites import SiteRoutes
 from zgate_relay.why import WhyDesk
 
 __all__ = ["SUPPORTED_VERSIONS", "RelayCore"]
+
+_FIRST_INITIAL: Final = Admitted()
 
 log = logging.getLogger("zgate.relay")
 
@@ -106,6 +110,9 @@ class _Connection:
     #: Since when an authenticated connection has held no session (seen at a tick).
     bare_since: float | None = None
     timer_at: float | None = None  # the deadline this connection has on the timer heap
+    #: Counted by the front door as half open (handshake not done yet), from this address.
+    half_open: bool = False
+    addr: Address = ()
 
 
 class RelayCore:
@@ -128,6 +135,7 @@ class RelayCore:
         connector_deadline: float = 5.0,
         own_addresses: frozenset[bytes] = frozenset(),
         wall_clock: Callable[[], datetime] = _utcnow,
+        door: FrontDoor | None = None,
         limits: SessionLimits | None = None,
     ) -> None:
         self.engine = engine
@@ -151,7 +159,12 @@ class RelayCore:
         self._by_cid: dict[bytes, _Connection] = {}
         self._conns: dict[ServerConnection, _Connection] = {}
         self._dirty: set[_Connection] = set()
-        self._stateless: list[tuple[bytes, Address]] = []  # Version Negotiation answers
+        #: Answers that belong to no connection: Version Negotiation, Retry, stateless reset.
+        self._stateless: list[tuple[bytes, Address]] = []
+        #: The admission checks for new connections (None: admit every good Initial).
+        self.door = door
+        #: Half-open connections in the order they were made, with their handshake deadline.
+        self._handshakes: deque[tuple[float, _Connection]] = deque()
         self._egress_out: list[bytes] = []
         self._timers: list[tuple[float, int, _Connection]] = []
         self._seq = itertools.count()
@@ -212,6 +225,9 @@ class RelayCore:
             return
         conn = self._by_cid.get(cid)
         if conn is None:
+            if not data[0] & 0x80:  # a short header: a connection we do not know (any more)
+                self._unknown_connection(data, addr, now)
+                return
             conn = self._new_connection(data, addr, now)
             if conn is None:
                 return
@@ -223,6 +239,8 @@ class RelayCore:
 
     def handle_timer(self, now: float) -> None:
         """Run every connection whose deadline has come."""
+        if self._handshakes and self._handshakes[0][0] <= now:
+            self._drop_slow_handshakes(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             at, _, conn = heapq.heappop(timers)
@@ -250,7 +268,14 @@ class RelayCore:
     def tick(self, now: float) -> None:
         """Periodic housekeeping (about once a second): end idle flows, fail silent
         connectors over, close connections that hold no session, export gauges, write the
-        flows' audit records."""
+        flows' audit records, drop handshakes past their deadline."""
+        door = self.door
+        if door is not None:
+            self._drop_slow_handshakes(now)
+            door.expire(now)
+            line = door.report(now)
+            if line is not None:
+                log.warning(line)
         self._close_bare_connections(now)
         if self.sites is not None:
             self.sites.expire(now)
@@ -374,17 +399,67 @@ class RelayCore:
             return None
         if not starts_connection(header, len(data)):
             return None
-        quic = self.engine.accept(self.config, data, addr, now)
+        door = self.door
+        admitted = _FIRST_INITIAL
+        if door is not None:
+            verdict = door.admit(data, header, addr, now)
+            if verdict is None:
+                return None
+            if isinstance(verdict, bytes):  # a Retry
+                self._stateless.append((verdict, addr))
+                return None
+            admitted = verdict
+        if admitted.retry_source_cid is None:
+            quic = self.engine.accept(self.config, data, addr, now)
+        else:
+            quic = self.engine.accept(
+                self.config,
+                data,
+                addr,
+                now,
+                original_destination_cid=admitted.original_destination_cid,
+                retry_source_cid=admitted.retry_source_cid,
+            )
         if quic is None:
             return None
         # requests=True: agents ask `why` on their own connection (zgate_relay.why).
         server = ServerConnection(quic, max_capsule_size=self.max_capsule_size, requests=True)
-        conn = _Connection(quic=quic, server=server, peer=f"{addr[0]}:{addr[1]}")
+        conn = _Connection(quic=quic, server=server, peer=f"{addr[0]}:{addr[1]}", addr=addr)
         # The client keeps using its chosen destination CID until it hears from us.
         conn.cids.add(header.destination_cid)
         self._by_cid[header.destination_cid] = conn
         self._conns[server] = conn
+        if door is not None:
+            door.opened(addr)
+            conn.half_open = True
+            if door.limits.handshake_deadline:
+                self._handshakes.append((now + door.limits.handshake_deadline, conn))
         return conn
+
+    def _unknown_connection(self, data: bytes, addr: Address, now: float) -> None:
+        """A short-header datagram for no connection we know: most likely one the relay
+        had before a restart. A stateless reset tells its peer at once (RFC 9000 §10.3)."""
+        if self.door is not None:
+            reset = self.door.stateless_reset(data, now)
+            if reset is not None:
+                self._stateless.append((reset, addr))
+
+    def _settle(self, conn: _Connection) -> None:
+        """The connection is no longer half open (handshake done, or gone)."""
+        if conn.half_open and self.door is not None:
+            conn.half_open = False
+            self.door.settled(conn.addr)
+
+    def _drop_slow_handshakes(self, now: float) -> None:
+        """Forget, without a word, the connections whose handshake missed its deadline:
+        most are forged Initials that will never finish, and each holds a TLS handshake."""
+        handshakes = self._handshakes
+        door = self.door
+        while handshakes and handshakes[0][0] <= now:
+            _, conn = handshakes.popleft()
+            if conn.live and conn.half_open and door is not None:
+                door.timed_out()
+                self._forget(conn)
 
     def _events(self, conn: _Connection, now: float) -> None:
         """Every event the connection has, through the session core."""
@@ -406,6 +481,7 @@ class RelayCore:
                     del self._by_cid[event.connection_id]
                 continue
             if isinstance(event, HandshakeCompleted):
+                self._settle(conn)
                 self._authenticated(conn)
             elif isinstance(event, ConnectionTerminated):
                 conn.ending = conn.ending or event.reason or "connection closed"
@@ -468,6 +544,7 @@ class RelayCore:
 
     def _forget(self, conn: _Connection) -> None:
         conn.live = False
+        self._settle(conn)
         for cid in conn.cids:
             if self._by_cid.get(cid) is conn:
                 del self._by_cid[cid]

@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from zgate_host.counters import CounterFamilies
 from zgate_pki import REFUSAL_REASONS as CERTIFICATE_REFUSALS
+from zgate_relay.door import DOOR_DROP_REASONS, DOOR_OUTCOMES
 
 __all__ = [
     "DIRECTIONS",
@@ -94,7 +95,27 @@ class RelayMetrics:
         self.drops = counts.family(
             "zgate_relay_drops", "Packets dropped, by reason.", "reason", DROP_REASONS
         )
+        # The front door (zgate_relay.door): new-connection attempts turned away before they
+        # had any state, and what it did otherwise; counted per datagram, hence plain ints.
+        self.handshake_drops = counts.family(
+            "zgate_relay_handshake_drops",
+            "Connection attempts dropped before any state (no answer), by reason.",
+            "reason",
+            DOOR_DROP_REASONS,
+        )
+        self.front_door = counts.family(
+            "zgate_relay_front_door",
+            "New-connection datagrams: connections made, Retry packets sent, Retry tokens "
+            "validated, stateless resets sent.",
+            "outcome",
+            DOOR_OUTCOMES,
+        )
         r.register(counts)
+        self.half_open = Gauge(
+            "zgate_relay_half_open_connections",
+            "Connections whose handshake has not completed yet.",
+            registry=r,
+        )
         refusals = Counter(
             "zgate_relay_handshake_refusals",
             "Handshakes and requests refused, by reason.",

@@ -134,6 +134,47 @@ class RelaySettings(LayeredSettings):
         description="seconds an authenticated connection may hold no session before the relay "
         "closes it; 0: never",
     )
+    retry: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="answer new connections with a QUIC Retry (address validation, RFC 9000 "
+        "8.1) before any handshake: auto = only while connections arrive faster than "
+        "--retry-above-rate or --retry-above-half-open handshakes are pending; always; "
+        "never (no Retry)",
+    )
+    retry_above_rate: float = Field(
+        50.0, ge=0, description="auto Retry: new connections per second above which to Retry"
+    )
+    retry_above_half_open: int = Field(
+        32, ge=0, description="auto Retry: pending handshakes from which on to Retry"
+    )
+    max_half_open: int = Field(
+        1000,
+        ge=0,
+        description="pending handshakes in all, at most (about 10 kB each); more new "
+        "connections are dropped; 0: no limit",
+    )
+    max_half_open_per_source: int = Field(
+        32, ge=0, description="pending handshakes per source IP, at most; 0: no limit"
+    )
+    new_connections_per_source: float = Field(
+        20.0,
+        ge=0,
+        description="new-connection attempts per source IP per second (bursts of twice "
+        "that pass); more are dropped; 0: no limit",
+    )
+    handshake_deadline: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a new connection has to complete its handshake before it is "
+        "dropped; 0: until the idle timeout",
+    )
+    reset_key: Path | None = Field(
+        Path("reset.key"),
+        description="the key stateless reset tokens are derived from (RFC 9000 10.3), "
+        "created (0600) on first start and kept across restarts, so that a restarted relay "
+        "can tell agents at once that their connection is gone [<state_dir>/reset.key]; "
+        "'off': no stateless resets",
+    )
     max_flows: int = Field(262144, ge=16, description="flows tracked in total")
     max_flows_per_session: int = Field(8192, ge=4, description="flows tracked per session")
     control: str | None = Field(
@@ -162,6 +203,11 @@ class RelaySettings(LayeredSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     _pki_given: bool = PrivateAttr(default=False)
+
+    @field_validator("reset_key", mode="before")
+    @classmethod
+    def _reset_key_off(cls, value: object) -> object:
+        return None if str(value) in ("", ".", "off", "none") else value
 
     @field_validator("audit_log", mode="before")
     @classmethod
@@ -219,6 +265,8 @@ class RelaySettings(LayeredSettings):
             self.pki = self.state_dir / "pki"
         if "audit_log" not in given:
             self.audit_log = self.state_dir / "audit.log"
+        if "reset_key" not in given:
+            self.reset_key = self.state_dir / "reset.key"
         return self
 
     @field_validator("control_ca")

@@ -388,9 +388,17 @@ class AioquicEngine:
         return configuration
 
     def accept(
-        self, config: ServerConfig, data: bytes, addr: Address, now: float
+        self,
+        config: ServerConfig,
+        data: bytes,
+        addr: Address,
+        now: float,
+        *,
+        original_destination_cid: bytes | None = None,
+        retry_source_cid: bytes | None = None,
     ) -> AioquicConn | None:
-        """A server connection for a client's first Initial, fed with it."""
+        """A server connection for a client's first Initial (or its Initial after a Retry:
+        then with the connection IDs the Retry token vouched for), fed with it."""
         configuration = self._server_contexts.get(_context_key(config))
         if configuration is None:
             configuration = self.server_context(config)
@@ -404,9 +412,11 @@ class AioquicEngine:
             return None
         quic = MtlsServerConnection(
             configuration=configuration,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_destination_cid or header.destination_cid,
+            retry_source_connection_id=retry_source_cid,
             verifier=config.verifier,
             on_refused=config.on_refused,
+            reset_token=config.reset_token,
         )
         conn = AioquicConn(quic, addr, config.datagram_queue)
         conn.feed(data, addr, now)
@@ -415,6 +425,10 @@ class AioquicEngine:
             # timeout, a minute of memory for every forged Initial.
             return None
         return conn
+
+    def reset_tokens_settable(self) -> bool:
+        """aioquic's host connection IDs are Python objects: every one gets the relay's token."""
+        return True
 
 
 def _context_key(config: ServerConfig) -> tuple[Any, ...]:

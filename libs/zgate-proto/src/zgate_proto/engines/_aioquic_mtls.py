@@ -98,6 +98,7 @@ class MtlsServerConnection(QuicConnection):
         retry_source_connection_id: bytes | None = None,
         on_refused: RefusalCallback | None = None,
         wall_clock: Callable[[], datetime] = utcnow,
+        reset_token: Callable[[bytes], bytes] | None = None,
     ) -> None:
         if configuration.is_client:
             raise ValueError("MtlsServerConnection needs a server configuration")
@@ -112,6 +113,9 @@ class MtlsServerConnection(QuicConnection):
         self._wall_clock = wall_clock
         self._verified_identity: Identity | None = None
         self._handshake_done = False
+        self._reset_token = reset_token
+        if reset_token is not None:
+            self._derive_reset_tokens()
 
     @property
     def refusal_reason(self) -> HandshakeRefusal | None:
@@ -126,6 +130,21 @@ class MtlsServerConnection(QuicConnection):
         return None if refusal is None else refusal[1]
 
     # aioquic hooks
+
+    def _derive_reset_tokens(self) -> None:
+        """Give every host connection ID the relay's token for it (RFC 9000 §10.3): a relay
+        that restarted, knowing the same key, can then reset the peers of connections it
+        forgot. aioquic draws random tokens; they are replaced before they are ever sent
+        (in the transport parameters, or in NEW_CONNECTION_ID frames)."""
+        derive = self._reset_token
+        assert derive is not None
+        for host_cid in self._host_cids:  # the same token again for one already sent
+            host_cid.stateless_reset_token = derive(host_cid.cid)
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        if self._reset_token is not None:
+            self._derive_reset_tokens()
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

@@ -572,9 +572,17 @@ class Qh3Engine:
         return configuration
 
     def accept(
-        self, config: ServerConfig, data: bytes, addr: Address, now: float
+        self,
+        config: ServerConfig,
+        data: bytes,
+        addr: Address,
+        now: float,
+        *,
+        original_destination_cid: bytes | None = None,
+        retry_source_cid: bytes | None = None,
     ) -> QuicConn | None:
-        """A server connection for a client's first Initial, fed with it."""
+        """A server connection for a client's first Initial (or its Initial after a Retry:
+        then with the connection IDs the Retry token vouched for), fed with it."""
         configuration = self._server_contexts.get(_context_key(config))
         if configuration is None:
             configuration = self.server_context(config)
@@ -592,18 +600,33 @@ class Qh3Engine:
             # aioquic engine, on the same certificate and verifier.
             from zgate_proto.engines._aioquic import ENGINE as AIOQUIC
 
-            return AIOQUIC.accept(config, data, addr, now)
+            return AIOQUIC.accept(
+                config,
+                data,
+                addr,
+                now,
+                original_destination_cid=original_destination_cid,
+                retry_source_cid=retry_source_cid,
+            )
         authenticator = ClientAuthenticator(config.verifier, config.on_refused, self._wall_clock)
         quic = MtlsServerConnection(
             configuration=configuration,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_destination_cid or header.destination_cid,
+            retry_source_connection_id=retry_source_cid,
             authenticator=authenticator,
+            reset_token=config.reset_token,
         )
         conn = Qh3Conn(quic, addr, config.datagram_queue, authenticator)
         conn.feed(data, addr, now)
         if quic._core is None:
             return None  # qh3 would not start a connection from it (version, size)
         return conn
+
+    def reset_tokens_settable(self) -> bool:
+        """qh3's compiled core draws the tokens of the connection IDs it issues itself (in
+        NEW_CONNECTION_ID frames): only the first ID's token, sent in the transport
+        parameters, is the relay's."""
+        return False
 
 
 def _context_key(config: ServerConfig) -> tuple[Any, ...]:

@@ -379,18 +379,26 @@ class MtlsServerConnection(QuicConnection):
         configuration: QuicConfiguration,
         original_destination_connection_id: bytes,
         authenticator: ClientAuthenticator,
+        retry_source_connection_id: bytes | None = None,
+        reset_token: Callable[[bytes], bytes] | None = None,
     ) -> None:
         if configuration.is_client:
             raise ValueError("MtlsServerConnection needs a server configuration")
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         self.authenticator = authenticator
+        self._reset_token = reset_token
 
     def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
         bridge = super()._create_tls(remote_source_cid)
         self.authenticator.attach(bridge.tls)
+        if self._reset_token is not None:
+            # The first connection ID's token travels in the transport parameters, which
+            # the bridge writes; the core draws the others' itself (see the adapter).
+            bridge.stateless_reset_token = self._reset_token(self.host_cid)
         return bridge
 
 

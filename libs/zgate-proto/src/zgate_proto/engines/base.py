@@ -182,6 +182,9 @@ class ServerConfig:
     connection_id_length: int = 8
     #: Called once per refused handshake with (reason, detail).
     on_refused: RefusalCallback | None = field(default=None, compare=False)
+    #: The stateless reset token (16 bytes) for each connection ID the relay issues
+    #: (RFC 9000 §10.3), derived from a key kept across restarts; None: the engine's random.
+    reset_token: Callable[[bytes], bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,11 +306,26 @@ class QuicEngine(Protocol):
         Raises OSError/ValueError if the certificate files cannot be loaded."""
 
     def accept(
-        self, config: ServerConfig, data: bytes, addr: Address, now: float
+        self,
+        config: ServerConfig,
+        data: bytes,
+        addr: Address,
+        now: float,
+        *,
+        original_destination_cid: bytes | None = None,
+        retry_source_cid: bytes | None = None,
     ) -> QuicConn | None:
         """A server connection for a client's first Initial datagram (already checked to
         be a QUIC v1 Initial of at least 1200 bytes) and fed with it; None if the engine
-        cannot make a connection out of it."""
+        cannot make a connection out of it.
+
+        After a Retry (RFC 9000 §8.1.2) the caller has validated the Initial's token and
+        passes the client's original destination CID and the Retry's source CID: the
+        server echoes both in its transport parameters (RFC 9000 §7.3)."""
+
+    def reset_tokens_settable(self) -> bool:
+        """Whether every connection ID this engine issues carries
+        :attr:`ServerConfig.reset_token`'s token (else only the first one does)."""
 
     def server_context(self, config: ServerConfig) -> object:
         """Load the relay's certificate once (raises zgate_pki.PkiError when the files are
