@@ -124,6 +124,16 @@ class Dial:
     key: Path
     engine: str
     timeout: float
+    #: All clients from 127.0.0.1 (else each from its own 127.x.y.z, as agents on
+    #: different hosts: the relay's per-source limits on handshakes then do not apply).
+    one_source: bool = False
+
+
+def source_address(index: int, one_source: bool) -> str:
+    """The loopback address client ``index`` sends from (Linux answers all of 127/8)."""
+    if one_source:
+        return "127.0.0.1"
+    return f"127.{1 + index // 65025 % 254}.{1 + index // 255 % 255}.{1 + index % 255}"
 
 
 class LoadClient:
@@ -156,7 +166,7 @@ class LoadClient:
         """Dial the relay (a socket of its own)."""
         d = self.dial
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((source_address(self.index, d.one_source), 0))
         config = ClientConfig(
             server_name="localhost", ca_file=d.ca, cert_file=d.cert, key_file=d.key
         )
@@ -244,6 +254,13 @@ class LoadClient:
         if self._pump is not None:
             self._pump.wake()
 
+    def keepalive(self) -> None:
+        """A QUIC PING: an open session that sends nothing yet (the others are still
+        opening) must not reach the relay's idle timeout."""
+        if self._pump is not None and self._quic is not None and self.ready_at is not None:
+            self._quic.ping()
+            self._pump.wake()
+
     def close(self) -> None:
         """End the connection (a CONNECTION_CLOSE) and close the socket."""
         if self._pump is None or self._quic is None:
@@ -263,22 +280,37 @@ async def open_clients(
     dial: Dial, count: int, concurrency: int, first_index: int = 0
 ) -> list[LoadClient]:
     """Open ``count`` sessions, at most ``concurrency`` handshakes at once; each either
-    ready, refused (its status) or failed (timeout or close) when this returns."""
+    ready, refused (its status) or failed (timeout or close; then abandoned) when this
+    returns. The ready ones get a QUIC PING every 5 s meanwhile."""
     gate = asyncio.Semaphore(max(1, concurrency))
+    started: list[LoadClient] = []
+
+    async def keepalive() -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            for client in started:
+                client.keepalive()
 
     async def one(index: int) -> LoadClient:
         async with gate:
             client = LoadClient(index, dial)
+            started.append(client)
             try:
                 client.start()
                 await asyncio.wait_for(asyncio.shield(client.done), dial.timeout)
             except TimeoutError:
                 client.failure = f"no session within {dial.timeout:g}s"
+                client.close()
             except OSError as exc:
                 client.failure = f"socket: {exc}"
+                client.close()
             return client
 
-    return list(await asyncio.gather(*(one(first_index + i) for i in range(count))))
+    pinger = asyncio.create_task(keepalive())
+    try:
+        return list(await asyncio.gather(*(one(first_index + i) for i in range(count))))
+    finally:
+        pinger.cancel()
 
 
 def pair(clients: Sequence[LoadClient]) -> None:
@@ -531,6 +563,7 @@ class Options:
     refusal_limit: int
     refusal_per_client: int
     refusal_extra: int
+    one_source: bool = False
 
 
 @dataclass
@@ -546,7 +579,11 @@ class SweepResult:
     handshake_p50_ms: float | None
     handshake_p99_ms: float | None
     open_s: float | None
+    #: The relay's CPU time while the sessions opened, per session opened.
+    relay_cpu_ms_per_handshake: float | None
     relay_rss_before_mb: float
+    #: Right after the last session opened (before the pings' warm-up and window).
+    relay_rss_open_mb: float
     relay_rss_after_mb: float
     relay_rss_per_session_kb: float | None
     relay_cpu_pct: float
@@ -574,12 +611,16 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         pki / "clients" / f"{CLIENT_IDS[0]}.key",
         opts.engine,
         opts.connect_timeout,
+        opts.one_source,
     )
     extra = ["--max-sessions", "0", "--max-sessions-per-client", "0", "--log-level", "info"]
     with running_relay(workdir, pki, opts.engine, extra, f"n{n}") as relay:
-        dial = Dial(relay.port, dial.ca, dial.cert, dial.key, dial.engine, dial.timeout)
+        dial = Dial(
+            relay.port, dial.ca, dial.cert, dial.key, dial.engine, dial.timeout, opts.one_source
+        )
         time.sleep(0.5)  # the relay settles after start-up before its baseline
         rss_before = relay.rss()
+        cpu_before_open = relay.cpu()
         workers = max(1, min(opts.workers, n // 2 or 1))
         shares = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
         open_budget = opts.connect_timeout + n / 20  # at least 20 handshakes/s, or give up
@@ -603,6 +644,8 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
                 proc.start()
                 procs.append((proc, parent))
             opened = [_receive(pipe, "opened", deadline) for _, pipe in procs]
+            open_cpu = relay.cpu() - cpu_before_open
+            rss_open = relay.rss()
             time.sleep(opts.warmup)
             t0 = time.monotonic() + 0.2
             for _, pipe in procs:
@@ -648,7 +691,9 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         handshake_p50_ms=_ms(percentile(handshakes, 50)),
         handshake_p99_ms=_ms(percentile(handshakes, 99)),
         open_s=round(open_s, 2) if open_s is not None else None,
+        relay_cpu_ms_per_handshake=round(1000 * open_cpu / ready, 2) if ready else None,
         relay_rss_before_mb=round(rss_before / 2**20, 1),
+        relay_rss_open_mb=round(rss_open / 2**20, 1),
         relay_rss_after_mb=round(rss_after / 2**20, 1),
         relay_rss_per_session_kb=round((rss_after - rss_before) / ready / 1024, 1)
         if ready
@@ -700,6 +745,7 @@ def refusal_phase(opts: Options, workdir: Path, pki: Path, limited: bool) -> dic
                     pki / "clients" / f"{ident}.key",
                     opts.engine,
                     opts.connect_timeout,
+                    opts.one_source,
                 )
                 clients = await open_clients(dial, count, opts.concurrency, index)
                 index += count
@@ -750,7 +796,7 @@ def print_sweep(results: Sequence[SweepResult], opts: Options) -> None:
         f"({opts.engine}); steady window {opts.seconds:g} s"
     )
     head = (
-        f"{'N':>6} {'ready':>6} {'hs/s':>7} {'hs p50':>8} {'hs p99':>8} "
+        f"{'N':>6} {'ready':>6} {'hs/s':>7} {'hs p50':>8} {'hs p99':>8} {'CPU/hs':>8} "
         f"{'RSS before':>10} {'after':>8} {'per sess':>9} {'relay CPU':>9} {'gen CPU':>8} "
         f"{'loss':>7} {'rtt p50':>8} {'rtt p99':>8}"
     )
@@ -759,6 +805,7 @@ def print_sweep(results: Sequence[SweepResult], opts: Options) -> None:
         print(
             f"{r.sessions:>6} {r.ready:>6} {_fmt(r.handshakes_per_s):>7} "
             f"{_fmt(r.handshake_p50_ms, 'ms'):>8} {_fmt(r.handshake_p99_ms, 'ms'):>8} "
+            f"{_fmt(r.relay_cpu_ms_per_handshake, 'ms'):>8} "
             f"{r.relay_rss_before_mb:>8}MB {r.relay_rss_after_mb:>6}MB "
             f"{_fmt(r.relay_rss_per_session_kb, 'kB'):>9} {r.relay_cpu_pct:>8}% "
             f"{r.generator_cpu_pct:>7}% {_fmt(r.loss_pct, '%'):>7} "
@@ -863,12 +910,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=50,
         help="requests past --refusal-limit, each to be refused with 503 [50]",
     )
+    p.add_argument(
+        "--one-source",
+        action="store_true",
+        help="every client from 127.0.0.1 (default: each from its own 127.x.y.z, as agents "
+        "on different hosts; one source meets the relay's per-source handshake limits)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work directory (relay logs, PKI)")
     p.add_argument("--quick", action="store_true", help="N=20 for 2 s, small refusal phase")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
     return p
 
 
-def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
+def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None, bool]:
     p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
@@ -893,12 +947,13 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
         refusal_limit=args.refusal_limit,
         refusal_per_client=args.refusal_per_client,
         refusal_extra=args.refusal_extra,
+        one_source=args.one_source,
     )
-    return opts, args.json
+    return opts, args.json, bool(args.keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts, json_path = parse_options(argv)
+    opts, json_path, keep = parse_options(argv)
     GRACE[0] = opts.grace
     raise_fd_limit(max(opts.sessions) + 256)
     load_at_start = quiet.snapshot(sample_s=1.0)
@@ -919,7 +974,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["refusals"] = {"before": before, "after": after}
             print_refusals(before, after)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     load = quiet.assess(load_at_start, quiet.snapshot(), cpus=os.cpu_count() or 1)
     report["machine"] = {"cpus": os.cpu_count(), "load": load}
     if warn := quiet.warning(load):
