@@ -215,19 +215,28 @@ async def test_a_reconnect_reuses_the_relay_address_while_dns_points_into_the_tu
         asked: list[str] = []
         answers = iter(["198.51.100.1", "198.51.100.2", "198.51.100.3"])
 
-        async def resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        async def resolve_all(
+            host: str, port: int
+        ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
             asked.append(host)
-            return ipaddress.ip_address(next(answers))
+            return [ipaddress.ip_address(next(answers))]
 
-        agent._resolve = resolve  # type: ignore[method-assign]
+        agent._resolve_all = resolve_all  # type: ignore[method-assign]
+
+        def address() -> str:
+            return str(agent._rotation.current.address)
+
         # The host's own resolver still: asked each time.
-        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.1"
-        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.2"
+        await agent._resolve_relays()
+        assert address() == "198.51.100.1"
+        await agent._resolve_relays()
+        assert address() == "198.51.100.2"
         dns.tunnel_up(info("10.100.0.7/32"))
         assert dns.active
         # Now the resolver is behind the tunnel: the last address, without asking.
-        assert str(await agent._relay_address("relay.example", 4433)) == "198.51.100.2"
-        assert asked == ["relay.example", "relay.example"]
+        await agent._resolve_relays()
+        assert address() == "198.51.100.2"
+        assert asked == ["relay.invalid", "relay.invalid"]
         dns.restore()
     finally:
         device.close()

@@ -67,12 +67,17 @@ class Pair:
         *,
         mode: PacketMode = PacketMode.DATAGRAM,
         datagram_queue: int = 512,
+        discipline: str = "fq-codel",
         answer: int | None = None,
     ) -> None:
         engine = get_engine(engine_name)
-        client = engine.connect(
-            client_config(pki, max_datagram_size=1452, datagram_queue=datagram_queue), SERVER, 0.0
+        config = client_config(
+            pki,
+            max_datagram_size=1452,
+            datagram_queue=datagram_queue,
+            datagram_discipline=discipline,
         )
+        client = engine.connect(config, SERVER, 0.0)
         self.sink = Sink()
         self.metrics = AgentMetrics()
         self.notified = 0
@@ -167,8 +172,8 @@ def test_a_packet_too_big_is_returned_and_counted(engine: str, pki: Path) -> Non
     pair.run(lambda: pair.received() == [fits])
 
 
-def test_the_send_queue_is_bounded(engine: str, pki: Path) -> None:
-    pair = Pair(engine, pki, datagram_queue=8)
+def test_the_fifo_send_queue_is_bounded(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki, datagram_queue=8, discipline="fifo")
     pair.run(lambda: pair.link.ready)
     burst = [packet(i) for i in range(20)]
     assert pair.link.send_packets(burst) == []
@@ -176,6 +181,17 @@ def test_the_send_queue_is_bounded(engine: str, pki: Path) -> None:
     assert pair.metrics.packets["to_relay"] == 8
     pair.run(lambda: len(pair.received()) == 8)
     assert pair.received() == burst[:8]
+
+
+def test_the_fq_codel_send_queue_is_bounded_and_keeps_the_newest(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki, datagram_queue=8)
+    pair.run(lambda: pair.link.ready)
+    burst = [packet(i) for i in range(20)]  # one flow
+    assert pair.link.send_packets(burst, 0.0) == []
+    assert pair.link.quic.stats().datagrams_dropped_overflow == 12
+    assert pair.link.quic.datagrams_queued == 8
+    pair.run(lambda: len(pair.received()) == 8)
+    assert pair.received() == burst[12:]  # the flow lost its oldest, not the arriving
 
 
 def test_a_refused_session_says_why_and_leaves_the_connection_to_the_agent(
@@ -227,3 +243,51 @@ def test_closing_the_link_ends_the_session_and_the_connection(engine: str, pki: 
     closed = next(e for e in pair.events if isinstance(e, ConnectionClosed))
     assert closed.by_peer and closed.reason == "agent stopping"
     assert any(isinstance(e, SessionClosed) for e in pair.events)
+
+
+# ------------------------------------------------------------------- being heard
+
+
+def test_the_relays_acknowledgement_of_a_ping_counts_as_heard(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.link.ack_watch = 0.0  # look at every acknowledgement
+    pair.wire.advance(1.0)  # quiet: nothing to acknowledge is left
+    heard = pair.link.last_heard
+    assert heard is not None and heard < pair.wire.now
+    pinged_at = pair.wire.now
+    pair.link.ping()
+    # The relay answers a PING with an ACK only: no event, only fewer bytes in flight.
+    pair.run(lambda: (pair.link.last_heard or 0.0) > heard)
+    assert pair.link.last_heard is not None and pair.link.last_heard >= pinged_at
+
+
+def test_a_datagram_the_relay_did_not_send_is_not_heard(engine: str, pki: Path) -> None:
+    """A restarted relay (or anyone) answering the old connection: a short-header datagram
+    that does not decrypt, shaped like a stateless reset, is received but not heard."""
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.link.ack_watch = 0.0
+    pair.wire.advance(1.0)
+    heard = pair.link.last_heard
+    pair.wire.remove(SERVER)  # the relay is gone
+    pair.link.ping()
+    pair.wire.exchange()  # the PING leaves, into nothing
+    fake = bytes([0x41]) + bytes(range(1, 40)) + bytes(16)
+    for _ in range(3):
+        pair.wire.now += 0.1
+        pair.link.datagram_received(fake, SERVER, pair.wire.now)
+        pair.link.flush(pair.wire.now)
+    assert pair.link.last_rx == pair.wire.now
+    assert pair.link.last_heard == heard
+    assert pair.link.failure is None
+
+
+def test_giving_the_relay_up_ends_the_link_with_its_cause(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    before = pair.notified
+    pair.link.give_up("nothing heard from the relay for 2 s")
+    assert pair.link.failure == "nothing heard from the relay for 2 s"
+    assert pair.link.gave_up == "liveness" and not pair.link.ready
+    assert pair.notified == before + 1

@@ -8,6 +8,14 @@ Each attempt is one UDP socket in a :class:`zgate_host.pump.Pump` driving one
 :class:`~zgate_agent.link.ClientLink` (a QUIC connection of the chosen engine and its
 CONNECT-IP session). The agent decides: when to give up and retry, routes and DNS, what to
 answer a packet too big for the path.
+
+Liveness (``--liveness``, on by default): once the tunnel is up, the relay must be heard
+(:mod:`zgate_agent.liveness`) at least every ``liveness`` seconds, probed with QUIC PINGs
+while the link is quiet; an attempt must get a first answer within as long. Otherwise the
+relay counts as gone: the agent drops the connection at once (not after QUIC's idle
+timeout), tries the next relay at once (:mod:`zgate_agent.relays`), and while no relay
+answers retries on a short backoff (``--backoff-lost-max``). ``--liveness 0`` is the old
+behaviour: a PING every ``--keepalive`` seconds and QUIC's idle timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import random
 import socket
@@ -25,15 +34,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from zgate_agent.dns import AgentDns
-from zgate_agent.failures import describe_close, describe_timeout
+from zgate_agent.failures import describe_close, describe_timeout, loss_cause
 from zgate_agent.link import ClientLink, PacketSink, TunnelInfo
+from zgate_agent.liveness import Liveness
 from zgate_agent.metrics import AgentMetrics
+from zgate_agent.relays import Candidate, Rotation, candidates
 from zgate_agent.routes import HostRoutes
 from zgate_agent.settings import AgentSettings
 from zgate_host.pump import Pump
 from zgate_host.tun import PacketDevice
 from zgate_proto.engines import get_engine
 from zgate_proto.engines.base import Address, ClientConfig, QuicConn
+from zgate_proto.fq import AqmConfig
 from zgate_proto.icmp import packet_too_big
 from zgate_proto.session import (
     ClientSession,
@@ -50,11 +62,13 @@ log = logging.getLogger("zgate.agent")
 
 class TunnelError(Exception):
     """The tunnel could not be opened or was lost; the message says why. ``permanent``:
-    retrying cannot help until someone fixes a file or the relay's PKI."""
+    retrying cannot help until someone fixes a file or the relay's PKI. ``cause``: one of
+    :data:`zgate_agent.failures.LOSS_CAUSES`, for the metrics and the backoff."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, cause: str = "error") -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.cause = "refused" if permanent else cause
 
 
 class RelayQueryError(Exception):
@@ -139,7 +153,14 @@ class Agent:
         self._announce = True  # log the next "connecting to" at info
         #: The host's resolver pointed at the relay (the agent's CLI; not connectors).
         self._dns = AgentDns(settings, device.name) if manage_dns and configure_host else None
-        self._relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        #: The relays to use, one at a time (see zgate_agent.relays).
+        self._rotation = Rotation(candidates(settings.relay_hostports, {}))
+        #: The loop's time when the last tunnel that was up was lost (None: none lost, or
+        #: up again since).
+        self._lost_at: float | None = None
+        #: A tunnel has been up in this run (a relay lost then is retried on the short
+        #: backoff; an agent that never got one keeps the usual one).
+        self._had_tunnel = False
 
     # ------------------------------------------------------------------ control
 
@@ -155,7 +176,9 @@ class Agent:
         return {
             "state": s.state,
             "since": s.since,
-            "relay": self.settings.relay,
+            "relay": self._rotation.current.where,
+            "relays": [c.where for c in self._rotation.candidates],
+            "liveness": self.settings.liveness,
             "device": self.device.name,
             "mode": info.mode.value if info else None,
             "quic_engine": self.settings.quic_engine,
@@ -207,33 +230,43 @@ class Agent:
         if self._dns is not None:
             self._dns.recover()  # what a crashed agent left, before anything else
         self._watch_device()
-        s = self.settings
-        transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
-        permanent = backoff_delays(s.backoff_permanent, s.backoff_permanent_max, random.Random())
+        transient, permanent, lost = self._backoffs()
         self._was_connected = False
         try:
             while not self._stop.is_set():
                 self._status.attempts += 1
                 if self._status.attempts > 1:
                     self.metrics.reconnects.inc()
+                if self._rotation.round_start:
+                    await self._resolve_relays()
                 error = await self._attempt()
                 if self._stop.is_set():
                     break
                 if self._was_connected:
-                    # A tunnel that came up resets both backoffs.
+                    # A tunnel that came up resets the backoffs.
                     self._was_connected = False
-                    transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
-                    permanent = backoff_delays(
-                        s.backoff_permanent, s.backoff_permanent_max, random.Random()
-                    )
+                    transient, permanent, lost = self._backoffs()
                     self._announce = True
+                    if self._lost_at is None:
+                        self._lost_at = loop.time()
                 if error is None:
                     continue
+                self.metrics.losses.labels(error.cause).inc()
                 self._announce = self._announce or error.permanent
-                delay = next(permanent if error.permanent else transient)
-                self._failed(error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                failed = self._rotation.current
+                if self._rotation.failed():
+                    delay = 0.0  # the next relay, at once
+                elif error.permanent:
+                    delay = next(permanent)
+                elif self._had_tunnel and self.settings.liveness > 0 and error.cause != "refused":
+                    # A relay that was there is gone: back as soon as one answers again.
+                    delay = next(lost)
+                else:
+                    delay = next(transient)
+                self._failed(error, delay, failed)
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), timeout=delay)
         finally:
             self._set_state("stopped")
             self.metrics.connected.set(0)
@@ -248,21 +281,33 @@ class Agent:
             log.info(
                 "stopped",
                 extra={
-                    "relay": self.settings.relay,
+                    "relay": self._rotation.current.where,
                     "device": self.device.name,
                     "removed": removed,
                 },
             )
 
-    def _failed(self, error: TunnelError, delay: float) -> None:
+    def _backoffs(self) -> tuple[Any, Any, Any]:
+        """Fresh delay sequences: transient failures, permanent ones, and (with liveness
+        on) a relay lost or not answering: at once first, then short."""
+        s = self.settings
+        transient = backoff_delays(s.backoff_initial, s.backoff_max, random.Random())
+        permanent = backoff_delays(s.backoff_permanent, s.backoff_permanent_max, random.Random())
+        short = min(s.backoff_initial, s.backoff_lost_max)
+        lost = itertools.chain([0.0], backoff_delays(short, s.backoff_lost_max, random.Random()))
+        return transient, permanent, lost
+
+    def _failed(self, error: TunnelError, delay: float, relay: Candidate) -> None:
         """One log line for a failed attempt: what went wrong (with the fix, when it is
-        ours to make) and when the next attempt is."""
+        ours to make) and when the next attempt is, on which relay."""
         message = str(error) or type(error).__name__
         self._set_state("reconnecting", message)
         fields = {
-            "relay": self.settings.relay,
+            "relay": relay.where,
+            "cause": error.cause,
             "permanent": error.permanent,
-            "retry_in_seconds": round(delay, 1),
+            "retry_in_seconds": round(delay, 2),
+            "next_relay": self._rotation.current.where,
         }
         if error.permanent:
             log.error(message, extra=fields)
@@ -292,14 +337,30 @@ class Agent:
         raise exc
 
     def _where(self) -> str:
-        host, port = self.settings.relay_address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self._rotation.current.where
+
+    async def _resolve_relays(self) -> None:
+        """Resolve every relay name again (a name with several addresses gives several
+        candidates), at the start of each round. Not while the host's resolver points
+        into the tunnel (it is down): the addresses known are kept. A name that does not
+        resolve stays one candidate, whose attempt says why."""
+        if self._dns is not None and self._dns.active:
+            return
+        targets = self.settings.relay_hostports
+        resolved: dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+        for host, port in targets:
+            try:
+                resolved[(host, port)] = await self._resolve_all(host, port)
+            except (OSError, TunnelError) as exc:
+                log.debug("cannot resolve a relay", extra={"relay": host, "error": str(exc)})
+        self._rotation.replace(candidates(targets, resolved))
 
     async def _connect_once(self) -> None:
         """Connect, open the session, run it until stopped or lost. Every failure comes out
         as a TunnelError saying why (``permanent`` when retrying cannot help)."""
         s = self.settings
-        host, port = s.relay_address
+        relay = self._rotation.current
+        host, port = relay.host, relay.port
         server_name = s.server_name or host
         self._set_state("connecting")
         # At info the first time, after a tunnel was up and before each (rare) retry of a
@@ -320,10 +381,11 @@ class Agent:
             raise TunnelError(f"QUIC engine {s.quic_engine}: {exc}", permanent=True) from None
         link: ClientLink | None = None
         pump: Pump | None = None
+        label: tuple[str, str] | None = None
         try:
             try:
                 async with asyncio.timeout(s.connect_timeout):
-                    relay_ip = await self._relay_address(host, port)
+                    relay_ip = relay.address or await self._resolve(host, port)
                     sock, addr = self._open(relay_ip, port)
                     try:
                         quic = engine.connect(
@@ -340,12 +402,18 @@ class Agent:
                     link = self._new_link(quic, host, port)
                     pump = Pump(sock, link, gso=s.udp_offload)
                     pump.wake()  # the Initial
-                    await self._until(link, lambda: link.handshake_done)
-                    await self._until(link, lambda: link.ready)
+                    answer = self._first_answer(link, host, port)
+                    try:
+                        await self._until(link, lambda: link.handshake_done)
+                        await self._until(link, lambda: link.ready)
+                    finally:
+                        answer.cancel()
             except TimeoutError:
                 started = link is not None and link.handshake_done
+                answered = link is not None and link.last_rx is not None
                 raise TunnelError(
-                    describe_timeout(host, port, s.connect_timeout, handshake_done=started)
+                    describe_timeout(host, port, s.connect_timeout, handshake_done=started),
+                    cause="timeout" if answered else "unreachable",
                 ) from None
             except TunnelError as exc:
                 raise self._explain(exc, link) from None
@@ -355,11 +423,16 @@ class Agent:
                 ) from None
             except OSError as exc:
                 raise TunnelError(
-                    f"cannot reach the relay at {self._where()}: {exc.strerror or exc}"
+                    f"cannot reach the relay at {self._where()}: {exc.strerror or exc}",
+                    cause="unreachable",
                 ) from None
             assert link is not None and pump is not None
-            await self._session(link, pump, host, port, relay_ip)
+            label = (relay.target, str(relay_ip))
+            self.metrics.relay.labels(*label).set(1)
+            await self._session(link, pump, relay, relay_ip)
         finally:
+            if label is not None:
+                self.metrics.relay.remove(*label)
             self._link = None
             self._pump = None
             self.connected.clear()
@@ -389,22 +462,47 @@ class Agent:
         """Until ``done()``; a TunnelError if the attempt fails first (see _explain)."""
         while not done():
             if link.failure is not None:
-                raise TunnelError(link.failure)
+                raise TunnelError(link.failure, cause=self._cause(link))
             self._changed.clear()
             await self._changed.wait()
+
+    @staticmethod
+    def _cause(link: ClientLink) -> str:
+        """Why the link ended, as the metrics count it."""
+        if link.gave_up is not None:
+            return link.gave_up
+        return loss_cause(link.close_info, refused=link.refused)
+
+    def _first_answer(self, link: ClientLink, host: str, port: int) -> asyncio.Future[None]:
+        """With liveness on: give the attempt up when the relay has not answered at all
+        within the liveness deadline (the next relay, or the same again, is tried at once
+        instead of waiting for the connect timeout); cancel it once the tunnel is up."""
+        seconds = self.settings.liveness
+
+        async def watch() -> None:
+            await asyncio.sleep(seconds)
+            if link.last_rx is None:
+                why = describe_timeout(host, port, seconds, handshake_done=False)
+                link.give_up(why, "unreachable")
+
+        if seconds <= 0:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return asyncio.ensure_future(watch())
 
     def _explain(self, error: TunnelError, link: ClientLink | None) -> TunnelError:
         """Turn a connection closed while opening into what the operator should know; a
         session the relay refused says why as it is."""
         close = link.close_info if link is not None else None
-        if close is None:
+        if close is None or link is None:
             return error
         s = self.settings
-        host, _ = s.relay_address
+        host = self._rotation.current.host
         message, permanent = describe_close(
             close, ca=s.ca, cert=s.cert, server_name=s.server_name or host, kind=self.pki_kind
         )
-        return TunnelError(message, permanent=permanent)
+        return TunnelError(message, permanent=permanent, cause=self._cause(link))
 
     def _open(
         self, relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
@@ -446,14 +544,15 @@ class Agent:
             idle_timeout=s.idle_timeout,
             max_datagram_size=s.max_datagram_size,
             datagram_queue=s.datagram_queue,
+            datagram_discipline=s.queue,
+            aqm=AqmConfig(target=s.aqm_target_ms / 1000, interval=s.aqm_interval_ms / 1000),
         )
 
     async def _session(
         self,
         link: ClientLink,
         pump: Pump,
-        host: str,
-        port: int,
+        relay: Candidate,
         relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
     ) -> None:
         info = link.info()
@@ -464,9 +563,12 @@ class Agent:
             )
         if self.configure_host:
             if self._routes is None:
-                self._routes = HostRoutes(self.device.name, relay_ip, self.settings.full_tunnel)
+                self._routes = HostRoutes(self.device.name, [], self.settings.full_tunnel)
             dns_routes = self._dns.extra_routes(info) if self._dns is not None else []
-            self._routes.apply(info.addresses, [*info.routes, *dns_routes])
+            # Every relay known is kept outside the tunnel: the next one must be reachable
+            # while this tunnel's routes stay up after it is lost.
+            relay_ips = [relay_ip, *(c.address for c in self._rotation.candidates if c.address)]
+            self._routes.apply(info.addresses, [*info.routes, *dns_routes], relay_ips)
             if self._dns is not None:
                 self._dns.tunnel_up(info)
         self._status.info = info
@@ -477,56 +579,92 @@ class Agent:
         if self.read_device:
             pump.add_device(self.device.fileno(), self._device_readable)
         self._set_state("connected")
-        self._was_connected = True
+        self._was_connected = self._had_tunnel = True
+        self._rotation.connected()
         self.metrics.connected.set(1)
         self.connected.set()
+        now = asyncio.get_running_loop().time()
+        back_in = None
+        if self._lost_at is not None:
+            back_in = now - self._lost_at
+            self.metrics.reconnect_seconds.observe(back_in)
+            self._lost_at = None
         log.info(
             "tunnel up",
             extra={
-                "relay": f"{host}:{port}",
+                "relay": relay.where,
                 "mode": info.mode.value,
                 "addresses": [str(a) for a in info.addresses],
+                **({"seconds_down": round(back_in, 3)} if back_in is not None else {}),
             },
         )
-        keepalive = asyncio.create_task(self._keepalive(link, pump))
+        if self.settings.liveness > 0:
+            watcher = asyncio.create_task(self._liveness(link, pump))
+        else:
+            watcher = asyncio.create_task(self._keepalive(link, pump))
         try:
             while link.failure is None and not self._stop.is_set():
                 self._changed.clear()
                 await self._changed.wait()
             if link.failure is not None:
-                raise TunnelError(f"tunnel lost: {link.failure}")
+                self._lost_at = asyncio.get_running_loop().time()
+                raise TunnelError(f"tunnel lost: {link.failure}", cause=self._cause(link))
         finally:
-            keepalive.cancel()
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
+                await watcher
 
     async def _keepalive(self, link: ClientLink, pump: Pump) -> None:
+        """Liveness off: a PING every --keepalive seconds; QUIC's idle timeout notices a
+        relay gone."""
         while True:
             await asyncio.sleep(self.settings.keepalive)
             link.ping()
             pump.wake()
 
-    async def _relay_address(
-        self, host: str, port: int
-    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        """The relay's address. Once the host's resolver points at the relay's DNS, a
-        reconnect reuses the address it had: that resolver is behind the tunnel, which is
-        down (and the route kept outside the tunnel is the one to that address)."""
-        if self._relay_ip is not None and self._dns is not None and self._dns.active:
-            return self._relay_ip
-        self._relay_ip = await self._resolve(host, port)
-        return self._relay_ip
+    async def _liveness(self, link: ClientLink, pump: Pump) -> None:
+        """Liveness on: probe the relay while the link is quiet, give it up once it has
+        not been heard for --liveness seconds (see zgate_agent.liveness)."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        liveness = Liveness(
+            s.liveness,
+            loop.time(),
+            probe_every=min(s.liveness / 4, s.keepalive),
+            keepalive=s.keepalive,
+        )
+        link.ack_watch = liveness.probe_every / 2
+        while True:
+            liveness.heard(link.last_heard)
+            check = liveness.check(loop.time())
+            if check.expired:
+                link.give_up(f"nothing heard from the relay for {liveness.deadline:g} s")
+                return
+            if check.probe:
+                link.ping()
+                pump.wake()
+            await asyncio.sleep(max(0.0, check.next_at - loop.time()))
 
     @staticmethod
     async def _resolve(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The first address of the relay's name (or the address given)."""
+        addresses = await Agent._resolve_all(host, port)
+        return addresses[0]
+
+    @staticmethod
+    async def _resolve_all(
+        host: str, port: int
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Every address of the relay's name, in the resolver's order (or the address
+        given)."""
         try:
-            return ipaddress.ip_address(host)
+            return [ipaddress.ip_address(host)]
         except ValueError:
             pass
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         if not infos:
             raise TunnelError(f"cannot resolve relay host {host!r}")
-        return ipaddress.ip_address(infos[0][4][0])
+        return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
     # --------------------------------------------------------------- packet path
 
@@ -554,7 +692,8 @@ class Agent:
         pump.wake()
 
     def _to_link(self, link: ClientLink, packets: list[bytes]) -> None:
-        too_big = link.send_packets(packets)
+        pump = self._pump
+        too_big = link.send_packets(packets, pump.now if pump is not None else None)
         if too_big:
             mtu = link.max_packet
             for packet in too_big:

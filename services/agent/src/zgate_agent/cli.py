@@ -26,12 +26,20 @@ from zgate_host.errors import HostError
 from zgate_host.httpd import Query, serve_status
 from zgate_host.logs import configure_logging
 from zgate_host.privileges import require_net_admin
+from zgate_host.queue_flags import add_queue_flags
 from zgate_host.settings import SettingsError, load_settings, parse_hostport
 from zgate_host.tun import TunDevice
 from zgate_pki import PkiError, check_identity_files
 from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
 
-__all__ = ["add_quic_engine_flag", "main", "run_until_stopped", "run_up", "show_status"]
+__all__ = [
+    "add_liveness_flag",
+    "add_quic_engine_flag",
+    "main",
+    "run_until_stopped",
+    "run_up",
+    "show_status",
+]
 
 log = logging.getLogger("zgate.agent")
 
@@ -60,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="connect and run the tunnel until stopped (SIGTERM/SIGINT)")
     up.add_argument("--config", type=Path, help="YAML settings file (keys as the long flags)")
-    up.add_argument("--relay", metavar="HOST:PORT", help="relay address [127.0.0.1:4433]")
+    up.add_argument(
+        "--relay",
+        action="append",
+        metavar="HOST:PORT",
+        help="relay address (repeatable: one is used at a time, in order, and the agent moves "
+        "to the next when its relay is lost; a name with several addresses counts as several) "
+        "[127.0.0.1:4433]",
+    )
     up.add_argument(
         "--ca", type=Path, metavar="FILE", help="CA certificate of the relay [STATE_DIR/ca.pem]"
     )
@@ -77,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long one connection attempt may take before it is retried [10]",
     )
+    add_liveness_flag(up)
     up.add_argument(
         "--mode",
         choices=["datagram", "stream"],
@@ -98,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="one system call per QUIC packet instead of UDP GSO batches",
     )
+    add_queue_flags(up)
     up.add_argument(
         "--no-tun-offload",
         dest="tun_offload",
@@ -178,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     why.add_argument("--json", action="store_true", help="print the relay's raw JSON answer")
     return p
+
+
+def add_liveness_flag(parser: argparse.ArgumentParser) -> None:
+    """--liveness, shared by the agent and the connector."""
+    parser.add_argument(
+        "--liveness",
+        type=float,
+        metavar="SECONDS",
+        help="declare the relay gone when nothing has been heard from it for this long "
+        "(probing it with QUIC PINGs while the link is quiet) and reconnect at once, to the "
+        "next relay if there are several; 0 turns it off (a relay that vanished is then "
+        "noticed at the QUIC idle timeout, 30 s) [2]",
+    )
 
 
 def add_quic_engine_flag(parser: argparse.ArgumentParser) -> None:
@@ -304,6 +334,9 @@ def show_status(
         age = time.time() - float(status.get("since") or time.time())
         print(f"state:     {status['state']} (for {age:.0f}s)")
         print(f"relay:     {status['relay']}")
+        others = [r for r in status.get("relays") or [] if r != status["relay"]]
+        if others:
+            print(f"others:    {', '.join(others)}")
         print(f"device:    {status['device']}")
         print(f"mode:      {status.get('mode') or '-'}")
         if status.get("quic_engine"):

@@ -30,6 +30,7 @@ from cryptography import x509
 
 __all__ = [
     "CRYPTO_ERROR",
+    "LOSS_CAUSES",
     "AlertDescription",
     "CloseInfo",
     "certificate_names",
@@ -37,7 +38,27 @@ __all__ = [
     "describe_close",
     "describe_refusal",
     "describe_timeout",
+    "loss_cause",
 ]
+
+#: Why a tunnel or an attempt ended, as the agent's metrics count it:
+#: liveness: nothing heard from the relay for the liveness deadline;
+#: reset: a stateless reset (a relay that lost the connection's state);
+#: closed: the relay closed the connection or ended the session;
+#: refused: the relay refused us (certificate, session request), or a permanent failure;
+#: idle_timeout: QUIC's idle timeout (liveness off);
+#: unreachable: no answer to an attempt; timeout: an attempt took too long;
+#: error: anything else (a local TLS or socket error).
+LOSS_CAUSES = (
+    "liveness",
+    "reset",
+    "closed",
+    "refused",
+    "idle_timeout",
+    "unreachable",
+    "timeout",
+    "error",
+)
 
 #: QUIC's CRYPTO_ERROR range: 0x100 + TLS alert (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
@@ -308,6 +329,23 @@ def describe_close(
     if alert is not None:
         return _local(close, ctx), True
     return _local(close, ctx), False
+
+
+def loss_cause(close: CloseInfo | None, *, refused: bool) -> str:
+    """Which of LOSS_CAUSES ended a connection that closed (``close``) or whose session the
+    relay refused or ended without closing it (``close`` None)."""
+    if close is None:
+        return "refused" if refused else "closed"
+    reason = close.reason.lower()
+    if "stateless reset" in reason:
+        return "reset"
+    if "idle timeout" in reason:
+        return "idle_timeout"
+    if _alert(close.error_code) is not None:
+        return "refused"
+    if close.by_peer:
+        return "closed"
+    return "error"
 
 
 def describe_refusal(status: int, reason: str) -> str:

@@ -15,6 +15,13 @@ between them and the device:
 The link decides nothing about reconnecting, routes or DNS: it records how the attempt is
 going (handshake done, session ready, why it ended) and tells the agent that something
 changed through ``notify``, a wake-up without arguments (the agent sets an asyncio.Event).
+
+For the agent's liveness deadline it also records when the relay was last *heard*: when
+something authenticated came from it. Any datagram is not enough (a restarted relay may
+answer the old connection with a stateless reset, and anyone can send garbage): an event
+the engine made of a datagram (stream data, a DATAGRAM frame, the handshake's end) counts,
+and so does an acknowledgement of what we sent, seen as fewer bytes in flight after a
+datagram arrived without more packets declared lost (what a PING probe brings back).
 """
 
 from __future__ import annotations
@@ -98,11 +105,29 @@ class ClientLink:
         self.accepted_mode: PacketMode | None = None
         #: How the requests sent with :meth:`request` ended, by stream ID, until taken.
         self._answers: dict[int, ResponseReceived | RequestFailed] = {}
+        #: When a datagram last arrived from the relay (the pump's clock), authenticated
+        #: or not; None before the first.
+        self.last_rx: float | None = None
+        #: When something authenticated was last heard from the relay (see the module's
+        #: docstring); None before the first.
+        self.last_heard: float | None = None
+        #: Look for acknowledgements (one stats() call per flush) only once the relay was
+        #: last heard longer ago than this many seconds; None: never (liveness off).
+        self.ack_watch: float | None = None
+        self._rx_unchecked = False
+        #: (bytes in flight, packets lost) after the last flush, while looking.
+        self._in_flight: tuple[int, int] | None = None
+        #: The agent gave the relay up (see :meth:`give_up`): the cause it gave.
+        self.gave_up: str | None = None
+        #: The relay refused the session (a CONNECT-IP error response).
+        self.refused = False
 
     # ------------------------------------------------------------- the pump's side
 
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
         """One UDP payload from the relay."""
+        self.last_rx = now
+        self._rx_unchecked = True
         self.quic.feed(data, addr, now)
 
     def handle_timer(self, now: float) -> None:
@@ -112,11 +137,17 @@ class ClientLink:
     def flush(self, now: float) -> list[tuple[bytes, Address]]:
         """Handle what the connection received, write the relay's packets to the device
         (one batch), then return the connection's datagrams to send."""
-        self._take_events()
+        took = self._take_events()
+        if self._rx_unchecked:
+            self._rx_unchecked = False
+            if took or self._acknowledged():
+                self.last_heard = now
         if self._to_device:
             out, self._to_device = self._to_device, []
             self.sink.write_batch(out)
-        return self.quic.flush(now)
+        datagrams = self.quic.flush(now)
+        self._note_in_flight(now)
+        return datagrams
 
     def deadline(self) -> float | None:
         """When the connection wants its timer."""
@@ -144,10 +175,10 @@ class ClientLink:
         s = self.session
         return TunnelInfo(tuple(s.addresses), tuple(s.routes), s.mode)
 
-    def send_packets(self, packets: Iterable[bytes]) -> list[bytes]:
-        """Queue packets read from the device (the pump's next flush sends them); each one
-        is counted as sent or dropped by reason. Returns the packets too big for the path,
-        which the agent may answer with ICMP."""
+    def send_packets(self, packets: Iterable[bytes], now: float | None = None) -> list[bytes]:
+        """Queue packets read from the device at ``now`` (the pump's clock; the next flush
+        sends them); each one is counted as sent or dropped by reason. Returns the packets
+        too big for the path, which the agent may answer with ICMP."""
         if self.failure is not None:
             dropped = sum(1 for _ in packets)
             self._drops["not_connected"] += dropped
@@ -156,7 +187,7 @@ class ClientLink:
         sent = sent_bytes = queue_full = closed = 0
         too_big: list[bytes] = []
         for packet in packets:
-            status = send(packet)
+            status = send(packet, now)
             if status is SendStatus.SENT:
                 sent += 1
                 sent_bytes += len(packet)
@@ -192,6 +223,15 @@ class ClientLink:
         if not self.quic.closed:
             self.quic.ping()
 
+    def give_up(self, reason: str, cause: str = "liveness") -> None:
+        """The agent declares the relay gone (nothing heard for its liveness deadline, no
+        answer to an attempt): the attempt or tunnel ends now, with ``reason`` (``cause``
+        for the metrics), without waiting for QUIC."""
+        if self.failure is None:
+            self.gave_up = cause
+        self._fail(reason)
+        self.notify()
+
     def close(self, reason: str) -> None:
         """End the session (FIN) and the connection (CONNECTION_CLOSE), unless the
         connection is closing already; the pump's next flush sends it."""
@@ -202,13 +242,33 @@ class ClientLink:
 
     # -------------------------------------------------------------------- events
 
-    def _take_events(self) -> None:
+    def _acknowledged(self) -> bool:
+        """Fewer bytes in flight than after the last flush, and no more packets declared
+        lost: the relay acknowledged something (only looked at while :attr:`ack_watch`
+        says so)."""
+        before = self._in_flight
+        if before is None:
+            return False
+        stats = self.quic.stats()
+        return stats.bytes_in_flight < before[0] and stats.packets_lost == before[1]
+
+    def _note_in_flight(self, now: float) -> None:
+        watch = self.ack_watch
+        if watch is None or (self.last_heard is not None and now - self.last_heard < watch):
+            self._in_flight = None
+            return
+        stats = self.quic.stats()
+        self._in_flight = (stats.bytes_in_flight, stats.packets_lost)
+
+    def _take_events(self) -> bool:
+        """Handle the connection's events; whether there were any."""
         quic = self.quic
         receive = self.session.receive
         out = self._to_device
         received = received_bytes = 0
-        changed = False
+        changed = took = False
         while (event := quic.next_event()) is not None:
+            took = True
             for session_event in receive(event):
                 if type(session_event) is PacketReceived:
                     packet = session_event.packet
@@ -224,6 +284,7 @@ class ClientLink:
             self._handshake_seen = changed = True
         if changed:
             self.notify()
+        return took
 
     def _control(self, event: object) -> bool:
         """Record a session event other than a packet; whether the agent should look."""

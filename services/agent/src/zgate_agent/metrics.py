@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from zgate_agent.failures import LOSS_CAUSES
 from zgate_host.counters import CounterFamilies
 
 __all__ = ["AgentMetrics"]
@@ -32,6 +33,28 @@ class AgentMetrics:
         self.connected = Gauge(f"{prefix}_connected", "1 while the tunnel is up.", registry=r)
         self.reconnects = Counter(
             f"{prefix}_reconnects", "Connection attempts after the first.", registry=r
+        )
+        self.losses = Counter(
+            f"{prefix}_tunnel_losses",
+            "Tunnels lost and attempts failed, by cause: liveness (nothing heard from the "
+            "relay for --liveness), reset, closed (by the relay), refused, idle_timeout, "
+            "unreachable (no answer), timeout, error.",
+            ["cause"],
+            registry=r,
+        )
+        for cause in LOSS_CAUSES:
+            self.losses.labels(cause)
+        self.relay = Gauge(
+            f"{prefix}_relay",
+            "1 for each relay (HOST:PORT as given, and its address) a tunnel is up with now.",
+            ["relay", "address"],
+            registry=r,
+        )
+        self.reconnect_seconds = Histogram(
+            f"{prefix}_reconnect_seconds",
+            "From a tunnel lost to the next one up, seconds.",
+            buckets=(0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+            registry=r,
         )
         # Per-packet counts: plain integers read at scrape time (see zgate_host.counters).
         counts = CounterFamilies()

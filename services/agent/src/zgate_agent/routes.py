@@ -1,5 +1,7 @@
 """The agent's host configuration: the TUN device's addresses and the routes into it,
-keeping the route to the relay itself outside the tunnel. Everything added is removed."""
+keeping the routes to the relays themselves outside the tunnel (every relay the agent may
+fail over to, so that the next one is reached while the tunnel's routes stay up).
+Everything added is removed."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ __all__ = ["HostRoutes", "prefixes_for"]
 log = logging.getLogger("zgate.agent.routes")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def prefixes_for(
@@ -52,25 +55,32 @@ class HostRoutes:
     """Addresses and routes of the agent's TUN device, applied and removed as a whole."""
 
     device: str
-    relay_ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    relay_ips: list[IPAddress]
     full_tunnel: bool
     routes: list[Network] = field(default_factory=list)
-    pinned: PinnedRoute | None = None
+    pinned: dict[IPAddress, PinnedRoute] = field(default_factory=dict)
 
-    def apply(self, addresses: Sequence[Network], ranges: Sequence[IPAddressRange]) -> None:
-        """Give the device the assigned addresses and route the tunnel's prefixes to it."""
+    def apply(
+        self,
+        addresses: Sequence[Network],
+        ranges: Sequence[IPAddressRange],
+        relay_ips: Sequence[IPAddress] = (),
+    ) -> None:
+        """Give the device the assigned addresses and route the tunnel's prefixes to it,
+        after pinning the routes to the relays (``relay_ips`` adds to those known) that
+        these prefixes would otherwise catch."""
+        for ip in relay_ips:
+            if ip not in self.relay_ips:
+                self.relay_ips.append(ip)
         interfaces = [
             ipaddress.ip_interface(f"{a.network_address}/{a.max_prefixlen}") for a in addresses
         ]
         configure_interface(self.device, interfaces, up=True, exclusive=True)
         has_v6 = any(a.version == 6 for a in addresses)
         wanted = prefixes_for(ranges, full_tunnel=self.full_tunnel, ipv6=has_v6)
-        if self.pinned is None and any(self.relay_ip in p for p in wanted):
-            self.pinned = pin_host_route(self.relay_ip)
-            log.info(
-                "pinned the route to the relay outside the tunnel",
-                extra={"relay": str(self.relay_ip), "dev": self.pinned.dev},
-            )
+        for ip in self.relay_ips:
+            if ip not in self.pinned and any(ip in p for p in wanted):
+                self._pin(ip)
         for stale in [p for p in self.routes if p not in wanted]:
             delete_route(stale, dev=self.device)
         for prefix in wanted:
@@ -85,14 +95,32 @@ class HostRoutes:
             },
         )
 
+    def _pin(self, ip: IPAddress) -> None:
+        pinned = pin_host_route(ip)
+        if pinned.dev == self.device:
+            # A relay first seen once the tunnel's routes were up: its route already leads
+            # into the tunnel, and a pin there would not help it.
+            pinned.remove()
+            log.warning(
+                "cannot pin the route to this relay outside the tunnel (it became known "
+                "after the tunnel's routes were set)",
+                extra={"relay": str(ip)},
+            )
+            return
+        self.pinned[ip] = pinned
+        log.info(
+            "pinned the route to the relay outside the tunnel",
+            extra={"relay": str(ip), "dev": pinned.dev},
+        )
+
     def remove(self) -> None:
-        """Delete the routes added and the pinned relay route (idempotent)."""
+        """Delete the routes added and the pinned relay routes (idempotent)."""
         for prefix in self.routes:
             try:
                 delete_route(prefix, dev=self.device)
             except Exception as exc:
                 log.debug("route removal failed", extra={"route": str(prefix), "error": str(exc)})
         self.routes = []
-        if self.pinned is not None:
-            self.pinned.remove()
-            self.pinned = None
+        for pinned in self.pinned.values():
+            pinned.remove()
+        self.pinned.clear()

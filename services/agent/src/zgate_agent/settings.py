@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
@@ -22,7 +22,11 @@ class AgentSettings(LayeredSettings):
 
     model_config = SettingsConfigDict(env_prefix="ZGATE_AGENT_", extra="forbid")
 
-    relay: str = Field("127.0.0.1:4433", description="relay HOST:PORT")
+    relay: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:4433"],
+        description="relay HOST:PORT, or several (a YAML list, or comma-separated): one is used "
+        "at a time, in order, and a name with several addresses counts as several",
+    )
     ca: Path = Field(Path("ca.pem"), description="CA certificate to trust [<state_dir>/ca.pem]")
     cert: Path = Field(Path("agent.pem"), description="client certificate [<state_dir>/agent.pem]")
     key: Path = Field(Path("agent.key"), description="client private key [<state_dir>/agent.key]")
@@ -65,6 +69,21 @@ class AgentSettings(LayeredSettings):
         description="DATAGRAM frames waiting for the congestion window, at most (each is latency "
         "for every packet behind it: 512 stood 5-7 ms deep inside a bulk TCP transfer)",
     )
+    queue: Literal["fq-codel", "fifo"] = Field(
+        "fq-codel",
+        description="queue discipline where packets wait: fq-codel (a queue per flow, served "
+        "in turn, new flows first, CoDel on each) or fifo (one tail-dropping queue, as before)",
+    )
+    aqm_target_ms: float = Field(
+        5.0, gt=0, le=1000, description="fq-codel: standing delay per flow, milliseconds"
+    )
+    aqm_interval_ms: float = Field(
+        100.0,
+        gt=0,
+        le=10000,
+        description="fq-codel: how long the delay must exceed the target before CoDel drops, "
+        "milliseconds",
+    )
     udp_offload: bool = Field(True, description="send QUIC packets in UDP GSO batches")
     tun_offload: bool = Field(
         True, description="join TCP segments into super-packets when writing to the TUN device"
@@ -75,10 +94,26 @@ class AgentSettings(LayeredSettings):
         gt=0,
         description="seconds one connection attempt may take (handshake and tunnel opening)",
     )
-    keepalive: float = Field(10.0, gt=0, description="seconds between QUIC pings")
+    keepalive: float = Field(
+        10.0, gt=0, description="seconds between QUIC pings (with liveness off)"
+    )
+    liveness: float = Field(
+        2.0,
+        ge=0,
+        description="declare the relay gone when nothing authenticated was heard from it for "
+        "this many seconds (probing with QUIC PINGs every quarter of it while quiet) and "
+        "reconnect at once; 0 = off: wait for the QUIC idle timeout",
+    )
     idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
     backoff_initial: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
     backoff_max: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    backoff_lost_max: float = Field(
+        1.0,
+        gt=0,
+        description="with liveness on, once a tunnel has been up: longest delay between "
+        "attempts while the relay is gone or does not answer (the first retry after a loss "
+        "is immediate)",
+    )
     backoff_permanent: float = Field(
         60.0,
         gt=0,
@@ -101,10 +136,30 @@ class AgentSettings(LayeredSettings):
                 setattr(self, name, self.state_dir / getattr(self, name))
         return self
 
+    @field_validator("relay", mode="before")
+    @classmethod
+    def _split_relay(cls, value: Any) -> Any:
+        # One string (a flag, an env value, a YAML scalar) may list several, comma-separated.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return [p for item in value for p in cls._split_relay(item)]
+        return value
+
     @field_validator("relay")
     @classmethod
-    def _check_relay(cls, value: str) -> str:
-        parse_hostport(value, 4433)
+    def _check_relay(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one relay HOST:PORT is needed")
+        for relay in value:
+            parse_hostport(relay, 4433)
+        return list(dict.fromkeys(value))
+
+    @field_validator("liveness")
+    @classmethod
+    def _check_liveness(cls, value: float) -> float:
+        if 0 < value < 0.2:
+            raise ValueError("liveness must be 0 (off) or at least 0.2 seconds")
         return value
 
     @field_validator("quic_engine")
@@ -135,8 +190,13 @@ class AgentSettings(LayeredSettings):
 
     @property
     def relay_address(self) -> tuple[str, int]:
-        """(host, port) of the relay."""
-        return parse_hostport(self.relay, 4433)
+        """(host, port) of the first relay."""
+        return parse_hostport(self.relay[0], 4433)
+
+    @property
+    def relay_hostports(self) -> list[tuple[str, int]]:
+        """(host, port) of every relay, in the order given."""
+        return [parse_hostport(relay, 4433) for relay in self.relay]
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -10,7 +10,10 @@ agent's.
 
 With several relays (``relays``), a :class:`ConnectorGroup` keeps one session per relay on
 one TUN device: each relay's agents reach the site through their own relay, and a reply
-goes back through the relay its agent's packets came from.
+goes back through the relay its agent's packets came from. A relay name with several
+addresses gets one session per address (:func:`expand_relays`, resolved once at start;
+the TLS name stays the name), so every relay behind the name can reach the site. Each
+session notices a dead relay by the agent's liveness deadline and reconnects on its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +30,11 @@ from zgate_agent.link import ClientLink, PacketSink, TunnelInfo
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.nft import NatTable
+from zgate_host.settings import parse_hostport
 from zgate_host.tun import PacketDevice
 from zgate_proto.capsules import IPAddressRange, RouteAdvertisement, normalize_ranges
 
-__all__ = ["NAT_TABLE", "Connector", "ConnectorGroup", "site_advertisement"]
+__all__ = ["NAT_TABLE", "Connector", "ConnectorGroup", "expand_relays", "site_advertisement"]
 
 log = logging.getLogger("zgate.connector")
 
@@ -40,6 +45,41 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def site_advertisement(site: list[Network]) -> RouteAdvertisement:
     """ROUTE_ADVERTISEMENT of the site's prefixes, ordered as RFC 9484 requires."""
     return RouteAdvertisement(normalize_ranges(IPAddressRange.from_network(p) for p in site))
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def _addresses(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def expand_relays(
+    relays: list[str], server_name: str | None, resolve: Resolver = _addresses
+) -> list[tuple[str, str | None]]:
+    """(HOST:PORT to dial, TLS name) for each session: one per relay given, and one per
+    address of a relay name that has several (dialled at the address, checked against the
+    name). A name that does not resolve now keeps one session, which resolves it at each
+    attempt (and says why it fails)."""
+    out: list[tuple[str, str | None]] = []
+    for relay in relays:
+        host, port = parse_hostport(relay, 4433)
+        try:
+            ipaddress.ip_address(host)
+            addresses: list[str] = []
+        except ValueError:
+            try:
+                addresses = resolve(host, port)
+            except OSError:
+                addresses = []
+        if len(addresses) <= 1:
+            out.append((relay, server_name))
+            continue
+        for address in addresses:
+            dial = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            out.append((dial, server_name or host))
+    return list(dict.fromkeys(out))
 
 
 class Connector(Agent):
@@ -127,6 +167,7 @@ class ConnectorGroup:
         *,
         configure_host: bool = True,
         max_agents: int = 65_536,
+        resolve: Resolver = _addresses,
     ) -> None:
         self.device = device
         self.max_agents = max_agents
@@ -135,7 +176,7 @@ class ConnectorGroup:
         self._pools: list[Network] = []
         self.links = [
             Connector(
-                settings.model_copy(update={"relay": relay}),
+                settings.model_copy(update={"relay": [relay], "server_name": server_name}),
                 device,
                 metrics,
                 configure_host=configure_host,
@@ -143,7 +184,7 @@ class ConnectorGroup:
                 on_agent_packet=self._remember,
                 on_pools=self._add_pools,
             )
-            for relay in relays
+            for relay, server_name in expand_relays(relays, settings.server_name, resolve)
         ]
         self.connected = asyncio.Event()
         # One gauge for all links (each would set it on its own): relays with a live session.

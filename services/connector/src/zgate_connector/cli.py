@@ -9,11 +9,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from zgate_agent.cli import add_quic_engine_flag, run_until_stopped, run_up, show_status
+from zgate_agent.cli import (
+    add_liveness_flag,
+    add_quic_engine_flag,
+    run_until_stopped,
+    run_up,
+    show_status,
+)
 from zgate_agent.metrics import AgentMetrics
 from zgate_connector.app import ConnectorGroup
 from zgate_connector.settings import ConnectorSettings
 from zgate_host.errors import HostError
+from zgate_host.queue_flags import add_queue_flags
 from zgate_host.sysctl import enable_forwarding
 from zgate_host.tun import TunDevice
 
@@ -54,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="relays",
         action="append",
         metavar="HOST:PORT",
-        help="a relay to keep a session with (repeatable: one session per relay) [127.0.0.1:4433]",
+        help="a relay to keep a session with (repeatable: one session per relay; a name with "
+        "several addresses gets one session per address) [127.0.0.1:4433]",
     )
+    add_liveness_flag(up)
     up.add_argument(
         "--ca", type=Path, metavar="FILE", help="CA certificate of the relay [STATE_DIR/ca.pem]"
     )
@@ -93,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--mode", choices=["datagram", "stream"], help="packet mode [datagram]")
     add_quic_engine_flag(up)
+    add_queue_flags(up)
     up.add_argument("--tun-name", metavar="NAME", help="TUN device name [zgate-conn0]")
     up.add_argument("--tun-mtu", type=int, metavar="BYTES", help="TUN MTU [1400]")
     up.add_argument(

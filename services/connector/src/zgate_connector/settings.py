@@ -27,7 +27,8 @@ class ConnectorSettings(AgentSettings):
 
     relays: list[str] = Field(
         default_factory=list,
-        description="relays HOST:PORT to keep a session with each (default: just `relay`)",
+        description="relays HOST:PORT to keep a session with each (default: those of `relay`); "
+        "a name with several addresses gets a session to each",
     )
     site: list[Network] = Field(
         min_length=1,
@@ -71,4 +72,4 @@ class ConnectorSettings(AgentSettings):
     @property
     def relay_addresses(self) -> list[str]:
         """Every relay this connector keeps a session with."""
-        return list(self.relays) or [self.relay]
+        return list(self.relays) or list(self.relay)
