@@ -17,6 +17,7 @@ from zgate_pki import (
     ChainVerifier,
     PkiError,
     PkiPaths,
+    identity_from_certificate,
     init_pki,
     issue_certificate,
     revoke_certificate,
@@ -203,3 +204,33 @@ def test_unreadable_files_are_pki_errors(pki: PkiPaths, broken: str) -> None:
     target.unlink()
     with pytest.raises(PkiError, match="not found"):
         ChainVerifier(pki.ca_cert, pki.crl)
+
+
+def corrupt_name(cert: x509.Certificate, text: bytes) -> x509.Certificate:
+    """``cert`` with one byte of the name string ``text`` made invalid UTF-8 (same length,
+    so the DER stays well formed and loads; cryptography parses names only when read)."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert der.count(text) >= 1
+    broken = text[:2] + b"\xff" + text[3:]
+    return x509.load_der_x509_certificate(der.replace(text, broken, 1))
+
+
+def test_certificate_with_an_unparseable_issuer_is_refused(
+    verifier: ChainVerifier, alice: x509.Certificate
+) -> None:
+    # Found by fuzz/fuzz_pki.py: describing the refusal read the issuer, whose ValueError
+    # escaped verify(); a client sends this certificate in its handshake.
+    leaf = corrupt_name(alice, b"zgate CA")
+    with pytest.raises(ValueError):
+        _ = leaf.issuer
+    with pytest.raises(CertificateRefused) as info:
+        verifier.verify(leaf, [], NOW)
+    assert info.value.reason == "unknown_ca"
+    assert info.value.detail == "issuer '<unparseable issuer>' is not the trusted CA"
+
+
+def test_certificate_with_an_unparseable_subject_has_no_identity(alice: x509.Certificate) -> None:
+    # Found by fuzz/fuzz_pki.py: identity_from_certificate let cryptography's ValueError out.
+    leaf = corrupt_name(alice, b"\x0c\x05alice")
+    with pytest.raises(PkiError, match=r"^certificate subject cannot be parsed"):
+        identity_from_certificate(leaf)

@@ -49,7 +49,11 @@ def _attributes(name: x509.Name, oid: x509.ObjectIdentifier) -> list[str]:
 
 def identity_from_certificate(cert: x509.Certificate) -> Identity:
     """The identity a certificate names (URI SAN first, else CN as a client); PkiError if none."""
-    groups = tuple(dict.fromkeys(_attributes(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)))
+    try:
+        subject = cert.subject  # parsed lazily: a corrupt name shows up here
+    except ValueError as exc:
+        raise PkiError(f"certificate subject cannot be parsed ({exc})") from None
+    groups = tuple(dict.fromkeys(_attributes(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)))
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
@@ -62,7 +66,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         if parsed is not None:
             trust_domain, kind, ident = parsed
             return Identity(kind, ident, trust_domain, groups, cert.serial_number)
-    common_names = _attributes(cert.subject, NameOID.COMMON_NAME)
+    common_names = _attributes(subject, NameOID.COMMON_NAME)
     if not common_names or not common_names[0]:
         raise PkiError("certificate names no identity (no SPIFFE URI SAN and no CN)")
     return Identity("client", common_names[0], None, groups, cert.serial_number)

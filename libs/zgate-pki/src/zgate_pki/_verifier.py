@@ -108,6 +108,15 @@ def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def _name_text(cert: x509.Certificate, which: str) -> str:
+    """The certificate's subject or issuer as RFC 4514 text. cryptography parses names only
+    when asked, so a peer's corrupt name raises ValueError here: describe it instead."""
+    try:
+        return (cert.subject if which == "subject" else cert.issuer).rfc4514_string()
+    except ValueError:
+        return f"<unparseable {which}>"
+
+
 def _within_validity(cert: x509.Certificate, when: datetime) -> bool:
     return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
 
@@ -228,13 +237,13 @@ class ChainVerifier:
     ) -> CertificateRefused:
         """Name the failure after the fact: cryptography reports only a message."""
         if not any(_directly_issued_by(cert, trust.ca) for cert in chain):
-            subject = chain[0].issuer.rfc4514_string()
-            return CertificateRefused("unknown_ca", f"issuer {subject!r} is not the trusted CA")
+            issuer = _name_text(chain[0], "issuer")
+            return CertificateRefused("unknown_ca", f"issuer {issuer!r} is not the trusted CA")
         for cert in [*chain, trust.ca]:
             if not _within_validity(cert, when):
                 return CertificateRefused(
                     "expired",
-                    f"{cert.subject.rfc4514_string()!r} is valid from "
+                    f"{_name_text(cert, 'subject')!r} is valid from "
                     f"{cert.not_valid_before_utc.isoformat()} to "
                     f"{cert.not_valid_after_utc.isoformat()}",
                 )
