@@ -242,7 +242,8 @@ class Backup:
                 kind=kind, content=data["content"], target=data["target"], mode=data["mode"]
             )
             return cls(path=str(data["path"]), original=original, written=data["written"])
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, json.JSONDecodeError, RecursionError) as exc:
+            # RecursionError: json.loads of a deeply nested document (a corrupt state file).
             raise ValueError(f"not a zgate resolv.conf backup: {exc}") from exc
 
 
