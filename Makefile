@@ -90,6 +90,15 @@ coverage: ## per-file report and HTML (build/coverage/html) of the last make tes
 	$(RUN) coverage html
 	@echo "HTML report: $(COVERAGE_DIR)/html/index.html"
 
+# `make fuzz`: each parser's atheris harness (fuzz/) for FUZZ_RUNS inputs, one after another,
+# niced; FUZZ_TARGETS="capsules,dns" picks harnesses (default all). Summary: build/fuzz/.
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS ?=
+
+.PHONY: fuzz
+fuzz: ## fuzz every parser (atheris) for FUZZ_RUNS inputs each (FUZZ_TARGETS=capsules,dns,...)
+	nice -n 10 $(RUN) python fuzz/run.py --runs $(FUZZ_RUNS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))
+
 .PHONY: mutants
 mutants: ## mutation testing (mutmut) of the sans-IO core; MUTANTS_ARGS="relay.dns --timeout 900"
 	$(RUN) python scripts/mutants.py $(MUTANTS_ARGS)
