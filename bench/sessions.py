@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -254,12 +254,11 @@ class LoadClient:
         if self._pump is not None:
             self._pump.wake()
 
-    def keepalive(self) -> None:
-        """A QUIC PING: an open session that sends nothing yet (the others are still
-        opening) must not reach the relay's idle timeout."""
+    def keepalive(self, now: float = 0.0) -> None:
+        """A QUIC PING, as an idle agent sends them (the relay must not reach its idle
+        timeout; the agent's liveness check probes with them)."""
         if self._pump is not None and self._quic is not None and self.ready_at is not None:
             self._quic.ping()
-            self._pump.wake()
 
     def close(self) -> None:
         """End the connection (a CONNECTION_CLOSE) and close the socket."""
@@ -290,6 +289,7 @@ async def open_clients(
             await asyncio.sleep(5.0)
             for client in started:
                 client.keepalive()
+                client.wake()
 
     async def one(index: int) -> LoadClient:
         async with gate:
@@ -321,14 +321,18 @@ def pair(clients: Sequence[LoadClient]) -> None:
         client.partner = partner.address
 
 
-async def ping_loop(clients: Sequence[LoadClient], rate: float, until: float) -> None:
-    """Each client pings at ``rate`` per second (phases spread evenly) until ``until``."""
-    ready = [c for c in clients if c.ready_at is not None and c.partner]
-    if not ready or rate <= 0:
+async def every(
+    clients: Sequence[LoadClient],
+    interval: float,
+    action: Callable[[LoadClient, float], None],
+    until: float,
+) -> None:
+    """``action(client, now)`` for each client every ``interval`` seconds, the clients'
+    turns spread evenly over the interval, until ``until`` (or cancelled)."""
+    if not clients or interval <= 0:
         return
-    interval = 1.0 / rate
     start = time.monotonic()
-    heap = [(start + interval * i / len(ready), i) for i in range(len(ready))]
+    heap = [(start + interval * i / len(clients), i) for i in range(len(clients))]
     heapq.heapify(heap)
     while True:
         now = time.monotonic()
@@ -337,13 +341,29 @@ async def ping_loop(clients: Sequence[LoadClient], rate: float, until: float) ->
         touched: list[LoadClient] = []
         while heap and heap[0][0] <= now:
             at, i = heapq.heappop(heap)
-            client = ready[i]
-            client.ping(now)
+            client = clients[i]
+            action(client, now)
             touched.append(client)
             heapq.heappush(heap, (at + interval, i))
         for client in touched:
             client.wake()
         await asyncio.sleep(min(0.02, max(0.0, heap[0][0] - time.monotonic())))
+
+
+def ping_loop(
+    clients: Sequence[LoadClient], rate: float, until: float
+) -> Coroutine[Any, Any, None]:
+    """Each paired client pings its partner at ``rate`` per second until ``until``."""
+    ready = [c for c in clients if c.ready_at is not None and c.partner]
+    return every(ready, 1.0 / rate if rate > 0 else 0.0, LoadClient.ping, until)
+
+
+def keepalive_loop(
+    clients: Sequence[LoadClient], interval: float, until: float
+) -> Coroutine[Any, Any, None]:
+    """Each ready client sends a QUIC PING every ``interval`` seconds until ``until``."""
+    ready = [c for c in clients if c.ready_at is not None]
+    return every(ready, interval, LoadClient.keepalive, until)
 
 
 def handshake_stats(clients: Sequence[LoadClient]) -> dict[str, Any]:
@@ -419,30 +439,43 @@ def worker_main(job: WorkerJob, pipe: Connection) -> None:
 
 
 async def _worker(job: WorkerJob, pipe: Connection) -> None:
+    """Open the sessions, then follow the parent: ("keepalive", interval) sends QUIC PINGs
+    (idle agents), ("ping",) starts the pings between partners, ("steady", t0, t1) is the
+    measured window, after which the counts go back."""
     loop = asyncio.get_running_loop()
     clients = await open_clients(job.dial, job.count, job.concurrency, job.first_index)
     pair(clients)
     pipe.send(("opened", handshake_stats(clients)))
-    pinger = asyncio.create_task(ping_loop(clients, job.rate, job.deadline))
+    task = asyncio.create_task(keepalive_loop(clients, 5.0, job.deadline))
     try:
-        # The window comes from the parent once every worker has opened its sessions.
-        remaining = job.deadline - time.monotonic()
-        ready = await loop.run_in_executor(None, pipe.poll, max(0.0, remaining))
-        if not ready:
-            pipe.send(("error", "no steady window from the parent in time"))
-            return
-        message = pipe.recv()
-        if message[0] != "steady":
-            return
-        t0, t1 = message[1], message[2]
-        for client in clients:
-            client.window = (t0, t1)
-        await asyncio.sleep(max(0.0, t1 + job.grace - time.monotonic()))
-        pipe.send(("done", load_stats(clients)))
+        while True:
+            remaining = job.deadline - time.monotonic()
+            if not await loop.run_in_executor(None, pipe.poll, max(0.0, remaining)):
+                pipe.send(("error", "no word from the parent in time"))
+                return
+            message = pipe.recv()
+            if message[0] in ("keepalive", "ping"):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if message[0] == "keepalive":
+                    task = asyncio.create_task(keepalive_loop(clients, message[1], job.deadline))
+                else:
+                    task = asyncio.create_task(ping_loop(clients, job.rate, job.deadline))
+                pipe.send(("ok", {}))
+            elif message[0] == "steady":
+                t0, t1 = message[1], message[2]
+                for client in clients:
+                    client.window = (t0, t1)
+                await asyncio.sleep(max(0.0, t1 + job.grace - time.monotonic()))
+                pipe.send(("done", load_stats(clients)))
+                return
+            else:
+                return
     finally:
-        pinger.cancel()
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await pinger
+            await task
         for client in clients:
             client.close()
         await asyncio.sleep(0.05)  # let the CONNECTION_CLOSEs leave
@@ -564,6 +597,8 @@ class Options:
     refusal_per_client: int
     refusal_extra: int
     one_source: bool = False
+    idle_seconds: float = 5.0
+    idle_keepalive: list[float] = field(default_factory=lambda: [10.0, 0.5])
 
 
 @dataclass
@@ -586,7 +621,13 @@ class SweepResult:
     relay_rss_open_mb: float
     relay_rss_after_mb: float
     relay_rss_per_session_kb: float | None
+    #: The relay's CPU (% of one core) with the sessions open and idle, each client sending
+    #: a QUIC PING every KEY seconds (10: the agent's keepalive without liveness; 0.5: the
+    #: liveness probes of an idle agent with --liveness 2).
+    relay_idle_cpu_pct: dict[str, float]
     relay_cpu_pct: float
+    #: Relay CPU time per packet it took from a session in the steady window.
+    relay_cpu_us_per_packet: float | None
     generator_cpu_pct: float
     pings_sent: int
     pings_replied: int
@@ -624,7 +665,16 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         workers = max(1, min(opts.workers, n // 2 or 1))
         shares = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
         open_budget = opts.connect_timeout + n / 20  # at least 20 handshakes/s, or give up
-        deadline = time.monotonic() + open_budget + opts.warmup + opts.seconds + opts.grace + 30
+        idle_budget = len(opts.idle_keepalive) * (opts.idle_seconds + 2)
+        deadline = (
+            time.monotonic()
+            + open_budget
+            + idle_budget
+            + opts.warmup
+            + opts.seconds
+            + opts.grace
+            + 30
+        )
         procs: list[tuple[Any, Connection]] = []
         first = 0
         try:
@@ -646,14 +696,24 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
             opened = [_receive(pipe, "opened", deadline) for _, pipe in procs]
             open_cpu = relay.cpu() - cpu_before_open
             rss_open = relay.rss()
+            idle_cpu: dict[str, float] = {}
+            for interval in opts.idle_keepalive:
+                _tell(procs, ("keepalive", interval), deadline)
+                time.sleep(1.0)  # the previous pattern's packets drain
+                cpu0 = relay.cpu()
+                time.sleep(opts.idle_seconds)
+                idle_cpu[f"{interval:g}"] = round(100 * (relay.cpu() - cpu0) / opts.idle_seconds, 2)
+            _tell(procs, ("ping",), deadline)
             time.sleep(opts.warmup)
             t0 = time.monotonic() + 0.2
             for _, pipe in procs:
                 pipe.send(("steady", t0, t0 + opts.seconds))
             time.sleep(max(0.0, t0 - time.monotonic()))
             relay_cpu0, gen_cpu0 = relay.cpu(), sum(_cpu_seconds(p.pid) for p, _ in procs)
+            moved0 = _moved(relay.metrics())
             time.sleep(opts.seconds)
             relay_cpu = relay.cpu() - relay_cpu0
+            moved = _moved(relay.metrics()) - moved0
             gen_cpu = sum(_cpu_seconds(p.pid) for p, _ in procs) - gen_cpu0
             rss_after = relay.rss()
             metrics = relay.metrics()
@@ -698,7 +758,9 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         relay_rss_per_session_kb=round((rss_after - rss_before) / ready / 1024, 1)
         if ready
         else None,
+        relay_idle_cpu_pct=idle_cpu,
         relay_cpu_pct=round(100 * relay_cpu / opts.seconds, 1),
+        relay_cpu_us_per_packet=round(1e6 * relay_cpu / moved, 1) if moved else None,
         generator_cpu_pct=round(100 * gen_cpu / opts.seconds, 1),
         pings_sent=sent,
         pings_replied=len(rtts),
@@ -708,6 +770,21 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         relay_sessions_gauge=metrics.get("zgate_relay_sessions", 0.0),
         relay_drops=drops,
     )
+
+
+def _moved(metrics: dict[str, float]) -> float:
+    """Packets the relay took from sessions (each relayed ping is one in and one out)."""
+    return metrics.get('zgate_relay_packets_total{direction="from_agent"}', 0.0)
+
+
+def _tell(
+    procs: Sequence[tuple[Any, Connection]], message: tuple[Any, ...], deadline: float
+) -> None:
+    """Send every worker ``message`` and wait for each one's "ok"."""
+    for _, pipe in procs:
+        pipe.send(message)
+    for _, pipe in procs:
+        _receive(pipe, "ok", deadline)
 
 
 def _receive(pipe: Connection, kind: str, deadline: float) -> dict[str, Any]:
@@ -810,6 +887,11 @@ def print_sweep(results: Sequence[SweepResult], opts: Options) -> None:
             f"{_fmt(r.relay_rss_per_session_kb, 'kB'):>9} {r.relay_cpu_pct:>8}% "
             f"{r.generator_cpu_pct:>7}% {_fmt(r.loss_pct, '%'):>7} "
             f"{_fmt(r.rtt_p50_ms, 'ms'):>8} {_fmt(r.rtt_p99_ms, 'ms'):>8}"
+        )
+        idle = ", ".join(f"PING every {k} s: {v} %" for k, v in r.relay_idle_cpu_pct.items())
+        print(
+            f"       relay CPU idle: {idle or '-'}; "
+            f"{_fmt(r.relay_cpu_us_per_packet, ' us')} per packet in the window"
         )
         if r.failed or r.refused:
             print(f"       not opened: {r.failed} failed {r.failure_examples}, refused {r.refused}")
@@ -916,6 +998,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="every client from 127.0.0.1 (default: each from its own 127.x.y.z, as agents "
         "on different hosts; one source meets the relay's per-source handshake limits)",
     )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="seconds the relay's CPU is measured with the sessions idle, per keepalive [5]",
+    )
+    p.add_argument(
+        "--idle-keepalive",
+        type=float,
+        nargs="*",
+        default=[10.0, 0.5],
+        metavar="SECONDS",
+        help="QUIC PING intervals of the idle clients to measure (10: the agent's keepalive; "
+        "0.5: its liveness probes with --liveness 2); none skips the idle phase [10 0.5]",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (relay logs, PKI)")
     p.add_argument("--quick", action="store_true", help="N=20 for 2 s, small refusal phase")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
@@ -927,6 +1024,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None, boo
     args = p.parse_args(argv)
     if args.quick:
         args.sessions, args.seconds, args.warmup, args.grace = [20], 2.0, 0.5, 1.0
+        args.idle_seconds = 1.0
         args.refusal_limit, args.refusal_per_client, args.refusal_extra = 10, 6, 5
     if any(n < 1 for n in args.sessions) or args.seconds <= 0 or args.rate < 0:
         p.error("--sessions must be >= 1, --seconds > 0, --rate >= 0")
@@ -948,6 +1046,8 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None, boo
         refusal_per_client=args.refusal_per_client,
         refusal_extra=args.refusal_extra,
         one_source=args.one_source,
+        idle_seconds=args.idle_seconds,
+        idle_keepalive=list(args.idle_keepalive),
     )
     return opts, args.json, bool(args.keep)
 
