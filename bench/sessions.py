@@ -598,6 +598,7 @@ class Options:
     refusal_extra: int
     one_source: bool = False
     idle_seconds: float = 5.0
+    relay_flags: list[str] = field(default_factory=list)
     idle_keepalive: list[float] = field(default_factory=lambda: [10.0, 0.5])
 
 
@@ -636,6 +637,9 @@ class SweepResult:
     rtt_p99_ms: float | None
     relay_sessions_gauge: float
     relay_drops: dict[str, float] = field(default_factory=dict)
+    #: The kernel's UDP counters (this network namespace) that grew in the window:
+    #: RcvbufErrors are datagrams a full socket buffer lost (the relay's or a client's).
+    udp_errors: dict[str, int] = field(default_factory=dict)
 
 
 def _ms(value: float | None) -> float | None:
@@ -654,7 +658,15 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         opts.connect_timeout,
         opts.one_source,
     )
-    extra = ["--max-sessions", "0", "--max-sessions-per-client", "0", "--log-level", "info"]
+    extra = [
+        "--max-sessions",
+        "0",
+        "--max-sessions-per-client",
+        "0",
+        "--log-level",
+        "info",
+        *opts.relay_flags,
+    ]
     with running_relay(workdir, pki, opts.engine, extra, f"n{n}") as relay:
         dial = Dial(
             relay.port, dial.ca, dial.cert, dial.key, dial.engine, dial.timeout, opts.one_source
@@ -710,10 +722,11 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
                 pipe.send(("steady", t0, t0 + opts.seconds))
             time.sleep(max(0.0, t0 - time.monotonic()))
             relay_cpu0, gen_cpu0 = relay.cpu(), sum(_cpu_seconds(p.pid) for p, _ in procs)
-            moved0 = _moved(relay.metrics())
+            metrics0, udp0 = relay.metrics(), udp_counters()
             time.sleep(opts.seconds)
             relay_cpu = relay.cpu() - relay_cpu0
-            moved = _moved(relay.metrics()) - moved0
+            metrics1, udp1 = relay.metrics(), udp_counters()
+            moved = _moved(metrics1) - _moved(metrics0)
             gen_cpu = sum(_cpu_seconds(p.pid) for p, _ in procs) - gen_cpu0
             rss_after = relay.rss()
             metrics = relay.metrics()
@@ -736,10 +749,11 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
     open_s = (max(lasts) - min(firsts)) if firsts and lasts else None
     sent = sum(d["sent"] for d in done)
     rtts = [r for d in done for r in d["rtt_s"]]
+    # Every drop counter the relay has (whatever its name), as it grew in the window.
     drops = {
-        k.split('"')[1]: v
-        for k, v in metrics.items()
-        if k.startswith("zgate_relay_drops_total{") and v
+        k: metrics1[k] - metrics0.get(k, 0.0)
+        for k in metrics1
+        if "drop" in k and not k.startswith("#") and metrics1[k] - metrics0.get(k, 0.0) > 0
     }
     return SweepResult(
         sessions=n,
@@ -769,7 +783,21 @@ def sweep_step(opts: Options, workdir: Path, pki: Path, n: int) -> SweepResult:
         rtt_p99_ms=_ms(percentile(rtts, 99)),
         relay_sessions_gauge=metrics.get("zgate_relay_sessions", 0.0),
         relay_drops=drops,
+        udp_errors={
+            k: udp1[k] - udp0.get(k, 0)
+            for k in ("InErrors", "RcvbufErrors", "SndbufErrors")
+            if udp1.get(k, 0) - udp0.get(k, 0)
+        },
     )
+
+
+def udp_counters() -> dict[str, int]:
+    """The kernel's UDP counters (/proc/net/snmp)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    udp = [line[1:] for line in lines if line and line[0] == "Udp:"]
+    if len(udp) < 2:
+        return {}
+    return dict(zip(udp[0], map(int, udp[1]), strict=False))
 
 
 def _moved(metrics: dict[str, float]) -> float:
@@ -893,6 +921,8 @@ def print_sweep(results: Sequence[SweepResult], opts: Options) -> None:
             f"       relay CPU idle: {idle or '-'}; "
             f"{_fmt(r.relay_cpu_us_per_packet, ' us')} per packet in the window"
         )
+        if r.relay_drops or r.udp_errors:
+            print(f"       drops in the window: relay {r.relay_drops}, kernel UDP {r.udp_errors}")
         if r.failed or r.refused:
             print(f"       not opened: {r.failed} failed {r.failure_examples}, refused {r.refused}")
 
@@ -1013,6 +1043,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC PING intervals of the idle clients to measure (10: the agent's keepalive; "
         "0.5: its liveness probes with --liveness 2); none skips the idle phase [10 0.5]",
     )
+    p.add_argument(
+        "--relay-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="pass FLAG to the sweep's relays (repeatable; e.g. --relay-flag=--queue=fifo)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (relay logs, PKI)")
     p.add_argument("--quick", action="store_true", help="N=20 for 2 s, small refusal phase")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the figures here")
@@ -1047,6 +1084,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Path | None, boo
         refusal_extra=args.refusal_extra,
         one_source=args.one_source,
         idle_seconds=args.idle_seconds,
+        relay_flags=list(args.relay_flag),
         idle_keepalive=list(args.idle_keepalive),
     )
     return opts, args.json, bool(args.keep)
