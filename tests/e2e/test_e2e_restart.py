@@ -131,6 +131,8 @@ def test_a_crash_is_noticed_at_the_idle_timeout_and_the_running_agent_comes_back
 ) -> None:
     monkeypatch.setenv("ZGATE_AGENT_IDLE_TIMEOUT", str(IDLE))
     monkeypatch.setenv("ZGATE_AGENT_KEEPALIVE", str(KEEPALIVE))
+    # Liveness off: this is the idle-timeout path (test_e2e_recovery.py has the default).
+    monkeypatch.setenv("ZGATE_AGENT_LIVENESS", "0")
     agent = lab.start_agent(2)
     try:
         before = attempts(lab, 2)

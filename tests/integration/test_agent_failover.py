@@ -25,8 +25,9 @@ from zgate_proto.session import PacketMode
 
 #: The agents' liveness deadline here (shorter than the default 2 s: the tests stay short).
 LIVENESS = 0.6
-#: Slack on a loaded 2-core machine for what should take one deadline (or one handshake).
-SLACK = 2.0
+#: Slack on a loaded 2-core machine (other jobs running) for what takes one deadline or
+#: one handshake when it is quiet; still far below the 30-s idle timeout it replaces.
+SLACK = 4.0
 
 
 @pytest.fixture(params=ENGINES)

@@ -563,6 +563,10 @@ class Lab:
             INET_IP,
             "--tun-name",
             "zgate0",
+            # The stateless reset key in the lab's own directory (not the host's state
+            # directory), the same file across the lab relay's restarts.
+            "--reset-key",
+            str(self.workdir / "relay-reset.key"),
             *engine_flag(engine),
             *extra,
         ]
@@ -580,6 +584,36 @@ class Lab:
         )
         if relay.proc.poll() is not None:
             raise AssertionError(f"relay exited early:\n{relay.log()}")
+        return relay
+
+    def start_extra_relay(self, n: int, *extra: str, engine: str | None = None) -> Daemon:
+        """Start relay number ``n`` (2-9) at 198.51.100.n:4433 in its own namespace (made
+        on first use), with the lab's PKI and its own audit log; wait until it listens.
+        Its agents reach the internet host through the first relay's namespace (which
+        forwards while its relay runs or after it crashed), so agents may fail over
+        between the two."""
+        ns = self.extra_relay_ns(n)
+        address = f"198.51.100.{n}"
+        if ns not in self.namespaces:
+            self.add_extra_relay_ns(n)
+            self.ns(ns, "ip", "route", "add", "default", "via", RELAY_LAN_IP)
+            self.ns(self.inet_ns, "ip", "route", "replace", f"{address}/32", "via", RELAY_INET_IP)
+        command = self.relay_command(
+            "--listen",
+            f"{address}:4433",
+            "--audit-log",
+            str(self.workdir / f"audit-relay{n}.log"),
+            *extra,
+            engine=engine,
+        )
+        relay = self.spawn(f"relay{n}", ns, command)
+        wait_until(
+            lambda: self.relay_metrics_text(ns) != "" or relay.proc.poll() is not None,
+            20,
+            f"relay {n}'s metrics endpoint",
+        )
+        if relay.proc.poll() is not None:
+            raise AssertionError(f"relay {n} exited early:\n{relay.log()}")
         return relay
 
     def start_agent(

@@ -11,7 +11,7 @@ answer a packet too big for the path.
 
 Liveness (``--liveness``, on by default): once the tunnel is up, the relay must be heard
 (:mod:`zgate_agent.liveness`) at least every ``liveness`` seconds, probed with QUIC PINGs
-while the link is quiet; an attempt must get a first answer within as long. Otherwise the
+while the link is quiet; an attempt must get a first answer within half as long. Otherwise the
 relay counts as gone: the agent drops the connection at once (not after QUIC's idle
 timeout), tries the next relay at once (:mod:`zgate_agent.relays`), and while no relay
 answers retries on a short backoff (``--backoff-lost-max``). ``--liveness 0`` is the old
@@ -475,9 +475,13 @@ class Agent:
 
     def _first_answer(self, link: ClientLink, host: str, port: int) -> asyncio.Future[None]:
         """With liveness on: give the attempt up when the relay has not answered at all
-        within the liveness deadline (the next relay, or the same again, is tried at once
-        instead of waiting for the connect timeout); cancel it once the tunnel is up."""
-        seconds = self.settings.liveness
+        within half the liveness deadline (at least 0.5 s): the next relay, or the same
+        again with a fresh Initial, is tried then instead of at the connect timeout, and
+        instead of waiting for the engine's doubling retransmissions of the Initial (a
+        relay that starts listening is answered within about that much). Cancel it once
+        the tunnel is up."""
+        liveness = self.settings.liveness
+        seconds = max(liveness / 2, 0.5) if liveness > 0 else 0.0
 
         async def watch() -> None:
             await asyncio.sleep(seconds)
