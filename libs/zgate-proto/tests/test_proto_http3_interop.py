@@ -100,7 +100,7 @@ class RawAioquic:
     # ---- for the session layer
     max_datagram_payload = 1000  # ample for the packets sent here
 
-    def send_datagram(self, payload: bytes) -> SendStatus:
+    def send_datagram(self, payload: bytes, now: float | None = None, flow: int = 0) -> SendStatus:
         self.quic.send_datagram_frame(payload)
         return SendStatus.SENT
 

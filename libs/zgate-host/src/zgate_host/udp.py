@@ -151,16 +151,21 @@ class UdpBatchIO:
         finally:
             self.on_batch_end()
 
-    def drain(self) -> None:
-        """Hand every datagram waiting (at most ``batch`` reads) to ``on_datagram``."""
+    def drain(self, max_datagrams: int | None = None) -> None:
+        """Hand every datagram waiting (at most ``batch`` reads, and with ``max_datagrams``
+        about that many datagrams: a GRO read is not split across calls) to
+        ``on_datagram``."""
+        reads = self.batch
+        if max_datagrams is not None:
+            reads = min(reads, max_datagrams)
         if self.gro:
-            self._read_gro()
+            self._read_gro(reads, max_datagrams)
         else:
-            self._read_plain()
+            self._read_plain(reads)
 
-    def _read_plain(self) -> None:
+    def _read_plain(self, reads: int) -> None:
         recv, handle, stats = self.sock.recvfrom, self.on_datagram, self.stats
-        for _ in range(self.batch):
+        for _ in range(reads):
             try:
                 data, addr = recv(_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -172,9 +177,12 @@ class UdpBatchIO:
             stats.datagrams_received += 1
             handle(data, addr)
 
-    def _read_gro(self) -> None:
+    def _read_gro(self, reads: int, max_datagrams: int | None) -> None:
         recv, handle, stats = self.sock.recvmsg, self.on_datagram, self.stats
-        for _ in range(self.batch):
+        stop = None if max_datagrams is None else stats.datagrams_received + max_datagrams
+        for _ in range(reads):
+            if stop is not None and stats.datagrams_received >= stop:
+                return
             try:
                 data, ancillary, _flags, addr = recv(_RECV_SIZE, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
 
 __all__ = [
+    "DEFAULT_AQM",
     "DISCIPLINES",
     "AqmConfig",
     "FifoQueue",
@@ -58,6 +59,10 @@ class AqmConfig:
     def __post_init__(self) -> None:
         if not (self.target > 0 and self.interval > 0 and self.quantum > 0):
             raise ValueError("AQM target, interval and quantum must be positive")
+
+
+#: The defaults (5 ms target, 100 ms interval).
+DEFAULT_AQM: Final = AqmConfig()
 
 
 class PacketQueue(Generic[T]):

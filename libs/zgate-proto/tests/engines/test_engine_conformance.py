@@ -5,6 +5,7 @@ certificates from zgate_pki."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -84,8 +85,13 @@ def dial(engine: QuicEngine, client: ClientConfig, server: ServerConfig) -> Engi
     return net
 
 
-def connected(engine: QuicEngine, pki: PkiPaths, *, datagram_queue: int = 512) -> EnginePair:
-    net = dial(engine, client_config(pki, datagram_queue=datagram_queue), server_config(pki))
+def connected(
+    engine: QuicEngine, pki: PkiPaths, *, datagram_queue: int = 512, discipline: str = "fq-codel"
+) -> EnginePair:
+    config = replace(
+        client_config(pki, datagram_queue=datagram_queue), datagram_discipline=discipline
+    )
+    net = dial(engine, config, server_config(pki))
     assert not net.client_terminations(), net.client_events
     assert net.client.handshake_done and net.srv.handshake_done
     return net
@@ -378,8 +384,8 @@ def test_no_datagrams_to_a_peer_that_takes_none(engine: QuicEngine, pki: PkiPath
     assert net.client.send_datagram(b"x") is SendStatus.TOO_BIG
 
 
-def test_a_full_datagram_queue_refuses_more(engine: QuicEngine, pki: PkiPaths) -> None:
-    net = connected(engine, pki, datagram_queue=4)
+def test_a_full_fifo_datagram_queue_refuses_more(engine: QuicEngine, pki: PkiPaths) -> None:
+    net = connected(engine, pki, datagram_queue=4, discipline="fifo")
 
     statuses = [net.client.send_datagram(bytes([i])) for i in range(5)]
     assert statuses == [SendStatus.SENT] * 4 + [SendStatus.QUEUE_FULL]
@@ -389,6 +395,35 @@ def test_a_full_datagram_queue_refuses_more(engine: QuicEngine, pki: PkiPaths) -
     assert net.client.datagrams_queued == 0
     assert datagrams(net.server_events) == [bytes([i]) for i in range(4)]
     assert net.client.send_datagram(b"again") is SendStatus.SENT
+
+
+def test_a_full_fq_codel_queue_drops_from_the_fattest_flow(
+    engine: QuicEngine, pki: PkiPaths
+) -> None:
+    net = connected(engine, pki, datagram_queue=4)
+    fat, thin = 1, 2
+
+    statuses = [net.client.send_datagram(bytes([i]), net.now, fat) for i in range(4)]
+    statuses.append(net.client.send_datagram(b"thin", net.now, thin))
+    assert statuses == [SendStatus.SENT] * 5
+    assert net.client.datagrams_queued == 4
+    assert net.client.stats().datagrams_dropped_overflow == 1
+    net.settle()
+    # The arriving flow's frame got in; the fat flow lost its oldest.
+    assert sorted(datagrams(net.server_events)) == [bytes([1]), bytes([2]), bytes([3]), b"thin"]
+
+
+def test_fq_codel_serves_a_new_flow_before_a_backlog(engine: QuicEngine, pki: PkiPaths) -> None:
+    net = connected(engine, pki, datagram_queue=512)
+    for i in range(300):  # far more than one congestion window of 1100-byte frames
+        assert net.client.send_datagram(bytes([i % 256]) * 1100, net.now, 1) is SendStatus.SENT
+    net.exchange()  # the first window's worth leaves
+    assert net.client.send_datagram(b"ping", net.now, 2) is SendStatus.SENT
+    net.settle()
+    got = datagrams(net.server_events)
+    assert len(got) == 301
+    # The ping left with the next window, ahead of the backlog still queued.
+    assert got.index(b"ping") < 150
 
 
 def test_the_datagram_queue_drains_within_the_congestion_window(

@@ -77,6 +77,7 @@ def client_config(
     key: Path | None = None,
     *,
     datagram_queue: int = 512,
+    discipline: str = "fq-codel",
 ) -> ClientConfig:
     return ClientConfig(
         server_name="localhost",
@@ -84,6 +85,7 @@ def client_config(
         cert_file=cert or pki.leaf_cert("client", "alice"),
         key_file=key or pki.leaf_key("client", "alice"),
         datagram_queue=datagram_queue,
+        datagram_discipline=discipline,
     )
 
 
@@ -489,8 +491,8 @@ def test_too_big_before_the_handshake(pki: PkiPaths) -> None:
     assert client.send_datagram(b"early") is SendStatus.TOO_BIG
 
 
-def test_queue_full_past_the_configured_queue(pki: PkiPaths) -> None:
-    wire = qh3_pair(pki, client_config(pki, datagram_queue=3))
+def test_queue_full_past_the_configured_fifo_queue(pki: PkiPaths) -> None:
+    wire = qh3_pair(pki, client_config(pki, datagram_queue=3, discipline="fifo"))
 
     statuses = [wire.client.send_datagram(b"%d" % i) for i in range(4)]
     assert statuses == [SendStatus.SENT] * 3 + [SendStatus.QUEUE_FULL]

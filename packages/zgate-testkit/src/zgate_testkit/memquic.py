@@ -150,7 +150,7 @@ class MemoryQuicConn:
     def datagrams_queued(self) -> int:
         return sum(isinstance(f, DatagramFrame) for f in self.outbox)
 
-    def send_datagram(self, payload: bytes) -> SendStatus:
+    def send_datagram(self, payload: bytes, now: float | None = None, flow: int = 0) -> SendStatus:
         if self._closed:
             return SendStatus.CLOSED
         if len(payload) > self.max_datagram_payload:

@@ -176,7 +176,13 @@ async def run_relay(
             bare_connection_timeout=settings.bare_connection_timeout,
         ),
     )
-    server = RelayPump(core, egress_device, udp_offload=settings.udp_offload)
+    server = RelayPump(
+        core,
+        egress_device,
+        udp_offload=settings.udp_offload,
+        queue=settings.queue,
+        aqm=settings.aqm_config(),
+    )
     dns: DnsProxy | None = None
     http = None
     control: ControlPlane | None = None
@@ -269,6 +275,8 @@ def _quic_server(
         idle_timeout=settings.idle_timeout,
         max_datagram_size=settings.max_datagram_size,
         datagram_queue=settings.datagram_queue,
+        datagram_discipline=settings.queue,
+        aqm=settings.aqm_config(),
         reset_token=door.reset_token_of if door.reset_key is not None else None,
     )
     try:

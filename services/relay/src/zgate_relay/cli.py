@@ -11,6 +11,7 @@ from pathlib import Path
 
 from zgate_host.errors import HostError
 from zgate_host.logs import configure_logging
+from zgate_host.queue_flags import add_queue_flags
 from zgate_host.settings import SettingsError, load_settings
 from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
 from zgate_relay.app import run_relay
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one system call per QUIC packet instead of UDP GSO/GRO batches "
         "(for measurements, or a kernel that misbehaves)",
     )
+    add_queue_flags(p)
     p.add_argument(
         "--no-tun-offload",
         dest="tun_offload",
@@ -148,19 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-above-rate",
         type=float,
         metavar="PER_SECOND",
-        help="auto: Retry while more new connections than this arrive per second [50]",
+        help="auto: Retry while more new-connection attempts arrive per second [20]",
     )
     door.add_argument(
         "--retry-above-half-open",
         type=int,
         metavar="N",
-        help="auto: Retry while at least N handshakes are pending [32]",
+        help="auto: Retry while at least N handshakes are pending [8]",
     )
     door.add_argument(
         "--max-half-open",
         type=int,
         metavar="N",
-        help="pending handshakes in all, at most (~10 kB each) [1000]",
+        help="pending handshakes in all, at most (~60 kB each) [1000]",
     )
     door.add_argument(
         "--max-half-open-per-source",

@@ -263,7 +263,7 @@ class RelayCore:
             if isinstance(target, Drop):
                 drops[target.reason] += 1
             else:
-                self._to_agent(target, packet, None)
+                self._to_agent(target, packet, None, now)
 
     def tick(self, now: float) -> None:
         """Periodic housekeeping (about once a second): end idle flows, fail silent
@@ -848,20 +848,25 @@ class RelayCore:
             m.packets["to_egress"] += 1
             m.bytes["to_egress"] += size
         elif isinstance(target, Deliver):
-            self._to_agent(target.session, target.packet, session)
+            self._to_agent(target.session, target.packet, session, now)
         elif isinstance(target, Drop):
             m.drops[target.reason] += 1
             if isinstance(target, Reject):
                 self._to_agent(session, target.icmp, None)
 
     def _to_agent(
-        self, session: RelaySession, packet: bytes, from_session: RelaySession | None
+        self,
+        session: RelaySession,
+        packet: bytes,
+        from_session: RelaySession | None,
+        now: float | None = None,
     ) -> None:
         """Send a packet into a session; ``from_session`` is where it came from (None: the
-        egress device, or the relay itself), where a packet-too-big error goes."""
+        egress device, or the relay itself), where a packet-too-big error goes; ``now``
+        times its wait in the session's queue (None: a control packet, never judged)."""
         server = session.server
         assert server is not None
-        status = server.send_packet(session.stream_id, packet)
+        status = server.send_packet(session.stream_id, packet, now)
         m = self.metrics
         if status is SendStatus.SENT:
             size = len(packet)

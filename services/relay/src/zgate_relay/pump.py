@@ -4,6 +4,14 @@
 A wake-up: drain the socket (or the egress device), feed the core, then flush once — the
 egress packets first (one batch to the device), then the UDP payloads — and re-arm the one
 timer at the core's deadline (:class:`zgate_host.pump.Pump`).
+
+Under the ``fq-codel`` queue discipline (the default) both shared inputs are read into
+FQ-CoDel queues before the core sees them (:mod:`zgate_proto.fq`): the UDP socket's
+datagrams keyed by their source (one agent's connection), the egress device's packets by
+their flow; the core is fed one budget per turn of the event loop, quiet sources first, so a
+flooding agent or flow waits in its own queue (and loses its excess there) instead of in the
+kernel's FIFO in front of everyone. ``fifo`` feeds the core straight from the reads, as
+before.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from zgate_host.pump import Pump
 from zgate_host.tun import PacketDevice
 from zgate_pki import PkiError
 from zgate_proto.engines.base import Address
+from zgate_proto.fq import AqmConfig, PacketQueue, flow_hash, make_queue
 from zgate_relay.core import RelayCore
 from zgate_relay.router import Router
 from zgate_relay.session import RelaySession
@@ -24,8 +33,19 @@ __all__ = ["RelayPump", "bind_udp"]
 
 log = logging.getLogger("zgate.relay")
 
-#: Packets read from the egress device per wake-up, at most.
+#: Packets read from the egress device per wake-up, at most (fifo: all of them go to the
+#: core at once).
 EGRESS_BATCH = 64
+#: Under fq-codel: packets read from the egress device per turn (reading is cheap: the
+#: device's own FIFO is kept short), and packets handed to the core per turn.
+EGRESS_READ = 128
+EGRESS_BUDGET = 32
+#: Under fq-codel: datagrams read from the UDP socket per turn, and handed to the core.
+INGRESS_READS = 128
+INGRESS_BUDGET = 32
+#: Under fq-codel: datagrams (UDP) and packets (egress) waiting in the relay's own queues, at
+#: most; past it the fattest source or flow loses its oldest.
+INGRESS_LIMIT = 256
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -74,12 +94,23 @@ class RelayPump:
         *,
         udp_offload: bool = True,
         clock: Callable[[], float] | None = None,
+        queue: str = "fq-codel",
+        aqm: AqmConfig | None = None,
     ) -> None:
         self.core = core
         self.egress = egress
         self.udp_offload = udp_offload
         self.clock = clock
         self.pump: Pump | None = None
+        self.queue = queue
+        fair = queue != "fifo"
+        self.udp_queue: PacketQueue[tuple[bytes, Address]] | None = (
+            make_queue(queue, INGRESS_LIMIT, aqm) if fair else None
+        )
+        self.egress_queue: PacketQueue[bytes] | None = (
+            make_queue(queue, INGRESS_LIMIT, aqm) if fair else None
+        )
+        self._egress_turn_due = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on UDP host:port; returns the bound address (port 0 picks one)."""
@@ -90,6 +121,9 @@ class RelayPump:
             clock=self.clock,
             gso=self.udp_offload,
             gro=self.udp_offload,
+            ingress=self.udp_queue,
+            ingress_budget=INGRESS_BUDGET,
+            ingress_reads=INGRESS_READS,
         )
         if self.egress is not None:
             pump.add_device(self.egress.fileno(), self._egress_readable)
@@ -99,9 +133,48 @@ class RelayPump:
 
     def _egress_readable(self) -> None:
         assert self.egress is not None and self.pump is not None
-        packets = self.egress.read_batch(EGRESS_BATCH)
-        if packets:
-            self.core.egress_received(packets, self.pump.now)
+        queue = self.egress_queue
+        if queue is None:
+            packets = self.egress.read_batch(EGRESS_BATCH)
+            if packets:
+                self.core.egress_received(packets, self.pump.now)
+            return
+        now = self.pump.now
+        for packet in self.egress.read_batch(EGRESS_READ):
+            queue.push(packet, len(packet), flow_hash(packet), now)
+        self._egress_serve(now)
+
+    def _egress_serve(self, now: float) -> None:
+        """Hand the core one budget of queued egress packets; come back next turn for more."""
+        queue = self.egress_queue
+        assert queue is not None and self.pump is not None
+        batch = []
+        for _ in range(EGRESS_BUDGET):
+            packet = queue.pop(now)
+            if packet is None:
+                break
+            batch.append(packet)
+        if batch:
+            self.core.egress_received(batch, now)
+        if len(queue) and not self._egress_turn_due:
+            self._egress_turn_due = True
+            self.pump.loop.call_soon(self._egress_next_turn)
+
+    def _egress_next_turn(self) -> None:
+        self._egress_turn_due = False
+        if self.pump is None or self.pump.closed:
+            return
+        self._egress_readable()
+        self.pump.wake()
+
+    def ingress_drops(self) -> dict[str, int]:
+        """Packets the relay's own ingress queues dropped, by reason (aqm, overflow)."""
+        drops = {"aqm": 0, "overflow": 0}
+        for queue in (self.udp_queue, self.egress_queue):
+            if queue is not None:
+                for reason, n in queue.drops.items():
+                    drops[reason] += n
+        return drops
 
     def _now(self) -> float:
         assert self.pump is not None, "start() first"

@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
 from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
+from zgate_proto.fq import AqmConfig
 
 __all__ = ["RelaySettings"]
 
@@ -62,6 +63,21 @@ class RelaySettings(LayeredSettings):
         ge=8,
         description="per-connection DATAGRAM frames waiting for the congestion window, at most "
         "(each is latency for every packet behind it: 512 stood 5-7 ms deep in a bulk transfer)",
+    )
+    queue: Literal["fq-codel", "fifo"] = Field(
+        "fq-codel",
+        description="queue discipline where packets wait: fq-codel (a queue per flow, served "
+        "in turn, new flows first, CoDel on each) or fifo (one tail-dropping queue, as before)",
+    )
+    aqm_target_ms: float = Field(
+        5.0, gt=0, le=1000, description="fq-codel: standing delay per flow, milliseconds"
+    )
+    aqm_interval_ms: float = Field(
+        100.0,
+        gt=0,
+        le=10000,
+        description="fq-codel: how long the delay must exceed the target before CoDel drops, "
+        "milliseconds",
     )
     udp_offload: bool = Field(
         True, description="send with UDP GSO and receive with UDP GRO where the kernel has them"
@@ -142,15 +158,17 @@ class RelaySettings(LayeredSettings):
         "never (no Retry)",
     )
     retry_above_rate: float = Field(
-        50.0, ge=0, description="auto Retry: new connections per second above which to Retry"
+        20.0,
+        ge=0,
+        description="auto Retry: new-connection attempts per second above which to Retry",
     )
     retry_above_half_open: int = Field(
-        32, ge=0, description="auto Retry: pending handshakes from which on to Retry"
+        8, ge=0, description="auto Retry: pending handshakes from which on to Retry"
     )
     max_half_open: int = Field(
         1000,
         ge=0,
-        description="pending handshakes in all, at most (about 10 kB each); more new "
+        description="pending handshakes in all, at most (about 60 kB each); more new "
         "connections are dropped; 0: no limit",
     )
     max_half_open_per_source: int = Field(
@@ -208,6 +226,10 @@ class RelaySettings(LayeredSettings):
     @classmethod
     def _reset_key_off(cls, value: object) -> object:
         return None if str(value) in ("", ".", "off", "none") else value
+
+    def aqm_config(self) -> AqmConfig:
+        """The fq-codel knobs, in the seconds zgate_proto.fq counts in."""
+        return AqmConfig(target=self.aqm_target_ms / 1000, interval=self.aqm_interval_ms / 1000)
 
     @field_validator("audit_log", mode="before")
     @classmethod

@@ -7,7 +7,11 @@ reads aioquic's private attributes, all of them written against aioquic 1.7.2 ex
 (checked at import, see ``SUPPORTED_AIOQUIC_VERSION``):
 
 - ``_datagrams_pending``: aioquic's DATAGRAM queue is unbounded and ``send_datagram_frame``
-  is a method call for a deque append; we bound it and append to it directly;
+  is a method call for a deque append. Under fifo we bound it and append to it directly;
+  under fq-codel (the default) frames wait in our own queue (:mod:`zgate_proto.fq`) and are
+  moved into aioquic's at each flush only while they fit the free congestion window
+  (``_loss.congestion_window`` / ``bytes_in_flight``), as the qh3 adapter does, so aioquic's
+  own FIFO stays short and the order in which flows leave is ours;
 - ``_max_datagram_size`` and ``_remote_max_datagram_frame_size``: the largest DATAGRAM payload
   that fits one packet (aioquic never splits a frame, and one that cannot fit an empty packet
   stays at the head of the queue for ever, so every frame is checked before it is queued);
@@ -55,6 +59,7 @@ from zgate_proto.engines.base import (
     chain_der,
     require_version,
 )
+from zgate_proto.fq import PacketQueue, make_queue
 
 __all__ = ["DATAGRAM_PACKET_OVERHEAD", "ENGINE", "AioquicConn", "AioquicEngine"]
 
@@ -71,6 +76,9 @@ _SENT: Final = SendStatus.SENT
 _TOO_BIG: Final = SendStatus.TOO_BIG
 _QUEUE_FULL: Final = SendStatus.QUEUE_FULL
 _CLOSED: Final = SendStatus.CLOSED
+#: What one frame admitted to aioquic's queue is charged against the window on top of its
+#: payload (packet overhead, frame type and length), as in the qh3 adapter.
+_FRAME_CHARGE: Final = DATAGRAM_PACKET_OVERHEAD + 3
 _DRAINING: Final = QuicConnectionState.DRAINING
 _FIRSTFLIGHT: Final = QuicConnectionState.FIRSTFLIGHT
 
@@ -102,6 +110,7 @@ class AioquicConn:
         "_max_payload",
         "_pending",
         "_ping_uid",
+        "_queue",
         "_queue_limit",
         "_quic",
         "_terminated",
@@ -110,7 +119,13 @@ class AioquicConn:
         "peer_address",
     )
 
-    def __init__(self, quic: QuicConnection, addr: Address, datagram_queue: int) -> None:
+    def __init__(
+        self,
+        quic: QuicConnection,
+        addr: Address,
+        datagram_queue: int,
+        queue: PacketQueue[bytes] | None = None,
+    ) -> None:
         self._quic = quic
         self.is_client: bool = quic.configuration.is_client
         #: The peer's current address: aioquic follows a validated migration, and so does
@@ -120,6 +135,8 @@ class AioquicConn:
         self._events.appendleft(aq.ConnectionIdIssued(connection_id=quic.host_cid))
         self._pending: deque[bytes] = quic._datagrams_pending
         self._queue_limit = datagram_queue
+        #: fq-codel: frames wait here for the window (None: fifo, straight into _pending).
+        self._queue = queue
         # Known once the peer's transport parameters are: recomputed when a frame looks big.
         self._max_payload = 0
         self._ping_uid = 0
@@ -207,8 +224,10 @@ class AioquicConn:
     # ----------------------------------------------------------------------- output
 
     def flush(self, now: float) -> list[tuple[bytes, Address]]:
-        """aioquic's datagrams_to_send."""
+        """aioquic's datagrams_to_send (first admitting queued frames the window takes)."""
         quic = self._quic
+        if self._queue:
+            self._admit(now)
         out: list[tuple[bytes, Address]] = quic.datagrams_to_send(now)
         if quic._close_event is not None and self._termination is None:
             self._note_close()
@@ -216,6 +235,27 @@ class AioquicConn:
         if paths:
             self.peer_address = paths[0].addr
         return out
+
+    def _admit(self, now: float) -> None:
+        """Move frames from our queue into aioquic's while they fit the free window."""
+        quic = self._quic
+        if not quic._handshake_complete or quic._close_event is not None:
+            return
+        loss = quic._loss
+        room = loss.congestion_window - loss.bytes_in_flight - 64 * len(self._pending)
+        queue = self._queue
+        assert queue is not None
+        pending = self._pending
+        while room > 0:
+            payload = queue.pop(now)
+            if payload is None:
+                break
+            size = len(payload)
+            if size + _FRAME_CHARGE > room:
+                queue.unpop(payload, size)
+                break
+            pending.append(payload)
+            room -= size + _FRAME_CHARGE
 
     def deadline(self) -> float | None:
         """aioquic's get_timer."""
@@ -240,14 +280,18 @@ class AioquicConn:
     @property
     def datagrams_queued(self) -> int:
         """DATAGRAM frames queued and not sent yet."""
-        return len(self._pending)
+        return len(self._pending) + (len(self._queue) if self._queue is not None else 0)
 
-    def send_datagram(self, payload: bytes) -> SendStatus:
-        """Append to aioquic's DATAGRAM queue, bounded and size-checked."""
+    def send_datagram(self, payload: bytes, now: float | None = None, flow: int = 0) -> SendStatus:
+        """Queue one DATAGRAM frame, bounded and size-checked (fifo: in aioquic's queue)."""
         if self._quic._close_event is not None:  # set by every way a close starts
             return _CLOSED
-        if len(payload) > self._max_payload and len(payload) > self.max_datagram_payload:
+        size = len(payload)
+        if size > self._max_payload and size > self.max_datagram_payload:
             return _TOO_BIG
+        if self._queue is not None:
+            self._queue.push(payload, size, flow, now)
+            return _SENT
         pending = self._pending
         if len(pending) >= self._queue_limit:
             return _QUEUE_FULL
@@ -322,12 +366,15 @@ class AioquicConn:
     def stats(self) -> ConnStats:
         """RTT, congestion window and losses from aioquic's recovery."""
         loss = self._quic._loss
+        drops = self._queue.drops if self._queue is not None else {"aqm": 0, "overflow": 0}
         return ConnStats(
             rtt=loss._rtt_smoothed,
             cwnd=loss.congestion_window,
             bytes_in_flight=loss.bytes_in_flight,
             packets_lost=self._lost[0],
-            datagrams_queued=len(self._pending),
+            datagrams_queued=self.datagrams_queued,
+            datagrams_dropped_aqm=drops["aqm"],
+            datagrams_dropped_overflow=drops["overflow"],
         )
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
@@ -368,7 +415,7 @@ class AioquicEngine:
             # aioquic's loader fails this way on some malformed files.
             raise ValueError(f"cannot load {config.cert_file} / {config.key_file}: {exc}") from None
         quic = QuicConnection(configuration=configuration)
-        conn = AioquicConn(quic, addr, config.datagram_queue)
+        conn = AioquicConn(quic, addr, config.datagram_queue, _datagram_queue(config))
         quic.connect(addr, now)
         return conn
 
@@ -418,7 +465,7 @@ class AioquicEngine:
             on_refused=config.on_refused,
             reset_token=config.reset_token,
         )
-        conn = AioquicConn(quic, addr, config.datagram_queue)
+        conn = AioquicConn(quic, addr, config.datagram_queue, _datagram_queue(config))
         conn.feed(data, addr, now)
         if quic._state is _FIRSTFLIGHT:
             # Nothing in it decrypted: aioquic would keep the connection until its idle
@@ -429,6 +476,13 @@ class AioquicEngine:
     def reset_tokens_settable(self) -> bool:
         """aioquic's host connection IDs are Python objects: every one gets the relay's token."""
         return True
+
+
+def _datagram_queue(config: ClientConfig | ServerConfig) -> PacketQueue[bytes] | None:
+    """fq-codel's queue for a connection's DATAGRAM frames; None for fifo (aioquic's own)."""
+    if config.datagram_discipline == "fifo":
+        return None
+    return make_queue(config.datagram_discipline, config.datagram_queue, config.aqm)
 
 
 def _context_key(config: ServerConfig) -> tuple[Any, ...]:

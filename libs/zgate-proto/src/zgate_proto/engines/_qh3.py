@@ -9,7 +9,8 @@ import). What the adapter adds to qh3, and why:
 - **DATAGRAM frames under congestion control.** qh3's core sends every DATAGRAM frame it is
   given at once, whatever the congestion window (thousands of frames in one flush, megabytes
   in flight against a window of a few packets). The adapter keeps its own bounded queue
-  (``datagram_queue``: QUEUE_FULL past it) and hands frames to the core at each flush only
+  (``datagram_queue``; fq-codel or fifo, :mod:`zgate_proto.fq`) and hands frames to the core
+  at each flush only
   while bytes in flight plus the frame fit the window (``_core.congestion_window`` and
   ``_core.bytes_in_flight``). While stream data waits, datagrams get half the free window, so
   a datagram flood cannot starve the CONNECT stream. A frame bigger than one packet would sit
@@ -72,6 +73,7 @@ from zgate_proto.engines.base import (
     require_version,
 )
 from zgate_proto.errors import DecodeError
+from zgate_proto.fq import FifoQueue, PacketQueue, make_queue
 from zgate_proto.quic_header import LongPacketType, parse_header
 
 __all__ = ["DATAGRAM_PACKET_OVERHEAD", "ENGINE", "Qh3Conn", "Qh3Engine"]
@@ -133,7 +135,6 @@ class Qh3Conn:
         "_max_payload",
         "_out",
         "_ping_uid",
-        "_queue_limit",
         "_quic",
         "_rx",
         "_rx_addr",
@@ -148,7 +149,7 @@ class Qh3Conn:
         self,
         quic: QuicConnection,
         addr: Address,
-        datagram_queue: int,
+        datagram_queue: int | PacketQueue[bytes],
         authenticator: ClientAuthenticator | None = None,
     ) -> None:
         self._quic = quic
@@ -160,8 +161,10 @@ class Qh3Conn:
         self._events: deque[qe.QuicEvent] = quic._events
         #: Our own events, given before qh3's (the initial connection ID).
         self._out: deque[QuicEvent] = deque([ConnectionIdIssued(quic.host_cid)])
-        self._dgrams: deque[bytes] = deque()
-        self._queue_limit = datagram_queue
+        #: DATAGRAM frames waiting for the window (a bare limit: a FIFO of that size).
+        self._dgrams: PacketQueue[bytes] = (
+            FifoQueue(datagram_queue) if isinstance(datagram_queue, int) else datagram_queue
+        )
         self._max_payload = 0
         self._dropped_frames = 0
         self._rx: list[bytes] = []
@@ -305,7 +308,7 @@ class Qh3Conn:
         if core is None:
             return []
         if self._dgrams:
-            self._admit(core)
+            self._admit(core, now)
         out: list[tuple[bytes, Address]] = []
         poll = core.poll_transmit
         while True:
@@ -324,7 +327,7 @@ class Qh3Conn:
             self._note_close()
         return out
 
-    def _admit(self, core: Any) -> None:
+    def _admit(self, core: Any, now: float) -> None:
         """Hand frames to the core while they fit the free congestion window."""
         if not self._quic._handshake_complete or self._quic._close_event is not None:
             return
@@ -336,11 +339,14 @@ class Qh3Conn:
         limit = self._current_max_payload()
         frames = self._dgrams
         send = core.send_datagram
-        while frames:
-            size = len(frames[0])
-            if size + _FRAME_CHARGE > room:
+        while True:
+            payload = frames.pop(now)
+            if payload is None:
                 break
-            payload = frames.popleft()
+            size = len(payload)
+            if size + _FRAME_CHARGE > room:
+                frames.unpop(payload, size)
+                break
             if size > limit:
                 self._dropped_frames += 1  # the path shrank under it
                 continue
@@ -383,17 +389,15 @@ class Qh3Conn:
         """DATAGRAM frames accepted and not handed to the core yet."""
         return len(self._dgrams)
 
-    def send_datagram(self, payload: bytes) -> SendStatus:
+    def send_datagram(self, payload: bytes, now: float | None = None, flow: int = 0) -> SendStatus:
         """Queue one DATAGRAM frame: bounded, size-checked, sent as the window allows."""
         if self._termination is not None or self._quic._close_event is not None:
             return _CLOSED
         size = len(payload)
         if size > self._max_payload and size > self._current_max_payload():
             return _TOO_BIG
-        frames = self._dgrams
-        if len(frames) >= self._queue_limit:
+        if not self._dgrams.push(payload, size, flow, now):
             return _QUEUE_FULL
-        frames.append(payload)
         return _SENT
 
     # ---------------------------------------------------------------------- streams
@@ -487,14 +491,17 @@ class Qh3Conn:
     def stats(self) -> ConnStats:
         """RTT, congestion window, bytes in flight and losses from the core's recovery."""
         core = self._quic._core
+        drops = self._dgrams.drops
         if core is None:
-            return ConnStats(0.0, 0, 0, 0, len(self._dgrams))
+            return ConnStats(0.0, 0, 0, 0, len(self._dgrams), drops["aqm"], drops["overflow"])
         return ConnStats(
             rtt=core.smoothed_rtt or 0.0,
             cwnd=core.congestion_window,
             bytes_in_flight=core.bytes_in_flight,
             packets_lost=core.loss_total,
             datagrams_queued=len(self._dgrams),
+            datagrams_dropped_aqm=drops["aqm"],
+            datagrams_dropped_overflow=drops["overflow"],
         )
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
@@ -554,7 +561,7 @@ class Qh3Engine:
             raise ValueError(f"cannot load {config.cert_file} / {config.key_file}: {exc}") from None
         quic = QuicConnection(configuration=configuration)
         quic.connect(addr, now)
-        return Qh3Conn(quic, addr, config.datagram_queue)
+        return Qh3Conn(quic, addr, _datagram_queue(config))
 
     def server_context(self, config: ServerConfig) -> QuicConfiguration:
         """Load the relay's certificate (again: call it after the files changed) and keep it
@@ -616,7 +623,7 @@ class Qh3Engine:
             authenticator=authenticator,
             reset_token=config.reset_token,
         )
-        conn = Qh3Conn(quic, addr, config.datagram_queue, authenticator)
+        conn = Qh3Conn(quic, addr, _datagram_queue(config), authenticator)
         conn.feed(data, addr, now)
         if quic._core is None:
             return None  # qh3 would not start a connection from it (version, size)
@@ -627,6 +634,11 @@ class Qh3Engine:
         NEW_CONNECTION_ID frames): only the first ID's token, sent in the transport
         parameters, is the relay's."""
         return False
+
+
+def _datagram_queue(config: ClientConfig | ServerConfig) -> PacketQueue[bytes]:
+    """A connection's DATAGRAM queue, as configured."""
+    return make_queue(config.datagram_discipline, config.datagram_queue, config.aqm)
 
 
 def _context_key(config: ServerConfig) -> tuple[Any, ...]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zgate_proto.fq import DEFAULT_AQM, AqmConfig
+
 if TYPE_CHECKING:
     from zgate_pki import ChainVerifier, Identity
 
@@ -163,6 +165,10 @@ class ClientConfig:
     max_datagram_frame_size: int = 65536
     #: DATAGRAM frames waiting to be sent, at most; more are refused (QUEUE_FULL).
     datagram_queue: int = 512
+    #: How they wait (zgate_proto.fq): "fq-codel" (a queue per flow, CoDel on each, the
+    #: fattest flow loses past the limit) or "fifo" (one queue, QUEUE_FULL past the limit).
+    datagram_discipline: str = "fq-codel"
+    aqm: AqmConfig = DEFAULT_AQM
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +185,8 @@ class ServerConfig:
     max_datagram_size: int = 1200
     max_datagram_frame_size: int = 65536
     datagram_queue: int = 512
+    datagram_discipline: str = "fq-codel"  # see ClientConfig
+    aqm: AqmConfig = DEFAULT_AQM
     connection_id_length: int = 8
     #: Called once per refused handshake with (reason, detail).
     on_refused: RefusalCallback | None = field(default=None, compare=False)
@@ -196,6 +204,10 @@ class ConnStats:
     bytes_in_flight: int
     packets_lost: int
     datagrams_queued: int
+    #: DATAGRAM frames the queue discipline dropped: CoDel ("aqm"), or from the fattest
+    #: flow past the limit ("overflow"; a fifo refuses with QUEUE_FULL instead).
+    datagrams_dropped_aqm: int = 0
+    datagrams_dropped_overflow: int = 0
 
 
 # ------------------------------------------------------------------------ interfaces
@@ -243,10 +255,12 @@ class QuicConn(Protocol):
     def datagrams_queued(self) -> int:
         """DATAGRAM frames accepted by :meth:`send_datagram` and not sent yet."""
 
-    def send_datagram(self, payload: bytes) -> SendStatus:
+    def send_datagram(self, payload: bytes, now: float | None = None, flow: int = 0) -> SendStatus:
         """Queue one DATAGRAM frame: TOO_BIG past :attr:`max_datagram_payload`, QUEUE_FULL
-        past the configured queue, CLOSED once closing. Frames leave only while the
-        congestion window allows."""
+        past the configured queue (fifo), CLOSED once closing. Frames leave only while the
+        congestion window allows. ``flow`` is the frame's flow for fq-codel (see
+        :func:`zgate_proto.fq.flow_hash`); ``now`` (the clock of :meth:`flush`) lets CoDel
+        judge how long it waited (None: never judged)."""
 
     # ---- streams
     def next_stream_id(self, unidirectional: bool = False) -> int:

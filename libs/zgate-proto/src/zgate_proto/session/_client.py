@@ -16,6 +16,7 @@ from zgate_proto.capsules import (
 )
 from zgate_proto.engines.base import ConnectionTerminated, QuicConn, SendStatus
 from zgate_proto.errors import DecodeError, RequestError
+from zgate_proto.fq import flow_hash
 from zgate_proto.http3 import (
     DataReceived,
     ErrorCode,
@@ -194,13 +195,13 @@ class ClientSession(Endpoint[ClientEvent]):
 
     # --------------------------------------------------------------------- sending
 
-    def send_packet(self, packet: bytes) -> SendStatus:
+    def send_packet(self, packet: bytes, now: float | None = None) -> SendStatus:
         """Send one IP packet in the session's mode (see ServerConnection.send_packet);
         CLOSED unless the session is open."""
         if self._state is not ClientState.OPEN:
             return SendStatus.CLOSED
         if self._mode is PacketMode.DATAGRAM:
-            return self._quic.send_datagram(self._prefix + packet)
+            return self._quic.send_datagram(self._prefix + packet, now, flow_hash(packet))
         return self._send_in_capsule(self._stream_id, packet)
 
     def send_capsules(self, capsules: Sequence[Capsule]) -> None:

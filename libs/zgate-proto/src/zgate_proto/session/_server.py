@@ -15,6 +15,7 @@ from zgate_proto.capsules import (
 )
 from zgate_proto.engines.base import ConnectionTerminated, QuicConn, SendStatus
 from zgate_proto.errors import DecodeError, RequestError
+from zgate_proto.fq import flow_hash
 from zgate_proto.http3 import (
     DataReceived,
     ErrorCode,
@@ -257,16 +258,17 @@ class ServerConnection(Endpoint[ServerEvent]):
 
     # --------------------------------------------------------------------- sending
 
-    def send_packet(self, stream_id: int, packet: bytes) -> SendStatus:
+    def send_packet(self, stream_id: int, packet: bytes, now: float | None = None) -> SendStatus:
         """Send one IP packet in the session's mode: a DATAGRAM frame (TOO_BIG when it does
-        not fit one, QUEUE_FULL when the engine's queue is full) or a DATAGRAM capsule
-        (QUEUE_FULL while the stream's unsent backlog exceeds ``max_stream_backlog``).
-        CLOSED unless the session is open."""
+        not fit one, QUEUE_FULL when the engine's fifo queue is full; fq-codel queues it in
+        its flow's queue, timed by ``now``) or a DATAGRAM capsule (QUEUE_FULL while the
+        stream's unsent backlog exceeds ``max_stream_backlog``). CLOSED unless the session
+        is open."""
         session = self._sessions.get(stream_id)
         if session is None or session.state is not _OPEN:
             return SendStatus.CLOSED
         if session.mode is PacketMode.DATAGRAM:
-            return self._quic.send_datagram(session.prefix + packet)
+            return self._quic.send_datagram(session.prefix + packet, now, flow_hash(packet))
         return self._send_in_capsule(stream_id, packet)
 
     def send_capsules(self, stream_id: int, capsules: Sequence[Capsule]) -> None:
