@@ -234,3 +234,28 @@ def test_certificate_with_an_unparseable_subject_has_no_identity(alice: x509.Cer
     leaf = corrupt_name(alice, b"\x0c\x05alice")
     with pytest.raises(PkiError, match=r"^certificate subject cannot be parsed"):
         identity_from_certificate(leaf)
+
+
+def crl_with_unparseable_issuer(pki: PkiPaths) -> bytes:
+    """The PKI's CRL as PEM with its issuer's CA name made invalid UTF-8 (valid DER)."""
+    crl = x509.load_pem_x509_crl(pki.crl.read_bytes())
+    der = crl.public_bytes(serialization.Encoding.DER)
+    broken = x509.load_der_x509_crl(der.replace(b"zgate CA", b"zg\xffte CA", 1))
+    with pytest.raises(ValueError):
+        _ = broken.issuer
+    return broken.public_bytes(serialization.Encoding.PEM)
+
+
+def test_crl_with_an_unparseable_issuer_is_a_pki_error(
+    pki: PkiPaths, verifier: ChainVerifier, alice: x509.Certificate
+) -> None:
+    # Found by fuzz/fuzz_pki.py: comparing the CRL's issuer with the CA's subject raised
+    # cryptography's ValueError out of set_revocations (a CRL pushed by the control plane).
+    bad = crl_with_unparseable_issuer(pki)
+    with pytest.raises(PkiError, match=r"^the pushed CRL \(revocations left unchanged\) cannot"):
+        verifier.set_revocations(bad)
+    assert verifier.verify(alice, [], NOW).ident == "alice"
+    # The same CRL as the file: loading refuses it with a PkiError too.
+    pki.crl.write_bytes(bad)
+    with pytest.raises(PkiError, match=r"crl.pem cannot be parsed"):
+        ChainVerifier(pki.ca_cert, pki.crl)

@@ -73,21 +73,39 @@ def _load_trust(ca_path: Path, crl_path: Path | None) -> _Trust:
     if crl_path is not None:
         crl = load_crl(read_file(crl_path, "CRL"), str(crl_path))
         # A CRL nobody can vouch for must not be able to un-revoke anything: refuse it.
-        if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
+        serials = _signed_crl_serials(crl, ca, ca_path, str(crl_path))
+        if serials is None:
             raise PkiError(f"{crl_path} is not signed by the CA in {ca_path}")
-        revoked = frozenset(entry.serial_number for entry in crl)
+        revoked = serials
     return _Trust(ca, store, ca_trust_domain(ca), revoked)
+
+
+def _signed_crl_serials(
+    crl: x509.CertificateRevocationList, ca: x509.Certificate, ca_path: Path, what: str
+) -> frozenset[int] | None:
+    """The serials ``crl`` revokes, or None when ``ca`` did not sign it. cryptography parses
+    a CRL's issuer and entries only when read, so a corrupt one raises ValueError here: that
+    is a PkiError naming ``what``."""
+    try:
+        if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
+            return None
+        return frozenset(entry.serial_number for entry in crl)
+    except ValueError as exc:
+        raise PkiError(f"{what} cannot be parsed ({exc})") from None
 
 
 def _pushed_crl_serials(crl_pem: bytes, trust: _Trust, ca_path: Path) -> frozenset[int]:
     crl = load_crl(crl_pem, "the pushed CRL")
     # Same rule as for the file: a CRL the CA did not sign must not un-revoke anything.
-    if crl.issuer != trust.ca.subject or not crl.is_signature_valid(_issuer_key(trust.ca, ca_path)):
+    serials = _signed_crl_serials(
+        crl, trust.ca, ca_path, "the pushed CRL (revocations left unchanged)"
+    )
+    if serials is None:
         raise PkiError(
             f"the pushed CRL is not signed by the trusted CA "
             f"({trust.ca.subject.rfc4514_string()!r} in {ca_path}); revocations left unchanged"
         )
-    return frozenset(entry.serial_number for entry in crl)
+    return serials
 
 
 def _blocked_serials(blocked: Collection[int]) -> frozenset[int]:
