@@ -111,6 +111,7 @@ class RelayPump:
             make_queue(queue, INGRESS_LIMIT, aqm) if fair else None
         )
         self._egress_turn_due = False
+        self._drops_counted = {"aqm": 0, "overflow": 0}
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on UDP host:port; returns the bound address (port 0 picks one)."""
@@ -231,4 +232,14 @@ class RelayPump:
     def tick(self) -> None:
         """Periodic housekeeping (about once a second)."""
         self.core.tick(self._now())
+        self._count_ingress_drops()
         self._wake()
+
+    def _count_ingress_drops(self) -> None:
+        """Move what the ingress queues dropped since the last tick into the drop metric."""
+        drops = self.core.metrics.drops
+        for reason, total in self.ingress_drops().items():
+            new = total - self._drops_counted[reason]
+            if new:
+                drops[f"queue_{reason}"] += new
+                self._drops_counted[reason] = total
