@@ -18,7 +18,7 @@ from zgate_pki import (
     load_certificate_file,
     load_private_key_file,
 )
-from zgate_pki._x509 import load_ca_key
+from zgate_pki._x509 import load_ca_key, load_certificate, load_crl
 
 
 @pytest.fixture
@@ -135,3 +135,32 @@ def test_key_on_an_unknown_curve_is_a_clear_error(tmp_path: Path) -> None:
         load_private_key_file(path, "private key", "--key")
     with pytest.raises(PkiError, match=r"^CA key is a private key of an unsupported kind"):
         load_ca_key(path.read_bytes(), "CA key")
+
+
+def _with_version(pem: bytes, field: bytes, version: int, *, crl: bool = False) -> bytes:
+    """``pem`` (a certificate or CRL) with its version INTEGER ``field`` set to ``version``,
+    a value cryptography refuses with x509.InvalidVersion, which is no ValueError."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    loaded = x509.load_pem_x509_crl(pem) if crl else x509.load_pem_x509_certificate(pem)
+    der = loaded.public_bytes(serialization.Encoding.DER)
+    at = der.index(field)
+    der = der[: at + len(field) - 1] + bytes((version,)) + der[at + len(field) :]
+    label = "X509 CRL" if crl else "CERTIFICATE"
+    body = base64.encodebytes(der).decode("ascii")
+    return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode()
+
+
+def test_certificate_and_crl_of_unknown_versions_are_clear_errors(pki: PkiPaths) -> None:
+    # Found by fuzz/fuzz_pki.py: x509.InvalidVersion escaped load_crl and load_certificate.
+    cert = _with_version(pki.relay_cert.read_bytes(), bytes((0xA0, 3, 2, 1, 2)), 7)
+    with pytest.raises(PkiError, match=r"^relay cert is not a valid PEM certificate \(7 is"):
+        load_certificate(cert, "relay cert")
+    path = pki.directory / "v8.pem"
+    path.write_bytes(cert)
+    with pytest.raises(PkiFileError, match=r"v8.pem is not a valid PEM certificate"):
+        load_certificate_file(path, "certificate", "--cert")
+    crl = _with_version(pki.crl.read_bytes(), bytes((2, 1, 1)), 40, crl=True)
+    with pytest.raises(PkiError, match=r"^crl is not a valid PEM CRL \(40 is not a valid CRL"):
+        load_crl(crl, "crl")

@@ -88,7 +88,7 @@ def load_certificate_file(path: Path, what: str, flag: str | None = None) -> x50
         raise PkiFileError(f"{what} {label} is not a PEM certificate (no BEGIN CERTIFICATE)")
     try:
         return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise PkiFileError(
             f"{what} {label} is not a valid PEM certificate ({_short(exc)})"
         ) from None

@@ -258,7 +258,7 @@ def load_certificate(data: bytes, what: str) -> x509.Certificate:
     """Parse one PEM certificate, raising PkiError that names `what`."""
     try:
         return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise PkiError(f"{what} is not a valid PEM certificate ({_short(exc)})") from None
 
 
@@ -266,7 +266,7 @@ def load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
     """Parse one PEM CRL, raising PkiError that names `what`."""
     try:
         return x509.load_pem_x509_crl(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise PkiError(f"{what} is not a valid PEM CRL ({_short(exc)})") from None
 
 
