@@ -229,3 +229,9 @@ def test_close_info_reads_the_relays_certificate_from_der() -> None:
     )
     garbled = close_info(0, "", by_peer=True, handshake_done=True, peer_chain=(b"\x30\x03",))
     assert garbled.peer_certificate is None
+    # A version cryptography does not know raises x509.InvalidVersion, no ValueError (the
+    # kind fuzz/fuzz_pki.py found in zgate_pki's loaders): no certificate either.
+    at = der.index(bytes((0xA0, 3, 2, 1, 2)))
+    v8 = der[: at + 4] + b"\x07" + der[at + 5 :]
+    odd = close_info(0, "", by_peer=True, handshake_done=False, peer_chain=(v8,))
+    assert odd.peer_certificate is None

@@ -124,7 +124,7 @@ def close_info(
     if peer_chain:
         try:
             cert = x509.load_der_x509_certificate(peer_chain[0])
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             cert = None
     return CloseInfo(error_code, reason, by_peer, handshake_done, cert)
 
@@ -195,7 +195,7 @@ def _issued_by_ca(cert: x509.Certificate, ca: Path) -> bool | None:
     file is unreadable)."""
     try:
         authorities = x509.load_pem_x509_certificates(ca.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, x509.InvalidVersion):
         return None
     for authority in authorities:
         try:
