@@ -228,9 +228,10 @@ def _crl_serials(pem: str) -> frozenset[int] | None:
         return frozenset()
     try:
         crl = x509.load_pem_x509_crl(pem.encode())
-    except ValueError:
+        # Entries are parsed as they are read, so a corrupt one raises here too.
+        return frozenset(entry.serial_number for entry in crl)
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         return None  # not comparable: installing it decides (and refuses it)
-    return frozenset(entry.serial_number for entry in crl)
 
 
 def settle(state: ControlState, plan: Plan, failed: Collection[Step]) -> ControlState:
