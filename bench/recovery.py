@@ -53,7 +53,9 @@ class Pinger:
 
     def __init__(self, ns: str, target: str) -> None:
         command = ["ip", "netns", "exec", ns, "ping", "-D", "-n", "-i", "0.1", "-W", "1"]
-        command += ["-w", str(int(ROUND_BOUND) + 30), target]
+        # Bounded by a count, not -w: with a deadline ping exits at the first ICMP error
+        # (a relay starting up may send one), and the rest of the round would be lost.
+        command += ["-c", str(int(ROUND_BOUND + 30) * 10), target]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -118,6 +120,8 @@ def kill_and_measure(
     back = {}
     for variant, times in replies.items():
         later = [t for t in times if t >= killed]
+        if not later:
+            raise RuntimeError(f"{variant}: no ping reply after the kill")
         back[variant] = later[0] - killed
     return back, new, listening
 

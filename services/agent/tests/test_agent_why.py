@@ -74,7 +74,7 @@ def test_why_without_a_target_is_a_usage_error(capsys: pytest.CaptureFixture[str
 
 def test_up_and_status_parse_as_before() -> None:
     up = build_parser().parse_args(["up", "--relay", "r:4433", "--mode", "stream"])
-    assert (up.command, up.relay, up.mode) == ("up", "r:4433", "stream")
+    assert (up.command, up.relay, up.mode) == ("up", ["r:4433"], "stream")  # --relay repeats
     assert build_parser().parse_args(["status"]).command == "status"
 
 
