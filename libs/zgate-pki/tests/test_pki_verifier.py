@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -215,13 +216,27 @@ def corrupt_name(cert: x509.Certificate, text: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der.replace(text, broken, 1))
 
 
+def bit_string_name(cert: x509.Certificate, text: bytes) -> x509.Certificate:
+    """``cert`` with the UTF8String ``text`` of a name retagged as a BIT STRING, which
+    cryptography refuses with TypeError when the name is read."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    at = der.index(text)
+    assert der[at - 2] == 0x0C
+    return x509.load_der_x509_certificate(
+        der[: at - 2] + b"\x03" + der[at - 1 : at] + b"\0" + der[at + 1 :]
+    )
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_name, bit_string_name], ids=["utf8", "bit-string"])
 def test_certificate_with_an_unparseable_issuer_is_refused(
-    verifier: ChainVerifier, alice: x509.Certificate
+    verifier: ChainVerifier,
+    alice: x509.Certificate,
+    corrupt: Callable[[x509.Certificate, bytes], x509.Certificate],
 ) -> None:
     # Found by fuzz/fuzz_pki.py: describing the refusal read the issuer, whose ValueError
-    # escaped verify(); a client sends this certificate in its handshake.
-    leaf = corrupt_name(alice, b"zgate CA")
-    with pytest.raises(ValueError):
+    # (or TypeError) escaped verify(); a client sends this certificate in its handshake.
+    leaf = corrupt(alice, b"zgate CA")
+    with pytest.raises((ValueError, TypeError)):
         _ = leaf.issuer
     with pytest.raises(CertificateRefused) as info:
         verifier.verify(leaf, [], NOW)
@@ -231,9 +246,9 @@ def test_certificate_with_an_unparseable_issuer_is_refused(
 
 def test_certificate_with_an_unparseable_subject_has_no_identity(alice: x509.Certificate) -> None:
     # Found by fuzz/fuzz_pki.py: identity_from_certificate let cryptography's ValueError out.
-    leaf = corrupt_name(alice, b"\x0c\x05alice")
-    with pytest.raises(PkiError, match=r"^certificate subject cannot be parsed"):
-        identity_from_certificate(leaf)
+    for leaf in (corrupt_name(alice, b"\x0c\x05alice"), bit_string_name(alice, b"alice")):
+        with pytest.raises(PkiError, match=r"^certificate subject cannot be parsed"):
+            identity_from_certificate(leaf)
 
 
 def crl_with_unparseable_issuer(pki: PkiPaths) -> bytes:

@@ -51,7 +51,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
     """The identity a certificate names (URI SAN first, else CN as a client); PkiError if none."""
     try:
         subject = cert.subject  # parsed lazily: a corrupt name shows up here
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: an attribute of the wrong type
         raise PkiError(f"certificate subject cannot be parsed ({exc})") from None
     groups = tuple(dict.fromkeys(_attributes(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)))
     try:
@@ -59,7 +59,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    except ValueError as exc:  # extensions are parsed lazily; a corrupt one shows up here
+    except (ValueError, TypeError) as exc:  # parsed lazily: a corrupt extension shows up here
         raise PkiError(f"certificate extensions cannot be parsed ({exc})") from None
     for uri in uris:
         parsed = _parse_spiffe(uri)

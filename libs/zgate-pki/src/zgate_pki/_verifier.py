@@ -90,7 +90,7 @@ def _signed_crl_serials(
         if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
             return None
         return frozenset(entry.serial_number for entry in crl)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a name attribute of the wrong type
         raise PkiError(f"{what} cannot be parsed ({exc})") from None
 
 
@@ -128,10 +128,10 @@ def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def _name_text(cert: x509.Certificate, which: str) -> str:
     """The certificate's subject or issuer as RFC 4514 text. cryptography parses names only
-    when asked, so a peer's corrupt name raises ValueError here: describe it instead."""
+    when asked, so a peer's corrupt name raises ValueError or TypeError here: describe it."""
     try:
         return (cert.subject if which == "subject" else cert.issuer).rfc4514_string()
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a name attribute of the wrong type
         return f"<unparseable {which}>"
 
 
