@@ -178,27 +178,30 @@ def send_flood(
     datagrams: Sequence[bytes],
     rate: float,
     *,
-    source: tuple[str, int] | None = None,
+    sources: Sequence[str] = (),
     batch_interval: float = 0.002,
 ) -> FloodResult:
     """Send every datagram once, to ``target``, at ``rate`` per second (in small bursts every
-    ``batch_interval``), from one UDP socket (bound to ``source`` if given). Blocking."""
+    ``batch_interval``), from one UDP socket, or in turn from one socket per local address
+    of ``sources`` (many senders, as far as the target can tell). Blocking."""
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    socks = [socket.socket(family, socket.SOCK_DGRAM) for _ in sources or [""]]
     errors = 0
     sent = 0
     try:
-        if source is not None:
-            sock.bind(source)
-        sock.connect(target)
-        send = sock.send
+        for sock, source in zip(socks, sources, strict=False):
+            sock.bind((source, 0))
+        for sock in socks:
+            sock.connect(target)
+        sends = [sock.send for sock in socks]
+        fan = len(sends)
         start = time.monotonic()
         total = len(datagrams)
         while sent < total:
             due = min(total, int((time.monotonic() - start) * rate) + 1)
             while sent < due:
                 try:
-                    send(datagrams[sent])
+                    sends[sent % fan](datagrams[sent])
                 except OSError:  # ECONNREFUSED from an ICMP, ENOBUFS: count, go on
                     errors += 1
                 sent += 1
@@ -206,7 +209,8 @@ def send_flood(
                 time.sleep(batch_interval)
         return FloodResult(sent, errors, time.monotonic() - start)
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,7 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", required=True, metavar="HOST:PORT", help="the relay's UDP address")
     p.add_argument("--rate", type=float, default=5000.0, help="datagrams per second [5000]")
     p.add_argument("--duration", type=float, default=3.0, help="seconds [3]")
-    p.add_argument("--source", metavar="HOST", help="local address to send from")
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="local address to send from (repeatable: the datagrams take turns)",
+    )
     p.add_argument(
         "--go-on-stdin",
         action="store_true",
@@ -244,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (host.strip("[]"), int(port)),
         datagrams,
         args.rate,
-        source=(args.source, 0) if args.source else None,
+        sources=args.source,
     )
     print(
         json.dumps(

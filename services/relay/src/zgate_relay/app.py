@@ -182,6 +182,7 @@ async def run_relay(
         udp_offload=settings.udp_offload,
         queue=settings.queue,
         aqm=settings.aqm_config(),
+        udp_receive_buffer=settings.udp_receive_buffer,
     )
     dns: DnsProxy | None = None
     http = None

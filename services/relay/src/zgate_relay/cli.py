@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop a connection whose handshake is not done this long after it began [10]",
     )
     door.add_argument(
+        "--udp-receive-buffer",
+        type=int,
+        metavar="BYTES",
+        help="kernel receive buffer of the QUIC socket; 0: the kernel's default [4194304]",
+    )
+    door.add_argument(
         "--reset-key",
         type=Path,
         metavar="FILE",

@@ -186,6 +186,13 @@ class RelaySettings(LayeredSettings):
         description="seconds a new connection has to complete its handshake before it is "
         "dropped; 0: until the idle timeout",
     )
+    udp_receive_buffer: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="kernel receive buffer of the QUIC socket, bytes: room for a burst while "
+        "the relay is busy (a flood, a slow moment of the machine) instead of dropping "
+        "agents' datagrams with it; 0: the kernel's default (about 200 kB)",
+    )
     reset_key: Path | None = Field(
         Path("reset.key"),
         description="the key stateless reset tokens are derived from (RFC 9000 10.3), "
