@@ -251,6 +251,18 @@ def test_certificate_with_an_unparseable_subject_has_no_identity(alice: x509.Cer
             identity_from_certificate(leaf)
 
 
+def test_certificate_with_a_bit_string_subject_is_refused(
+    verifier: ChainVerifier, alice: x509.Certificate
+) -> None:
+    # Found by fuzz/fuzz_pki.py: with an unknown critical extension besides, cryptography's
+    # verifier reads the subject to report it and raised TypeError out of verify().
+    leaf = bit_string_name(alice, b"alice").public_bytes(serialization.Encoding.DER)
+    basic_constraints = bytes.fromhex("0603551d130101ff")
+    assert leaf.count(basic_constraints) == 1
+    leaf = leaf.replace(basic_constraints, bytes.fromhex("0603551d600101ff"))  # 2.5.29.96
+    assert refusal(verifier, x509.load_der_x509_certificate(leaf)) == "unknown_ca"
+
+
 def crl_with_unparseable_issuer(pki: PkiPaths) -> bytes:
     """The PKI's CRL as PEM with its issuer's CA name made invalid UTF-8 (valid DER)."""
     crl = x509.load_pem_x509_crl(pki.crl.read_bytes())

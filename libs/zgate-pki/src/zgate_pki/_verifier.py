@@ -229,9 +229,11 @@ class ChainVerifier:
         verifier = (
             verification.PolicyBuilder().store(trust.store).time(when).build_client_verifier()
         )
+        # TypeError: cryptography builds the leaf's names while verifying, and a name
+        # attribute of the wrong ASN.1 type raises it.
         try:
             verified = verifier.verify(leaf, list(intermediates))
-        except (verification.VerificationError, ValueError) as exc:
+        except (verification.VerificationError, ValueError, TypeError) as exc:
             raise self._classify(trust, [leaf, *intermediates], when, str(exc)) from None
         revoked = trust.revoked if pushed is None else pushed.revoked
         blocked = frozenset[int]() if pushed is None else pushed.blocked
