@@ -32,6 +32,9 @@ ENFORCEMENT_RATIOS = (
     ("policy1k/noenforce", "zgate-datagram-policy1k", "zgate-datagram-noenforce"),
 )
 
+#: Fair queueing's ratio (issue 14): the default fq-codel against --queue fifo.
+QUEUE_RATIOS = (("fq-codel/fifo", "zgate-datagram", "zgate-datagram-fifo"),)
+
 _NAME = re.compile(r"(?P<base>[a-z0-9-]+)(?:\[(?P<engine>[a-z0-9]+)\])?")
 
 
@@ -80,7 +83,7 @@ def ratio_pairs(paths: Iterable[str]) -> dict[str, tuple[str, str]]:
             candidates.append((f"{path}/{VETH}", path, VETH))
         datagram, stream = (named(mode, engine) for mode in MODES)
         candidates.append((f"{stream}/{datagram}", stream, datagram))
-        for label, top, bottom in ENFORCEMENT_RATIOS:
+        for label, top, bottom in (*ENFORCEMENT_RATIOS, *QUEUE_RATIOS):
             candidates.append((named(label, engine), named(top, engine), named(bottom, engine)))
     candidates.append((f"{WIREGUARD}/{VETH}", WIREGUARD, VETH))
     for engine in engines:

@@ -17,6 +17,9 @@ agent <-> internet veth in 192.0.2.0/24 as the baseline), then measures these pa
     zgate-datagram-noenforce[ENGINE]  datagram mode, relay started with --no-enforce
     zgate-datagram-policy1k[ENGINE]   datagram mode, relay enforcing a generated policy of
                               1 000 rules whose rule for the benchmark's traffic comes near the end
+    zgate-datagram-fifo[ENGINE]       datagram mode, relay and agent with --queue fifo (one
+                              tail-dropping queue, as before issue 14) instead of the default
+                              fq-codel: the before/after of fair queueing in the same run
 
 ENGINE is the QUIC engine relay and agent both run (--quic-engine): each zgate path is
 measured once per engine of --engines (all of them by default), in the same rounds, so the
@@ -93,6 +96,7 @@ class PathSpec:
     relay: str = "allow-all"  # zgate: a key of relay_configs(), how the relay is started
     full: bool = True  # also UDP, and the flood (tunnel paths); else TCP and RTT only
     engine: str | None = None  # zgate: the QUIC engine of relay and agent (--quic-engine)
+    agent_flags: tuple[str, ...] = ()  # zgate: the agent's extra flags
 
 
 #: The paths by base name; a zgate path's name also carries its engine (path_spec()).
@@ -103,6 +107,9 @@ BASE_SPECS = {
     "wireguard-go": PathSpec("wireguard"),
     "zgate-datagram-noenforce": PathSpec("zgate", "datagram", relay="noenforce", full=False),
     "zgate-datagram-policy1k": PathSpec("zgate", "datagram", relay="policy1k", full=False),
+    "zgate-datagram-fifo": PathSpec(
+        "zgate", "datagram", relay="fifo", agent_flags=("--queue", "fifo")
+    ),
 }
 ZGATE_BASES = tuple(name for name, spec in BASE_SPECS.items() if spec.kind == "zgate")
 #: The zgate paths of a plain `make bench`, per engine, beside veth and wireguard-go (the
@@ -597,16 +604,22 @@ def check_engines(
 
 
 @contextmanager
-def tunnel_up(lab: Lab, mode: str, engine: str, relay_flags: tuple[str, ...]) -> Iterator[Target]:
-    """A freshly started relay (with ``relay_flags``) and agent (in ``mode``), both on
-    ``engine``, stopped on exit."""
+def tunnel_up(
+    lab: Lab,
+    mode: str,
+    engine: str,
+    relay_flags: tuple[str, ...],
+    agent_flags: tuple[str, ...] = (),
+) -> Iterator[Target]:
+    """A freshly started relay (with ``relay_flags``) and agent (in ``mode``, with
+    ``agent_flags``), both on ``engine``, stopped on exit."""
     try:
         relay = lab.start_relay(*relay_flags, engine=engine)
     except AssertionError as exc:  # how the lab says a daemon did not come up
         raise BenchError(f"relay {' '.join(relay_flags)} ({engine}): {exc}") from exc
     try:
         try:
-            agent = lab.start_agent(AGENT, mode=mode, engine=engine)
+            agent = lab.start_agent(AGENT, mode=mode, engine=engine, extra=agent_flags)
         except AssertionError as exc:
             raise BenchError(f"agent ({mode} mode, {engine}): {exc}") from exc
         try:
@@ -633,7 +646,9 @@ def path_up(lab: Lab, spec: PathSpec, relay_flags: dict[str, tuple[str, ...]]) -
             raise BenchError(f"wireguard-go: {exc}") from exc
         return
     assert spec.mode is not None and spec.engine is not None
-    with tunnel_up(lab, spec.mode, spec.engine, relay_flags[spec.relay]) as target:
+    with tunnel_up(
+        lab, spec.mode, spec.engine, relay_flags[spec.relay], spec.agent_flags
+    ) as target:
         yield target
 
 
@@ -692,7 +707,11 @@ class RunNotes:
 def relay_configs(lab: Lab, names: list[str], notes: RunNotes) -> dict[str, tuple[str, ...]]:
     """The relay's flags for each kind of path; writes and checks the 1 000-rule policy if a
     path needs it."""
-    configs: dict[str, tuple[str, ...]] = {"allow-all": (), "noenforce": ("--no-enforce",)}
+    configs: dict[str, tuple[str, ...]] = {
+        "allow-all": (),
+        "noenforce": ("--no-enforce",),
+        "fifo": ("--queue", "fifo"),
+    }
     if any(path_spec(n).relay == "policy1k" for n in names):
         path = lab.workdir / "policy-1k.yaml"
         path.write_text(policy_yaml(POLICY_RULES))

@@ -227,6 +227,19 @@ class FqCodelQueue(PacketQueue[T]):
                 (new if from_new else old).popleft()
                 old.append(sub)
                 continue
+            items = sub.items
+            if items and not sub.dropping:
+                # The common case inline (one call per packet less): below target, or too
+                # little queued to call it standing; see _take for the rest.
+                item, size, at = items[0]
+                if at is None or now - at < self._target or sub.bytes - size <= self._quantum:
+                    items.popleft()
+                    sub.bytes -= size
+                    self._total -= 1
+                    sub.first_above = 0.0
+                    sub.deficit -= size
+                    self._last = sub
+                    return item
             got = self._codel_pop(sub, now)
             if got is None:
                 (new if from_new else old).popleft()

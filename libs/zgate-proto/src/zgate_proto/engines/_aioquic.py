@@ -242,10 +242,12 @@ class AioquicConn:
         if not quic._handshake_complete or quic._close_event is not None:
             return
         loss = quic._loss
-        room = loss.congestion_window - loss.bytes_in_flight - 64 * len(self._pending)
+        pending = self._pending
+        # Frames admitted before and not sent yet hold their share of the window.
+        waiting = sum(len(p) for p in pending) + _FRAME_CHARGE * len(pending) if pending else 0
+        room = loss.congestion_window - loss.bytes_in_flight - waiting
         queue = self._queue
         assert queue is not None
-        pending = self._pending
         while room > 0:
             payload = queue.pop(now)
             if payload is None:
