@@ -24,7 +24,7 @@ from datetime import datetime
 
 import pytest
 
-from zgate_lab.lab import INET_IP, SITE_HOST_IP, Daemon, Lab, wait_until
+from zgate_lab.lab import INET_IP, SITE_HOST_IP, Daemon, Lab, metric_value, wait_until
 
 _counter = itertools.count()
 
@@ -148,10 +148,17 @@ def test_a_killed_and_restarted_relay_is_used_again_within_3s_of_listening(rlab:
         down = log_time(
             agent, "tunnel down: tunnel lost: nothing heard from the relay for 2 s", killed
         )
+        # Whether the new relay answered the old connection with stateless resets (its
+        # front door's count, when it has one): the agent does not count them as heard, and
+        # neither engine tells it about them, so it is the liveness deadline that fires.
+        resets = metric_value(
+            rlab.relay_metrics_text(), "zgate_relay_front_door_total", outcome="stateless_reset"
+        )
         print(
             f"restart: relay listening {listening - killed:.2f}s after SIGKILL; agent gave it up "
             f"{down - killed:.2f}s after; pings resumed {resume:.2f}s after listening "
-            f"({back - killed:.2f}s after the kill)"
+            f"({back - killed:.2f}s after the kill); stateless resets sent by the new relay: "
+            f"{resets:g}"
         )
         assert resume <= GOAL, (resume, pinger.output[-2000:])
         assert agent.proc.poll() is None  # the same agent process

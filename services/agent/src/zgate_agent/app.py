@@ -350,8 +350,9 @@ class Agent:
         resolved: dict[tuple[str, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
         for host, port in targets:
             try:
-                resolved[(host, port)] = await self._resolve_all(host, port)
-            except (OSError, TunnelError) as exc:
+                async with asyncio.timeout(self.settings.connect_timeout):
+                    resolved[(host, port)] = await self._resolve_all(host, port)
+            except (OSError, TunnelError, TimeoutError) as exc:
                 log.debug("cannot resolve a relay", extra={"relay": host, "error": str(exc)})
         self._rotation.replace(candidates(targets, resolved))
 
