@@ -224,7 +224,9 @@ async def test_an_ipv6_packet_too_big_is_answered_with_icmpv6_packet_too_big(
 
 async def test_the_send_queue_is_bounded_and_drops_at_the_tail(engine: str, pki: Path) -> None:
     async with running_relay(pki) as relay:
-        agent = await start_agent(relay, "alice", quic_engine=engine, datagram_queue=8)
+        agent = await start_agent(
+            relay, "alice", quic_engine=engine, datagram_queue=8, queue="fifo"
+        )
         try:
             own = agent.address4
             before = drops(agent.metrics, "queue_full")
@@ -245,6 +247,28 @@ async def test_the_send_queue_is_bounded_and_drops_at_the_tail(engine: str, pki:
             agent.device.inject(burst[0])
             assert await next_from(relay) == burst[0]
             assert drops(agent.metrics, "queue_full") - before == 56
+        finally:
+            await agent.stop()
+
+
+async def test_the_fq_codel_queue_is_bounded_and_drops_the_oldest(engine: str, pki: Path) -> None:
+    async with running_relay(pki) as relay:
+        agent = await start_agent(relay, "alice", quic_engine=engine, datagram_queue=8)
+        try:
+            own = agent.address4
+            before = drops(agent.metrics, "queue_overflow")
+            # One flow's 64 packets in one batch: the queue keeps 8, and it is the flow's
+            # oldest that go (a fresh packet is worth more than a stale one).
+            burst = [udp4(own, str(INTERNET), f"#{i:02}".encode()) for i in range(64)]
+            for packet in burst:
+                agent.device.inject(packet)
+            await until(
+                lambda: drops(agent.metrics, "queue_overflow") - before == 56,
+                what="56 queue_overflow drops",
+            )
+            arrived = [await next_from(relay) for _ in range(8)]
+            assert arrived == burst[56:]
+            assert drops(agent.metrics, "queue_full") == 0
         finally:
             await agent.stop()
 

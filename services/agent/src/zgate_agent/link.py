@@ -94,6 +94,8 @@ class ClientLink:
         self._packets = metrics.packets
         self._bytes = metrics.bytes
         self._drops = metrics.drops
+        #: The connection's queue drops (fq-codel) already counted: (aqm, overflow).
+        self._queue_drops = (0, 0)
         self._to_device: list[bytes] = []
         self._handshake_seen = False
         #: Why the attempt or the tunnel ended (None while it goes on): the relay refused
@@ -147,7 +149,18 @@ class ClientLink:
             self.sink.write_batch(out)
         datagrams = self.quic.flush(now)
         self._note_in_flight(now)
+        self._count_queue_drops()
         return datagrams
+
+    def _count_queue_drops(self) -> None:
+        """Count what the connection's DATAGRAM queue dropped since the last flush."""
+        stats = self.quic.stats()
+        aqm, overflow = stats.datagrams_dropped_aqm, stats.datagrams_dropped_overflow
+        seen_aqm, seen_overflow = self._queue_drops
+        if aqm != seen_aqm or overflow != seen_overflow:
+            self._drops["queue_aqm"] += aqm - seen_aqm
+            self._drops["queue_overflow"] += overflow - seen_overflow
+            self._queue_drops = (aqm, overflow)
 
     def deadline(self) -> float | None:
         """When the connection wants its timer."""

@@ -14,6 +14,8 @@ DROP_REASONS = (
     "not_connected",
     "too_big",
     "queue_full",
+    "queue_aqm",  # fq-codel: CoDel dropped it from a standing queue toward the relay
+    "queue_overflow",  # fq-codel: the queue was full; the fattest flow lost its oldest
     "unknown_context",
     "unknown_stream",
     "malformed_datagram",
