@@ -14,6 +14,7 @@ on each of the relay's QUIC engines.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -162,8 +163,23 @@ def engine_args(engine: str) -> list[str]:
 @pytest.fixture(params=ENGINES)
 def relay(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[Relay]:
     """A relay on one QUIC engine, in a namespace of its own; both gone after the test."""
-    engine: str = request.param
-    extra = engine_args(engine)
+    with running_relay(request.param, pki, tmp_path) as relay:
+        yield relay
+
+
+@pytest.fixture(params=ENGINES)
+def relay_with_retry(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[Relay]:
+    """As ``relay``, answering every new connection with a Retry first (--retry always)."""
+    if "--retry" not in relay_help():
+        pytest.skip("zgate-relay serve --help lists no --retry")
+    with running_relay(request.param, pki, tmp_path, "--retry", "always") as relay:
+        yield relay
+
+
+@contextlib.contextmanager
+def running_relay(engine: str, pki: Pki, tmp_path: Path, *flags: str) -> Iterator[Relay]:
+    """A relay on ``engine`` with ``flags``, in a namespace of its own; both gone after."""
+    extra = [*engine_args(engine), *flags]
     namespace = f"zgi{os.getpid() % 100000}-{next(_namespace_ids)}"
     log = tmp_path / f"relay-{engine}.log"
     subprocess.run(["ip", "netns", "add", namespace], check=True, timeout=30)
@@ -336,3 +352,14 @@ def test_interop_quicgo_refused_without_certificate(
 
     assert relay.proc.poll() is None, f"the relay died after a refusal:\n{relay.log_tail()}"
     assert_session_works(run_client(quicgo_client, relay, pki, cid_length=8), relay)
+
+
+def test_interop_quicgo_through_a_retry(
+    quicgo_client: Path, pki: Pki, relay_with_retry: Relay
+) -> None:
+    """With --retry always the quic-go client's first Initial is answered with a Retry (RFC
+    9000 §8.1.2); quic-go checks its integrity tag (RFC 9001 §5.8) and the transport
+    parameters that echo the connection IDs (RFC 9000 §7.3), then opens its session."""
+    assert_session_works(
+        run_client(quicgo_client, relay_with_retry, pki, cid_length=8), relay_with_retry
+    )

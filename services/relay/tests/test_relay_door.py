@@ -285,3 +285,43 @@ def test_half_open_connections_are_dropped_at_the_deadline(engine: QuicEngine, p
     assert door_.half_open == 0
     assert door_.drops["handshake_timeout"] == 1
     assert not core._conns
+
+
+def test_a_qh3_client_of_an_aioquic_relay_is_reset_by_the_restarted_relay(pki: Path) -> None:
+    """The whole relay half of fast recovery: the relay's tokens are derived from its key,
+    so the restarted relay's reset matches what the client was told, and a client that
+    checks resets (qh3 does; aioquic 1.7.2 never does) closes at once."""
+    relay_engine, client_engine = get_engine("aioquic"), get_engine("qh3")
+    wire, _ = relay_on_wire(relay_engine, pki, DoorLimits(retry="never"))
+    session, _ = connect(wire, client_engine, pki)
+    assert session.ready
+    client = wire.nodes[("198.51.100.7", 50000)]
+    assert isinstance(client, ConnNode)
+    wire.nodes[RELAY] = relay_on_wire(relay_engine, pki, DoorLimits(retry="never"))[0].nodes[RELAY]
+    assert not client.conn.closed
+    session.send_packet(bytes.fromhex("450000140000000040010000c0a80001cb007101"))
+    wire.settle(horizon=0.005, max_steps=50)
+    assert client.conn.closed
+
+
+def test_every_connection_id_is_known_when_the_flush_that_issues_it_returns(pki: Path) -> None:
+    """The relay learns each connection ID in the flush that sends its NEW_CONNECTION_ID
+    frame, before the peer can move to it: learnt only at the connection's next event, a
+    quic-go client that moved at once after a Retry handshake was taken for a stranger and
+    reset. (aioquic's issued IDs are Python objects to look at; qh3's live in its core.)"""
+    engine = get_engine("aioquic")
+    wire, core = relay_on_wire(engine, pki, DoorLimits(retry="always"))
+    unknown: list[bytes] = []
+
+    def check(src: Address, out: list[tuple[bytes, Address]]) -> None:
+        if src != RELAY:
+            return
+        for conn in core._conns.values():
+            issued = conn.quic._quic._host_cids  # type: ignore[attr-defined]
+            unknown.extend(c.cid for c in issued if c.was_sent and c.cid not in core._by_cid)
+
+    wire.watch = check
+    session, _ = connect(wire, engine, pki)
+    assert session.ready
+    assert len(core._by_cid) > 2  # NEW_CONNECTION_ID frames went out
+    assert unknown == []

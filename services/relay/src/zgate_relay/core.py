@@ -186,6 +186,10 @@ class RelayCore:
             if not conn.live:
                 continue
             out.extend(conn.quic.flush(now))
+            # A flush can issue connection IDs (NEW_CONNECTION_ID frames): learn them before
+            # the peer can use one, or its next datagram would look like one of a forgotten
+            # connection (and earn a stateless reset).
+            self._events(conn, now)
             if conn.terminated:
                 self._forget(conn)
                 continue
