@@ -286,3 +286,19 @@ def test_crl_with_an_unparseable_issuer_is_a_pki_error(
     pki.crl.write_bytes(bad)
     with pytest.raises(PkiError, match=r"crl.pem cannot be parsed"):
         ChainVerifier(pki.ca_cert, pki.crl)
+
+
+def test_certificate_with_a_repeated_extension_is_refused(
+    verifier: ChainVerifier, alice: x509.Certificate
+) -> None:
+    # Found by fuzz/fuzz_pki.py: reading the extensions raised x509.DuplicateExtension (no
+    # ValueError) out of identity_from_certificate.
+    der = alice.public_bytes(serialization.Encoding.DER)
+    key_usage = bytes.fromhex("0603551d0f")
+    assert der.count(key_usage) == 1 and der.count(bytes.fromhex("0603551d25")) == 1
+    leaf = x509.load_der_x509_certificate(der.replace(key_usage, bytes.fromhex("0603551d25")))
+    with pytest.raises(x509.DuplicateExtension):
+        _ = leaf.extensions
+    with pytest.raises(PkiError, match=r"^certificate extensions cannot be parsed"):
+        identity_from_certificate(leaf)
+    assert refusal(verifier, leaf) in REFUSAL_REASONS

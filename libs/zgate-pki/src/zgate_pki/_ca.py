@@ -124,7 +124,7 @@ class CertificateAuthority:
             raise PkiError("the CA key does not match the CA certificate")
         try:
             extensions = cert.extensions
-        except ValueError as exc:  # a corrupt extension shows up on first access
+        except _x509.LAZY_PARSE_ERRORS as exc:  # a corrupt extension shows up on first access
             raise PkiError(f"the CA certificate's extensions cannot be parsed ({exc})") from None
         constraints = next(
             (e.value for e in extensions if isinstance(e.value, x509.BasicConstraints)), None

@@ -10,6 +10,7 @@ from cryptography.x509.oid import NameOID
 
 from ._errors import PkiError
 from ._names import KINDS
+from ._x509 import LAZY_PARSE_ERRORS
 
 __all__ = ["Identity", "identity_from_certificate"]
 
@@ -51,7 +52,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
     """The identity a certificate names (URI SAN first, else CN as a client); PkiError if none."""
     try:
         subject = cert.subject  # parsed lazily: a corrupt name shows up here
-    except (ValueError, TypeError) as exc:  # TypeError: an attribute of the wrong type
+    except LAZY_PARSE_ERRORS as exc:
         raise PkiError(f"certificate subject cannot be parsed ({exc})") from None
     groups = tuple(dict.fromkeys(_attributes(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)))
     try:
@@ -59,7 +60,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    except (ValueError, TypeError) as exc:  # parsed lazily: a corrupt extension shows up here
+    except LAZY_PARSE_ERRORS as exc:  # parsed lazily: a corrupt extension shows up here
         raise PkiError(f"certificate extensions cannot be parsed ({exc})") from None
     for uri in uris:
         parsed = _parse_spiffe(uri)

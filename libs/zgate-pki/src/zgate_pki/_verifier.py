@@ -17,7 +17,7 @@ from ._errors import CertificateRefused, PkiError
 from ._files import read_file
 from ._identity import Identity, identity_from_certificate
 from ._names import validate_ident
-from ._x509 import ca_trust_domain, load_certificate, load_crl
+from ._x509 import LAZY_PARSE_ERRORS, ca_trust_domain, load_certificate, load_crl
 
 __all__ = ["ChainVerifier"]
 
@@ -90,7 +90,7 @@ def _signed_crl_serials(
         if crl.issuer != ca.subject or not crl.is_signature_valid(_issuer_key(ca, ca_path)):
             return None
         return frozenset(entry.serial_number for entry in crl)
-    except (ValueError, TypeError) as exc:  # TypeError: a name attribute of the wrong type
+    except LAZY_PARSE_ERRORS as exc:
         raise PkiError(f"{what} cannot be parsed ({exc})") from None
 
 
@@ -128,10 +128,10 @@ def _directly_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def _name_text(cert: x509.Certificate, which: str) -> str:
     """The certificate's subject or issuer as RFC 4514 text. cryptography parses names only
-    when asked, so a peer's corrupt name raises ValueError or TypeError here: describe it."""
+    when asked, so a peer's corrupt name raises one of LAZY_PARSE_ERRORS here: describe it."""
     try:
         return (cert.subject if which == "subject" else cert.issuer).rfc4514_string()
-    except (ValueError, TypeError):  # TypeError: a name attribute of the wrong type
+    except LAZY_PARSE_ERRORS:
         return f"<unparseable {which}>"
 
 
@@ -229,11 +229,11 @@ class ChainVerifier:
         verifier = (
             verification.PolicyBuilder().store(trust.store).time(when).build_client_verifier()
         )
-        # TypeError: cryptography builds the leaf's names while verifying, and a name
-        # attribute of the wrong ASN.1 type raises it.
+        # cryptography parses the leaf's names and extensions while verifying: a corrupt one
+        # raises one of LAZY_PARSE_ERRORS instead of a VerificationError.
         try:
             verified = verifier.verify(leaf, list(intermediates))
-        except (verification.VerificationError, ValueError, TypeError) as exc:
+        except (verification.VerificationError, *LAZY_PARSE_ERRORS) as exc:
             raise self._classify(trust, [leaf, *intermediates], when, str(exc)) from None
         revoked = trust.revoked if pushed is None else pushed.revoked
         blocked = frozenset[int]() if pushed is None else pushed.blocked

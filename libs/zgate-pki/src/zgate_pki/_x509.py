@@ -38,6 +38,17 @@ __all__ = [
 CLOCK_SKEW: Final = timedelta(minutes=5)
 
 
+#: What cryptography raises when the names or extensions of a loaded certificate or CRL, which
+#: it parses only when they are first read, are corrupt: not only ValueError (a name attribute
+#: of the wrong ASN.1 type is a TypeError, a repeated extension a DuplicateExtension).
+LAZY_PARSE_ERRORS: Final = (
+    ValueError,
+    TypeError,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def new_private_key() -> ec.EllipticCurvePrivateKey:
     """A fresh ECDSA P-256 key."""
     return ec.generate_private_key(ec.SECP256R1())
@@ -66,7 +77,7 @@ def ca_trust_domain(ca: x509.Certificate) -> str | None:
     """The trust domain a CA names in its ``spiffe://<trust-domain>`` URI SAN, if any."""
     try:
         san = ca.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    except (x509.ExtensionNotFound, *LAZY_PARSE_ERRORS):
         return None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.lower().startswith("spiffe://") and "/" not in uri[len("spiffe://") :]:
