@@ -24,9 +24,14 @@ For each N, on a freshly started relay without session limits (--max-sessions 0
    (established / time from the first dial to the last session ready), and each session's
    time from dial to ready (the QUIC + TLS handshake with the client certificate, the
    extended CONNECT and the address assignment), p50 / p99;
-2. let the pings run --warmup seconds, then measure --seconds: the relay's CPU (per cent of
-   one core), the load generator's CPU, the loss and the echo RTT p50 / p99;
-3. the relay's RSS before the first session and after the steady phase: per session.
+2. with the sessions open and idle, the relay's CPU while each client sends a QUIC PING
+   every 10 s (the agent's keepalive) and every 0.5 s (its liveness probes while quiet,
+   --liveness 2), --idle-seconds each (--idle-keepalive chooses the intervals);
+3. let the pings run --warmup seconds, then measure --seconds: the relay's CPU (per cent of
+   one core, and per packet it took from a session), the load generator's CPU, the loss and
+   the echo RTT p50 / p99, and every drop counter of the relay and the kernel's UDP
+   receive-buffer errors that grew meanwhile (where lost pings went);
+4. the relay's RSS before the first session and after the steady phase: per session.
 
 Then the refusals, before and after in the same run: a relay with --max-sessions L and
 --max-sessions-per-client P (--refusal-limit, --refusal-per-client), client A asks for
