@@ -13,7 +13,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from zgate_agent.failures import CloseInfo, close_info, describe_close, describe_timeout
+from zgate_agent.failures import (
+    CloseInfo,
+    certificate_names,
+    close_info,
+    describe_close,
+    describe_timeout,
+)
 
 CA = Path("/etc/zgate/ca.pem")
 CERT = Path("/etc/zgate/me.pem")
@@ -235,3 +241,30 @@ def test_close_info_reads_the_relays_certificate_from_der() -> None:
     v8 = der[: at + 4] + b"\x07" + der[at + 5 :]
     odd = close_info(0, "", by_peer=True, handshake_done=False, peer_chain=(v8,))
     assert odd.peer_certificate is None
+
+
+def test_a_relay_certificate_with_a_repeated_extension_names_nothing() -> None:
+    # Reading such extensions raises x509.DuplicateExtension, no ValueError (the kind
+    # fuzz/fuzz_pki.py found in zgate_pki).
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay")])
+    der = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("relay.example")]), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    basic_constraints, san = bytes.fromhex("0603551d13"), bytes.fromhex("0603551d11")
+    assert der.count(basic_constraints) == 1
+    cert = x509.load_der_x509_certificate(der.replace(basic_constraints, san))
+    with pytest.raises(x509.DuplicateExtension):
+        _ = cert.extensions
+    assert certificate_names(cert) == []

@@ -154,7 +154,14 @@ def certificate_names(cert: x509.Certificate) -> list[str]:
     """The DNS names and IP addresses a certificate is valid for (its subjectAltName)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+    # Extensions are parsed on first read; a corrupt set raises more than ValueError.
+    except (
+        x509.ExtensionNotFound,
+        ValueError,
+        TypeError,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ):
         return []
     names: list[str] = list(san.get_values_for_type(x509.DNSName))
     names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
