@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from zgate_lab.lab import INET_IP, RELAY_LAN_IP, Daemon, Lab, metric_value, wait_until
 
 FLOOD_RATE = 5000
@@ -202,4 +204,24 @@ def test_without_the_front_door_the_same_flood_fills_the_relay(lab: Lab) -> None
         assert drops == 0
     finally:
         before.stop()
+        lab.relay = lab.start_relay()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("engine", ["aioquic", "qh3"])
+def test_agents_connect_through_a_retry(lab: Lab, engine: str) -> None:
+    """With --retry always every connection starts with a Retry: an agent on either engine
+    (the relay on the same engine) comes up and its pings go through."""
+    relay: Daemon = lab.relay  # type: ignore[attr-defined]
+    relay.stop()
+    lab.relay = relay = lab.start_relay("--retry", "always", engine=engine)  # type: ignore[attr-defined]
+    agent = lab.start_agent(2, engine=engine)
+    try:
+        loss, _ = Pinger(lab, 2, 10, 0.05).result()
+        assert loss == 0.0
+        text = lab.relay_metrics_text()
+        assert metric_value(text, "zgate_relay_front_door_total", outcome="retry_sent") >= 1
+        assert metric_value(text, "zgate_relay_front_door_total", outcome="validated") >= 1
+    finally:
+        agent.stop()
+        relay.stop()
         lab.relay = lab.start_relay()  # type: ignore[attr-defined]
