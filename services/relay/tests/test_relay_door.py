@@ -18,7 +18,7 @@ from zgate_proto.quic_header import QUIC_V1, LongPacketType, parse_header
 from zgate_proto.session import PacketMode
 from zgate_proto.varint import encode_varint
 from zgate_relay.core import RelayCore
-from zgate_relay.door import DoorLimits, FrontDoor, reset_token
+from zgate_relay.door import DoorLimits, FrontDoor, reset_token, source_of
 from zgate_relay.metrics import RelayMetrics
 from zgate_relay.pool import AddressPool
 from zgate_testkit.wire import ConnNode, Wire
@@ -325,3 +325,12 @@ def test_every_connection_id_is_known_when_the_flush_that_issues_it_returns(pki:
     assert session.ready
     assert len(core._by_cid) > 2  # NEW_CONNECTION_ID frames went out
     assert unknown == []
+
+
+def test_ipv6_sources_count_by_their_64_and_mapped_ipv4_as_ipv4() -> None:
+    assert source_of(("2001:db8:1:2::1", 1)) == source_of(("2001:db8:1:2:ffff::9", 2))
+    assert source_of(("2001:db8:1:2::1", 1)) != source_of(("2001:db8:1:3::1", 1))
+    assert source_of(("::ffff:198.51.100.7", 1, 0, 0)) == source_of(("198.51.100.7", 1))
+    d = door(DoorLimits(retry="never", new_per_source=1.0))
+    verdicts = [admit(d, initial(), (f"2001:db8::{i:x}", 1), 1.0) for i in range(1, 5)]
+    assert sum(v is not None for v in verdicts) == 2  # one /64: one bucket (burst 2)

@@ -4,7 +4,8 @@ Everything here runs before any per-connection state exists, and costs a few dic
 look-ups and at most one HMAC, so that a flood of forged Initials is turned away for far
 less than a TLS handshake (about a millisecond of CPU and 60 kB of memory each):
 
-- per source IP, a token bucket of new-connection attempts (``source_rate`` drops);
+- per source (an IPv4 address, an IPv6 /64), a token bucket of new-connection attempts
+  (``source_rate`` drops);
 - Retry (RFC 9000 §8.1.2): in ``always`` mode every first Initial, in ``auto`` mode only
   while new connections arrive faster than a threshold or too many handshakes are half
   open, is answered with a Retry carrying an address-validation token instead of a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ __all__ = [
     "FrontDoor",
     "RetryMode",
     "reset_token",
+    "source_of",
 ]
 
 RetryMode = Literal["auto", "always", "never"]
@@ -119,6 +122,18 @@ def reset_token(key: bytes, connection_id: bytes) -> bytes:
     return hmac.digest(key, b"zgate stateless reset\x00" + connection_id, hashlib.sha256)[:16]
 
 
+def source_of(addr: Address) -> str:
+    """Whom per-source limits count an address toward: its IPv4 address, or the /64 of an
+    IPv6 one (one host commonly holds a whole /64, and picks a new address at will)."""
+    host = str(addr[0])
+    if ":" not in host:
+        return host
+    ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return ip.packed[:8].hex() + "::/64"
+
+
 class _Bucket:
     """A token bucket: ``rate`` per second, holding at most ``burst``."""
 
@@ -185,7 +200,7 @@ class FrontDoor:
             drops["short_dcid"] += 1
             return None
         self._count_attempt(now)
-        ip = str(addr[0])
+        ip = source_of(addr)
         if limits.new_per_source and not self._source_may_open(ip, now):
             drops["source_rate"] += 1
             return None
@@ -273,14 +288,14 @@ class FrontDoor:
 
     def opened(self, addr: Address) -> None:
         """A connection was made for ``addr``: half open until :meth:`settled`."""
-        ip = str(addr[0])
+        ip = source_of(addr)
         self.half_open += 1
         self._half_open[ip] = self._half_open.get(ip, 0) + 1
         self.outcomes["accepted"] += 1
 
     def settled(self, addr: Address) -> None:
         """A half-open connection completed its handshake, or went away."""
-        ip = str(addr[0])
+        ip = source_of(addr)
         self.half_open -= 1
         left = self._half_open.get(ip, 0) - 1
         if left > 0:
