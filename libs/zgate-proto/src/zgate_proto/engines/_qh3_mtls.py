@@ -397,8 +397,15 @@ class MtlsServerConnection(QuicConnection):
         self.authenticator.attach(bridge.tls)
         if self._reset_token is not None:
             # The first connection ID's token travels in the transport parameters, which
-            # the bridge writes; the core draws the others' itself (see the adapter).
+            # the bridge serialized when it was made: set it and serialize them again. (The
+            # core draws the other IDs' tokens itself, see the adapter.)
             bridge.stateless_reset_token = self._reset_token(self.host_cid)
+            bridge.tls.handshake_extensions = [
+                (
+                    tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS,
+                    bridge.serialize_transport_parameters(),
+                )
+            ]
         return bridge
 
 
