@@ -18,7 +18,8 @@ SIZE = 1200
 def test_fifo_refuses_past_its_limit_and_keeps_order() -> None:
     q: FifoQueue[int] = FifoQueue(3)
     assert [q.push(i, SIZE, 0, 0.0) for i in range(4)] == [True, True, True, False]
-    assert q.drops["overflow"] == 1
+    assert q.drops["overflow"] == 0  # refused, not dropped: the caller counts it
+    assert q.flows() == 1
     assert [q.pop(0.0) for _ in range(4)] == [0, 1, 2, None]
 
 

@@ -46,6 +46,9 @@ class IngressQueue(Protocol[T]):
     def __len__(self) -> int:
         """Items waiting."""
 
+    def flows(self) -> int:
+        """Flows (sources) with items waiting."""
+
 
 class Endpoint(Protocol):
     """What the pump drives: a sans-IO QUIC endpoint (the relay's core, an agent's link)."""
@@ -118,7 +121,10 @@ class Pump:
         assert queue is not None
         now = self.clock()
         feed = self.endpoint.datagram_received
-        for _ in range(self.ingress_budget):
+        # Short turns only while several sources wait: one source alone keeps no one else
+        # waiting but the device readers and timers, and each turn costs a flush.
+        budget = self.ingress_budget if queue.flows() > 1 else self.ingress_reads
+        for _ in range(budget):
             item = queue.pop(now)
             if item is None:
                 break

@@ -89,12 +89,17 @@ class PacketQueue(Generic[T]):
         """Forget every queued item."""
         raise NotImplementedError
 
+    def flows(self) -> int:
+        """Flows with something queued now."""
+        raise NotImplementedError
+
     def __len__(self) -> int:
         raise NotImplementedError
 
 
 class FifoQueue(PacketQueue[T]):
-    """One bounded FIFO: past ``limit`` items the arriving one is refused (tail drop)."""
+    """One bounded FIFO: past ``limit`` items the arriving one is refused (tail drop; the
+    caller counts the refusal, so :attr:`drops` stays at zero)."""
 
     __slots__ = ("_items", "drops", "limit")
 
@@ -105,7 +110,6 @@ class FifoQueue(PacketQueue[T]):
 
     def push(self, item: T, size: int, flow: int, now: float | None) -> bool:
         if len(self._items) >= self.limit:
-            self.drops["overflow"] += 1
             return False
         self._items.append(item)
         return True
@@ -121,6 +125,10 @@ class FifoQueue(PacketQueue[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def flows(self) -> int:
+        """One flow while anything is queued (a FIFO tells none apart)."""
+        return 1 if self._items else 0
 
 
 class _Flow(Generic[T]):
