@@ -144,7 +144,7 @@ def test_a_crash_is_noticed_at_the_idle_timeout_and_the_running_agent_comes_back
         lab.ns(lab.relay_ns, "ip", "link", "del", "zgate0", check=False)
         # Without its stateless reset key (--reset-key off) the restarted relay cannot tell
         # the agent that the connection is gone: the idle-timeout path this test is about
-        # (with the key, test_e2e_flood.py's reset test: the agent learns it at once).
+        # (with the key, test_e2e_reset.py: the agent learns it at its next packet).
         lab.relay = lab.start_relay("--reset-key", "off")  # type: ignore[attr-defined]
         restarted = time.monotonic() - killed
         # On start the relay replaced the stale nftables table.
