@@ -23,8 +23,8 @@ run = importlib.import_module("run")
 
 # Inputs per harness in the atheris run: a few thousand, fewer where one input costs more
 # (a policy is YAML + pydantic + compilation, ~2 ms; a certificate is a signature check).
-SMOKE_RUNS = {"policy": 400, "pki": 1500, "dns": 2000}
-DEFAULT_RUNS = 3000
+SMOKE_RUNS = {"policy": 300, "pki": 1500, "dns": 1500}
+DEFAULT_RUNS = 2000
 
 
 def harness(name: str) -> ModuleType:
