@@ -113,6 +113,11 @@ def test_extra_headers_come_last() -> None:
         "/ip/}{target}/",
         "/ip/ {target}/",
         "/ip/é/{target}/",
+        # Adjacent expressions, or a separator an expansion may contain: ambiguous (the
+        # round trip of fuzz/fuzz_connect_request.py fails on them).
+        "/ip/{target}{ipproto}/",
+        "/ip/{target}1{ipproto}/",
+        "/ip/{ipproto}-{target}/",
     ],
 )
 def test_unsupported_templates(template: str) -> None:
@@ -321,6 +326,7 @@ templates = st.sampled_from(
         "/masque/ip?t={target}&i={ipproto}",
         "/ip/{ipproto}/{target}",
         "/x/{target}/{ipproto}/y?z=1",
+        "/ip/{target};{ipproto}",
     ]
 )
 

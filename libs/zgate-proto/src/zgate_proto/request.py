@@ -180,6 +180,14 @@ def _compile(template: str) -> _Template:
     regex.append(re.escape(literal))
     if not all(_LITERAL.fullmatch(p) and "{" not in p and "}" not in p for p in parts[::2]):
         raise ProtoError(f"template has characters outside 0x21-0x7E or stray braces: {template!r}")
+    # Expansions use only _RAW_VALUE's characters: between two expressions a literal needs
+    # one that no expansion holds, or "/{target}{ipproto}" makes "/10.0.0.16" of 10.0.0.1
+    # and 6, which parses back as 10.0.0.16 and no ipproto.
+    if any(_RAW_VALUE.fullmatch(p) for p in parts[2:-1:2]):
+        raise ProtoError(
+            f"template expressions must be separated by a character outside "
+            f"A-Z a-z 0-9 - . _ ~ % * (e.g. '/'), else the path is ambiguous: {template!r}"
+        )
     return _Template(re.compile("".join(regex)), tuple(parts))
 
 
