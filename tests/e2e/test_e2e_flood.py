@@ -170,6 +170,9 @@ def test_an_agent_keeps_its_pings_through_a_handshake_flood(lab: Lab) -> None:
         assert loss < MAX_LOSS, (loss, rtts)
         assert peak[0] - rss_before < MAX_RSS_GROWTH_MB
         assert dropped + retried > FLOOD_RATE  # the front door, not luck, turned it away
+        # One summary line for the operator, not a line per datagram.
+        wait_until(lambda: "handshake flood: " in relay.log(), 5, "the flood's log line")
+        assert relay.log().count("handshake flood: ") <= 2
         assert agent.proc.poll() is None
     finally:
         agent.stop()

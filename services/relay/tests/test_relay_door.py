@@ -153,14 +153,22 @@ def test_stateless_resets_are_rate_limited_and_need_a_key() -> None:
     assert d.drops["reset_rate"] == 2
 
 
-def test_a_flood_summary_is_logged_at_most_every_ten_seconds() -> None:
+def test_a_flood_summary_is_logged_at_once_then_at_most_every_ten_seconds() -> None:
     d = door(DoorLimits(retry="never", new_per_source=1))
     assert d.report(0.0) is None  # the baseline
-    for i in range(300):
-        admit(d, initial(), ("198.51.100.1", i), 1.0)
-    line = d.report(10.0)
-    assert line is not None and line.startswith("handshake flood: source_rate 298")
-    assert d.report(15.0) is None
+
+    def attempts(n: int, at: float) -> None:
+        for i in range(n):
+            admit(d, initial(), ("198.51.100.1", i), at)
+
+    attempts(300, 1.0)
+    line = d.report(1.5)
+    assert line is not None and line.startswith("handshake flood: source_rate 298 in the last 2 s")
+    attempts(300, 3.0)
+    assert d.report(5.0) is None  # within ten seconds of the line
+    line = d.report(11.5)
+    assert line is not None and "source_rate 298 in the last 10 s" in line
+    assert d.report(22.0) is None  # quiet since
 
 
 # ------------------------------------------------------------- on the engine wire

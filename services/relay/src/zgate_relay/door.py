@@ -183,7 +183,8 @@ class FrontDoor:
         self._this_second = 0
         self._last_second = 0
         self._resets = _Bucket(limits.resets_per_second, 0.0)
-        self._reported_at: float | None = None
+        self._reported_at: float | None = None  # when the last line was given
+        self._since: float | None = None  # since when the counts in _reported run
         self._reported: dict[str, int] = {}
 
     # ------------------------------------------------------------ new connections
@@ -347,20 +348,24 @@ class FrontDoor:
             del self._sources[ip]
 
     def report(self, now: float) -> str | None:
-        """One line for the log when connection attempts were dropped or retried since the
-        last report, at most every ten seconds ("handshake flood: ...")."""
-        if self._reported_at is not None and now - self._reported_at < _REPORT_INTERVAL:
-            return None
+        """One line for the log when at least 100 connection attempts were dropped or
+        retried since the last line (or the last quiet call), at once, then at most every
+        ten seconds while it goes on ("handshake flood: ...")."""
         current = {**self.drops, "retry_sent": self.outcomes["retry_sent"]}
-        delta = {k: v - self._reported.get(k, 0) for k, v in current.items()}
-        self._reported = current
-        first = self._reported_at is None
-        self._reported_at = now
-        busy = {k: v for k, v in delta.items() if v and k != "reset_rate"}
-        if first or not busy or sum(busy.values()) < 100:
+        if self._reported_at is not None and now - self._reported_at < _REPORT_INTERVAL:
+            return None  # within ten seconds of the last line: keep counting from it
+        since = self._since
+        busy = {
+            k: v - self._reported.get(k, 0)
+            for k, v in current.items()
+            if k != "reset_rate" and v - self._reported.get(k, 0)
+        }
+        self._reported, self._since = current, now
+        if since is None or sum(busy.values()) < 100:
             return None
+        self._reported_at = now
         parts = ", ".join(f"{k} {v}" for k, v in sorted(busy.items()))
         return (
-            f"handshake flood: {parts} in the last {_REPORT_INTERVAL:.0f} s; "
+            f"handshake flood: {parts} in the last {now - since:.0f} s; "
             f"{self.half_open} half open, {self.attempts_per_second} attempts/s"
         )
