@@ -37,7 +37,7 @@ log = logging.getLogger("zgate.relay")
 #: core at once).
 EGRESS_BATCH = 64
 #: Under fq-codel: packets read from the egress device per turn, and packets handed to the
-#: core per turn while several flows wait. The device's ring (txqueuelen, 500) is a FIFO
+#: core per turn. The device's ring (txqueuelen, 500) is a FIFO
 #: that tail-drops when the relay reads too slowly: with A's download flood and 128 reads
 #: per turn B lost 14-29 % of its pings there; 512 reads per turn (16 for every one
 #: processed) kept it at 2.5 % (bench/fairness.py --direction down, one round each).
@@ -51,9 +51,12 @@ EGRESS_BUDGET = 32
 #: fifo's one flush per 256 reads (bench/tunnel.py, same run).
 INGRESS_READS = 128
 INGRESS_BUDGET = 32
-#: Under fq-codel: datagrams (UDP) and packets (egress) waiting in the relay's own queues, at
+#: Under fq-codel: datagrams waiting in the relay's own UDP ingress queue, at
 #: most; past it the fattest source or flow loses its oldest.
 INGRESS_LIMIT = 256
+#: The egress queue holds at least two turns' reads: below one, a TCP download's burst
+#: overflowed it at once (0.6x fifo's download throughput with 256).
+EGRESS_LIMIT = 1024
 
 
 #: SO_RCVBUFFORCE (Linux, socket(7)): past net.core.rmem_max, for CAP_NET_ADMIN.
@@ -130,7 +133,7 @@ class RelayPump:
             make_queue(queue, INGRESS_LIMIT, aqm) if fair else None
         )
         self.egress_queue: PacketQueue[bytes] | None = (
-            make_queue(queue, INGRESS_LIMIT, aqm) if fair else None
+            make_queue(queue, EGRESS_LIMIT, aqm) if fair else None
         )
         self._egress_turn_due = False
         self._drops_counted = {"aqm": 0, "overflow": 0}
@@ -172,7 +175,7 @@ class RelayPump:
         queue = self.egress_queue
         assert queue is not None and self.pump is not None
         batch = []
-        for _ in range(EGRESS_BUDGET if queue.flows() > 1 else EGRESS_READ):
+        for _ in range(EGRESS_BUDGET):
             packet = queue.pop(now)
             if packet is None:
                 break
