@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zgate_lab.harness import QUIC_ENGINES, make_pki, relay_server_config
 from zgate_proto import session as cs
@@ -344,3 +346,28 @@ def test_ipv6_sources_count_by_their_64_and_mapped_ipv4_as_ipv4() -> None:
     d = door(DoorLimits(retry="never", new_per_source=1.0))
     verdicts = [admit(d, initial(), (f"2001:db8::{i:x}", 1), 1.0) for i in range(1, 5)]
     assert sum(v is not None for v in verdicts) == 2  # one /64: one bucket (burst 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dcid=st.binary(min_size=0, max_size=20),
+    scid=st.binary(max_size=20),
+    tail=st.binary(min_size=0, max_size=60),
+    mode=st.sampled_from(["auto", "always", "never"]),
+)
+def test_the_door_never_raises_on_any_initial(
+    dcid: bytes, scid: bytes, tail: bytes, mode: str
+) -> None:
+    d = door(DoorLimits(retry=mode), reset_key=RESET_KEY)  # type: ignore[arg-type]
+    head = bytes((0xC0,)) + QUIC_V1.to_bytes(4, "big") + bytes((len(dcid),)) + dcid
+    data = head + bytes((len(scid),)) + scid + tail
+    data += bytes(max(0, 1200 - len(data)))
+    verdict = admit(d, data, ("198.51.100.1", 1), 1.0)
+    assert verdict is None or isinstance(verdict, bytes) or verdict.retry_source_cid is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=1, max_size=200))
+def test_stateless_resets_are_always_shorter_than_their_trigger(data: bytes) -> None:
+    reset = door(reset_key=RESET_KEY).stateless_reset(bytes((0x40,)) + data, 1.0)
+    assert reset is None or 21 <= len(reset) < len(data) + 1
