@@ -190,3 +190,7 @@ def test_each_loss_has_its_cause() -> None:
     assert loss_cause(_close("Stateless reset", by_peer=True), refused=False) == "reset"
     assert loss_cause(_close("", by_peer=True, code=0x100 + 42), refused=False) == "refused"
     assert loss_cause(_close("oops", by_peer=False), refused=False) == "error"
+    # qh3 on a stateless reset: no close sent by either side, no reason, no code.
+    assert loss_cause(_close("", by_peer=False), refused=False) == "reset"
+    before_handshake = CloseInfo(0, "", by_peer=False, handshake_done=False)
+    assert loss_cause(before_handshake, refused=False) == "error"

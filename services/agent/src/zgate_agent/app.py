@@ -60,6 +60,10 @@ __all__ = ["Agent", "RelayQueryError", "TunnelError", "backoff_delays", "quiet_q
 log = logging.getLogger("zgate.agent")
 
 
+#: What a stateless reset from the relay means to the operator.
+RESET_REASON = "the relay reset the connection (it restarted, or lost the connection's state)"
+
+
 class TunnelError(Exception):
     """The tunnel could not be opened or was lost; the message says why. ``permanent``:
     retrying cannot help until someone fixes a file or the relay's PKI. ``cause``: one of
@@ -613,7 +617,9 @@ class Agent:
                 await self._changed.wait()
             if link.failure is not None:
                 self._lost_at = asyncio.get_running_loop().time()
-                raise TunnelError(f"tunnel lost: {link.failure}", cause=self._cause(link))
+                cause = self._cause(link)
+                why = RESET_REASON if cause == "reset" else link.failure
+                raise TunnelError(f"tunnel lost: {why}", cause=cause)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -346,6 +346,11 @@ def loss_cause(close: CloseInfo | None, *, refused: bool) -> str:
     reason = close.reason.lower()
     if "stateless reset" in reason:
         return "reset"
+    if not close.by_peer and not close.reason and close.error_code == 0 and close.handshake_done:
+        # Neither side sent a CONNECTION_CLOSE and no timer ran out: how qh3's core ends a
+        # connection on a stateless reset (seen in the lab against a restarted relay that
+        # kept its reset key); aioquic does not recognise resets at all.
+        return "reset"
     if "idle timeout" in reason:
         return "idle_timeout"
     if _alert(close.error_code) is not None:
