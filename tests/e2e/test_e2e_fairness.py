@@ -1,12 +1,14 @@
 """Fair sharing through one relay (issue 14 item 2): while agent A floods UDP through the
 tunnel, agent B's pings keep a short RTT and are not lost.
 
-The relay and the agents run with their default queue discipline (fq-codel). The bound is
-looser than the issue's goal (B's p99 under the flood <= 3x its quiet p99, measured by
-bench/fairness.py): this machine has two cores shared with other test runs, so the test
-asserts what cannot flake there yet still fails for a FIFO relay whose queue stands in
-front of B (measured on this machine with --queue fifo: B's p99 37-62 ms under the same
-flood; with fq-codel 12-32 ms).
+The relay and the agents run with their default queue discipline (fq-codel). The bounds are
+far looser than the issue's goal (B's p99 under the flood <= 3x its quiet p99, which
+bench/fairness.py measures, fifo against fq-codel in one run): this machine has two cores
+shared with other test runs, and B's RTT under a flood that saturates them is mostly CPU
+scheduling. Measured here (load average 5-7) B's loaded p99 was 12-33 ms with fq-codel and
+30-188 ms with --queue fifo, so no bound separates the two on every run; the test holds what
+cannot flake yet fails for a relay that queues B behind A as main did before issue 14 (p50
+65 ms, p99 347 ms) or drops B's packets.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ PINGS = 150  # 20 ms apart: 3 s inside the flood
 RATIO_BOUND = 10.0
 #: ... or this many milliseconds, whichever is larger (a quiet p99 of 1 ms on an idle
 #: moment would otherwise make the bound a scheduling lottery).
-FLOOR_MS = 30.0
+FLOOR_MS = 60.0
+#: B's median under the flood: this many times its quiet median, or P50_FLOOR_MS.
+P50_RATIO_BOUND = 5.0
+P50_FLOOR_MS = 15.0
 #: B's pings lost under the flood, at most (per cent).
 LOSS_BOUND = 2.0
 
@@ -110,6 +115,8 @@ def test_b_keeps_a_short_rtt_while_a_floods(two_agents: Lab) -> None:
     print(f"relay queue drops during the flood: {relay_queue_drops(lab) - drops_before:.0f}")
     assert loss <= LOSS_BOUND, summary
     assert loaded99 <= max(RATIO_BOUND * quiet99, FLOOR_MS), summary
+    quiet50, loaded50 = percentile(quiet, 50), percentile(loaded, 50)
+    assert loaded50 <= max(P50_RATIO_BOUND * quiet50, P50_FLOOR_MS), summary
 
 
 def relay_queue_drops(lab: Lab) -> float:
