@@ -33,11 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from zgate_lab.lab import INET_IP, Daemon, Lab, have_tools, wait_until
+from zgate_agent.failures import LOSS_CAUSES
+from zgate_lab.lab import INET_IP, Daemon, Lab, have_tools, metric_value, wait_until
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "recovery.json"
 VARIANTS = {"liveness_on": ("--liveness", "2"), "liveness_off": ("--liveness", "0")}
@@ -49,23 +51,40 @@ SECOND = "198.51.100.2"
 
 
 class Pinger:
-    """ping -D every 0.1 s from a namespace; reply times by ping's clock."""
+    """ping -D every 0.1 s from a namespace (line-buffered through stdbuf, read as it comes);
+    reply times by ping's clock."""
 
     def __init__(self, ns: str, target: str) -> None:
-        command = ["ip", "netns", "exec", ns, "ping", "-D", "-n", "-i", "0.1", "-W", "1"]
+        command = ["ip", "netns", "exec", ns, "stdbuf", "-oL"]
+        command += ["ping", "-D", "-n", "-i", "0.1", "-W", "1"]
         # Bounded by a count, not -w: with a deadline ping exits at the first ICMP error
         # (a relay starting up may send one), and the rest of the round would be lost.
         command += ["-c", str(int(ROUND_BOUND + 30) * 10), target]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        self.replies: list[float] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            match = re.match(r"^\[(\d+\.\d+)\] \d+ bytes from", line)
+            if match:
+                self.replies.append(float(match.group(1)))
+
+    def replied_after(self, since: float) -> bool:
+        return any(t >= since for t in self.replies)
 
     def stop(self) -> list[float]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=10)
-        pattern = r"^\[(\d+\.\d+)\] \d+ bytes from"
-        return [float(m.group(1)) for m in re.finditer(pattern, out, re.MULTILINE)]
+        self.proc.wait(timeout=10)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return list(self.replies)
 
 
 def log_time(daemon: Daemon, message: str, after: float) -> float:
@@ -101,6 +120,22 @@ def start_relay(lab: Lab, which: int) -> Daemon:
     return lab.start_relay() if which == 1 else lab.start_extra_relay(which)
 
 
+def wait_pinger(pinger: Pinger, since: float, what: str) -> None:
+    wait_until(lambda: pinger.replied_after(since), ROUND_BOUND, what)
+
+
+def causes(lab: Lab) -> dict[str, dict[str, float]]:
+    """Each variant's agent: tunnels lost so far, by cause (its metrics)."""
+    out = {}
+    for variant, n in AGENT_N.items():
+        text = lab.agent_metrics_text(n)
+        counts = {
+            c: metric_value(text, "zgate_agent_tunnel_losses_total", cause=c) for c in LOSS_CAUSES
+        }
+        out[variant] = {c: v for c, v in counts.items() if v}
+    return out
+
+
 def kill_and_measure(
     lab: Lab, relay: Daemon, *, restart: int | None
 ) -> tuple[dict[str, float], Daemon | None, float | None]:
@@ -113,8 +148,8 @@ def kill_and_measure(
     new = start_relay(lab, restart) if restart is not None else None
     listening = log_time(new, "relay listening", killed) - killed if new else None
     try:
-        for n in AGENT_N.values():
-            wait_answers(lab, n, f"agent {n} to answer again")
+        for variant, pinger in pingers.items():
+            wait_pinger(pinger, killed, f"{variant}'s pings to get through again")
     finally:
         replies = {v: p.stop() for v, p in pingers.items()}
     back = {}
@@ -156,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "failover_after_kill": {v: [] for v in VARIANTS},
     }
     listening_after_kill: list[float] = []
+    lost_by_cause: dict[str, dict[str, dict[str, float]]] = {}
     load = os.getloadavg()
     try:
         lab.build(agents=2)
@@ -179,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{v} {s - listening:.2f}s after listening" for v, s in back.items()),
                 file=sys.stderr,
             )
+        lost_by_cause = {"restart": causes(lab)}
         for agent in agents:
             agent.stop()
         # failover: two relays, both agents on the same one before each kill.
@@ -203,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{v} {s:.2f}s after the kill" for v, s in back.items()),
                 file=sys.stderr,
             )
+        lost_by_cause["failover"] = causes(lab)
         for agent in agents:
             agent.stop()
     finally:
@@ -219,11 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         scenario: round(per["liveness_off"]["p50"] / max(per["liveness_on"]["p50"], 0.01), 1)
         for scenario, per in figures.items()
     }
+    print(f"tunnels lost, by cause: {lost_by_cause}")
     print("off/on (p50): " + ", ".join(f"{k} {v}x" for k, v in ratios.items()))
     doc = {
         "figures": figures,
         "ratios_off_on_p50": ratios,
         "relay_listening_after_kill": pct(listening_after_kill),
+        "tunnels_lost_by_cause": lost_by_cause,
         "samples": samples,
         "settings": {"repeat": args.repeat, "variants": VARIANTS},
         "load_average_at_start": [round(x, 2) for x in load],
