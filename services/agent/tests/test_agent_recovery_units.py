@@ -5,15 +5,19 @@ counted."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import pytest
 
+from zgate_agent.app import Agent, TunnelError
 from zgate_agent.cli import main as agent_main
 from zgate_agent.failures import CloseInfo, loss_cause
 from zgate_agent.liveness import Liveness
+from zgate_agent.metrics import AgentMetrics
 from zgate_agent.relays import Candidate, Rotation, candidates
 from zgate_agent.settings import AgentSettings
+from zgate_host.memdev import MemoryPacketDevice
 from zgate_host.settings import SettingsError, load_settings
 
 A = ipaddress.ip_address("192.0.2.1")
@@ -194,3 +198,27 @@ def test_each_loss_has_its_cause() -> None:
     assert loss_cause(_close("", by_peer=False), refused=False) == "reset"
     before_handshake = CloseInfo(0, "", by_peer=False, handshake_done=False)
     assert loss_cause(before_handshake, refused=False) == "error"
+
+
+def test_the_same_failure_again_and_again_is_warned_at_1_2_4_8_times(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = MemoryPacketDevice("t-repeat")
+    try:
+        agent = Agent(
+            AgentSettings(relay="r:1", state_dir=tmp_path),
+            device,
+            AgentMetrics(),
+            configure_host=False,
+        )
+        caplog.set_level(logging.DEBUG, logger="zgate.agent")
+        relay = agent._rotation.current
+        for _ in range(9):
+            agent._failed(TunnelError("no answer", cause="unreachable"), 0.5, relay)
+        agent._failed(TunnelError("something else"), 0.5, relay)
+        said = [(r.levelno, r.__dict__.get("times_in_a_row")) for r in caplog.records]
+        warned = [n for level, n in said if level == logging.WARNING]
+        assert warned == [None, None, 4, 8, None], said
+        assert len(said) == 10  # the rest at debug
+    finally:
+        device.close()

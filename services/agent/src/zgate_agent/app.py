@@ -165,6 +165,9 @@ class Agent:
         #: A tunnel has been up in this run (a relay lost then is retried on the short
         #: backoff; an agent that never got one keeps the usual one).
         self._had_tunnel = False
+        #: The last failure said, and how many times in a row (see _failed).
+        self._last_failure: str | None = None
+        self._repeats = 0
 
     # ------------------------------------------------------------------ control
 
@@ -313,10 +316,18 @@ class Agent:
             "retry_in_seconds": round(delay, 2),
             "next_relay": self._rotation.current.where,
         }
+        # The same failure again and again (a relay down for minutes, retried every second
+        # or two once lost): a warning the 1st, 2nd, 4th, 8th... time, debug in between.
+        self._repeats = self._repeats + 1 if message == self._last_failure else 1
+        self._last_failure = message
+        if self._repeats > 2:
+            fields["times_in_a_row"] = self._repeats
         if error.permanent:
             log.error(message, extra=fields)
-        else:
+        elif self._repeats & (self._repeats - 1) == 0:
             log.warning(f"tunnel down: {message}", extra=fields)
+        else:
+            log.debug(f"tunnel down: {message}", extra=fields)
 
     async def _attempt(self) -> TunnelError | None:
         """One connection attempt, ended early (and cleaned up) when the agent is stopped;
