@@ -14,7 +14,7 @@ Liveness (``--liveness``, on by default): once the tunnel is up, the relay must 
 while the link is quiet; an attempt must get a first answer within half as long. Otherwise the
 relay counts as gone: the agent drops the connection at once (not after QUIC's idle
 timeout), tries the next relay at once (:mod:`zgate_agent.relays`), and while no relay
-answers retries on a short backoff (``--backoff-lost-max``). ``--liveness 0`` is the old
+answers retries on a short backoff (the ``backoff_lost_max`` setting). ``--liveness 0`` is the old
 behaviour: a PING every ``--keepalive`` seconds and QUIC's idle timeout.
 """
 
