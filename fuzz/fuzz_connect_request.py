@@ -69,7 +69,7 @@ def _response(headers: list[tuple[bytes, bytes]]) -> None:
     try:
         validate_connect_ip_response(headers)
     except RequestError as exc:
-        check(exc.status == 0 or 200 <= exc.status <= 599, f"bad status {exc.status}")
+        check(exc.status == 0 or 100 <= exc.status <= 599, f"bad status {exc.status}")
 
 
 def _frames(stream: bytes, step: int) -> None:
