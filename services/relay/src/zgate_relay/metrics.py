@@ -39,8 +39,8 @@ DROP_REASONS = (
     "multicast",  # multicast from egress (the kernel's MLD/IGMP on the TUN device)
     "too_big",  # larger than the session's datagram path allows (ICMP sent back)
     "queue_full",  # the session's datagram send queue is full
-    "queue_aqm",  # fq-codel: CoDel dropped it from a standing queue at the relay's ingress
-    "queue_overflow",  # fq-codel: the relay's ingress queue was full; the fattest flow lost it
+    "queue_aqm",  # fq-codel: CoDel dropped it from a standing queue (ingress or to an agent)
+    "queue_overflow",  # fq-codel: a queue was full; its fattest flow lost its oldest packet
     "ttl_expired",  # TTL / hop limit reached zero
     "session_closed",  # the target session is closing
     "egress_write",  # the kernel refused the packet on the TUN device

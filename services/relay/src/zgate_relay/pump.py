@@ -137,6 +137,8 @@ class RelayPump:
         )
         self._egress_turn_due = False
         self._drops_counted = {"aqm": 0, "overflow": 0}
+        #: Per connection (by id), its DATAGRAM queue's drops already counted.
+        self._conn_drops: dict[int, tuple[int, int]] = {}
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on UDP host:port; returns the bound address (port 0 picks one)."""
@@ -261,10 +263,27 @@ class RelayPump:
         self._wake()
 
     def _count_ingress_drops(self) -> None:
-        """Move what the ingress queues dropped since the last tick into the drop metric."""
+        """Move what the queues dropped since the last tick into the drop metric: the
+        ingress queues', and each live connection's DATAGRAM queue toward its agent (a
+        connection that closed within the second takes its last drops with it)."""
         drops = self.core.metrics.drops
         for reason, total in self.ingress_drops().items():
             new = total - self._drops_counted[reason]
             if new:
                 drops[f"queue_{reason}"] += new
                 self._drops_counted[reason] = total
+        seen: dict[int, tuple[int, int]] = {}
+        for session in self.core.sessions:
+            if session.server is None:
+                continue
+            quic = session.server.quic
+            key = id(quic)
+            if key in seen:
+                continue  # several sessions on one connection
+            stats = quic.stats()
+            now = (stats.datagrams_dropped_aqm, stats.datagrams_dropped_overflow)
+            aqm, overflow = self._conn_drops.get(key, (0, 0))
+            drops["queue_aqm"] += now[0] - aqm
+            drops["queue_overflow"] += now[1] - overflow
+            seen[key] = now
+        self._conn_drops = seen
