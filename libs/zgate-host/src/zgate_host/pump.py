@@ -46,9 +46,6 @@ class IngressQueue(Protocol[T]):
     def __len__(self) -> int:
         """Items waiting."""
 
-    def flows(self) -> int:
-        """Flows (sources) with items waiting."""
-
 
 class Endpoint(Protocol):
     """What the pump drives: a sans-IO QUIC endpoint (the relay's core, an agent's link)."""
