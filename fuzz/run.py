@@ -43,6 +43,7 @@ FINDING_PREFIXES = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 _DONE = re.compile(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)")
+_FINISHED = re.compile(r"^Done (\d+) runs in (\d+) second")
 
 
 @dataclass
@@ -79,6 +80,8 @@ def parse_log(result: Result, text: str) -> None:
             runs, edges, features, corpus = map(int, match.groups())
             result.runs, result.edges = max(result.runs, runs), edges
             result.features, result.corpus = features, corpus
+        elif match := _FINISHED.match(line):
+            result.seconds = result.seconds or float(match.group(2))
         elif match := _STAT.match(line):
             name, value = match.group(1), int(match.group(2))
             if name == "number_of_executed_units":
@@ -155,7 +158,7 @@ def replay_one(name: str, out: Path) -> dict[str, object]:
     cov.stop()
     lines: dict[str, list[int]] = {}
     for module_name in harness.TARGETS:
-        module = sys.modules[module_name]
+        module = importlib.import_module(module_name)  # imported by the harness already
         _, statements, _, missing, _ = cov.analysis2(module)
         lines[module_name] = [len(statements), len(statements) - len(missing)]
     return {"replayed": len(inputs), "replay_failures": failures, "lines": lines}
