@@ -1,13 +1,15 @@
 """Fast recovery against real relays in this process (loopback QUIC, in-memory devices):
-a relay that goes silent (its socket closed, nothing sent: a crash) is given up at the
-agent's liveness deadline, not at QUIC's idle timeout; the agent comes back at once when
-a relay listens on the port again, or moves to the next relay it was given; answers that
-are not the relay's (a stateless-reset-shaped datagram from whatever listens there now) do
-not keep a dead relay alive. Both agent engines."""
+a relay that goes silent (its socket closed, nothing sent: a crash) is given up by an agent
+that sends (an application sending a packet every 0.1 s) at the agent's liveness deadline,
+not at QUIC's idle timeout, while an idle agent keeps a quiet live relay; the agent comes
+back at once when a relay listens on the port again, or moves to the next relay it was
+given; answers that are not the relay's (a stateless-reset-shaped datagram from whatever
+listens there now) do not keep a dead relay alive. Both agent engines."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -18,8 +20,17 @@ import pytest
 
 from zgate_agent.app import Agent
 from zgate_agent.metrics import AgentMetrics
+from zgate_host.errors import HostError
 from zgate_host.memdev import MemoryPacketDevice
-from zgate_lab.harness import RelayUnderTest, agent_settings_for, make_pki, running_relay, until
+from zgate_lab.harness import (
+    INTERNET,
+    RelayUnderTest,
+    agent_settings_for,
+    make_pki,
+    running_relay,
+    udp4,
+    until,
+)
 from zgate_proto.engines import ENGINES
 from zgate_proto.session import PacketMode
 
@@ -51,6 +62,22 @@ class Run:
 
     def relay(self) -> str:
         return str(self.agent.status()["relay"])
+
+    def chatter(self, stack: AsyncExitStack) -> None:
+        """An application behind the agent sending a packet every 0.1 s, until the test
+        ends: the agent expects the relay to answer it (an idle agent does not)."""
+
+        async def send() -> None:
+            while True:
+                link = self.agent.link
+                if link is not None and link.ready:
+                    own = next(a for a in link.info().addresses if a.version == 4)
+                    with contextlib.suppress(HostError):
+                        self.device.inject(udp4(str(own.network_address), str(INTERNET), b"hi"))
+                await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(send())
+        stack.callback(task.cancel)
 
     async def stop(self) -> None:
         self.agent.stop()
@@ -87,12 +114,15 @@ async def test_a_quiet_live_relay_is_kept_and_a_silent_one_given_up_at_the_deadl
     pki: Path, engine: str, stack: AsyncExitStack
 ) -> None:
     relay = await stack.enter_async_context(running_relay(pki))
-    run = start([relay], engine)
+    # A keepalive twice the deadline: between two of them the idle link is not held to it.
+    run = start([relay], engine, keepalive=2 * LIVENESS)
     try:
         await asyncio.wait_for(run.agent.connected.wait(), 10)
         link = run.agent.link
         assert link is not None
-        # Quiet for five deadlines: the probes' acknowledgements keep the relay heard.
+        # Quiet for five deadlines: only the keepalives go out, and their acknowledgements
+        # keep the relay heard; silent for longer than the deadline between them, the
+        # idle link is not given up.
         up_at = asyncio.get_running_loop().time()
         await until(
             lambda: (link.last_heard or 0.0) > up_at + 5 * LIVENESS,
@@ -100,6 +130,7 @@ async def test_a_quiet_live_relay_is_kept_and_a_silent_one_given_up_at_the_deadl
             "the relay to be heard five deadlines on",
         )
         assert run.agent.connected.is_set() and run.losses("liveness") == 0
+        run.chatter(stack)
         crashed = time.monotonic()
         crash(relay)
         await until(lambda: not run.agent.connected.is_set(), LIVENESS + SLACK, "the loss")
@@ -136,6 +167,7 @@ async def test_the_agent_moves_to_the_next_relay_when_its_relay_dies(
             f"127.0.0.1:{first.port}",
             f"127.0.0.1:{second.port}",
         ]
+        run.chatter(stack)
         crashed = time.monotonic()
         crash(first)
         # Down and up again can fall between two polls (the move took 6 ms here).
@@ -193,6 +225,7 @@ async def test_answers_that_are_not_the_relays_do_not_keep_it_alive(
     run = start([relay], engine)
     try:
         await asyncio.wait_for(run.agent.connected.wait(), 10)
+        run.chatter(stack)
         crash(relay)
         loop = asyncio.get_running_loop()
         transport, resetter = await loop.create_datagram_endpoint(

@@ -14,7 +14,7 @@ from zgate_agent.link import H3_REQUEST_CANCELLED, ClientLink
 from zgate_agent.metrics import AgentMetrics
 from zgate_proto.capsules import AddressAssign, AssignedAddress, IPAddressRange, RouteAdvertisement
 from zgate_proto.engines import ENGINES, get_engine
-from zgate_proto.engines.base import QuicConn, QuicEvent
+from zgate_proto.engines.base import Address, QuicConn, QuicEvent
 from zgate_proto.session import (
     ClientSession,
     ConnectionClosed,
@@ -26,7 +26,7 @@ from zgate_proto.session import (
     SessionRequested,
 )
 from zgate_testkit.pki import client_config, make_pki, server_config
-from zgate_testkit.wire import AcceptingNode, Wire
+from zgate_testkit.wire import AcceptingNode, Datagrams, Wire
 
 SERVER = ("127.0.0.1", 4433)
 CLIENT = ("127.0.0.1", 40000)
@@ -260,6 +260,54 @@ def test_the_relays_acknowledgement_of_a_ping_counts_as_heard(engine: str, pki: 
     # The relay answers a PING with an ACK only: no event, only fewer bytes in flight.
     pair.run(lambda: (pair.link.last_heard or 0.0) > heard)
     assert pair.link.last_heard is not None and pair.link.last_heard >= pinged_at
+
+
+def test_a_send_starts_a_wait_that_hearing_the_relay_ends(engine: str, pki: Path) -> None:
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.link.ack_watch = 0.0
+    pair.wire.advance(1.0)  # quiet: everything answered, nothing awaited
+    assert pair.link.waiting_since is None
+    heard = pair.link.last_heard
+    assert heard is not None
+    sent_at = pair.wire.now = pair.wire.now + 0.5
+    assert pair.link.send_packets([packet(1)], sent_at) == []
+    out = pair.link.flush(sent_at)
+    assert out and pair.link.waiting_since == sent_at
+    pair.wire.now += 0.01
+    assert pair.link.flush(pair.wire.now) == []  # nothing new: the wait still runs from the send
+    assert pair.link.waiting_since == sent_at
+    pair.wire.deliver(CLIENT, out)
+    # The relay acknowledges the packet: heard, and the wait is over.
+    pair.run(lambda: pair.link.waiting_since is None)
+    assert pair.link.last_heard is not None and pair.link.last_heard > sent_at
+
+
+def test_acknowledging_the_relay_does_not_start_a_wait(engine: str, pki: Path) -> None:
+    """The relay sends the agent packets: the agent's ACKs, in the flush that heard them or
+    a later one, expect no answer, so an idle link stays idle (no probes follow)."""
+    pair = Pair(engine, pki)
+    pair.run(lambda: pair.link.ready)
+    pair.link.ack_watch = 0.0
+    pair.wire.advance(1.0)
+    assert pair.link.waiting_since is None
+    heard = pair.link.last_heard
+    sent: list[int] = []
+    waiting: list[float | None] = []
+
+    def watch(addr: Address, out: Datagrams) -> None:
+        if addr == CLIENT:
+            sent.append(len(out))
+            waiting.append(pair.link.waiting_since)
+
+    pair.wire.watch = watch
+    for i in range(3):
+        pair.relay.send_packet(pair.stream_id, packet(100 + i))
+    pair.run(lambda: bool(pair.sink.batches))
+    pair.wire.advance(1.0)  # the agent's delayed ACKs go out too
+    assert pair.link.last_heard is not None and pair.link.last_heard > (heard or 0.0)
+    assert sum(sent) >= 1  # the agent did acknowledge
+    assert waiting and all(w is None for w in waiting), waiting
 
 
 def test_a_datagram_the_relay_did_not_send_is_not_heard(engine: str, pki: Path) -> None:

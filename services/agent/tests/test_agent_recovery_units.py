@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from zgate_agent.app import Agent, TunnelError
+from zgate_agent.cli import build_parser
 from zgate_agent.cli import main as agent_main
 from zgate_agent.failures import CloseInfo, loss_cause
 from zgate_agent.liveness import Liveness
@@ -28,40 +29,114 @@ C = ipaddress.ip_address("2001:db8::3")
 # ------------------------------------------------------------------------- liveness
 
 
-def test_a_quiet_link_is_probed_every_quarter_and_given_up_at_the_deadline() -> None:
-    live = Liveness(2.0, start=100.0)
-    first = live.check(100.0)
-    assert not first.expired and not first.probe and first.next_at == 100.5
+def run_until_expired(
+    live: Liveness, now: float, answered: bool = False
+) -> tuple[list[float], float]:
+    """Drive ``live`` from ``now`` as the agent's loop does, the relay never answering
+    (``answered``: it acknowledges each probe at once); the probes sent and when it
+    expired (or stopped, 60 s on)."""
     probes = []
-    now = 100.0
-    while not (check := live.check(now)).expired:
+    stop = now + 60.0
+    while not (check := live.check(now)).expired and now < stop:
         if check.probe:
             probes.append(now)
+            if answered:
+                live.heard(now)
         now = check.next_at
-    # Probes at 0.5, 1.0, 1.5 s; given up exactly 2 s after the relay was last heard.
-    assert probes == [100.5, 101.0, 101.5]
-    assert now == 102.0 and live.silent_for(now) == 2.0
+    return probes, now
 
 
-def test_hearing_the_relay_moves_the_deadline_and_the_next_probe() -> None:
+def test_an_idle_link_never_expires_and_sends_only_the_keepalive() -> None:
+    live = Liveness(2.0, start=0.0, keepalive=10.0)
+    first = live.check(0.0)
+    # Not waiting: no probe, but the loop looks again within probe_every (a local timer).
+    assert not first.expired and not first.probe and first.next_at == 0.5
+    probes, now = run_until_expired(live, 0.0, answered=True)
+    assert now >= 60.0  # a minute idle, silent for far longer than the deadline: kept
+    assert probes == [10.0, 20.0, 30.0, 40.0, 50.0]
+    # Without a keepalive an idle link sends nothing at all.
+    quiet = Liveness(2.0, start=0.0)
+    assert run_until_expired(quiet, 0.0, answered=True) == ([], 60.0)
+
+
+def test_an_unanswered_keepalive_starts_a_wait_held_to_the_deadline() -> None:
+    live = Liveness(2.0, start=0.0, keepalive=10.0)
+    probes, now = run_until_expired(live, 0.0)
+    # The keepalive at 10 s is a send: probed every 0.5 s after it, given up 2 s after it.
+    assert probes == [10.0, 10.5, 11.0, 11.5]
+    assert now == 12.0 and live.silent_for(now) == 12.0
+
+
+def test_a_send_starts_a_wait_probed_every_quarter_and_given_up_at_the_deadline() -> None:
+    live = Liveness(2.0, start=100.0, keepalive=10.0)
+    live.observe(100.0, None)
+    assert not live.check(103.0).probe  # idle for 3 s: nothing due
+    live.observe(100.0, 103.2)  # the link sent something at 103.2, unanswered since
+    check = live.check(103.3)
+    assert not check.expired and not check.probe and check.next_at == pytest.approx(103.7)
+    probes, now = run_until_expired(live, 103.3)
+    # Probes at 0.5, 1.0, 1.5 s after the first unanswered send; given up 2 s after it.
+    assert probes == pytest.approx([103.7, 104.2, 104.7])
+    assert now == pytest.approx(105.2)
+
+
+def test_hearing_the_relay_ends_the_wait() -> None:
     live = Liveness(2.0, start=0.0)
-    assert live.check(0.5).probe
-    live.heard(0.6)  # the probe's acknowledgement
+    live.observe(0.0, 0.1)
+    assert live.check(0.6).probe
+    live.observe(0.65, None)  # the probe's acknowledgement: not waiting any more
     check = live.check(0.7)
-    assert not check.probe and check.next_at == pytest.approx(1.1)
-    assert not live.check(2.5).expired  # 1.9 s after it was last heard
-    assert live.check(2.6).expired
-    live.heard(None)  # nothing heard yet: no change
-    live.heard(0.1)  # an older time: no change
-    assert live.last_heard == 0.6
+    assert not check.probe and not check.expired and check.next_at == pytest.approx(1.2)
+    assert not live.check(30.0).expired  # idle: no deadline
+    live.observe(0.65, 30.0)  # a new send, long after the relay was last heard
+    assert not live.check(31.9).expired
+    assert live.check(32.0).expired  # 2 s after the send, not after the hearing
+    live.observe(None, 30.0)  # nothing new heard: no change
+    live.observe(0.1, 30.0)  # an older time: no change
+    assert live.last_heard == 0.65
+
+
+def test_the_start_counts_as_heard_for_a_wait_that_began_before_it() -> None:
+    live = Liveness(2.0, start=10.0)
+    live.observe(9.0, 9.5)  # the handshake's last datagrams, unanswered when we start
+    assert not live.check(11.9).expired
+    assert live.check(12.0).expired
+
+
+def test_our_own_probe_waits_even_before_the_link_sent_it() -> None:
+    live = Liveness(2.0, start=0.0, keepalive=1.0)
+    assert live.check(1.0).probe
+    live.observe(0.0, None)  # the pump has not flushed the PING yet
+    assert live.waiting_since == 1.0
+    assert live.check(3.0).expired
+
+
+def test_probe_idle_is_the_behaviour_before() -> None:
+    """The switch for benchmarks: an idle link probed every quarter, given up a deadline
+    after the relay was last heard."""
+    live = Liveness(2.0, start=100.0, keepalive=10.0, probe_idle=True)
+    probes, now = run_until_expired(live, 100.0)
+    assert probes == [100.5, 101.0, 101.5] and now == 102.0
+    kept = Liveness(2.0, start=0.0, keepalive=10.0, probe_idle=True)
+    probes, now = run_until_expired(kept, 0.0, answered=True)
+    assert now >= 60.0 and len(probes) >= 100  # a probe every 0.5 s, answered
+
+
+def test_the_probe_idle_switch_is_off_by_default_and_a_flag() -> None:
+    assert AgentSettings().liveness_probe_idle is False
+    args = build_parser().parse_args(["up", "--liveness-probe-idle"])
+    assert args.liveness_probe_idle is True
+    assert build_parser().parse_args(["up"]).liveness_probe_idle is None  # the setting's
+    flags = {"liveness_probe_idle": True}
+    assert load_settings(AgentSettings, None, flags).liveness_probe_idle is True
 
 
 def test_a_busy_link_is_not_probed_but_a_keepalive_still_goes_out() -> None:
     live = Liveness(2.0, start=0.0, keepalive=1.0)
     probes = []
-    for step in range(1, 31):  # the relay heard every 0.1 s for 3 s
+    for step in range(1, 31):  # sending and heard every 0.1 s for 3 s
         now = step / 10
-        live.heard(now)
+        live.observe(now - 0.05, now - 0.04)
         if live.check(now).probe:
             probes.append(now)
     assert probes == [1.0, 2.0, 3.0]

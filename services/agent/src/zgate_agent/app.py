@@ -9,9 +9,11 @@ Each attempt is one UDP socket in a :class:`zgate_host.pump.Pump` driving one
 CONNECT-IP session). The agent decides: when to give up and retry, routes and DNS, what to
 answer a packet too big for the path.
 
-Liveness (``--liveness``, on by default): once the tunnel is up, the relay must be heard
-(:mod:`zgate_agent.liveness`) at least every ``liveness`` seconds, probed with QUIC PINGs
-while the link is quiet; an attempt must get a first answer within half as long. Otherwise the
+Liveness (``--liveness``, on by default): once the tunnel is up, whatever the agent sends
+must be answered or acknowledged by the relay (:mod:`zgate_agent.liveness`) within
+``liveness`` seconds, probed with QUIC PINGs every quarter of it while an answer is due; an
+idle link only sends a PING every ``--keepalive`` seconds, held to the same deadline. An
+attempt must get a first answer within half the deadline. Otherwise the
 relay counts as gone: the agent drops the connection at once (not after QUIC's idle
 timeout), tries the next relay at once (:mod:`zgate_agent.relays`), and while no relay
 answers retries on a short backoff (the ``backoff_lost_max`` setting). ``--liveness 0`` is the old
@@ -645,8 +647,9 @@ class Agent:
             pump.wake()
 
     async def _liveness(self, link: ClientLink, pump: Pump) -> None:
-        """Liveness on: probe the relay while the link is quiet, give it up once it has
-        not been heard for --liveness seconds (see zgate_agent.liveness)."""
+        """Liveness on: probe the relay while something we sent is unanswered, and give it
+        up once that has lasted --liveness seconds; an idle link only sends the keepalive
+        (see zgate_agent.liveness)."""
         loop = asyncio.get_running_loop()
         s = self.settings
         liveness = Liveness(
@@ -654,10 +657,11 @@ class Agent:
             loop.time(),
             probe_every=min(s.liveness / 4, s.keepalive),
             keepalive=s.keepalive,
+            probe_idle=s.liveness_probe_idle,
         )
         link.ack_watch = liveness.probe_every / 2
         while True:
-            liveness.heard(link.last_heard)
+            liveness.observe(link.last_heard, link.waiting_since)
             check = liveness.check(loop.time())
             if check.expired:
                 link.give_up(f"nothing heard from the relay for {liveness.deadline:g} s")

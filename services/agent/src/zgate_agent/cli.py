@@ -203,10 +203,20 @@ def add_liveness_flag(parser: argparse.ArgumentParser) -> None:
         "--liveness",
         type=float,
         metavar="SECONDS",
-        help="declare the relay gone when nothing has been heard from it for this long "
-        "(probing it with QUIC PINGs while the link is quiet) and reconnect at once, to the "
+        help="declare the relay gone when it has not answered what the agent sent for this "
+        "long (probing it with QUIC PINGs meanwhile; an idle link only sends the keepalive) "
+        "and reconnect at once, to the "
         "next relay if there are several; 0 turns it off (a relay that vanished is then "
         "noticed at the QUIC idle timeout, 30 s) [2]",
+    )
+    parser.add_argument(
+        "--liveness-probe-idle",
+        dest="liveness_probe_idle",
+        action="store_const",
+        const=True,
+        help="with liveness on, probe the relay every quarter of the deadline even while the "
+        "link is idle, as before idle agents stopped probing (for benchmarks: it costs the "
+        "relay several times the CPU per idle agent)",
     )
 
 

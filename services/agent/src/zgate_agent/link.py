@@ -22,6 +22,10 @@ answer the old connection with a stateless reset, and anyone can send garbage): 
 the engine made of a datagram (stream data, a DATAGRAM frame, the handshake's end) counts,
 and so does an acknowledgement of what we sent, seen as fewer bytes in flight after a
 datagram arrived without more packets declared lost (what a PING probe brings back).
+It also records since when it has been *waiting* for the relay: the first flush after the
+relay was last heard that sent a datagram while something the relay must acknowledge is in
+flight, cleared whenever the relay is heard. ACKs alone (not in flight), and whatever the
+same flush as the hearing sends, do not start a wait, so an idle link is not waiting.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Protocol
 from zgate_agent.failures import CloseInfo, close_info, describe_refusal
 from zgate_agent.metrics import AgentMetrics
 from zgate_proto.capsules import Capsule, IPAddressRange
-from zgate_proto.engines.base import Address, QuicConn, SendStatus
+from zgate_proto.engines.base import Address, ConnStats, QuicConn, SendStatus
 from zgate_proto.session import (
     AddressesAssigned,
     ClientSession,
@@ -113,6 +117,10 @@ class ClientLink:
         #: When something authenticated was last heard from the relay (see the module's
         #: docstring); None before the first.
         self.last_heard: float | None = None
+        #: When the first flush that sent something the relay must acknowledge, after the
+        #: relay was last heard, sent it (the pump's clock); None: nothing sent since (the
+        #: link is not waiting).
+        self.waiting_since: float | None = None
         #: Look for acknowledgements (one stats() call per flush) only once the relay was
         #: last heard longer ago than this many seconds; None: never (liveness off).
         self.ack_watch: float | None = None
@@ -144,17 +152,25 @@ class ClientLink:
             self._rx_unchecked = False
             if took or self._acknowledged():
                 self.last_heard = now
+                self.waiting_since = None
         if self._to_device:
             out, self._to_device = self._to_device, []
             self.sink.write_batch(out)
         datagrams = self.quic.flush(now)
-        self._note_in_flight(now)
-        self._count_queue_drops()
+        stats = self.quic.stats()
+        if (
+            datagrams
+            and self.waiting_since is None
+            and stats.bytes_in_flight > 0
+            and (self.last_heard is None or now > self.last_heard)
+        ):
+            self.waiting_since = now
+        self._note_in_flight(now, stats)
+        self._count_queue_drops(stats)
         return datagrams
 
-    def _count_queue_drops(self) -> None:
+    def _count_queue_drops(self, stats: ConnStats) -> None:
         """Count what the connection's DATAGRAM queue dropped since the last flush."""
-        stats = self.quic.stats()
         aqm, overflow = stats.datagrams_dropped_aqm, stats.datagrams_dropped_overflow
         seen_aqm, seen_overflow = self._queue_drops
         if aqm != seen_aqm or overflow != seen_overflow:
@@ -265,12 +281,11 @@ class ClientLink:
         stats = self.quic.stats()
         return stats.bytes_in_flight < before[0] and stats.packets_lost == before[1]
 
-    def _note_in_flight(self, now: float) -> None:
+    def _note_in_flight(self, now: float, stats: ConnStats) -> None:
         watch = self.ack_watch
         if watch is None or (self.last_heard is not None and now - self.last_heard < watch):
             self._in_flight = None
             return
-        stats = self.quic.stats()
         self._in_flight = (stats.bytes_in_flight, stats.packets_lost)
 
     def _take_events(self) -> bool:

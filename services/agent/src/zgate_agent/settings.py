@@ -95,14 +95,24 @@ class AgentSettings(LayeredSettings):
         description="seconds one connection attempt may take (handshake and tunnel opening)",
     )
     keepalive: float = Field(
-        10.0, gt=0, description="seconds between QUIC pings (with liveness off)"
+        10.0,
+        gt=0,
+        description="seconds between QUIC pings (with liveness on, the only pings an idle "
+        "link sends)",
     )
     liveness: float = Field(
         2.0,
         ge=0,
         description="declare the relay gone when nothing authenticated was heard from it for "
-        "this many seconds (probing with QUIC PINGs every quarter of it while quiet) and "
-        "reconnect at once; 0 = off: wait for the QUIC idle timeout",
+        "this many seconds after the agent sent something (probing with QUIC PINGs every "
+        "quarter of it meanwhile; an idle link only sends the keepalive) and reconnect at "
+        "once; 0 = off: wait for the QUIC idle timeout",
+    )
+    liveness_probe_idle: bool = Field(
+        False,
+        description="with liveness on: probe every quarter of the deadline even while the "
+        "link is idle and give the relay up a deadline after it was last heard, as before "
+        "(for benchmarks)",
     )
     idle_timeout: float = Field(30.0, gt=1, description="QUIC idle timeout, seconds")
     backoff_initial: float = Field(0.5, gt=0, description="first reconnect delay, seconds")
