@@ -34,8 +34,10 @@ MAX_LOSS = 0.01
 #: MB; the bound on half-open handshakes alone allows 1000 x ~10 kB).
 MAX_RSS_GROWTH_MB = 40.0
 #: Without the front door, at least this many forged Initials become half-open handshakes
-#: (measured: most of the flood's, on the loaded 2-core VM).
-MIN_HALF_OPEN_BEFORE = 1000
+#: (with the door, at most 8 from the flood's one source). Measured: most of a 1 s flood's on
+#: a qh3 relay; an aioquic relay spends a few ms on each, so the kernel drops much of the flood
+#: before it gets there, and a fresh-clone CI run saw it stay under 1000 for 30 s.
+MIN_HALF_OPEN_BEFORE = 500
 
 FLOOD_NS_AGENT = 3  # the namespace the flood runs in (no agent there)
 
@@ -189,7 +191,7 @@ def test_without_the_front_door_the_same_flood_fills_the_relay(lab: Lab) -> None
     )  # fmt: skip
     lab.relay = before = lab.start_relay(*off)  # type: ignore[attr-defined]
     try:
-        flood(lab, FLOOD_RATE, 1.0)
+        flood(lab, FLOOD_RATE, FLOOD_SECONDS)
         wait_until(
             lambda: lab.relay_metric("zgate_relay_half_open_connections") >= MIN_HALF_OPEN_BEFORE,
             30,
