@@ -1,19 +1,44 @@
-"""The queue-discipline flags relay, agent and connector share (issue 14: fair sharing).
+"""The queue-discipline settings and flags relay, agent and connector share (issue 14: fair
+sharing).
 
-``--queue fq-codel|fifo``, ``--aqm-target MS`` and ``--aqm-interval MS`` set the settings
-fields ``queue``, ``aqm_target_ms`` and ``aqm_interval_ms`` of each service's model (also
-in YAML and as ZGATE_<SERVICE>_QUEUE etc.).
+:class:`QueueSettings` holds the fields ``queue``, ``aqm_target_ms`` and ``aqm_interval_ms``
+(each service's settings model inherits them, so they are also YAML keys and
+ZGATE_<SERVICE>_QUEUE etc.); :func:`add_queue_flags` adds ``--queue fq-codel|fifo``,
+``--aqm-target MS`` and ``--aqm-interval MS``, which set them.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Literal
 
-__all__ = ["QUEUE_DISCIPLINES", "add_queue_flags"]
+from pydantic import BaseModel, Field
+
+__all__ = ["QUEUE_DISCIPLINES", "QueueSettings", "add_queue_flags"]
 
 #: The --queue values (zgate_proto.fq.DISCIPLINES, repeated here: zgate-host does not depend
 #: on zgate-proto).
 QUEUE_DISCIPLINES = ("fq-codel", "fifo")
+
+
+class QueueSettings(BaseModel):
+    """The queue-discipline fields of a service's settings model (a mixin)."""
+
+    queue: Literal["fq-codel", "fifo"] = Field(
+        "fq-codel",
+        description="queue discipline where packets wait: fq-codel (a queue per flow, served "
+        "in turn, new flows first, CoDel on each) or fifo (one tail-dropping queue, as before)",
+    )
+    aqm_target_ms: float = Field(
+        5.0, gt=0, le=1000, description="fq-codel: standing delay per flow, milliseconds"
+    )
+    aqm_interval_ms: float = Field(
+        100.0,
+        gt=0,
+        le=10000,
+        description="fq-codel: how long the delay must exceed the target before CoDel drops, "
+        "milliseconds",
+    )
 
 
 def add_queue_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

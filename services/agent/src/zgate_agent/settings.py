@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from zgate_host.queue_flags import QueueSettings
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
 from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
@@ -17,7 +18,7 @@ from zgate_proto.session import PacketMode
 __all__ = ["AgentSettings"]
 
 
-class AgentSettings(LayeredSettings):
+class AgentSettings(LayeredSettings, QueueSettings):
     """Everything the agent can be told (YAML keys = field names; env ZGATE_AGENT_<FIELD>)."""
 
     model_config = SettingsConfigDict(env_prefix="ZGATE_AGENT_", extra="forbid")
@@ -68,21 +69,6 @@ class AgentSettings(LayeredSettings):
         ge=8,
         description="DATAGRAM frames waiting for the congestion window, at most (each is latency "
         "for every packet behind it: 512 stood 5-7 ms deep inside a bulk TCP transfer)",
-    )
-    queue: Literal["fq-codel", "fifo"] = Field(
-        "fq-codel",
-        description="queue discipline where packets wait: fq-codel (a queue per flow, served "
-        "in turn, new flows first, CoDel on each) or fifo (one tail-dropping queue, as before)",
-    )
-    aqm_target_ms: float = Field(
-        5.0, gt=0, le=1000, description="fq-codel: standing delay per flow, milliseconds"
-    )
-    aqm_interval_ms: float = Field(
-        100.0,
-        gt=0,
-        le=10000,
-        description="fq-codel: how long the delay must exceed the target before CoDel drops, "
-        "milliseconds",
     )
     udp_offload: bool = Field(True, description="send QUIC packets in UDP GSO batches")
     tun_offload: bool = Field(

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from zgate_host.queue_flags import QueueSettings
 from zgate_host.settings import LayeredSettings, parse_hostport
 from zgate_host.state import default_state_dir
 from zgate_proto.engines import DEFAULT_ENGINE, ENGINES
@@ -18,7 +19,7 @@ from zgate_proto.fq import AqmConfig
 __all__ = ["RelaySettings"]
 
 
-class RelaySettings(LayeredSettings):
+class RelaySettings(LayeredSettings, QueueSettings):
     """Everything the relay can be told. Every field can be set in the YAML file, as
     ZGATE_RELAY_<FIELD> in the environment, or by the matching flag."""
 
@@ -63,21 +64,6 @@ class RelaySettings(LayeredSettings):
         ge=8,
         description="per-connection DATAGRAM frames waiting for the congestion window, at most "
         "(each is latency for every packet behind it: 512 stood 5-7 ms deep in a bulk transfer)",
-    )
-    queue: Literal["fq-codel", "fifo"] = Field(
-        "fq-codel",
-        description="queue discipline where packets wait: fq-codel (a queue per flow, served "
-        "in turn, new flows first, CoDel on each) or fifo (one tail-dropping queue, as before)",
-    )
-    aqm_target_ms: float = Field(
-        5.0, gt=0, le=1000, description="fq-codel: standing delay per flow, milliseconds"
-    )
-    aqm_interval_ms: float = Field(
-        100.0,
-        gt=0,
-        le=10000,
-        description="fq-codel: how long the delay must exceed the target before CoDel drops, "
-        "milliseconds",
     )
     udp_offload: bool = Field(
         True, description="send with UDP GSO and receive with UDP GRO where the kernel has them"
